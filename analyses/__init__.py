@@ -1,0 +1,1 @@
+"""Studies users run: each module has a config dataclass and `run(config) -> Result`."""

@@ -1,0 +1,1 @@
+"""Hook-based probes: what lexprobe reads out of a forward pass."""

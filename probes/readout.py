@@ -1,0 +1,194 @@
+"""Derive a model's refusal readout from its own responses to calibration prompts (never XSTest).
+
+1. Greedy-generate `max_new_tokens` for `n_per_class` harmful and as many harmless calibration
+   instructions (`prompts/calibration_*_train.json`), under the system-prompt condition being studied.
+2. Label each response refusal / compliance with a response classifier (default `rules`).
+3. Build a trie over the responses' first tokens. A prefix is *expanded* (its next tokens listed) when
+   at least `min_count` responses of each label pass through it, up to `max_depth` tokens. A listed
+   token's refusal rate is smoothed toward its parent's: r = (refusals + prior * r_parent) / (n + prior),
+   with r_parent = 0 at the root (refusals open with a few stereotyped tokens; compliance is the open
+   class, so an unseen first token counts as compliance).
+4. Check it on the held-out calibration val split (39 + 39): AUROC of the margin for the labelled
+   val responses, stored in the readout's details.
+
+The result is cached per model (weights sha256), dtype, system-prompt condition and settings under
+`cache_root()/readouts/`, with the calibration responses beside it for inspection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from probes.margin import Node, RefusalReadout
+from toolkit.cache import cache_dir, write_json_atomic
+from toolkit.classify import classify, is_refusal
+from toolkit.errors import LexprobeError
+from toolkit.generate import generate
+from toolkit.suites import load_suite
+
+READOUT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class ReadoutSettings:
+    n_per_class: int = 128
+    max_new_tokens: int = 32
+    max_depth: int = 8
+    min_count: int = 2
+    prior: float = 1.0
+    classifier: str = "rules"
+
+
+def derive_readout(
+    sequences: list[list[int]], refused: list[bool], settings: ReadoutSettings
+) -> RefusalReadout:
+    """Build the trie readout from labelled response token sequences (a pure function)."""
+    counts: dict[tuple[int, ...], list[int]] = defaultdict(
+        lambda: [0, 0]
+    )  # prefix -> [refusals, compliances]
+    for seq, ref in zip(sequences, refused):
+        for depth in range(0, min(len(seq), settings.max_depth) + 1):
+            counts[tuple(seq[:depth])][0 if ref else 1] += 1
+    children: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for prefix in counts:
+        if prefix:
+            children[prefix[:-1]].append(prefix[-1])
+
+    nodes: dict[tuple[int, ...], Node] = {}
+
+    def expand(path: tuple[int, ...], rate: float) -> None:
+        rates = {}
+        for tok in sorted(children[path]):
+            n_ref, n_comp = counts[path + (tok,)]
+            rates[tok] = (n_ref + settings.prior * rate) / (n_ref + n_comp + settings.prior)
+        nodes[path] = Node(rates, rate)
+        for tok, r in rates.items():
+            n_ref, n_comp = counts[path + (tok,)]
+            deep_enough = len(path) + 1 >= settings.max_depth
+            if min(n_ref, n_comp) >= settings.min_count and not deep_enough:
+                expand(path + (tok,), r)
+
+    expand((), 0.0)
+    return RefusalReadout(nodes)
+
+
+def _cache_key(lm, fmt, settings: ReadoutSettings) -> str:
+    spec = {
+        "version": READOUT_VERSION,
+        "weights": lm.weights_sha256,
+        "dtype": str(lm.dtype),
+        "system": fmt.system.describe(),
+        "settings": asdict(settings),
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _calibration_prompts(split: str, n: int) -> tuple[list[str], list[str]]:
+    suffix = "" if split == "train" else "-val"
+    harmful = load_suite(f"calibration-harmful{suffix}").frame["prompt"].tolist()[:n]
+    harmless = load_suite(f"calibration-harmless{suffix}").frame["prompt"].tolist()[:n]
+    return harmful, harmless
+
+
+def calibrate(
+    lm, fmt, settings: ReadoutSettings, batch_size: int = 32
+) -> tuple[RefusalReadout, pd.DataFrame]:
+    """Generate on the calibration prompts, label the responses, derive and validate a readout."""
+    from toolkit.scoring import Scorer
+    from toolkit.stats import auroc
+
+    frames = []
+    for split, n in (("train", settings.n_per_class), ("val", 10**6)):
+        harmful, harmless = _calibration_prompts(split, n)
+        texts = harmful + harmless
+        done = generate(
+            lm, fmt, texts, settings.max_new_tokens, batch_size, desc=f"calibrating readout ({split})"
+        )
+        labels = classify([c.text for c in done], texts, name=settings.classifier)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "split": split,
+                    "source": ["harmful"] * len(harmful) + ["harmless"] * len(harmless),
+                    "prompt": texts,
+                    "completion": [c.text for c in done],
+                    "token_ids": [json.dumps(c.token_ids) for c in done],
+                    "label": labels,
+                }
+            )
+        )
+    table = pd.concat(frames, ignore_index=True)
+    train = table[table["split"] == "train"]
+    n_refused = sum(is_refusal(x) for x in train["label"])
+    if n_refused == 0:
+        raise LexprobeError(
+            f"the model refused none of {len(train)} calibration prompts under system prompt "
+            f"'{fmt.system.name}' ({settings.classifier} classifier), so its refusal margin is undefined: "
+            "try another --system-prompt, or pass a hand-made readout with --readout FILE"
+        )
+    readout = derive_readout(
+        [json.loads(t) for t in train["token_ids"]], [is_refusal(x) for x in train["label"]], settings
+    )
+    val = table[table["split"] == "val"].reset_index(drop=True)
+    val_margin = (
+        Scorer(lm, fmt, readout, batch_size=batch_size)
+        .score(val["prompt"].tolist(), desc="checking readout")
+        .margin
+    )
+    val_refused = [is_refusal(x) for x in val["label"]]
+    readout.details = {
+        "method": "trie of response openings from calibration responses (probes/readout.py)",
+        "settings": asdict(settings),
+        "train_prompts": len(train),
+        "train_refusal_rate": round(n_refused / len(train), 4),
+        "val_prompts": len(val),
+        "val_refusal_rate": round(sum(val_refused) / len(val), 4),
+        "val_auroc": None if len(set(val_refused)) < 2 else round(auroc(val_refused, val_margin), 4),
+        "expanded_prefixes": len(readout.nodes),
+    }
+    table.loc[table["split"] == "val", "margin"] = val_margin
+    return readout, table
+
+
+def load_readout_file(path: str, vocab_size: int) -> RefusalReadout:
+    """A readout saved as JSON (the format of the cache files); token ids are checked against the vocab."""
+    try:
+        readout = RefusalReadout.from_json(Path(path).expanduser().read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LexprobeError(f"readout file '{path}' does not exist: check --readout") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise LexprobeError(
+            f"readout file '{path}' is not a lexprobe readout ({err}): see probes/margin.py"
+        ) from None
+    ids = {t for p, n in readout.nodes.items() for t in (*p, *n.children)}
+    if ids and (min(ids) < 0 or max(ids) >= vocab_size):
+        raise LexprobeError(
+            f"readout file '{path}' names token ids outside this model's vocabulary of {vocab_size}"
+        )
+    readout.details.setdefault("source", str(path))
+    return readout
+
+
+def get_readout(
+    lm, fmt, batch_size: int = 32, settings: ReadoutSettings | None = None, rebuild: bool = False
+):
+    """The cached readout for this model, dtype and condition; calibrated on first use."""
+    settings = settings or ReadoutSettings()
+    directory = cache_dir("readouts", lm.weights_sha256[:16])
+    key = _cache_key(lm, fmt, settings)
+    path = directory / f"{key}.json"
+    if path.exists() and not rebuild:
+        try:
+            return RefusalReadout.from_json(path.read_text())
+        except (ValueError, KeyError):
+            pass  # a corrupt cache entry is rebuilt
+    readout, table = calibrate(lm, fmt, settings, batch_size=max(batch_size, 32))
+    table.to_csv(directory / f"{key}.responses.csv", index=False)
+    write_json_atomic(path, json.loads(readout.to_json()))
+    return readout

@@ -1,0 +1,43 @@
+"""Shared fixtures. Unit tests use `tiny-random` (built in code, seconds); `slow` tests load the
+embedded default model. The cache goes to a per-session temporary directory unless LEXPROBE_CACHE
+is set (the README's test command shares the user cache so the default model is dequantized once)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LEXPROBE_QUIET", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from toolkit.models import load_model
+
+    return load_model("tiny-random", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_readout(tiny):
+    """A hand-made readout for the random model: a few first tokens refuse, one is expanded."""
+    from probes.margin import Node, RefusalReadout
+
+    tok = tiny.tokenizer
+    i_tok, sorry, sure = (tok.convert_tokens_to_ids(t) for t in ("I", "S", "C"))
+    follow = tok("'m", add_special_tokens=False).input_ids[0]
+    return RefusalReadout(
+        {
+            (): Node({i_tok: 0.7, sorry: 0.95, sure: 0.05}, 0.0),
+            (i_tok,): Node({follow: 0.9}, 0.7),
+        },
+        {"source": "tests/conftest.py"},
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_readout_file(tmp_path_factory, tiny_readout):
+    path = tmp_path_factory.mktemp("readout") / "readout.json"
+    path.write_text(tiny_readout.to_json())
+    return path

