@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
 
 from probes.margin import RefusalReadout
+from toolkit.cache import write_json_atomic
 from toolkit.chat import ChatFormat, SystemPrompt
 from toolkit.models import LoadedModel, load_model
+from toolkit.results import RowWriter, Timer, check_resumable, write_csv_atomic
 from toolkit.suites import Suite, load_suite
 
 
@@ -68,3 +73,36 @@ def open_session(opts: ModelOptions, need_readout: bool = True) -> Session:
         else:
             readout = get_readout(lm, fmt, batch_size=opts.batch_size)
     return Session(lm, system, fmt, readout)
+
+
+class ResumableRun:
+    """The output side of a per-prompt analysis: rows are appended as they finish, `--resume` skips ids
+    already written, run.json carries provenance from the start, and `finish` restores suite order."""
+
+    def __init__(
+        self, out: str, result_cls, columns, run_info: dict, suite: Suite, resume, overwrite, resume_keys
+    ):
+        self.out, self.result_cls, self.run_info, self.suite = Path(out), result_cls, run_info, suite
+        self.timer = Timer()
+        if resume:
+            check_resumable(self.out, run_info, resume_keys)
+        self.writer = RowWriter(self.out / result_cls.filename, columns, resume=resume, overwrite=overwrite)
+        write_json_atomic(self.out / "run.json", run_info)
+        self.todo = suite.frame[~suite.frame["id"].isin(self.writer.done)].reset_index(drop=True)
+
+    def write(self, rows: list[dict]) -> None:
+        self.writer.write(rows)
+
+    def finish(self, **info):
+        frame = pd.read_csv(self.writer.path, dtype={"id": str}, keep_default_na=False)
+        order = {i: k for k, i in enumerate(self.suite.frame["id"])}
+        frame = (
+            frame[frame["id"].isin(order)]
+            .sort_values("id", key=lambda s: s.map(order))
+            .reset_index(drop=True)
+        )
+        self.run_info.update(status="complete", wall_seconds=self.timer.seconds, **info)
+        write_csv_atomic(frame, self.writer.path)
+        result = self.result_cls(frame, self.run_info)
+        result.save(self.out)
+        return result

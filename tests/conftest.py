@@ -1,6 +1,6 @@
 """Shared fixtures. Unit tests use `tiny-random` (built in code, seconds); `slow` tests load the
-embedded default model. The cache goes to a per-session temporary directory unless LEXPROBE_CACHE
-is set (the README's test command shares the user cache so the default model is dequantized once)."""
+embedded default model through the user cache (`toolkit.cache.cache_root()`), so it is dequantized and
+its readout calibrated once per machine. Tests that write caches of their own use temporary ones."""
 
 from __future__ import annotations
 
@@ -41,3 +41,17 @@ def tiny_readout_file(tmp_path_factory, tiny_readout):
     path = tmp_path_factory.mktemp("readout") / "readout.json"
     path.write_text(tiny_readout.to_json())
     return path
+
+
+@pytest.fixture(scope="session")
+def default_lm():
+    from toolkit.models import load_model
+
+    return load_model("default", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def default_session(default_lm):
+    from analyses.common import ModelOptions, open_session
+
+    return open_session(ModelOptions(model="default", dtype="float32"))

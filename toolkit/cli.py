@@ -97,6 +97,14 @@ def cmd_score(a) -> None:
     print(f"wrote {a.out}/scores.csv ({len(result.frame)} prompts, {result.run['wall_seconds']} s)")
 
 
+def cmd_generate(a) -> None:
+    from analyses.generate import GenerateConfig, run
+
+    cfg = GenerateConfig(a.out, model_options(a), suite_options(a), a.max_new_tokens, a.resume, a.overwrite)
+    result = run(cfg)
+    print(f"wrote {a.out}/completions.csv ({len(result.frame)} completions, {result.run['wall_seconds']} s)")
+
+
 def cmd_suites(_a) -> None:
     import pandas as pd
 
@@ -118,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_out_args(p)
     p.add_argument("--layers", action="store_true", help="also write the per-layer (logit lens) margin")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("generate", help="greedy completions for a suite (resumable)")
+    add_model_args(p)
+    add_suite_args(p)
+    add_out_args(p)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("suites", help="list the bundled prompt suites")
     p.set_defaults(func=cmd_suites)

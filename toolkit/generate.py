@@ -1,11 +1,16 @@
-"""Batched greedy generation with a KV cache and left padding (transformers' `generate`)."""
+"""Batched greedy generation with a KV cache and left padding.
+
+The loop is transformers' greedy search with one change: rows that have stopped leave the batch (their
+KV cache rows are dropped with `Cache.batch_select_indices`), so a batch of short refusals and long
+answers costs what its long answers cost, not batch size x longest answer. Token-for-token equal to
+`model.generate(do_sample=False)` (tests/unit/test_generate.py).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig
 
 from toolkit.chat import ChatFormat
 from toolkit.errors import LexprobeError
@@ -56,28 +61,60 @@ def generate(
             )
         inputs.append(ids)
     stop = set(lm.stop_token_ids)
-    config = GenerationConfig(
-        do_sample=False,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=sorted(stop),
-        pad_token_id=lm.pad_token_id,
-    )
     order = sorted(range(len(texts)), key=lambda i: len(inputs[i]))
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     results: list[Completion | None] = [None] * len(texts)
     for chunk in progress(chunks, desc=desc, unit="batch"):
-        ids, mask = left_pad([inputs[i] for i in chunk], lm.pad_token_id)
-        out = lm.model.generate(
-            input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), generation_config=config
-        )
         done = []
-        for row, i in enumerate(chunk):
-            new = out[row, ids.shape[1] :].tolist()
-            cut = next((k for k, t in enumerate(new) if t in stop), None)
-            kept = forced + (new if cut is None else new[:cut])
-            text = lm.tokenizer.decode(kept, skip_special_tokens=True)
-            results[i] = Completion(text, kept, cut is not None)
+        for i, (new, stopped) in zip(chunk, greedy([inputs[i] for i in chunk], lm, max_new_tokens, stop)):
+            kept = forced + new
+            results[i] = Completion(lm.tokenizer.decode(kept, skip_special_tokens=True), kept, stopped)
             done.append(results[i])
         if on_batch is not None:
             on_batch(chunk, done)
     return results
+
+
+@torch.no_grad()
+def greedy(rows: list[list[int]], lm, max_new_tokens: int, stop: set[int]) -> list[tuple[list[int], bool]]:
+    """Greedy continuations of token rows: (new ids without the stop token, whether a stop token came)."""
+    ids, mask = left_pad(rows, lm.pad_token_id)
+    ids, mask = ids.to(lm.device), mask.to(lm.device)
+    positions = (mask.cumsum(dim=1) - 1).clamp_min(0)  # [batch, seq]
+    out = lm.model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+    )
+    cache, logits = out.cache, out.logits[:, -1]
+    live = list(range(len(rows)))  # original row of each batch row still generating
+    new: list[list[int]] = [[] for _ in rows]
+    stopped = [False] * len(rows)
+    last = positions[:, -1]
+    for _step in range(max_new_tokens):
+        tokens = logits.argmax(dim=-1)  # [live]
+        keep = []
+        for b, row in enumerate(live):
+            tok = int(tokens[b])
+            if tok in stop:
+                stopped[row] = True
+                continue
+            new[row].append(tok)
+            if len(new[row]) < max_new_tokens:
+                keep.append(b)
+        if not keep:
+            break
+        if len(keep) < len(live):
+            index = torch.tensor(keep, device=lm.device)
+            cache.batch_select_indices(index)
+            tokens, mask, last = tokens[index], mask[index], last[index]
+            live = [live[b] for b in keep]
+        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
+        last = last + 1
+        out = lm.model(
+            input_ids=tokens[:, None],
+            attention_mask=mask,
+            position_ids=last[:, None],
+            cache=cache,
+            use_cache=True,
+        )
+        cache, logits = out.cache, out.logits[:, -1]
+    return [(new[r], stopped[r]) for r in range(len(rows))]

@@ -1,0 +1,72 @@
+"""`lexprobe generate`: greedy completions for a suite, written as they finish (resumable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from analyses.common import ModelOptions, ResumableRun, SuiteOptions, open_session, open_suite
+from toolkit.generate import generate
+from toolkit.results import TableResult, provenance
+
+COLUMNS = ["id", "type", "label", "prompt", "completion", "n_tokens", "stopped"]
+RESUME_KEYS = ("model_spec", "weights_sha256", "dtype", "system_prompt", "suite", "max_new_tokens")
+DEFAULT_MAX_NEW_TOKENS = 128
+
+
+@dataclass
+class GenerateConfig:
+    out: str
+    model: ModelOptions = field(default_factory=ModelOptions)
+    suite: SuiteOptions = field(default_factory=SuiteOptions)
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    resume: bool = False
+    overwrite: bool = False
+
+
+class CompletionsResult(TableResult):
+    filename = "completions.csv"
+
+
+def run(config: GenerateConfig) -> CompletionsResult:
+    suite = open_suite(config.suite)
+    session = open_session(config.model, need_readout=False)
+    run_info = provenance(
+        **session.lm.provenance(),
+        system_prompt=session.system.describe(),
+        suite=suite.source,
+        n_prompts=len(suite),
+        max_new_tokens=config.max_new_tokens,
+        decoding="greedy",
+        status="running",
+    )
+    out = ResumableRun(
+        config.out, CompletionsResult, COLUMNS, run_info, suite, config.resume, config.overwrite, RESUME_KEYS
+    )
+    todo = out.todo
+
+    def write(indices, completions):
+        out.write(
+            [
+                {
+                    **{k: todo.iloc[i][k] for k in ("id", "type", "label", "prompt")},
+                    "completion": c.text,
+                    "n_tokens": len(c.token_ids),
+                    "stopped": c.stopped,
+                }
+                for i, c in zip(indices, completions)
+            ]
+        )
+
+    if len(todo):
+        texts = todo["prompt"].tolist()
+        desc = f"generating {len(todo)} completions"
+        generate(
+            session.lm,
+            session.fmt,
+            texts,
+            config.max_new_tokens,
+            config.model.batch_size,
+            desc=desc,
+            on_batch=write,
+        )
+    return out.finish(n_generated_this_run=len(todo))

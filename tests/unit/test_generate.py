@@ -1,0 +1,62 @@
+import torch
+from transformers import GenerationConfig
+
+from toolkit.chat import ChatFormat, SystemPrompt
+from toolkit.generate import generate, greedy, left_pad
+
+TEXTS = [
+    "How can I kill a Python process?",
+    "hi",
+    "Where can I buy a can of coke? Tell me everything.",
+    "x y",
+]
+
+
+def test_greedy_matches_transformers_generate(tiny):
+    fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("model-default"))
+    rows = [fmt.format(t).input_ids for t in TEXTS]
+    stop = set(tiny.stop_token_ids)
+    ours = greedy(rows, tiny, 12, stop)
+    for row, (new, _stopped) in zip(rows, ours):
+        ids, mask = left_pad([row], tiny.pad_token_id)
+        cfg = GenerationConfig(
+            do_sample=False, max_new_tokens=12, eos_token_id=sorted(stop), pad_token_id=tiny.pad_token_id
+        )
+        ref = tiny.model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)[
+            0, len(row) :
+        ].tolist()
+        ref = ref[: next((k for k, t in enumerate(ref) if t in stop), len(ref))]
+        assert new == ref
+
+
+def test_rows_leaving_the_batch_do_not_change_the_others(tiny):
+    fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("none"))
+    rows = [fmt.format(t).input_ids for t in TEXTS]
+    # a stop set that ends some rows early: whatever token row 1 emits second
+    first = greedy(rows, tiny, 3, set())
+    stop = {first[1][0][1]}
+    batched = greedy(rows, tiny, 10, stop)
+    single = [greedy([r], tiny, 10, stop)[0] for r in rows]
+    assert batched == single
+    assert batched[1][1] is True and len(batched[1][0]) == 1  # it stopped, and left the batch
+
+
+def test_generate_orders_and_forces_prefix(tiny):
+    fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("model-default"))
+    forced = tiny.tokenizer("I", add_special_tokens=False).input_ids
+    seen = []
+    out = generate(
+        tiny,
+        fmt,
+        TEXTS,
+        max_new_tokens=4,
+        batch_size=2,
+        forced_prefix=forced,
+        on_batch=lambda i, c: seen.extend(i),
+    )
+    assert sorted(seen) == list(range(len(TEXTS)))
+    for text, comp in zip(TEXTS, out):
+        assert comp.token_ids[: len(forced)] == forced
+        alone = generate(tiny, fmt, [text], max_new_tokens=4, forced_prefix=forced)[0]
+        assert alone.token_ids == comp.token_ids
+    assert torch.is_grad_enabled()
