@@ -1,0 +1,34 @@
+"""The margin above which a model refuses, per model and system-prompt condition.
+
+`lexprobe validate-margin` measures it against real generations and saves it here; later studies
+(`perturb`, `pairs`, `contrast`) read it to say whether a change flips the refusal. Without a saved
+value the threshold is 0, where the decision margin changes sign (greedy decoding switches from a
+compliance opening to a refusal opening).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from toolkit.cache import cache_dir, write_json_atomic
+
+DEFAULT_SOURCE = "0: the decision margin's sign (no validate-margin result saved for this model and condition)"
+
+
+def _path(lm, system):
+    key = hashlib.sha256(json.dumps(system.describe(), sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir("thresholds", lm.weights_sha256[:16]) / f"{key}.json"
+
+
+def save_threshold(lm, system, value: float, details: dict) -> None:
+    write_json_atomic(_path(lm, system), {"threshold": float(value), "system_prompt": system.describe(), **details})
+
+
+def refusal_threshold(lm, system) -> tuple[float, str]:
+    """(threshold, where it comes from)."""
+    path = _path(lm, system)
+    if path.exists():
+        data = json.loads(path.read_text())
+        return float(data["threshold"]), f"validate-margin ({path})"
+    return 0.0, DEFAULT_SOURCE
