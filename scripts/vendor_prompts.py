@@ -2,7 +2,7 @@
 
     python scripts/vendor_prompts.py [--data ../shared/data]
 
-XSTest is copied whole. The calibration sets are sampled with a fixed seed: all harmful instructions
+XSTest and its two human-labelled completion sets are copied whole. The calibration sets are sampled with a fixed seed: all harmful instructions
 (260 train, 39 val) and 260 train / 39 val harmless ones, so both classes have equal size.
 """
 
@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     args = parser.parse_args()
     shutil.copyfile(args.data / "xstest" / "xstest_prompts.csv", HERE / "xstest.csv")
+    for model in ("llama2orig", "mistralguard"):
+        shutil.copyfile(args.data / "xstest" / f"completions_{model}.csv", HERE / f"xstest_completions_{model}.csv")
     calib = args.data / "calibration"
     for split, n in (("train", 260), ("val", 39)):
         harmful = json.loads((calib / f"harmful_{split}.json").read_text())

@@ -105,6 +105,50 @@ def cmd_generate(a) -> None:
     print(f"wrote {a.out}/completions.csv ({len(result.frame)} completions, {result.run['wall_seconds']} s)")
 
 
+def cmd_classify(a) -> None:
+    from analyses.evaluate import ClassifyConfig, run_classify
+
+    result = run_classify(ClassifyConfig(a.completions, a.out, a.classifier))
+    counts = result.frame["predicted"].value_counts().to_dict()
+    print(f"wrote {a.out} ({len(result.frame)} rows; {counts})")
+
+
+def cmd_evaluate(a) -> None:
+    from analyses.evaluate import EvaluateConfig, run_evaluate
+    from toolkit.console import print_table
+
+    types = [t.strip() for arg in a.types for t in arg.split(",") if t.strip()]
+    result = run_evaluate(EvaluateConfig(a.completions, a.out, a.label_column, a.compare_column, types))
+    print_table(result.frame, title=f"% of responses by label ({a.label_column})")
+    for model, agree in result.agreements.items():
+        print(
+            f"{model}: binary agreement {agree['binary_agreement']:.3f}, 3-way accuracy "
+            f"{agree['accuracy_3way']:.3f}, macro-F1 {agree['macro_f1_3way']:.3f}"
+        )
+        print(agree["confusion"].to_string())
+    print(f"wrote {a.out}/table.csv and {a.out}/table.png")
+
+
+def cmd_validate_margin(a) -> None:
+    from analyses.margin_validity import ValidityConfig, run
+
+    cfg = ValidityConfig(
+        a.out,
+        model_options(a),
+        suite_options(a),
+        a.completions,
+        a.classifier,
+        a.max_new_tokens,
+        save=not a.no_save,
+    )
+    s = run(cfg).summary
+    print(
+        f"AUROC {s['auroc']:.3f} (95% CI {s['auroc_ci95'][0]:.3f}-{s['auroc_ci95'][1]:.3f}) over {s['n']} prompts, "
+        f"{100 * s['refusal_rate']:.1f}% refused; threshold {s['threshold']:.2f} "
+        f"(accuracy {s['accuracy_at_threshold']:.3f}); wrote {a.out}/validity.csv, summary.json, reliability.png"
+    )
+
+
 def cmd_suites(_a) -> None:
     import pandas as pd
 
@@ -133,6 +177,46 @@ def build_parser() -> argparse.ArgumentParser:
     add_out_args(p)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("classify", help="label completions full_compliance / full_refusal / partial_refusal")
+    p.add_argument(
+        "--completions", required=True, help="completions file (CSV/JSONL/Parquet) or a bundled set"
+    )
+    p.add_argument("--classifier", default="default", help="default | strmatch | rules")
+    p.add_argument("--out", required=True, help="output file: the same rows plus `predicted`")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("evaluate", help="XSTest's results table from labelled completions")
+    p.add_argument(
+        "--completions",
+        nargs="+",
+        required=True,
+        help="one file per model, or bundled xstest-llama2orig / xstest-mistralguard",
+    )
+    p.add_argument("--label-column", default="final_label", help="final_label (human) or predicted")
+    p.add_argument(
+        "--compare-column",
+        default=None,
+        help="a second label column to check against --label-column (default: predicted, if present)",
+    )
+    p.add_argument("--type", dest="types", action="append", default=[], metavar="T")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("validate-margin", help="how well the margin predicts real (greedy) refusals")
+    add_model_args(p)
+    add_suite_args(p, required=False)
+    p.set_defaults(suite="xstest")
+    p.add_argument(
+        "--completions", default=None, help="completions of this model and condition (else generated)"
+    )
+    p.add_argument("--classifier", default="default")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--no-save", action="store_true", help="don't store the threshold for later studies")
+    p.add_argument(
+        "--out", required=True, help="output directory (resumes the score and generate steps there)"
+    )
+    p.set_defaults(func=cmd_validate_margin)
 
     p = sub.add_parser("suites", help="list the bundled prompt suites")
     p.set_defaults(func=cmd_suites)

@@ -1,0 +1,127 @@
+"""`lexprobe validate-margin`: does the one-pass refusal margin predict what the model actually does?
+
+For one model and system-prompt condition: score the suite (`score`), generate greedy completions
+(`generate`, or take a completions file), label them with the default classifier, and report how well
+the margin predicts refusal (full or partial): AUROC with a bootstrap 95% CI, the calibrated
+threshold, and a reliability plot. The threshold is the margin where a logistic fit of P(refusal |
+margin) crosses 1/2, i.e. where the model starts refusing; it is saved per model and condition
+(`toolkit/thresholds.py`) for later studies. Each step writes into its own subdirectory of --out and
+resumes there.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import optimize
+
+from analyses import generate as generate_analysis
+from analyses import score as score_analysis
+from analyses.common import ModelOptions, SuiteOptions, open_session
+from analyses.evaluate import normalise_labels, read_completions
+from toolkit.classify import classify, is_refusal
+from toolkit.errors import LexprobeError
+from toolkit.results import TableResult, Timer, provenance
+from toolkit.stats import auroc, bootstrap_ci
+from toolkit.thresholds import save_threshold
+
+
+@dataclass
+class ValidityConfig:
+    out: str
+    model: ModelOptions = field(default_factory=ModelOptions)
+    suite: SuiteOptions = field(default_factory=SuiteOptions)
+    completions: str | None = None  # an existing completions file for this model and condition
+    classifier: str = "default"
+    max_new_tokens: int = generate_analysis.DEFAULT_MAX_NEW_TOKENS
+    n_bootstrap: int = 2000
+    seed: int = 0
+    save: bool = True  # store the threshold for later studies
+
+
+class ValidityResult(TableResult):
+    filename = "validity.csv"
+
+
+def fit_threshold(margin: np.ndarray, refused: np.ndarray) -> tuple[float, float]:
+    """(threshold, slope) of the logistic fit P(refused) = sigmoid(slope * (margin - threshold))."""
+
+    def loss(params):
+        slope, threshold = params
+        z = slope * (margin - threshold)
+        return np.sum(np.logaddexp(0, z) - refused * z) + 1e-3 * slope**2
+
+    fit = optimize.minimize(loss, x0=[1.0, 0.0], method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9})
+    slope, threshold = fit.x
+    return float(threshold), float(slope)
+
+
+def run(config: ValidityConfig) -> ValidityResult:
+    timer = Timer()
+    out = Path(config.out)
+    scores = score_analysis.run(
+        score_analysis.ScoreConfig(str(out / "score"), config.model, config.suite, resume=True)
+    ).frame
+    if config.completions:
+        _, completions = read_completions(config.completions)
+    else:
+        completions = generate_analysis.run(
+            generate_analysis.GenerateConfig(
+                str(out / "generate"), config.model, config.suite, config.max_new_tokens, resume=True
+            )
+        ).frame
+    completions = completions.assign(id=completions["id"].astype(str))
+    frame = scores.merge(completions[["id", "completion"]], on="id", how="inner")
+    if len(frame) < len(scores):
+        raise LexprobeError(
+            f"the completions cover {len(frame)} of {len(scores)} scored prompts: generate the rest (same --out, "
+            "it resumes) or pass a completions file for the same suite"
+        )
+    frame["predicted"] = normalise_labels(
+        pd.Series(classify(frame["completion"].tolist(), frame["prompt"].tolist(), name=config.classifier)),
+        "classifier",
+    )
+    frame["refused"] = frame["predicted"].map(is_refusal)
+    y, m = frame["refused"].to_numpy(), frame["margin"].to_numpy()
+    if y.all() or not y.any():
+        raise LexprobeError(
+            f"the model {'refused' if y.all() else 'answered'} every prompt here, so refusal cannot be predicted: "
+            "use a suite with both behaviours"
+        )
+    auc = auroc(y, m)
+    lo, hi = bootstrap_ci(auroc, y, m, n_resamples=config.n_bootstrap, seed=config.seed)
+    threshold, slope = fit_threshold(m, y.astype(float))
+    session = open_session(config.model)  # cached: the model is already loaded by the steps above
+    summary = {
+        "n": int(len(frame)),
+        "refusal_rate": round(float(y.mean()), 4),
+        "auroc": round(auc, 4),
+        "auroc_ci95": [round(lo, 4), round(hi, 4)],
+        "auroc_margin_sampled": round(auroc(y, frame["margin_sampled"].to_numpy()), 4),
+        "threshold": round(threshold, 4),
+        "logistic_slope": round(slope, 4),
+        "accuracy_at_threshold": round(float(((m > threshold) == y).mean()), 4),
+        "accuracy_at_zero": round(float(((m > 0) == y).mean()), 4),
+        "classifier": config.classifier,
+    }
+    run_info = provenance(
+        **session.provenance(), suite=config.suite.suite, **summary, wall_seconds=timer.seconds
+    )
+    if config.save:
+        save_threshold(session.lm, session.system, threshold, {"auroc": summary["auroc"], "n": summary["n"]})
+    result = ValidityResult(
+        frame[["id", "type", "label", "prompt", "margin", "margin_sampled", "predicted", "refused"]], run_info
+    )
+    result.save(out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    from toolkit.plots import reliability_plot
+
+    reliability_plot(
+        m, y, threshold, slope, out / "reliability.png", title=f"{session.lm.spec}: margin vs behaviour"
+    )
+    result.summary = summary
+    return result

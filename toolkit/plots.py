@@ -1,0 +1,86 @@
+"""Figures of behaviour and margins (matplotlib, Agg backend): stacked label bars, reliability."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+COLOURS = {"full_compliance": "#4c9a5f", "full_refusal": "#c0392b", "partial_refusal": "#e6a23c"}
+
+
+def stacked_bars(table: pd.DataFrame, path: Path, title: str) -> Path:
+    """XSTest-style figure: for each model a panel of horizontal stacked bars, one per prompt type,
+    safe types first, then the unsafe contrasts."""
+    models = list(dict.fromkeys(table["model"]))
+    n_rows = table.groupby("model").size().max()
+    fig, axes = plt.subplots(
+        1, len(models), figsize=(6.5 * len(models), 0.32 * n_rows + 1.6), squeeze=False, sharey=True
+    )
+    for ax, model in zip(axes[0], models):
+        t = table[table["model"] == model]
+        t = pd.concat([t[t["label"] == "safe"], t[t["label"] != "safe"]])
+        y = np.arange(len(t))[::-1]
+        left = np.zeros(len(t))
+        for label, colour in COLOURS.items():
+            ax.barh(y, t[label], left=left, color=colour, label=label.replace("_", " "), height=0.8)
+            left += t[label].to_numpy()
+        ax.set_yticks(y, [f"{ty} (n={n})" for ty, n in zip(t["type"], t["n"])], fontsize=8)
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("% of responses")
+        ax.set_title(model, fontsize=10)
+    axes[0][0].legend(loc="lower center", bbox_to_anchor=(0.5, 1.06), ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=11, y=1.0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def reliability_plot(
+    margin: np.ndarray, refused: np.ndarray, threshold: float, slope: float, path: Path, title: str
+):
+    """Left: observed refusal rate in margin deciles against p_refuse = sigmoid(margin) and the
+    logistic fit. Right: margin distributions of refused and answered prompts, with the threshold."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    edges = np.unique(np.quantile(margin, np.linspace(0, 1, 11)))
+    bins = np.clip(np.digitize(margin, edges[1:-1]), 0, len(edges) - 2)
+    centres = [margin[bins == b].mean() for b in range(len(edges) - 1) if (bins == b).any()]
+    rates = [refused[bins == b].mean() for b in range(len(edges) - 1) if (bins == b).any()]
+    counts = [(bins == b).sum() for b in range(len(edges) - 1) if (bins == b).any()]
+    xs = np.linspace(margin.min(), margin.max(), 200)
+    ax1.plot(xs, 1 / (1 + np.exp(-xs)), color="grey", ls="--", label="p_refuse = sigmoid(margin)")
+    ax1.plot(xs, 1 / (1 + np.exp(-slope * (xs - threshold))), color="black", label="logistic fit")
+    ax1.scatter(
+        centres, rates, s=[12 + 2 * c for c in counts], color="#c0392b", zorder=3, label="observed (deciles)"
+    )
+    ax1.axvline(threshold, color="#c0392b", lw=0.8)
+    ax1.set_xlabel("refusal margin")
+    ax1.set_ylabel("share of prompts refused")
+    ax1.set_ylim(-0.03, 1.03)
+    ax1.legend(fontsize=8, loc="upper left")
+    ax1.set_title("reliability", fontsize=10)
+    bins2 = np.linspace(margin.min(), margin.max(), 40)
+    ax2.hist(margin[~refused.astype(bool)], bins=bins2, alpha=0.6, color="#4c9a5f", label="answered")
+    ax2.hist(
+        margin[refused.astype(bool)],
+        bins=bins2,
+        alpha=0.6,
+        color="#c0392b",
+        label="refused (full or partial)",
+    )
+    ax2.axvline(threshold, color="black", lw=1, label=f"threshold {threshold:.2f}")
+    ax2.set_xlabel("refusal margin")
+    ax2.set_ylabel("prompts")
+    ax2.legend(fontsize=8)
+    ax2.set_title("margin by behaviour", fontsize=10)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
