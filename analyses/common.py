@@ -98,7 +98,7 @@ class ResumableRun:
         order = {i: k for k, i in enumerate(self.suite.frame["id"])}
         frame = (
             frame[frame["id"].isin(order)]
-            .sort_values("id", key=lambda s: s.map(order))
+            .sort_values("id", key=lambda s: s.map(order), kind="stable")
             .reset_index(drop=True)
         )
         self.run_info.update(status="complete", wall_seconds=self.timer.seconds, **info)

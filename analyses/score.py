@@ -69,6 +69,10 @@ def run(config: ScoreConfig) -> ScoreResult:
     if len(todo):
         scorer = Scorer(session.lm, session.fmt, session.readout, batch_size=config.model.batch_size)
         scorer.score(
-            todo["prompt"].tolist(), layers=config.layers, desc=f"scoring {len(todo)} prompts", on_batch=write
+            todo["prompt"].tolist(),
+            layers=config.layers,
+            desc=f"scoring {len(todo)} prompts",
+            on_batch=write,
+            ids=todo["id"].tolist(),
         )
     return out.finish(n_scored_this_run=len(todo))

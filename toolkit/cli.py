@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from toolkit.errors import LexprobeError
 
@@ -34,6 +35,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", help="float32 | bfloat16 | auto (bf16 only where it is fast)")
     g.add_argument("--device", default="auto", help="cpu | cuda | auto")
     g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: all cores; 1 is faster when other jobs share the CPU)",
+    )
     g.add_argument("--weights-sha256", default=None, help="refuse weights whose sha256 differs")
     g.add_argument(
         "--readout",
@@ -149,6 +156,141 @@ def cmd_validate_margin(a) -> None:
     )
 
 
+def cmd_attribute(a) -> None:
+    from analyses.attribute import run
+    from toolkit.console import print_table
+
+    result = run(attribute_config(a))
+    if a.prompt is not None:
+        from toolkit.viz import print_terminal
+
+        print_terminal(result)
+    by_type = result.faithfulness_by_type()
+    if len(by_type):
+        cols = ["type", "method", "n", "top1_drop", "top1_drop_random", "no_better_than_random"]
+        print_table(
+            by_type[cols], title="faithfulness: margin drop when the top word is removed, vs a random word"
+        )
+    if len(result.method_names) > 1:
+        print_table(result.agreement(), title="rank agreement between methods")
+    ig = result.methods[result.methods["method"] == "integrated_gradients"] if len(result.methods) else None
+    if ig is not None and len(ig):
+        print(
+            f"integrated gradients: completeness error max {ig['completeness_error'].max():.4f}, "
+            f"median {ig['completeness_error'].median():.4f}, steps median {int(ig['steps'].median())}"
+        )
+    print(
+        f"wrote {a.out}/attributions.csv, heatmap.html, heatmap.png ({len(result.prompts)} prompts, "
+        f"{result.run['wall_seconds']} s)"
+    )
+
+
+def attribute_config(a):
+    from analyses.attribute import AttributeConfig, parse_methods
+
+    return AttributeConfig(
+        a.out,
+        model_options(a),
+        suite_options(a) if a.suite is not None else None,
+        a.prompt,
+        parse_methods(a.method),
+        attribution_settings(a),
+        not a.no_faithfulness,
+        a.random_orders,
+        a.contrasts,
+        True,
+        a.resume,
+        a.overwrite,
+    )
+
+
+def attribution_settings(a):
+    from toolkit.attribution import AttributionSettings
+
+    return AttributionSettings(
+        target=a.target,
+        n_steps=a.steps,
+        max_steps=a.max_steps,
+        tolerance=a.tolerance,
+        rule=a.ig_rule,
+        baseline=a.baseline,
+        n_samples=a.samples,
+        replacement=a.replacement,
+        group_phrases=a.group_phrases,
+        batch_size=a.batch_size,
+        seed=a.seed,
+    )
+
+
+def add_attribution_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("attribution")
+    g.add_argument("--method", default="integrated_gradients", help="a method, a comma list, or all")
+    g.add_argument("--target", default="decision", help="decision (default) | sampled: which margin")
+    g.add_argument("--steps", type=int, default=16, help="integrated gradients: first uniform steps")
+    g.add_argument("--max-steps", type=int, default=256, help="integrated gradients: refine up to this")
+    g.add_argument("--tolerance", type=float, default=0.05, help="IG completeness error to reach")
+    g.add_argument("--ig-rule", default="adaptive", help="adaptive | trapezoid | gausslegendre")
+    g.add_argument("--baseline", default="pad", help="IG reference for the user tokens: pad | zero")
+    g.add_argument("--samples", type=int, default=None, help="shapley/kernel_shap/lime/gradient_shap samples")
+    g.add_argument(
+        "--replacement", default=None, help="perturbations put this text in a removed word's place"
+    )
+    g.add_argument("--group-phrases", action="store_true", help='treat "blow up" as one word')
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-faithfulness", action="store_true", help="skip the faithfulness measures")
+    g.add_argument("--random-orders", type=int, default=3, help="random orders behind the random ranking")
+    g.add_argument(
+        "--contrasts", action="store_true", help="add the paired unsafe contrast of each safe prompt"
+    )
+
+
+def cmd_plausibility(a) -> None:
+    from analyses.attribute import parse_methods
+    from analyses.plausibility import PlausibilityConfig, run
+    from toolkit.console import print_table
+
+    cfg = PlausibilityConfig(
+        a.out,
+        model_options(a),
+        a.suite,
+        parse_methods(a.method),
+        attribution_settings(a),
+        a.per_type,
+        a.faithfulness,
+    )
+    result = run(cfg)
+    print_table(result.summary, title="top word = focus word (lemma match), vs a random word of the prompt")
+    print(f"wrote {a.out}/plausibility.csv, plausibility_by_type.csv, hits.csv and {a.out}/attributions/")
+
+
+def cmd_heatmap(a) -> None:
+    from toolkit import viz
+    from toolkit.attribution.result import AttributionResult
+
+    if not (Path(a.source) / "attributions.csv").exists():
+        raise LexprobeError(
+            f"'{a.source}' holds no attributions.csv: give a `lexprobe attribute` output directory"
+        )
+    result = AttributionResult.load(a.source)
+    if a.ids:
+        missing = sorted(set(a.ids) - set(result.prompts["id"]))
+        if missing:
+            raise LexprobeError(f"'{a.source}' has no prompt id {', '.join(missing[:5])}: check --ids")
+        result = result.select(a.ids)
+    method = a.method or result.method_names[0]
+    if method not in result.method_names:
+        raise LexprobeError(f"'{a.source}' has no method '{method}': it has {', '.join(result.method_names)}")
+    out = Path(a.out)
+    if out.suffix.lower() not in (".png", ".html"):
+        raise LexprobeError(f"--out '{out}' must end in .png or .html")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".html":
+        viz.heatmap_html(result, out)
+    else:
+        viz.heatmap_png(result, out, method)
+    print(f"wrote {out} ({len(result.prompts)} prompts)")
+
+
 def cmd_suites(_a) -> None:
     import pandas as pd
 
@@ -218,6 +360,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_validate_margin)
 
+    p = sub.add_parser("attribute", help="which words push a prompt toward refusal (heatmaps, faithfulness)")
+    add_model_args(p)
+    add_suite_args(p, required=False)
+    p.add_argument("--prompt", default=None, help="one prompt to attribute (instead of --suite)")
+    add_attribution_args(p)
+    add_out_args(p)
+    p.set_defaults(func=cmd_attribute)
+
+    p = sub.add_parser(
+        "plausibility", help="how often each method's top word is a refused safe prompt's focus word"
+    )
+    add_model_args(p)
+    p.add_argument("--suite", default="xstest", help="a suite with a `focus` column")
+    p.add_argument("--per-type", type=int, default=None, help="at most N refused prompts per type")
+    p.add_argument("--faithfulness", action="store_true", help="also measure faithfulness (slower)")
+    add_attribution_args(p)
+    p.add_argument("--out", required=True, help="output directory (resumable: rerun to continue)")
+    p.set_defaults(func=cmd_plausibility)
+
+    p = sub.add_parser("heatmap", help="redraw a heatmap (PNG or HTML) from an attribute output directory")
+    p.add_argument("--from", dest="source", required=True, help="a `lexprobe attribute` output directory")
+    p.add_argument("--ids", nargs="+", default=[], help="only these prompt ids (in this order)")
+    p.add_argument("--method", default=None, help="the method to draw (PNG; default the first)")
+    p.add_argument("--out", required=True, help="a .png or .html file")
+    p.set_defaults(func=cmd_heatmap)
+
+    from toolkit.cli_minimal_pairs import add_minimal_pair_commands
+
+    add_minimal_pair_commands(sub)
+
     p = sub.add_parser("suites", help="list the bundled prompt suites")
     p.set_defaults(func=cmd_suites)
     return parser
@@ -233,6 +405,13 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    if getattr(args, "threads", None):
+        if args.threads < 1:
+            sys.stderr.write(f"lexprobe: error: --threads must be at least 1, got {args.threads}\n")
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         args.func(args)
     except LexprobeError as err:

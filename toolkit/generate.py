@@ -45,6 +45,7 @@ def generate(
     forced_prefix: list[int] | None = None,
     desc: str = "generating",
     on_batch=None,
+    ids: list[str] | None = None,
 ) -> list[Completion]:
     """Greedy completions of `texts`, in order. `forced_prefix` token ids are appended to every prompt
     (and included in the returned ids). `on_batch(indices, completions)` is called as batches finish."""
@@ -55,8 +56,9 @@ def generate(
     for i, text in enumerate(texts):
         ids = fmt.format(text).input_ids + forced
         if len(ids) + max_new_tokens > lm.context_length:
+            name = f"prompt id {ids[i]}" if ids is not None else f"prompt {i + 1}"
             raise LexprobeError(
-                f"prompt {i + 1} plus {max_new_tokens} new tokens exceeds the model's context of "
+                f"{name} plus {max_new_tokens} new tokens exceeds the model's context of "
                 f"{lm.context_length}: shorten it or lower --max-new-tokens"
             )
         inputs.append(ids)

@@ -149,10 +149,21 @@ class Scorer:
     # ----------------------------------------------------------------------------- public
     @torch.no_grad()
     def score(
-        self, texts: list[str], layers: bool = False, desc: str = "scoring", on_batch=None
+        self,
+        texts: list[str],
+        layers: bool = False,
+        desc: str = "scoring",
+        on_batch=None,
+        ids: list[str] | None = None,
     ) -> MarginScores:
-        """Margins for `texts`, in order. `on_batch(indices, MarginScores)` is called as batches finish."""
-        prompts = [self.encode(t, f"prompt {i + 1}") for i, t in enumerate(texts)]
+        """Margins for `texts`, in order. `on_batch(indices, MarginScores)` is called as batches finish.
+        Every text is checked against the context length before any forward pass; `ids` name them in errors."""
+        names = (
+            [f"prompt id {i}" for i in ids]
+            if ids is not None
+            else [f"prompt {i + 1}" for i in range(len(texts))]
+        )
+        prompts = [self.encode(t, name) for t, name in zip(texts, names)]
         suffixes = [self.suffix_ids(p) for p in prompts]
         order = sorted(range(len(texts)), key=lambda i: len(suffixes[i]))  # similar lengths pad less
         out = MarginScores(
