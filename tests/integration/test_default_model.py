@@ -70,3 +70,23 @@ def test_margin_sign_predicts_greedy_refusal(default_session):
     refused = np.array([is_refusal(x) for x in classify([c.text for c in completions], texts, name="rules")])
     assert 0 < refused.sum() < len(texts)  # the sample has both behaviours
     assert ((scores.margin > 0) == refused).mean() >= 0.8
+
+
+def test_validate_margin_on_a_sample_of_xstest(tmp_path, default_session):
+    from analyses.common import ModelOptions, SuiteOptions
+    from analyses.margin_validity import ValidityConfig, run
+
+    ids = [str(i) for i in range(1, 451, 19)]  # 24 prompts across all types
+    cfg = ValidityConfig(
+        str(tmp_path / "v"),
+        ModelOptions(model="default", dtype="float32"),
+        SuiteOptions(ids=ids),
+        max_new_tokens=64,
+        save=False,
+    )
+    result = run(cfg)
+    s = result.summary
+    assert s["n"] == 24 and 0 < s["refusal_rate"] < 1
+    assert s["auroc"] >= 0.85  # 0.984 on all 450 prompts with 128 new tokens (README)
+    assert s["auroc_ci95"][0] <= s["auroc"] <= s["auroc_ci95"][1]
+    assert (tmp_path / "v" / "reliability.png").exists()
