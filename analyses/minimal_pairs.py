@@ -1,0 +1,395 @@
+"""Minimal pairs: `lexprobe perturb` (word knockout sweep with matched controls) and `lexprobe pairs`
+(any CSV of prompt_a, prompt_b).
+
+The sweep rewrites each unit of each prompt in turn (`toolkit.substitution`: trigger words from the
+lexicon, other content words by the model's embedding neighbours), scores every variant in batches
+(refusal margin and in-context fluency from one pass, `toolkit.variant_scoring`), and reports per
+variant the margin change and whether it crosses the model's refusal threshold
+(`toolkit.thresholds`). Tables over the sweep (`analyses.effects`): per word, matched controls, per
+trigger with paired statistics, pooled contrasts, and, given `--attributions`, the agreement of each
+attribution method with the substitution effects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from analyses import effects
+from analyses.common import ModelOptions, ResumableRun, SuiteOptions, open_session, open_suite
+from toolkit import stats
+from toolkit.errors import LexprobeError
+from toolkit.lexicon import Lexicon
+from toolkit.progress import progress
+from toolkit.results import TableResult, provenance, write_csv_atomic
+from toolkit.scoring import Scorer
+from toolkit.substitution import Substituter, parse_rewrites
+from toolkit.suites import Suite, read_table
+from toolkit.thresholds import refusal_threshold
+from toolkit.variant_scoring import VariantScorer
+
+COLUMNS = [
+    "id", "word", "replacement", "variant", "margin_orig", "margin_variant", "delta", "flipped", "type",
+    "label", "word_index", "char_start", "char_end", "lemma", "pos", "role", "category", "strategy",
+    "sense", "similarity", "fluency", "prompt",
+]  # fmt: skip
+PAIR_COLUMNS = ["prompt_a", "prompt_b", "margin_a", "margin_b", "delta", "flipped", "id"]
+RESUME_KEYS = ("model_spec", "weights_sha256", "dtype", "system_prompt", "suite", "substitution")
+CHUNK = 8  # prompts per unit of work (rows are written, and resumable, per chunk)
+
+
+class MultiTableResult(TableResult):
+    """The main table plus named side tables (`tables`), each saved as `<name>.csv` next to it."""
+
+    side_tables: tuple[str, ...] = ()
+
+    def __init__(self, frame: pd.DataFrame, run: dict | None = None, tables: dict | None = None):
+        super().__init__(frame, run or {})
+        self.tables: dict[str, pd.DataFrame] = dict(tables or {})
+
+    def save(self, out_dir):
+        out = super().save(out_dir)
+        for name, table in self.tables.items():
+            write_csv_atomic(table, out / f"{name}.csv")
+        return out
+
+    @classmethod
+    def load(cls, out_dir):
+        result = super().load(out_dir)
+        for name in cls.side_tables:
+            path = Path(out_dir) / f"{name}.csv"
+            if path.exists():
+                result.tables[name] = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+        return result
+
+
+class PerturbResult(MultiTableResult):
+    filename = "substitutions.csv"
+    side_tables = ("words", "controls", "triggers", "pooled", "attribution_agreement")
+
+
+class PairsResult(MultiTableResult):
+    filename = "pairs.csv"
+    side_tables = ("summary",)
+
+
+@dataclass
+class PerturbConfig:
+    out: str
+    model: ModelOptions = field(default_factory=ModelOptions)
+    suite: SuiteOptions = field(default_factory=SuiteOptions)
+    strategies: list[str] = field(default_factory=lambda: ["lexicon", "auto"])
+    rewrites: list[str] = field(default_factory=list)  # "kill=stop,end"
+    lexicon: str | None = None  # a lexicon JSON instead of the bundled one
+    min_similarity: float = 0.7
+    per_word: int = 1
+    attributions: str | None = None  # attributions.csv of `lexprobe attribute`
+    content_words: int | None = None  # at most this many non-trigger words per prompt (None: all)
+    figures: bool = True
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+
+
+def run(config: PerturbConfig) -> PerturbResult:
+    suite = open_suite(config.suite)
+    attributions = _read_attributions(config.attributions) if config.attributions else None
+    rewrites = parse_rewrites(config.rewrites)
+    lexicon = Lexicon.load(config.lexicon)
+    session = open_session(config.model)
+    threshold, source = refusal_threshold(session.lm, session.system)
+    scorer = VariantScorer(Scorer(session.lm, session.fmt, session.readout, config.model.batch_size))
+    sub = Substituter(
+        lexicon,
+        tuple(config.strategies),
+        session.lm,
+        rewrites,
+        config.min_similarity,
+        config.per_word,
+        batch_size=config.model.batch_size,
+        fluency=scorer.fluency,
+        max_content_words=config.content_words,
+    )
+    run_info = provenance(
+        **session.provenance(),
+        suite=suite.source,
+        n_prompts=len(suite),
+        status="running",
+        threshold=threshold,
+        threshold_source=source,
+        substitution=sub.describe() | {"rewrites": rewrites},
+        batch_size=config.model.batch_size,
+        seed=config.seed,
+    )
+    out = ResumableRun(
+        config.out, PerturbResult, COLUMNS, run_info, suite, config.resume, config.overwrite, RESUME_KEYS
+    )
+    todo = out.todo
+    chunks = [todo.iloc[i : i + CHUNK] for i in range(0, len(todo), CHUNK)]
+    for chunk in progress(chunks, desc=f"perturbing {len(todo)} prompts", unit="chunk"):
+        out.write(_sweep(chunk, sub, scorer, threshold))
+    result = out.finish(n_perturbed_this_run=len(todo), n_texts_scored_this_run=len(scorer.cache))
+    result.tables = analyse(result.frame, suite, sub, attributions, config.seed)
+    if config.figures:
+        figures(result, Path(config.out), threshold)
+    result.save(config.out)
+    return result
+
+
+def _sweep(chunk: pd.DataFrame, sub: Substituter, scorer: VariantScorer, threshold: float) -> list[dict]:
+    texts = chunk["prompt"].tolist()
+    _, cands = sub.candidates(texts)
+    scorer.score(texts + [c.variant for cs in cands for c in cs])
+    rows = []
+    for (_, rec), text, cs in zip(chunk.iterrows(), texts, cands):
+        m0 = float(scorer.margins([text])[0])
+        for c in cs:
+            m1 = float(scorer.margins([c.variant])[0])
+            u = c.unit
+            rows.append(
+                {
+                    "id": rec["id"],
+                    "type": rec["type"],
+                    "label": rec["label"],
+                    "word": u.text,
+                    "replacement": c.replacement,
+                    "variant": c.variant,
+                    "margin_orig": m0,
+                    "margin_variant": m1,
+                    "delta": m1 - m0,
+                    "flipped": (m0 > threshold) != (m1 > threshold),
+                    "word_index": u.index,
+                    "char_start": u.start,
+                    "char_end": u.end,
+                    "lemma": u.key,
+                    "pos": u.pos,
+                    "role": "trigger" if u.trigger else "content",
+                    "category": u.category,
+                    "strategy": c.strategy,
+                    "sense": c.sense,
+                    "similarity": round(c.similarity, 4),
+                    "fluency": round(c.fluency, 3),
+                    "prompt": text,
+                }
+            )
+    return rows
+
+
+def analyse(frame: pd.DataFrame, suite: Suite, sub: Substituter, attributions=None, seed: int = 0) -> dict:
+    """The side tables of a sweep: words, controls, triggers, pooled (+ attribution_agreement)."""
+    frame = typed(frame)
+    units = effects.unit_table(frame)
+    controls = effects.pick_controls(units)
+    tables = {
+        "words": word_summary(units, suite, sub),
+        "controls": controls,
+        "triggers": effects.trigger_table(units, controls, seed),
+        "pooled": effects.pooled_table(units, controls, seed),
+    }
+    if attributions is not None:
+        tables["attribution_agreement"] = effects.attribution_agreement(attributions, frame)
+    return tables
+
+
+def typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """A substitutions table read back from CSV with its numbers and booleans restored."""
+    numeric = ["margin_orig", "margin_variant", "delta", "similarity", "fluency", "char_start", "char_end"]
+    out = frame.assign(**{c: pd.to_numeric(frame[c], errors="coerce") for c in numeric if c in frame})
+    return out.assign(flipped=frame["flipped"].astype(str).str.lower() == "true")
+
+
+def word_summary(units: pd.DataFrame, suite: Suite, sub: Substituter) -> pd.DataFrame:
+    """Every unit of every prompt, substituted or not (with the reason), and its mean margin change."""
+    rows = []
+    for _, rec in suite.frame.iterrows():
+        for u in sub.units(rec["prompt"]):
+            rows.append(
+                {
+                    "id": rec["id"],
+                    "type": rec["type"],
+                    "label": rec["label"],
+                    "char_start": u.start,
+                    "char_end": u.end,
+                    "word_index": u.index,
+                    "word": u.text,
+                    "lemma": u.key,
+                    "pos": u.pos,
+                    "role": "trigger" if u.trigger else "content",
+                    "category": u.category,
+                    "note": _why_not(u, sub),
+                }
+            )
+    words = pd.DataFrame(rows)
+    if words.empty:
+        return words
+    keep = [*effects.UNIT_KEYS, "replacement", "n_variants", "margin_orig", "delta", "flip_share"]
+    words = words.merge(units[keep], on=effects.UNIT_KEYS, how="left")
+    words["n_variants"] = words["n_variants"].fillna(0).astype(int)
+    words.loc[words["n_variants"] > 0, "note"] = ""
+    return words
+
+
+def _why_not(unit, sub: Substituter) -> str:
+    if unit.trigger:
+        entry = sub.lexicon.entries.get(unit.key)
+        if entry is not None and not entry.substitutes(unit.pos):
+            return "trigger without a neutral paraphrase in the lexicon"
+        return "no substitute passed the meaning filter"
+    if "auto" not in sub.strategies:
+        return "no strategy for content words (add 'auto')"
+    if sub.max_content_words is not None:
+        return f"not among the {sub.max_content_words} content words rewritten per prompt, or no candidate"
+    if len(unit.key) < 3 or (unit.text[:1].isupper() and unit.index > 0):
+        return "a name, an acronym or a short word: not substituted automatically"
+    from lemminflect import getAllLemmas
+
+    if not getAllLemmas(unit.text.lower(), upos=unit.pos):
+        return f"not a known {unit.pos.lower()} (a tagging error?): not substituted automatically"
+    if unit.pos not in sub.context.auto_pos:
+        return f"auto substitutes only {', '.join(sub.context.auto_pos)}"
+    return "no neighbour passed the filters"
+
+
+def figures(result: PerturbResult, out: Path, threshold: float) -> None:
+    from toolkit.effect_plots import forest_plot, paired_plot
+
+    triggers, pooled = result.tables["triggers"], result.tables["pooled"]
+    model = result.run.get("model_spec", "")
+    for label in sorted(set(triggers["label"])) if len(triggers) else []:
+        t = triggers[triggers["label"] == label]
+        p = pooled[pooled["label"] == label].rename(columns={"contrast": "trigger", "mean": "mean_delta"})
+        name = "forest.png" if label == sorted(set(triggers["label"]))[0] else f"forest_{label}.png"
+        forest_plot(
+            t,
+            out / name,
+            title=f"trigger knockout, {label} prompts ({model}): margin change, 95% CI",
+            highlight=p,
+        )
+    units = effects.unit_table(typed(result.frame))
+    if units.empty:
+        return
+    per_prompt = units.groupby("id", sort=False).agg(
+        type=("type", "first"), original=("margin_orig", "first")
+    )
+    for role, col in (("trigger", "trigger_swapped"), ("content", "content_swapped")):
+        per_prompt[col] = units[units["role"] == role].groupby("id")["margin_variant"].mean()
+    paired_plot(
+        per_prompt.reset_index(),
+        out / "paired_margins.png",
+        [
+            ("original", "original"),
+            ("trigger_swapped", "trigger\nswapped"),
+            ("content_swapped", "content\nswapped"),
+        ],
+        threshold=threshold,
+        title=f"refusal margin before and after substitution ({model}); mean over a prompt's swaps",
+    )
+
+
+def _read_attributions(path: str) -> pd.DataFrame:
+    p = Path(path)
+    if not p.exists():
+        raise LexprobeError(f"attributions file '{path}' does not exist: run `lexprobe attribute` first")
+    frame = read_table(p)
+    for col in ("char_start", "char_end", "score"):
+        if col in frame.columns:
+            frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    effects.attribution_agreement(frame, pd.DataFrame(columns=COLUMNS))  # validates the columns early
+    return frame
+
+
+# ------------------------------------------------------------------------------------ user pairs
+@dataclass
+class PairsConfig:
+    out: str
+    pairs: str
+    model: ModelOptions = field(default_factory=ModelOptions)
+    resume: bool = False
+    overwrite: bool = False
+    seed: int = 0
+
+
+def read_pairs(path: str) -> pd.DataFrame:
+    """A pairs file (CSV/TSV/JSONL/Parquet) with columns prompt_a and prompt_b; an `id` column is kept
+    (else row numbers), other columns ride along."""
+    p = Path(path)
+    if not p.exists():
+        raise LexprobeError(f"pairs file '{path}' does not exist: check the path")
+    frame = read_table(p)
+    missing = [c for c in ("prompt_a", "prompt_b") if c not in frame.columns]
+    if missing:
+        raise LexprobeError(
+            f"pairs file '{path}' has no column {', '.join(missing)} (columns: {', '.join(map(str, frame.columns))}): "
+            "give a CSV with columns prompt_a, prompt_b"
+        )
+    if frame.empty:
+        raise LexprobeError(f"pairs file '{path}' has no rows: give at least one pair")
+    empty = frame[(frame["prompt_a"].str.strip() == "") | (frame["prompt_b"].str.strip() == "")]
+    if len(empty):
+        raise LexprobeError(
+            f"pairs file '{path}' has an empty prompt in row {empty.index[0] + 1}: fill it in"
+        )
+    if "id" not in frame.columns:
+        frame.insert(0, "id", [str(i) for i in range(1, len(frame) + 1)])
+    if frame["id"].duplicated().any():
+        raise LexprobeError(f"pairs file '{path}' repeats an id: ids must be unique")
+    return frame.assign(id=frame["id"].astype(str), prompt=frame["prompt_a"], type="pairs", label="")
+
+
+def run_pairs(config: PairsConfig) -> PairsResult:
+    frame = read_pairs(config.pairs)
+    extra = [c for c in frame.columns if c not in (*PAIR_COLUMNS, "prompt", "type", "label")]
+    suite = Suite("pairs", frame, str(Path(config.pairs).resolve()))
+    session = open_session(config.model)
+    threshold, source = refusal_threshold(session.lm, session.system)
+    run_info = provenance(
+        **session.provenance(),
+        suite=suite.source,
+        n_pairs=len(frame),
+        status="running",
+        threshold=threshold,
+        threshold_source=source,
+    )
+    out = ResumableRun(
+        config.out, PairsResult, PAIR_COLUMNS + extra, run_info, suite, config.resume, config.overwrite,
+        RESUME_KEYS[:-1],
+    )  # fmt: skip
+    scorer = VariantScorer(Scorer(session.lm, session.fmt, session.readout, config.model.batch_size))
+    todo = out.todo
+    chunks = [todo.iloc[i : i + 32] for i in range(0, len(todo), 32)]
+    for chunk in progress(chunks, desc=f"scoring {len(todo)} pairs", unit="chunk"):
+        a, b = chunk["prompt_a"].tolist(), chunk["prompt_b"].tolist()
+        ma, mb = scorer.margins(a), scorer.margins(b)
+        out.write(
+            [
+                {
+                    "id": r["id"],
+                    "prompt_a": r["prompt_a"],
+                    "prompt_b": r["prompt_b"],
+                    "margin_a": float(x),
+                    "margin_b": float(y),
+                    "delta": float(y - x),
+                    "flipped": (x > threshold) != (y > threshold),
+                    **{c: r[c] for c in extra},
+                }
+                for (_, r), x, y in zip(chunk.iterrows(), ma, mb)
+            ]
+        )
+    result = out.finish()
+    f = result.frame
+    s = stats.paired_summary(pd.to_numeric(f["delta"]), seed=config.seed)
+    result.tables["summary"] = pd.DataFrame(
+        [
+            {
+                **s,
+                "flip_rate": float((f["flipped"].astype(str) == "True").mean()),
+                "refused_a": float((pd.to_numeric(f["margin_a"]) > threshold).mean()),
+                "refused_b": float((pd.to_numeric(f["margin_b"]) > threshold).mean()),
+                "threshold": threshold,
+            }
+        ]
+    )
+    result.save(config.out)
+    return result
