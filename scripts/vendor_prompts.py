@@ -31,7 +31,9 @@ def main() -> None:
     args = parser.parse_args()
     shutil.copyfile(args.data / "xstest" / "xstest_prompts.csv", HERE / "xstest.csv")
     for model in ("llama2orig", "mistralguard"):
-        shutil.copyfile(args.data / "xstest" / f"completions_{model}.csv", HERE / f"xstest_completions_{model}.csv")
+        shutil.copyfile(
+            args.data / "xstest" / f"completions_{model}.csv", HERE / f"xstest_completions_{model}.csv"
+        )
     calib = args.data / "calibration"
     for split, n in (("train", 260), ("val", 39)):
         harmful = json.loads((calib / f"harmful_{split}.json").read_text())

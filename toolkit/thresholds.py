@@ -13,7 +13,9 @@ import json
 
 from toolkit.cache import cache_dir, write_json_atomic
 
-DEFAULT_SOURCE = "0: the decision margin's sign (no validate-margin result saved for this model and condition)"
+DEFAULT_SOURCE = (
+    "0: the decision margin's sign (no validate-margin result saved for this model and condition)"
+)
 
 
 def _path(lm, system):
@@ -22,7 +24,9 @@ def _path(lm, system):
 
 
 def save_threshold(lm, system, value: float, details: dict) -> None:
-    write_json_atomic(_path(lm, system), {"threshold": float(value), "system_prompt": system.describe(), **details})
+    write_json_atomic(
+        _path(lm, system), {"threshold": float(value), "system_prompt": system.describe(), **details}
+    )
 
 
 def refusal_threshold(lm, system) -> tuple[float, str]:

@@ -1,0 +1,244 @@
+"""`lexprobe attribute`: which of the user's words push a prompt toward refusal, by one or more methods,
+with faithfulness on the margin (vs a random ranking), heatmaps (HTML, PNG) and figures.
+
+Resumable: each finished prompt is appended to `DIR/parts.jsonl`; `--resume` skips those ids. The
+tables, heatmaps and figures are (re)written from all parts at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analyses.common import ModelOptions, SuiteOptions, open_session, open_suite
+from toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, PromptTarget, attribute
+from toolkit.attribution import faithfulness as faith
+from toolkit.attribution.result import ATTRIBUTION_COLUMNS, PROMPT_COLUMNS, AttributionResult
+from toolkit.errors import LexprobeError
+from toolkit.progress import progress
+from toolkit.results import Timer, check_resumable, provenance
+from toolkit.scoring import Scorer
+from toolkit.suites import Suite, load_suite
+
+RESUME_KEYS = ("model_spec", "weights_sha256", "dtype", "system_prompt", "suite", "methods", "settings")
+PARTS = "parts.jsonl"
+
+
+@dataclass
+class AttributeConfig:
+    out: str
+    model: ModelOptions = field(default_factory=ModelOptions)
+    suite: SuiteOptions | None = None  # either a suite selection ...
+    prompt: str | None = None  # ... or one prompt
+    methods: list[str] = field(default_factory=lambda: ["integrated_gradients"])
+    settings: AttributionSettings = field(default_factory=AttributionSettings)
+    faithfulness: bool = True
+    n_random: int = 3  # random orders behind the random ranking's comprehensiveness/sufficiency/AUC
+    contrasts: bool = False  # add the paired unsafe contrast of every selected safe prompt
+    figures: bool = True
+    resume: bool = False
+    overwrite: bool = False
+
+
+def parse_methods(value: str | list[str]) -> list[str]:
+    """'all', one name, or a comma list -> registered names (unknown ones raise with "did you mean")."""
+    names = value if isinstance(value, list) else [v.strip() for v in value.split(",") if v.strip()]
+    if names == ["all"]:
+        return sorted(ATTRIBUTION_METHODS.names(), key=lambda n: n != "integrated_gradients")
+    if not names:
+        raise LexprobeError("--method is empty: name a method, a comma list, or 'all'")
+    for name in names:
+        ATTRIBUTION_METHODS.get(name)
+    return list(dict.fromkeys(names))
+
+
+def contrast_pairs(frame: pd.DataFrame) -> dict[str, str]:
+    """XSTest pairing: safe prompt `i` pairs with `i + 25` when that one's type is a `contrast_` type.
+    Returns id -> paired id, both ways; empty for suites without that layout."""
+    by_id = frame.set_index("id")
+    pairs = {}
+    for row in frame.itertuples():
+        if row.label != "safe" or not str(row.id).isdigit():
+            continue
+        other = str(int(row.id) + 25)
+        if other in by_id.index and str(by_id.loc[other, "type"]).startswith("contrast_"):
+            pairs[row.id], pairs[other] = other, row.id
+    return pairs
+
+
+def _selection(config: AttributeConfig) -> tuple[Suite, dict[str, str]]:
+    if (config.prompt is None) == (config.suite is None):
+        raise LexprobeError("give either --prompt TEXT or --suite S, not both or neither")
+    if config.prompt is not None:
+        if not config.prompt.strip():
+            raise LexprobeError("--prompt is empty: give the text to attribute")
+        frame = pd.DataFrame({"id": ["prompt"], "prompt": [config.prompt], "type": ["prompt"], "label": [""]})
+        return Suite("prompt", frame, "command line"), {}
+    opts = config.suite
+    full = load_suite(opts.suite, opts.prompt_column, opts.id_column, opts.type_column, opts.label_column)
+    suite = open_suite(opts)
+    pairs = contrast_pairs(full.frame)
+    if config.contrasts and pairs:
+        chosen = list(suite.frame["id"])
+        extra = [pairs[i] for i in chosen if i in pairs and pairs[i] not in chosen]
+        frame = pd.concat([suite.frame, full.frame.set_index("id").loc[extra].reset_index()])
+        suite = Suite(suite.name, frame.reset_index(drop=True), suite.source)
+    return suite, pairs
+
+
+def _existing(out: Path, config: AttributeConfig) -> set[str]:
+    parts = out / PARTS
+    if not parts.exists():
+        return set()
+    if config.overwrite:
+        parts.unlink()
+        return set()
+    if not config.resume:
+        raise LexprobeError(
+            f"'{out}' already holds attributions: pass --resume to continue that run or --overwrite to replace it"
+        )
+    return {json.loads(line)["prompt"]["id"] for line in parts.read_text().splitlines() if line.strip()}
+
+
+def attribute_one(target: PromptTarget, row: dict, methods: list[str], config: AttributeConfig) -> dict:
+    """All tables' rows for one prompt."""
+    decision, sampled = target.margins()
+    part = {
+        "prompt": {**row, "margin": decision, "margin_sampled": sampled, "refused": bool(decision > 0)},
+        "attributions": [],
+        "methods": [],
+        "faithfulness": [],
+        "curves": [],
+    }
+    reference = None
+    if config.faithfulness:
+        reference = faith.random_reference(target, config.n_random, config.settings.seed)
+        part["curves"] += _curve_rows(row["id"], "random", reference["curve"])
+    for method in methods:
+        before = (target.rows_forward, target.rows_backward)
+        start = time.perf_counter()
+        out = attribute(target, method)
+        seconds = time.perf_counter() - start
+        for w, score in zip(target.words, out.word_scores):
+            part["attributions"].append(
+                {
+                    "id": row["id"],
+                    "word_index": w.index,
+                    "word": w.text,
+                    "char_start": w.start,
+                    "char_end": w.end,
+                    "score": float(score),
+                    "method": method,
+                }
+            )
+        info = {k: v for k, v in out.info.items() if k != "error_by_steps"}
+        if "error_by_steps" in out.info:
+            info["error_by_steps"] = json.dumps(
+                {str(k): float(v) for k, v in out.info["error_by_steps"].items()}
+            )
+        part["methods"].append(
+            {
+                "id": row["id"],
+                "method": method,
+                "seconds": round(seconds, 3),
+                "rows_forward": target.rows_forward - before[0],
+                "rows_backward": target.rows_backward - before[1],
+                "n_words": len(target.words),
+                "n_user_tokens": target.n_user,
+                **info,
+            }
+        )
+        if reference is not None:
+            scores, curve = faith.evaluate(target, out.word_scores, reference)
+            part["faithfulness"].append({"id": row["id"], "type": row["type"], "method": method, **scores})
+            part["curves"] += _curve_rows(row["id"], method, curve)
+    return part
+
+
+def _curve_rows(prompt_id: str, method: str, curve: np.ndarray) -> list[dict]:
+    n = len(curve) - 1
+    return [
+        {"id": prompt_id, "method": method, "fraction": j / n, "margin": float(m)}
+        for j, m in enumerate(curve)
+    ]
+
+
+def assemble(out: Path, suite_order: list[str], run: dict) -> AttributionResult:
+    parts = [json.loads(line) for line in (out / PARTS).read_text().splitlines() if line.strip()]
+    order = {i: k for k, i in enumerate(suite_order)}
+    parts = sorted((p for p in parts if p["prompt"]["id"] in order), key=lambda p: order[p["prompt"]["id"]])
+
+    def frame(key, columns=None):
+        rows = [r for p in parts for r in p[key]]
+        return pd.DataFrame(rows, columns=columns) if columns else pd.DataFrame(rows)
+
+    prompts = pd.DataFrame([p["prompt"] for p in parts])
+    return AttributionResult(
+        attributions=frame("attributions", ATTRIBUTION_COLUMNS),
+        prompts=prompts.reindex(columns=PROMPT_COLUMNS),
+        methods=frame("methods"),
+        faithfulness=frame("faithfulness"),
+        curves=frame("curves"),
+        run=run,
+    )
+
+
+def write_outputs(result: AttributionResult, out: Path) -> None:
+    """Tables, heatmap.html, heatmap.png (first method; heatmap_<method>.png for the others), figures."""
+    from toolkit import viz
+
+    result.save(out)
+    viz.heatmap_html(result, out / "heatmap.html")
+    for k, method in enumerate(result.method_names):
+        viz.heatmap_png(result, out / ("heatmap.png" if k == 0 else f"heatmap_{method}.png"), method)
+    if len(result.faithfulness):
+        viz.faithfulness_png(result, out / "faithfulness.png")
+
+
+def run(config: AttributeConfig) -> AttributionResult:
+    methods = parse_methods(config.methods)
+    suite, pairs = _selection(config)
+    out = Path(config.out)
+    done = _existing(out, config)  # before the (slow) model load
+    session = open_session(config.model)
+    scorer = Scorer(session.lm, session.fmt, session.readout, batch_size=config.settings.batch_size)
+    run_info = provenance(
+        **session.provenance(),
+        suite=suite.source,
+        n_prompts=len(suite),
+        methods=methods,
+        target=config.settings.target,
+        settings=asdict(config.settings),
+        faithfulness={
+            "enabled": config.faithfulness,
+            "n_random": config.n_random,
+            "bins": list(faith.FRACTIONS),
+        },
+        status="running",
+    )
+    if config.resume:
+        check_resumable(out, run_info, RESUME_KEYS)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").write_text(json.dumps(run_info, indent=1))
+    timer = Timer()
+    frame = suite.frame
+    todo = frame[~frame["id"].isin(done)]
+    for rec in progress(todo.to_dict("records"), desc=f"attributing {len(todo)} prompts", unit="prompt"):
+        target = PromptTarget(scorer, rec["prompt"], config.settings, name=f"prompt {rec['id']}")
+        row = {k: rec[k] for k in ("id", "type", "label", "prompt")}
+        row["pair_id"] = pairs.get(rec["id"], "")
+        part = attribute_one(target, row, methods, config)
+        with open(out / PARTS, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(part) + "\n")
+    run_info.update(status="complete", wall_seconds=timer.seconds, n_attributed_this_run=len(todo))
+    result = assemble(out, list(frame["id"]), run_info)
+    if config.figures:
+        write_outputs(result, out)
+    else:
+        result.save(out)
+    return result

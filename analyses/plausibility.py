@@ -1,0 +1,133 @@
+"""`lexprobe plausibility`: does a method's top word land on the word that makes a safe prompt look
+unsafe? On the safe prompts of a suite with a `focus` column (XSTest) that the model refuses (margin > 0
+under the chosen system prompt), the share of prompts whose top-scored word matches the focus word by
+lemma, per method, next to the share a uniformly random word of the same prompt would get (and, as a
+trivial heuristic to beat, the share where the prompt's longest word is the focus word).
+
+The methods never see `focus`: it is read only here, after attribution. Steps, each resumable in --out:
+`scores/` (the margins of the candidates), `attributions/` (an ordinary `lexprobe attribute` output on
+the refused ones), then `plausibility.csv` (per method), `plausibility_by_type.csv` and `hits.csv`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analyses import attribute, score
+from analyses.common import ModelOptions, SuiteOptions
+from toolkit.attribution import AttributionSettings
+from toolkit.attribution.words import content_lemmas, matches, segment
+from toolkit.errors import LexprobeError
+from toolkit.results import write_csv_atomic
+from toolkit.suites import load_suite
+
+
+@dataclass
+class PlausibilityConfig:
+    out: str
+    model: ModelOptions = field(default_factory=ModelOptions)
+    suite: str = "xstest"
+    methods: list[str] = field(default_factory=lambda: ["integrated_gradients"])
+    settings: AttributionSettings = field(default_factory=AttributionSettings)
+    per_type: int | None = None  # at most this many refused prompts per type (suite order)
+    faithfulness: bool = False  # also measure faithfulness (costly: about 15 extra forward rows a method)
+
+
+@dataclass
+class PlausibilityResult:
+    summary: pd.DataFrame  # method, n, hits, hit_rate, random_rate, longest_word_rate
+    by_type: pd.DataFrame  # type, method, n, hit_rate, random_rate
+    hits: pd.DataFrame  # id, type, method, focus, top_word, hit, random_rate
+
+
+def _candidates(config: PlausibilityConfig) -> pd.DataFrame:
+    suite = load_suite(config.suite)
+    frame = suite.frame
+    if "focus" not in frame.columns:
+        raise LexprobeError(
+            f"suite '{config.suite}' has no `focus` column: plausibility needs one (XSTest has it)"
+        )
+    return frame[(frame["label"] == "safe") & (frame["focus"].astype(str).str.strip() != "")]
+
+
+def hit_table(result, focus: dict[str, str], group_phrases: bool = False) -> pd.DataFrame:
+    """One row per (prompt, method): its top word, whether it matches the focus by lemma, and the chance
+    that a uniformly random word of the prompt would (lemmas in context, from the same segmentation)."""
+    prompts = result.prompts.set_index("id")
+    words = {i: segment(str(prompts.loc[i, "prompt"]), group_phrases) for i in prompts.index}
+    rows = []
+    for top in result.top_words().itertuples():
+        lemmas = content_lemmas(focus[top.id])
+        ws = words[top.id]
+        rows.append(
+            {
+                "id": top.id,
+                "type": prompts.loc[top.id, "type"],
+                "method": top.method,
+                "focus": focus[top.id],
+                "top_word": top.word,
+                "top_score": top.score,
+                "hit": matches(ws[int(top.word_index)], lemmas),
+                "random_rate": float(np.mean([matches(w, lemmas) for w in ws])),
+                "longest_hit": matches(max(ws, key=lambda w: len(w.text)), lemmas),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def run(config: PlausibilityConfig) -> PlausibilityResult:
+    out = Path(config.out)
+    methods = attribute.parse_methods(config.methods)
+    cand = _candidates(config)
+    scored = score.run(
+        score.ScoreConfig(
+            str(out / "scores"),
+            replace(config.model, batch_size=config.settings.batch_size),
+            SuiteOptions(config.suite, ids=list(cand["id"])),
+            resume=True,
+        )
+    ).frame
+    refused = cand[cand["id"].isin(scored.loc[scored["margin"] > 0, "id"])]
+    if config.per_type:
+        refused = refused.groupby("type", sort=False).head(config.per_type)
+    if refused.empty:
+        raise LexprobeError("the model refuses none of the safe prompts with a focus word: nothing to check")
+    result = attribute.run(
+        attribute.AttributeConfig(
+            str(out / "attributions"),
+            config.model,
+            SuiteOptions(config.suite, ids=list(refused["id"])),
+            None,
+            methods,
+            config.settings,
+            faithfulness=config.faithfulness,
+            resume=True,
+        )
+    )
+    focus = dict(zip(cand["id"], cand["focus"].astype(str)))
+    hits = hit_table(result, focus, config.settings.group_phrases)
+    summary = (
+        hits.groupby("method", sort=False)
+        .agg(
+            n=("hit", "size"),
+            hits=("hit", "sum"),
+            hit_rate=("hit", "mean"),
+            random_rate=("random_rate", "mean"),
+            longest_word_rate=("longest_hit", "mean"),
+        )
+        .reset_index()
+        .sort_values("hit_rate", ascending=False)
+    )
+    by_type = (
+        hits.groupby(["type", "method"], sort=False)
+        .agg(n=("hit", "size"), hit_rate=("hit", "mean"), random_rate=("random_rate", "mean"))
+        .reset_index()
+    )
+    write_csv_atomic(summary, out / "plausibility.csv")
+    write_csv_atomic(by_type, out / "plausibility_by_type.csv")
+    write_csv_atomic(hits, out / "hits.csv")
+    return PlausibilityResult(summary, by_type, hits)

@@ -1,0 +1,176 @@
+"""What every attribution method shares: the registry, its settings, and one prompt's refusal margin as
+a function of (a) the user-token embeddings and (b) a keep/drop mask over the user's words.
+
+Both functions leave the chat template and the system prompt untouched: the shared prefix comes from
+the scorer's KV cache, the template tail and the readout tree keep their real embeddings, and only the
+user's tokens (or words) move. That is also where the speed comes from: a batch of interpolation steps
+is one batch of identical suffixes whose first `n_user` embeddings differ; logits are computed only at
+the readout positions (`probes/margin.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from toolkit.attribution.words import Word, remove_words, segment, word_weights
+from toolkit.errors import LexprobeError
+from toolkit.registry import Registry
+from toolkit.scoring import Batch, Scorer
+
+ATTRIBUTION_METHODS = Registry("attribution method")
+TARGETS = ("decision", "sampled")
+BASELINES = ("pad", "zero")
+IG_RULES = ("adaptive", "trapezoid", "gausslegendre")
+
+
+@dataclass
+class AttributionSettings:
+    """Knobs of every method; each method reads the ones it needs (CLI flags map onto these)."""
+
+    target: str = "decision"  # which margin: the decision margin (default) or the sampled one
+    n_steps: int = 16  # integrated gradients: uniform steps of the first try
+    max_steps: int = 256  # ... refined up to this many steps while the completeness error exceeds:
+    tolerance: float = 0.05  # ... the relative completeness error to reach
+    rule: str = "adaptive"  # ... adaptive (bisect the worst intervals) | trapezoid (uniform) | gausslegendre
+    baseline: str = "pad"  # user-token embeddings at the IG / input x gradient reference: pad | zero
+    n_samples: int | None = None  # shapley: permutations; kernel_shap/lime: coalitions; gradient_shap: draws
+    replacement: str | None = None  # perturbations: drop a word (None) or put this text in its place
+    group_phrases: bool = False  # "blow up" as one feature
+    batch_size: int = 16  # rows per forward pass
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.target not in TARGETS:
+            raise LexprobeError(f"unknown attribution target '{self.target}': use {' or '.join(TARGETS)}")
+        if self.baseline not in BASELINES:
+            raise LexprobeError(f"unknown --baseline '{self.baseline}': use {' or '.join(BASELINES)}")
+        if self.rule not in IG_RULES:
+            raise LexprobeError(f"unknown --ig-rule '{self.rule}': use {', '.join(IG_RULES)}")
+        if self.n_steps < 1 or self.max_steps < self.n_steps:
+            raise LexprobeError(
+                f"--steps must be at least 1 and at most --max-steps, got {self.n_steps} and {self.max_steps}"
+            )
+        if self.n_samples is not None and self.n_samples < 1:
+            raise LexprobeError(f"--samples must be at least 1, got {self.n_samples}")
+        if self.batch_size < 1:
+            raise LexprobeError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class MethodOutput:
+    word_scores: np.ndarray  # [n_words]; > 0 pushes toward refusal
+    token_scores: np.ndarray | None = None  # [n_user_tokens] for gradient methods
+    info: dict = field(default_factory=dict)  # completeness error, steps, evaluations, ...
+
+
+class PromptTarget:
+    """One user text under a scorer: its words, and its margin as a function of embeddings or word masks."""
+
+    def __init__(self, scorer: Scorer, text: str, settings: AttributionSettings, name: str = "prompt"):
+        self.scorer, self.text, self.settings = scorer, text, settings
+        self.lm = scorer.lm
+        self.prompt = scorer.encode(text, name)
+        self.words: list[Word] = segment(text, settings.group_phrases)
+        if not self.words:
+            raise LexprobeError(f"{name} has no words to attribute: give some text")
+        self.weights = word_weights(self.prompt.user_token_spans(), self.words, text)  # [n_user, n_words]
+        self.n_user = len(self.prompt.user_token_indices)
+        first = scorer.prefix_len
+        if self.prompt.user_token_indices != list(range(first, first + self.n_user)):
+            raise RuntimeError(
+                "user tokens must directly follow the shared prefix"
+            )  # ChatFormat guarantees it
+        self._batch = scorer.batch([scorer.suffix_ids(self.prompt)])  # one row: no padding
+        with torch.no_grad():
+            embeds = self.lm.embed(self._batch.ids)[0]  # [q, d_model]: user tokens, template tail, tree
+        self.user_embeds = embeds[: self.n_user]  # [n_user, d_model]
+        self._rest = embeds[self.n_user :]  # [q - n_user, d_model]
+        self._memo: dict[str, tuple[float, float]] = {}  # text -> (decision, sampled)
+        self.rows_forward = 0  # rows of model input run (a measure of cost)
+        self.rows_backward = 0
+
+    # ------------------------------------------------------------------ embeddings -> margin
+    def baseline_embeds(self, kind: str | None = None) -> torch.Tensor:
+        """[n_user, d_model] the reference for the user tokens: the pad token's embedding, or zeros."""
+        kind = kind or self.settings.baseline
+        if kind == "zero":
+            return torch.zeros_like(self.user_embeds)
+        pad = torch.tensor([self.lm.pad_token_id], device=self.lm.device)
+        with torch.no_grad():
+            return self.lm.embed(pad).expand(self.n_user, -1).clone()
+
+    def margin_of_embeds(self, user: torch.Tensor) -> torch.Tensor:
+        """[N, n_user, d_model] user-token embeddings -> [N] margins (float64); differentiable."""
+        n = user.shape[0]
+        b = self._batch
+        batch = Batch(
+            b.ids.expand(n, -1),
+            b.attention_mask.expand(n, -1, -1, -1),
+            b.position_ids.expand(n, -1),
+        )
+        embeds = torch.cat([user.to(self._rest.dtype), self._rest.expand(n, -1, -1)], dim=1)
+        decision, sampled, _ = self.scorer.margins_for(batch, inputs_embeds=embeds)
+        self.rows_forward += n
+        return decision if self.settings.target == "decision" else sampled
+
+    def gradients(self, points: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        """Margins [N] and their gradients [N, n_user, d_model] at `points` [N, n_user, d_model],
+        in chunks of `batch_size` rows."""
+        values, grads = [], []
+        for chunk in points.split(self.settings.batch_size):
+            x = chunk.detach().clone().requires_grad_(True)
+            out = self.margin_of_embeds(x)
+            (grad,) = torch.autograd.grad(out.sum(), x)
+            self.rows_backward += len(chunk)
+            values.append(out.detach().cpu().numpy())
+            grads.append(grad.detach())
+        return np.concatenate(values), torch.cat(grads)
+
+    # ------------------------------------------------------------------ word masks -> margin
+    def margins_of_texts(self, texts: list[str], which: str | None = None) -> np.ndarray:
+        """[N] margins of user texts under the same template and system prompt (memoised, batched)."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self._memo))
+        order = sorted(todo, key=len)
+        for i in range(0, len(order), self.settings.batch_size):
+            chunk = order[i : i + self.settings.batch_size]
+            suffixes = [self.scorer.suffix_ids(self.scorer.fmt.format(t)) for t in chunk]
+            with torch.no_grad():
+                decision, sampled, _ = self.scorer.margins_for(self.scorer.batch(suffixes))
+            self.rows_forward += len(chunk)
+            for t, d, s in zip(chunk, decision.tolist(), sampled.tolist()):
+                self._memo[t] = (d, s)
+        k = 0 if (which or self.settings.target) == "decision" else 1
+        return np.array([self._memo[t][k] for t in texts])
+
+    def masked_text(self, keep: np.ndarray) -> str:
+        return remove_words(self.text, self.words, keep, self.settings.replacement)
+
+    def margins_of_masks(self, keep: np.ndarray) -> np.ndarray:
+        """[N, n_words] bool (True = keep the word) -> [N] margins of the texts without the dropped words."""
+        return self.margins_of_texts([self.masked_text(row) for row in np.asarray(keep, dtype=bool)])
+
+    @property
+    def margin(self) -> float:
+        """The attributed margin of the unchanged prompt."""
+        return float(self.margins_of_texts([self.text])[0])
+
+    def margins(self) -> tuple[float, float]:
+        """(decision margin, sampled margin) of the unchanged prompt."""
+        self.margins_of_texts([self.text])
+        return self._memo[self.text]
+
+
+def attribute(target: PromptTarget, method: str) -> MethodOutput:
+    """Run one registered method on one prompt, seeded so repeated runs agree."""
+    fn = ATTRIBUTION_METHODS.get(method)
+    state = np.random.get_state()  # captum draws from both torch's and numpy's global generators
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(target.settings.seed)
+            np.random.seed(target.settings.seed)
+            return fn(target, target.settings)
+    finally:
+        np.random.set_state(state)

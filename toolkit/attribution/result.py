@@ -1,0 +1,143 @@
+"""The result of an attribution run: word scores, per-prompt margins, method records, faithfulness and
+deletion curves, with provenance. `save(dir)` / `load(dir)` round-trip; viz reads only this object."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from toolkit.attribution.faithfulness import summarize
+from toolkit.cache import write_json_atomic
+from toolkit.results import write_csv_atomic
+
+ATTRIBUTION_COLUMNS = ["id", "word_index", "word", "char_start", "char_end", "score", "method"]
+PROMPT_COLUMNS = ["id", "type", "label", "prompt", "margin", "margin_sampled", "refused", "pair_id"]
+FILES = {
+    "attributions": "attributions.csv",
+    "prompts": "prompts.csv",
+    "methods": "methods.csv",
+    "faithfulness": "faithfulness.csv",
+    "curves": "deletion_curves.csv",
+}
+
+
+@dataclass
+class AttributionResult:
+    attributions: pd.DataFrame  # ATTRIBUTION_COLUMNS: one row per (prompt, method, word)
+    prompts: pd.DataFrame  # PROMPT_COLUMNS: one row per prompt (margin = the decision margin)
+    methods: pd.DataFrame  # id, method, seconds, rows_forward, rows_backward, completeness_error, ...
+    faithfulness: pd.DataFrame = field(default_factory=pd.DataFrame)  # id, type, method, metrics (+ _random)
+    curves: pd.DataFrame = field(default_factory=pd.DataFrame)  # id, method (or "random"), fraction, margin
+    run: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ views
+    def to_frame(self) -> pd.DataFrame:
+        return self.attributions.copy()
+
+    @property
+    def method_names(self) -> list[str]:
+        return list(dict.fromkeys(self.attributions["method"]))
+
+    def words(self, prompt_id: str, method: str) -> pd.DataFrame:
+        a = self.attributions
+        return a[(a["id"] == prompt_id) & (a["method"] == method)].sort_values("word_index")
+
+    def select(self, ids: list[str]) -> AttributionResult:
+        """The same result for these prompt ids only, in this order."""
+        order = {i: k for k, i in enumerate(ids)}
+
+        def pick(frame):
+            if not len(frame):
+                return frame
+            kept = frame[frame["id"].isin(order)]
+            return kept.sort_values("id", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+
+        return AttributionResult(
+            pick(self.attributions),
+            pick(self.prompts),
+            pick(self.methods),
+            pick(self.faithfulness),
+            pick(self.curves),
+            dict(self.run),
+        )
+
+    def faithfulness_by_type(self) -> pd.DataFrame:
+        return summarize(self.faithfulness) if len(self.faithfulness) else pd.DataFrame()
+
+    def agreement(self) -> pd.DataFrame:
+        """For each pair of methods: mean Spearman rank correlation of their word scores over prompts
+        (prompts with 3+ words), and the share of prompts where both put the same word on top."""
+        methods = self.method_names
+        rows = []
+        for a, b in itertools.combinations(methods, 2):
+            rhos, same = [], []
+            for _, g in self.attributions.groupby("id", sort=False):
+                x = g[g["method"] == a].sort_values("word_index")["score"].to_numpy()
+                y = g[g["method"] == b].sort_values("word_index")["score"].to_numpy()
+                if len(x) != len(y) or not len(x):
+                    continue
+                same.append(int(np.argmax(x) == np.argmax(y)))
+                if len(x) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
+                    rhos.append(stats.spearmanr(x, y).statistic)
+            rows.append(
+                {
+                    "method_a": a,
+                    "method_b": b,
+                    "spearman_mean": float(np.mean(rhos)) if rhos else np.nan,
+                    "top1_agreement": float(np.mean(same)) if same else np.nan,
+                    "n_prompts": len(same),
+                }
+            )
+        return pd.DataFrame(
+            rows, columns=["method_a", "method_b", "spearman_mean", "top1_agreement", "n_prompts"]
+        )
+
+    def top_words(self) -> pd.DataFrame:
+        """The highest-scoring word of every (prompt, method)."""
+        a = self.attributions
+        idx = a.groupby(["id", "method"], sort=False)["score"].idxmax()
+        return a.loc[idx].reset_index(drop=True)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for attr, name in FILES.items():
+            frame = getattr(self, attr)
+            if len(frame.columns):
+                write_csv_atomic(frame, out / name)
+            elif (out / name).exists():  # nothing measured this time: no stale table either
+                (out / name).unlink()
+        if len(self.faithfulness):
+            write_csv_atomic(self.faithfulness_by_type(), out / "faithfulness_by_type.csv")
+        if len(self.method_names) > 1:
+            write_csv_atomic(self.agreement(), out / "agreement.csv")
+        write_json_atomic(out / "run.json", self.run)
+        return out
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> AttributionResult:
+        out = Path(out_dir)
+        frames = {}
+        for attr, name in FILES.items():
+            path = out / name
+            try:
+                frames[attr] = pd.read_csv(
+                    path, dtype={"id": str, "pair_id": str, "word": str}, keep_default_na=False
+                )
+            except (FileNotFoundError, pd.errors.EmptyDataError):
+                frames[attr] = pd.DataFrame()
+        run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+        return cls(**frames, run=run)
+
+    def _repr_html_(self) -> str:
+        from toolkit.viz import heatmap_html_fragment
+
+        head = ", ".join(f"{k}={self.run[k]}" for k in ("model_spec", "target") if k in self.run)
+        return f"<p><b>AttributionResult</b> {head}</p>" + heatmap_html_fragment(self)
