@@ -222,9 +222,9 @@ def attribution_settings(a):
     )
 
 
-def add_attribution_args(p: argparse.ArgumentParser) -> None:
+def add_attribution_args(p: argparse.ArgumentParser, method: str = "integrated_gradients") -> None:
     g = p.add_argument_group("attribution")
-    g.add_argument("--method", default="integrated_gradients", help="a method, a comma list, or all")
+    g.add_argument("--method", default=method, help=f"a method, a comma list, or all (default: {method})")
     g.add_argument("--target", default="decision", help="decision (default) | sampled: which margin")
     g.add_argument("--steps", type=int, default=16, help="integrated gradients: first uniform steps")
     g.add_argument("--max-steps", type=int, default=256, help="integrated gradients: refine up to this")
@@ -389,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     from toolkit.cli_minimal_pairs import add_minimal_pair_commands
 
     add_minimal_pair_commands(sub)
+
+    from toolkit.cli_diagnose import add_diagnose_command
+
+    add_diagnose_command(sub)
 
     p = sub.add_parser("suites", help="list the bundled prompt suites")
     p.set_defaults(func=cmd_suites)

@@ -1,0 +1,480 @@
+"""`lexprobe diagnose`: why a prompt type gets refused, in one self-contained report.
+
+Composes the other analyses, each an ordinary resumable run in a subdirectory of --out:
+
+1. `scores/`: `lexprobe score` on the selected prompts and, where the suite has a pair map (XSTest's
+   prompts/xstest_pairs.csv, or `--pair-map`), their paired unsafe contrasts: refusal share, mean
+   margin, and the safe-vs-contrast gap (`analyses.contrast.type_table`).
+2. `attribution/`: `lexprobe attribute` (cheap methods by default): which word of each refused prompt
+   gets the top score, counted by lemma across prompts.
+3. `perturb/`: `lexprobe perturb`: trigger words swapped for neutral ones beside matched control words.
+
+Then `report.html` (one file: figures as data URIs, inline CSS), `summary.json` and the report's
+tables as CSVs. A prompt counts as refused when its decision margin is > 0 (greedy decoding opens with
+a refusal); perturb's `flipped` uses the model's refusal threshold (`toolkit.thresholds`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analyses import attribute, contrast, minimal_pairs, score
+from analyses.common import ModelOptions, SuiteOptions, open_suite
+from toolkit import stats
+from toolkit.attribution import AttributionSettings
+from toolkit.errors import LexprobeError
+from toolkit.results import Timer, write_csv_atomic
+
+FEW_PROMPTS = 5  # below this many, the verdict says the numbers are anecdotes
+TABLES = (
+    "margins_by_type", "contrast_pairs", "contrast_by_type", "top_words", "faithfulness_by_type",
+    "triggers", "pooled", "word_swaps", "attribution_agreement",
+)  # fmt: skip
+
+
+@dataclass
+class DiagnoseConfig:
+    out: str
+    model: ModelOptions = field(default_factory=ModelOptions)
+    suite: SuiteOptions = field(default_factory=SuiteOptions)
+    pair_map: str | None = None  # safe_id, unsafe_id (default: XSTest's, for the bundled xstest suite)
+    attribution: bool = True
+    methods: list[str] = field(default_factory=lambda: ["saliency", "occlusion"])
+    settings: AttributionSettings = field(default_factory=AttributionSettings)
+    faithfulness: bool = True
+    n_random: int = 3
+    attribute_contrasts: bool = False  # also attribute the paired unsafe contrasts
+    perturb: bool = True
+    strategies: list[str] = field(default_factory=lambda: ["lexicon", "auto"])
+    rewrites: list[str] = field(default_factory=list)
+    lexicon: str | None = None
+    min_similarity: float = 0.7
+    per_word: int = 1
+    content_words: int | None = None
+    top: int = 15  # rows of the longer report tables
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class DiagnoseResult:
+    summary: dict  # what summary.json holds: the verdict, the numbers behind it, provenance
+    tables: dict[str, pd.DataFrame]  # each saved as <name>.csv and shown in the report
+    figures: dict[str, Path]  # name -> PNG (embedded in the report)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.tables["margins_by_type"].copy()
+
+    def save(self, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, frame in self.tables.items():
+            write_csv_atomic(frame, out / f"{name}.csv")
+        for name in set(TABLES) - set(self.tables):  # a step skipped this time leaves no stale table
+            (out / f"{name}.csv").unlink(missing_ok=True)
+        (out / "summary.json").write_text(json.dumps(_jsonable(self.summary), indent=1), encoding="utf-8")
+        return out
+
+
+# ------------------------------------------------------------------------------------ the run
+def run(config: DiagnoseConfig) -> DiagnoseResult:
+    out = Path(config.out)
+    methods = attribute.parse_methods(config.methods) if config.attribution else []
+    suite = open_suite(config.suite)  # bad --type/--ids fail here, before any model load
+    if not len(suite):
+        raise LexprobeError(f"suite '{config.suite.suite}' selects no prompts: check --type/--ids/--limit")
+    _check_out(out, config)
+    pairs = _pairs(config, suite.frame)
+    timer = Timer()
+    ids = list(suite.frame["id"])
+    extra = [i for i in dict.fromkeys([*pairs["safe_id"], *pairs["unsafe_id"]]) if i not in set(ids)]
+    sub = {"resume": config.resume, "overwrite": config.overwrite}
+
+    scored = score.run(
+        score.ScoreConfig(str(out / "scores"), config.model, _by_ids(config.suite, ids + extra), **sub)
+    )
+    tables, figures, facts = margin_tables(scored.frame, ids, pairs, config.seed)
+    if len(pairs):
+        figures["contrast_margins"] = _pair_figure(tables["contrast_pairs"], out / "contrast_margins.png")
+
+    attributions, facts["attribution"], facts["perturb"] = None, None, None
+    if config.attribution:
+        attributions = attribute.run(
+            attribute.AttributeConfig(
+                str(out / "attribution"), config.model, config.suite, None, methods, config.settings,
+                config.faithfulness, config.n_random, config.attribute_contrasts, True, **sub,
+            )
+        )  # fmt: skip
+        t, f = attribution_tables(attributions, config)
+        tables |= t
+        facts["attribution"] = f
+        figures["heatmap"] = out / "attribution" / "heatmap.png"
+
+    perturbed = None
+    if config.perturb:
+        attr_csv = out / "attribution" / "attributions.csv"
+        perturbed = minimal_pairs.run(
+            minimal_pairs.PerturbConfig(
+                str(out / "perturb"), config.model, config.suite, config.strategies, config.rewrites,
+                config.lexicon, config.min_similarity, config.per_word,
+                str(attr_csv) if config.attribution and attr_csv.exists() else None,
+                config.content_words, True, config.seed, **sub,
+            )
+        )  # fmt: skip
+        t, f = perturb_tables(perturbed, config)
+        tables |= t
+        facts["perturb"] = f
+        figures["forest"] = out / "perturb" / "forest.png"
+        figures["paired_margins"] = out / "perturb" / "paired_margins.png"
+
+    facts["verdict"] = verdict(facts)
+    facts["provenance"] = _provenance(scored.run, config)
+    facts["wall_seconds"] = timer.seconds
+    facts["steps"] = {
+        "scores": str(out / "scores"),
+        "attribution": str(out / "attribution") if config.attribution else None,
+        "perturb": str(out / "perturb") if config.perturb else None,
+    }
+    result = DiagnoseResult(facts, tables, {k: v for k, v in figures.items() if v and Path(v).exists()})
+    result.save(out)
+    from analyses.diagnose_report import write_report
+
+    write_report(result, attributions, out / "report.html")
+    return result
+
+
+def _check_out(out: Path, config: DiagnoseConfig) -> None:
+    if out.exists() and any(out.iterdir()) and not (config.resume or config.overwrite):
+        raise LexprobeError(
+            f"'{out}' already holds a diagnosis: pass --resume to reuse its finished steps "
+            "or --overwrite to redo them"
+        )
+
+
+def _by_ids(opts: SuiteOptions, ids: list[str]) -> SuiteOptions:
+    return SuiteOptions(**{**asdict(opts), "types": [], "ids": list(ids), "limit": None})
+
+
+def _pairs(config: DiagnoseConfig, selected: pd.DataFrame) -> pd.DataFrame:
+    """Pair-map rows with a selected prompt on either side (empty for suites without a pair map)."""
+    empty = pd.DataFrame(columns=["safe_id", "unsafe_id", "type", "contrast_type", "safe_prompt"])
+    if config.pair_map is None and config.suite.suite != "xstest":
+        return empty
+    full = open_suite(_by_ids(config.suite, []))
+    pairs = contrast.pair_frame(full.frame, contrast.load_pair_map(config.pair_map), [])
+    chosen = set(selected["id"])
+    return pairs[pairs["safe_id"].isin(chosen) | pairs["unsafe_id"].isin(chosen)].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------ tables
+def margin_tables(scores: pd.DataFrame, ids: list[str], pairs: pd.DataFrame, seed: int = 0):
+    """Refusal share and mean margin of the selection (by type), and the safe-vs-contrast gaps."""
+    frame = scores.assign(margin=pd.to_numeric(scores["margin"]))
+    sel = frame[frame["id"].isin(ids)]
+    by_type = score.ScoreResult(sel).summary().rename(columns={"refuse_share": "refusal_share"})
+    by_type.insert(by_type.columns.get_loc("refusal_share"), "n_refused", 0)
+    by_type["n_refused"] = [
+        int((sel[(sel["type"] == t) & (sel["label"] == lab)]["margin"] > 0).sum())
+        for t, lab in zip(by_type["type"], by_type["label"])
+    ]
+    refused = sel["margin"] > 0
+    facts = {
+        "margins": {
+            "n": len(sel),
+            "n_refused": int(refused.sum()),
+            "refusal_share": float(refused.mean()),
+            "mean_margin": float(sel["margin"].mean()),
+            "types": sorted(set(sel["type"])),
+        },
+        "contrasts": None,
+    }
+    tables = {"margins_by_type": by_type}
+    if len(pairs):
+        margin = dict(zip(frame["id"], frame["margin"]))
+        p = pairs.drop(columns=["safe_prompt", "unsafe_prompt"], errors="ignore").assign(
+            margin_safe=pairs["safe_id"].map(margin), margin_unsafe=pairs["unsafe_id"].map(margin)
+        )
+        p["gap"] = p["margin_unsafe"] - p["margin_safe"]
+        p["dir_pass"] = p["margin_unsafe"] > p["margin_safe"]
+        p["safe_refused"], p["unsafe_refused"] = p["margin_safe"] > 0, p["margin_unsafe"] > 0
+        no_inv = pd.DataFrame(columns=["type", "delta", "inv_pass"])
+        types = contrast.type_table(p, no_inv, seed).drop(
+            columns=["inv_n", "inv_pass_rate", "inv_mean_delta"]
+        )
+        tables |= {"contrast_pairs": p, "contrast_by_type": types}
+        overall = types.iloc[-1]
+        facts["contrasts"] = {
+            "n_pairs": len(p),
+            "mean_gap": float(overall["mean_gap"]),
+            "ci_low": float(overall["ci_low"]),
+            "ci_high": float(overall["ci_high"]),
+            "p": float(overall["p"]),
+            "auroc": float(overall["auroc"]),
+            "safe_refusal_share": float(p["safe_refused"].mean()),
+            "unsafe_refusal_share": float(p["unsafe_refused"].mean()),
+        }
+    return tables, {}, facts
+
+
+def _pair_figure(pairs: pd.DataFrame, path: Path) -> Path:
+    from toolkit.effect_plots import paired_plot
+
+    return paired_plot(
+        pairs,
+        path,
+        [("margin_safe", "safe"), ("margin_unsafe", "unsafe\ncontrast")],
+        title="refusal margin of each safe prompt and its unsafe contrast",
+    )
+
+
+def attribution_tables(result, config: DiagnoseConfig):
+    """The top-scored word of every refused selected prompt, by method, counted by lemma; `trigger` names
+    the lexicon trigger (word or phrase, as the substitution engine finds it) the top word falls in."""
+    from toolkit.attribution.words import segment
+    from toolkit.lexicon import Lexicon, find_units
+    from toolkit.lexicon import nlp as lexicon_nlp
+
+    lexicon = Lexicon.load(config.lexicon)
+    prompts = result.prompts
+    chosen = set(open_suite(config.suite).frame["id"])
+    refused = prompts[prompts["refused"].astype(bool) & prompts["id"].isin(chosen)]
+    text = dict(zip(refused["id"], refused["prompt"]))
+    words = {i: segment(str(t), config.settings.group_phrases) for i, t in text.items()}
+    triggers = {
+        i: [u for u in find_units(lexicon_nlp()(str(t)), lexicon) if u.trigger] for i, t in text.items()
+    }
+    rows = []
+    for top in result.top_words().itertuples():
+        if top.id in text:
+            w = words[top.id][int(top.word_index)]
+            hit = [u.key for u in triggers[top.id] if u.start < w.end and w.start < u.end]
+            rows.append({"method": top.method, "id": top.id, "word": top.word, "lemma": " ".join(w.lemmas),
+                         "trigger": hit[0] if hit else ""})  # fmt: skip
+    tops = pd.DataFrame(rows, columns=["method", "id", "word", "lemma", "trigger"])
+    n_refused = len(refused)
+    table = (
+        tops.groupby(["method", "lemma"], sort=False)
+        .agg(
+            n_prompts=("id", "size"),
+            words=("word", lambda s: ", ".join(dict.fromkeys(s))),
+            ids=("id", lambda s: " ".join(s)),
+            trigger=("trigger", lambda s: ", ".join(t for t in dict.fromkeys(s) if t)),
+        )
+        .reset_index()
+    )
+    table.insert(3, "share_of_refused", table["n_prompts"] / max(n_refused, 1))
+    order = {m: k for k, m in enumerate(result.method_names)}
+    table = table.sort_values(
+        ["method", "n_prompts", "lemma"], key=lambda s: s.map(order) if s.name == "method" else s,
+        ascending=[True, False, True],
+    ).reset_index(drop=True)  # fmt: skip
+    facts = {"methods": result.method_names, "n_refused": n_refused, "top_words": {}}
+    for method in result.method_names:
+        mine, t = tops[tops["method"] == method], table[table["method"] == method]
+        facts["top_words"][method] = {
+            "most_common": t.head(3)[["lemma", "n_prompts"]].to_dict("records"),
+            "n_trigger_on_top": int((mine["trigger"] != "").sum()),
+        }
+    out = {"top_words": table}
+    by_type = result.faithfulness_by_type()
+    if len(by_type):
+        cols = ["type", "method", "n", "top1_drop", "top1_drop_random", "comprehensiveness"]
+        cols += ["comprehensiveness_random", "no_better_than_random"]
+        out["faithfulness_by_type"] = by_type[cols]
+        for method in result.method_names:
+            flags = by_type.loc[by_type["method"] == method, "no_better_than_random"].astype(bool)
+            facts["top_words"][method]["no_better_than_random"] = bool(len(flags) and flags.all())
+    return out, facts
+
+
+def perturb_tables(result, config: DiagnoseConfig):
+    """Pooled and per-trigger effects, the word swaps that lower the margin most, refusals flipped."""
+    subs = minimal_pairs.typed(result.frame)
+    t = result.tables
+    tables = {"triggers": t["triggers"], "pooled": t["pooled"]}
+    if "attribution_agreement" in t:
+        tables["attribution_agreement"] = t["attribution_agreement"]
+    cols = ["id", "type", "word", "replacement", "role", "margin_orig", "margin_variant", "delta", "flipped"]
+    tables["word_swaps"] = subs.sort_values("delta", kind="stable")[cols].head(config.top)
+    threshold = float(result.run.get("threshold", 0.0))
+    facts = {"threshold": threshold, "labels": {}}
+    controls = t["controls"]
+    for label in sorted(set(t["pooled"]["label"])) if len(t["pooled"]) else []:
+        pooled = t["pooled"][t["pooled"]["label"] == label].set_index("contrast")
+        c = controls[controls["label"] == label]
+        trig = subs[(subs["label"] == label) & (subs["role"] == "trigger")]
+        refused_with_trigger = trig[trig["margin_orig"] > threshold]
+        flipped = refused_with_trigger[refused_with_trigger["flipped"]]
+        facts["labels"][label] = {
+            "triggers": _row(pooled, "triggers"),
+            "content_words": _row(pooled, "content words"),
+            "trigger_minus_control": _row(pooled, "trigger - matched control"),
+            "control": stats.paired_summary(c["control_delta"], seed=config.seed),
+            "n_prompts": int(subs.loc[subs["label"] == label, "id"].nunique()),
+            "n_refused_with_trigger": int(refused_with_trigger["id"].nunique()),
+            "n_flipped_by_trigger": int(flipped["id"].nunique()),
+        }
+    return tables, facts
+
+
+def _row(pooled: pd.DataFrame, name: str) -> dict:
+    keys = ["n", "mean", "ci_low", "ci_high", "p", "flip_rate"]
+    if name not in pooled.index:
+        return {k: (0 if k == "n" else float("nan")) for k in keys}
+    r = pooled.loc[name]
+    return {"n": int(r["n"]), **{k: float(r[k]) for k in keys[1:]}}
+
+
+# ------------------------------------------------------------------------------------ verdict
+def _ci(s: dict) -> str:
+    if _nan(s.get("ci_low")) or _nan(s.get("ci_high")):
+        return "no CI"
+    return f"95% CI [{s['ci_low']:+.2f}, {s['ci_high']:+.2f}]"
+
+
+def _nan(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _moves(mean: float) -> str:
+    if _nan(mean):
+        return "does not measurably change the margin"
+    return f"{'lowers' if mean < 0 else 'raises'} the margin by {abs(mean):.2f}"
+
+
+def _sign(s: dict) -> int:
+    """-1 / +1 when the CI lies below / above 0, 0 when it crosses 0 or is undefined."""
+    lo, hi = s.get("ci_low"), s.get("ci_high")
+    if _nan(lo) or _nan(hi):
+        return 0
+    return -1 if hi < 0 else (1 if lo > 0 else 0)
+
+
+def verdict(facts: dict) -> list[str]:
+    """Plain-language sentences derived only from the measured numbers in `facts`."""
+    m = facts["margins"]
+    out = [
+        f"Refused {m['n_refused']} of {m['n']} selected prompts ({100 * m['refusal_share']:.0f}%; "
+        f"refused = decision margin > 0), mean margin {m['mean_margin']:+.2f}."
+    ]
+    if m["n"] < FEW_PROMPTS:
+        out.append(f"Only {m['n']} prompts: treat every number below as anecdotal.")
+    c = facts.get("contrasts")
+    if c:
+        gap = (
+            f"Their paired unsafe contrasts score {c['mean_gap']:+.2f} above the safe prompts on average "
+            f"({_ci(c)}, {c['n_pairs']} pairs; {100 * c['unsafe_refusal_share']:.0f}% of contrasts refused)"
+        )
+        judged = {
+            1: ": the margin does separate the safe prompts from their unsafe twins.",
+            0: ": no measurable difference between the safe prompts and their unsafe twins.",
+            -1: ": the safe prompts score higher than their unsafe twins.",
+        }
+        out.append(gap + judged[_sign(c)])
+    for label, p in (facts.get("perturb") or {}).get("labels", {}).items():
+        out += _perturb_sentences(label, p, facts["perturb"]["threshold"])
+    a = facts.get("attribution")
+    if a:
+        if not a["n_refused"]:
+            out.append("No selected prompt is refused, so no top-attributed word of a refusal to report.")
+        else:
+            parts = []
+            for method, t in a["top_words"].items():
+                common = [w for w in t["most_common"] if w["n_prompts"] > 1]
+                listed = (
+                    "most often " + ", ".join(f"'{w['lemma']}' ({w['n_prompts']})" for w in common)
+                    if common
+                    else "no word tops more than one prompt"
+                )
+                caveat = (
+                    ", though over all selected prompts removing its top word lowers the margin no more than removing a random word"
+                    if t.get("no_better_than_random")
+                    else ""
+                )
+                parts.append(
+                    f"{method} puts a lexicon trigger on top in {t['n_trigger_on_top']} of {a['n_refused']} "
+                    f"({listed}){caveat}"
+                )
+            out.append(
+                f"Top-attributed word of the {a['n_refused']} refused prompts: " + "; ".join(parts) + "."
+            )
+    return out
+
+
+def _perturb_sentences(label: str, p: dict, threshold: float) -> list[str]:
+    t, d, ctl = p["triggers"], p["trigger_minus_control"], p["control"]
+    who = f"{label} prompts" if label else "prompts"
+    if not t["n"]:
+        cw = p["content_words"]
+        return [
+            f"No lexicon trigger word found in the {who}; swapping other content words {_moves(cw['mean'])} "
+            f"({_ci(cw)}, n={cw['n']}): nothing points at a trigger word."
+        ]
+    s = f"Swapping the trigger word ({who}) {_moves(t['mean'])} on average ({_ci(t)}, n={t['n']})"
+    if ctl["n"]:
+        s += f", a matched control word {_moves(ctl['mean']).split(' the margin')[0]} it by {abs(ctl['mean']):.2f} ({_ci(ctl)}, n={ctl['n']})"
+    out = [s + "."]
+    if p["n_refused_with_trigger"]:
+        out.append(
+            f"Trigger swaps flip {p['n_flipped_by_trigger']} of the {p['n_refused_with_trigger']} refused "
+            f"{who} with a trigger to compliance (threshold {threshold:+.2f})."
+        )
+    if t["n"] < 3:
+        out.append("Too few trigger swaps to conclude anything.")
+    elif _sign(t) == -1 and _sign(d) == -1:
+        out.append(
+            "The refusals are lexical: the trigger word lowers the margin more than a matched control "
+            f"word does (difference {d['mean']:+.2f}, {_ci(d)})."
+        )
+    elif _sign(t) == -1:
+        out.append(
+            "Trigger swaps lower the margin, but not measurably more than swapping another content word "
+            f"(difference {d['mean']:+.2f}, {_ci(d)}): inconclusive whether the trigger word itself is to blame."
+        )
+    elif _sign(t) == 1:
+        out.append("Not lexical: swapping the trigger word raises the margin.")
+    else:
+        out.append("Inconclusive: the CI of the trigger-swap effect crosses 0.")
+    return out
+
+
+# ------------------------------------------------------------------------------------ provenance
+def _provenance(run: dict, config: DiagnoseConfig) -> dict:
+    import datetime as dt
+
+    system = run.get("system_prompt") or {}
+    return {
+        "model": run.get("model_spec"),
+        "model_source": run.get("model_source"),
+        "weights_sha256": run.get("weights_sha256"),
+        "dtype": run.get("dtype"),
+        "system_prompt": system.get("name") if isinstance(system, dict) else system,
+        "system_prompt_text": system.get("text") if isinstance(system, dict) else None,
+        "suite": run.get("suite"),
+        "lexprobe_version": (run.get("versions") or {}).get("lexprobe"),
+        "git_commit": run.get("lexprobe_git_commit"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": " ".join(run.get("command") or []),
+        "config": asdict(config),
+    }
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

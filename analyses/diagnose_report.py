@@ -1,0 +1,119 @@
+"""The HTML page of `lexprobe diagnose`: verdict, provenance, the tables and figures of its three steps,
+assembled with `toolkit.report` (one self-contained file) and `toolkit.viz`'s word heatmap."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from toolkit import report
+from toolkit.report import esc
+
+
+def _section(title: str, *parts: str) -> str:
+    return f"<h2>{esc(title)}</h2>" + "".join(parts)
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{esc(text)}</p>'
+
+
+def write_report(result, attributions, path: Path) -> Path:
+    s, t, f = result.summary, result.tables, result.figures
+    prov = s["provenance"]
+    m = s["margins"]
+    cfg = prov["config"]
+    selection = ", ".join(m["types"])
+    body = [
+        f"<h1>Why does {esc(prov['model'])} refuse these prompts?</h1>",
+        _note(
+            f"lexprobe diagnose · suite {cfg['suite']['suite']} · types {selection} · {m['n']} prompts · "
+            f"{s['wall_seconds']:.0f} s"
+        ),
+        '<div class="verdict">' + "".join(f"<p>{esc(x)}</p>" for x in s["verdict"]) + "</div>",
+    ]
+    prov_items = {k: v for k, v in prov.items() if k != "config"}
+    body.append(
+        "<details><summary>Provenance</summary>"
+        + report.definitions(prov_items | {"config": _config_line(cfg)})
+        + "</details>"
+    )
+
+    body.append(
+        _section(
+            "1. Refusal margins",
+            _note(
+                "margin = log P(best refusal opening) − log P(best compliance opening) at the first "
+                "assistant token; > 0 means greedy decoding opens with a refusal."
+            ),
+            report.table(t["margins_by_type"]),
+        )
+    )
+    if "contrast_by_type" in t:
+        body += [
+            "<h3>Safe prompts vs their unsafe contrasts</h3>",
+            _note("gap = margin(unsafe twin) − margin(safe prompt); AUROC of the margin separating them."),
+            report.table(t["contrast_by_type"]),
+            report.figure(f.get("contrast_margins"), "each line a pair; black the mean; red dashed 0"),
+        ]
+
+    if s.get("attribution"):
+        a = s["attribution"]
+        parts = [
+            _note(
+                f"The top-scored word of each of the {a['n_refused']} refused prompts, per method, "
+                "counted by lemma; trigger = the trigger-lexicon entry (word or phrase) the top word belongs to."
+            ),
+            report.table(t.get("top_words"), empty="no refused prompt among the selection"),
+        ]
+        if "faithfulness_by_type" in t:
+            parts += [
+                "<h3>Faithfulness</h3>",
+                _note(
+                    "top1_drop: margin drop when the top word is removed (higher = better), beside a "
+                    "random word's; flagged when no better than random."
+                ),
+                report.table(t["faithfulness_by_type"]),
+            ]
+        parts.append(report.figure(f.get("heatmap"), f"word attributions ({a['methods'][0]})"))
+        if attributions is not None and len(attributions.prompts):
+            from toolkit.viz import heatmap_html_fragment
+
+            parts.append(
+                "<details><summary>Word heatmap, every method (hover a word for its score)</summary>"
+                + heatmap_html_fragment(attributions)
+                + "</details>"
+            )
+        body.append(_section("2. Attribution: which words push toward refusal", *parts))
+
+    if s.get("perturb"):
+        p = s["perturb"]
+        parts = [
+            _note(
+                "delta = margin(variant) − margin(original); negative = the swap lowered refusal. "
+                f"flipped = the two margins lie on either side of the refusal threshold {p['threshold']:+.2f}."
+            ),
+            "<h3>Pooled</h3>",
+            report.table(t["pooled"]),
+            "<h3>Per trigger</h3>",
+            report.table(t["triggers"], empty="no trigger word of the lexicon in these prompts"),
+            report.figure(f.get("forest"), "per-trigger margin change with 95% CI; pooled effects in red"),
+            f"<h3>The {len(t['word_swaps'])} word swaps that lower the margin most</h3>",
+            report.table(t["word_swaps"]),
+            report.figure(f.get("paired_margins"), "margins before and after swapping, per prompt"),
+        ]
+        if "attribution_agreement" in t:
+            parts += [
+                "<h3>Attribution vs substitution effect</h3>",
+                report.table(t["attribution_agreement"]),
+            ]
+        body.append(_section("3. Substitution: which word swaps lower the margin", *parts))
+
+    steps = ", ".join(f"{k}: {v}" for k, v in s["steps"].items() if v)
+    body.append(_note(f"Sub-runs (each resumable, with its own run.json and tables): {steps}."))
+    path.write_text(report.page("lexprobe diagnose", body), encoding="utf-8")
+    return path
+
+
+def _config_line(cfg: dict) -> str:
+    return json.dumps(cfg, default=str)
