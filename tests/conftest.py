@@ -55,3 +55,16 @@ def default_session(default_lm):
     from analyses.common import ModelOptions, open_session
 
     return open_session(ModelOptions(model="default", dtype="float32"))
+
+
+@pytest.fixture
+def error_line(capsys):
+    """Reads stderr and checks it is one line with no traceback (the bad-input contract); returns it."""
+
+    def read() -> str:
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert "Traceback" not in err[0]
+        return err[0]
+
+    return read

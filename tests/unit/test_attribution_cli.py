@@ -73,25 +73,20 @@ def test_suite_with_contrasts_pairs_them_and_round_trips(tmp_path, tiny_readout_
     assert "no_better_than_random" in by_type.columns
 
 
-def test_resume_skips_done_prompts_and_refuses_silent_overwrite(tmp_path, tiny_readout_file, capsys):
+def test_resume_skips_done_prompts_and_refuses_silent_overwrite(
+    error_line, tmp_path, tiny_readout_file, capsys
+):
     args = ["--suite", "xstest", "--ids", "1", "2", "--method", "occlusion", "--no-faithfulness"]
     assert _attribute(tmp_path, tiny_readout_file, *args) == 0
     first = pd.read_csv(tmp_path / "att" / "attributions.csv", dtype={"id": str})
     capsys.readouterr()
     assert _attribute(tmp_path, tiny_readout_file, *args) == 2
-    assert "--resume" in _error_line(capsys)
+    assert "--resume" in error_line()
     assert _attribute(tmp_path, tiny_readout_file, *args[:-1], "--resume") == 0  # faithfulness now on
     run = json.loads((tmp_path / "att" / "run.json").read_text())
     assert run["n_attributed_this_run"] == 0  # ... but no prompt was redone
     again = pd.read_csv(tmp_path / "att" / "attributions.csv", dtype={"id": str})
     pd.testing.assert_frame_equal(first, again)
-
-
-def _error_line(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert "Traceback" not in err[0]
-    return err[0]
 
 
 @pytest.mark.parametrize(
@@ -110,12 +105,12 @@ def _error_line(capsys):
         (["--prompt", "word " * 600], "longer than the model's context"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(tmp_path, tiny_readout_file, capsys, args, message):
+def test_bad_input_exits_2_with_one_line(error_line, tmp_path, tiny_readout_file, args, message):
     assert _attribute(tmp_path, tiny_readout_file, *args) == 2
-    assert message in _error_line(capsys)
+    assert message in error_line()
 
 
-def test_heatmap_redraws_a_subset_and_rejects_bad_input(tmp_path, tiny_readout_file, capsys):
+def test_heatmap_redraws_a_subset_and_rejects_bad_input(error_line, tmp_path, tiny_readout_file, capsys):
     assert (
         _attribute(
             tmp_path,
@@ -145,9 +140,9 @@ def test_heatmap_redraws_a_subset_and_rejects_bad_input(tmp_path, tiny_readout_f
     ]:
         base = ["heatmap", "--from", src, "--out", str(tmp_path / "x.png")]
         assert main([*base, *args]) == 2
-        assert message in _error_line(capsys)
+        assert message in error_line()
     assert main(["heatmap", "--from", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
-    assert "no attributions.csv" in _error_line(capsys)
+    assert "no attributions.csv" in error_line()
 
 
 def test_plausibility_hits_use_lemmas_in_context():

@@ -58,13 +58,6 @@ def test_resume_scores_only_missing_rows_and_matches_a_fresh_run(tmp_path, tiny_
     assert run["n_scored_this_run"] == 5
 
 
-def _error_line(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert "Traceback" not in err[0]
-    return err[0]
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -76,13 +69,13 @@ def _error_line(capsys):
         (["--dtype", "fp8"], "unknown --dtype"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(tmp_path, tiny_readout_file, capsys, args, message):
+def test_bad_input_exits_2_with_one_line(error_line, tmp_path, tiny_readout_file, args, message):
     base = ["score", "--model", "tiny-random", "--readout", str(tiny_readout_file), "--suite", "xstest"]
     assert main([*base, "--out", str(tmp_path / "o"), *args]) == 2
-    assert message in _error_line(capsys)
+    assert message in error_line()
 
 
-def test_bad_suite_files_exit_2(tmp_path, tiny_readout_file, capsys):
+def test_bad_suite_files_exit_2(error_line, tmp_path, tiny_readout_file):
     cases = {
         "nocol.csv": (b"question\nhi\n", "no column 'prompt'"),
         "empty.csv": (b"id,prompt\n1,hi\n2,  \n", "empty prompt at id 2"),
@@ -106,23 +99,23 @@ def test_bad_suite_files_exit_2(tmp_path, tiny_readout_file, capsys):
             ]
         )
         assert rc == 2, name
-        assert message in _error_line(capsys), name
+        assert message in error_line(), name
 
 
-def test_existing_output_is_never_overwritten_silently(tmp_path, tiny_readout_file, capsys):
+def test_existing_output_is_never_overwritten_silently(error_line, tmp_path, tiny_readout_file, capsys):
     assert _score(tmp_path, tiny_readout_file, "--limit", "2") == 0
     before = (tmp_path / "run" / "scores.csv").read_text()
     capsys.readouterr()
     assert _score(tmp_path, tiny_readout_file, "--limit", "2") == 2
-    assert "--resume" in _error_line(capsys)
+    assert "--resume" in error_line()
     assert (tmp_path / "run" / "scores.csv").read_text() == before
 
 
-def test_resume_refuses_a_different_condition(tmp_path, tiny_readout_file, capsys):
+def test_resume_refuses_a_different_condition(error_line, tmp_path, tiny_readout_file, capsys):
     assert _score(tmp_path, tiny_readout_file, "--limit", "2") == 0
     capsys.readouterr()
     assert _score(tmp_path, tiny_readout_file, "--limit", "4", "--resume", "--system-prompt", "none") == 2
-    assert "different system_prompt" in _error_line(capsys)
+    assert "different system_prompt" in error_line()
 
 
 def test_console_script_usage_error_is_one_line(tmp_path):

@@ -42,13 +42,6 @@ def diagnosed(tmp_path_factory, mixed_readout_file):
     return out
 
 
-def _error_line(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert "Traceback" not in err[0]
-    return err[0]
-
-
 def _read(path):
     return pd.read_csv(path, dtype={"id": str, "safe_id": str, "unsafe_id": str}, keep_default_na=False)
 
@@ -131,14 +124,14 @@ def test_summary_numbers_are_the_sub_runs_numbers(diagnosed):
 
 
 def test_rerun_needs_resume_loses_nothing_and_resume_redoes_nothing(
-    diagnosed, tmp_path, mixed_readout_file, capsys
+    error_line, diagnosed, tmp_path, mixed_readout_file, capsys
 ):
     out = tmp_path / "copy"
     shutil.copytree(diagnosed, out)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     capsys.readouterr()
     assert _diagnose(out, mixed_readout_file, *SELECT) == 2
-    line = _error_line(capsys)
+    line = error_line()
     assert "already holds a diagnosis" in line and "--resume" in line and "--overwrite" in line
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
@@ -177,9 +170,9 @@ def test_skip_flags_and_a_suite_without_pairs(tmp_path, mixed_readout_file):
         ([*SELECT, "--limit", "0"], "--limit must be at least 1"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(tmp_path, mixed_readout_file, capsys, args, message):
+def test_bad_input_exits_2_with_one_line(error_line, tmp_path, mixed_readout_file, args, message):
     assert _diagnose(tmp_path / "bad", mixed_readout_file, *args) == 2
-    assert message in _error_line(capsys)
+    assert message in error_line()
     assert not (tmp_path / "bad").exists()  # nothing written for bad input
 
 
