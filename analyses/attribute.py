@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analyses import contrast
 from analyses.common import ModelOptions, SuiteOptions, open_session, open_suite
 from toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, PromptTarget, attribute
 from toolkit.attribution import faithfulness as faith
@@ -43,6 +44,7 @@ class AttributeConfig:
     figures: bool = True
     resume: bool = False
     overwrite: bool = False
+    pair_map: str | None = None  # safe_id, unsafe_id (default: XSTest's, for the bundled xstest suite)
 
 
 def parse_methods(value: str | list[str]) -> list[str]:
@@ -57,18 +59,13 @@ def parse_methods(value: str | list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def contrast_pairs(frame: pd.DataFrame) -> dict[str, str]:
-    """XSTest pairing: safe prompt `i` pairs with `i + 25` when that one's type is a `contrast_` type.
-    Returns id -> paired id, both ways; empty for suites without that layout."""
-    by_id = frame.set_index("id")
-    pairs = {}
-    for row in frame.itertuples():
-        if row.label != "safe" or not str(row.id).isdigit():
-            continue
-        other = str(int(row.id) + 25)
-        if other in by_id.index and str(by_id.loc[other, "type"]).startswith("contrast_"):
-            pairs[row.id], pairs[other] = other, row.id
-    return pairs
+def pair_lookup(suite: str, pair_map: str | None) -> dict[str, str]:
+    """id -> paired id, both ways, from the suite's pair map (`analyses.contrast.suite_pair_map`)."""
+    frame = contrast.suite_pair_map(suite, pair_map)
+    if frame is None:
+        return {}
+    safe, unsafe = frame["safe_id"].astype(str), frame["unsafe_id"].astype(str)
+    return dict(zip(safe, unsafe)) | dict(zip(unsafe, safe))
 
 
 def _selection(config: AttributeConfig) -> tuple[Suite, dict[str, str]]:
@@ -82,7 +79,7 @@ def _selection(config: AttributeConfig) -> tuple[Suite, dict[str, str]]:
     opts = config.suite
     full = load_suite(opts.suite, opts.prompt_column, opts.id_column, opts.type_column, opts.label_column)
     suite = open_suite(opts)
-    pairs = contrast_pairs(full.frame)
+    pairs = pair_lookup(opts.suite, config.pair_map)
     if config.contrasts and pairs:
         chosen = list(suite.frame["id"])
         extra = [pairs[i] for i in chosen if i in pairs and pairs[i] not in chosen]

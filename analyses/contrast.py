@@ -67,6 +67,13 @@ def load_pair_map(path: str | None) -> pd.DataFrame:
     return frame
 
 
+def suite_pair_map(suite: str, path: str | None) -> pd.DataFrame | None:
+    """The pair map of a suite: `path` if given, else XSTest's own for the bundled xstest suite, else None."""
+    if path is None and suite != "xstest":
+        return None
+    return load_pair_map(path)
+
+
 def pair_frame(suite_frame: pd.DataFrame, pair_map: pd.DataFrame, types: list[str]) -> pd.DataFrame:
     """safe/unsafe prompts side by side, for the safe types asked for (all paired types by default)."""
     by_id = suite_frame.set_index("id")

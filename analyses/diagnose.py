@@ -110,6 +110,7 @@ def run(config: DiagnoseConfig) -> DiagnoseResult:
             attribute.AttributeConfig(
                 str(out / "attribution"), config.model, config.suite, None, methods, config.settings,
                 config.faithfulness, config.n_random, config.attribute_contrasts, True, **sub,
+                pair_map=config.pair_map,
             )
         )  # fmt: skip
         t, f = attribution_tables(attributions, config)
@@ -164,11 +165,11 @@ def _by_ids(opts: SuiteOptions, ids: list[str]) -> SuiteOptions:
 
 def _pairs(config: DiagnoseConfig, selected: pd.DataFrame) -> pd.DataFrame:
     """Pair-map rows with a selected prompt on either side (empty for suites without a pair map)."""
-    empty = pd.DataFrame(columns=["safe_id", "unsafe_id", "type", "contrast_type", "safe_prompt"])
-    if config.pair_map is None and config.suite.suite != "xstest":
-        return empty
+    pair_map = contrast.suite_pair_map(config.suite.suite, config.pair_map)
+    if pair_map is None:
+        return pd.DataFrame(columns=["safe_id", "unsafe_id", "type", "contrast_type", "safe_prompt"])
     full = open_suite(_by_ids(config.suite, []))
-    pairs = contrast.pair_frame(full.frame, contrast.load_pair_map(config.pair_map), [])
+    pairs = contrast.pair_frame(full.frame, pair_map, [])
     chosen = set(selected["id"])
     return pairs[pairs["safe_id"].isin(chosen) | pairs["unsafe_id"].isin(chosen)].reset_index(drop=True)
 

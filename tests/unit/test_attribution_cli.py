@@ -6,6 +6,7 @@ import json
 import pandas as pd
 import pytest
 
+import prompts
 from toolkit.attribution.result import AttributionResult
 from toolkit.cli import main
 from toolkit.viz import heatmap_html_fragment
@@ -108,6 +109,17 @@ def test_resume_skips_done_prompts_and_refuses_silent_overwrite(
 def test_bad_input_exits_2_with_one_line(error_line, tmp_path, tiny_readout_file, args, message):
     assert _attribute(tmp_path, tiny_readout_file, *args) == 2
     assert message in error_line()
+
+
+def test_contrasts_come_from_the_bundled_pair_map():
+    from analyses.attribute import pair_lookup
+
+    pairs = pair_lookup("xstest", None)
+    table = pd.read_csv(prompts.path("xstest_pairs.csv"), dtype=str)
+    assert set(pairs) == set(table["safe_id"]) | set(table["unsafe_id"])  # every paired id, both ways
+    assert pairs["1"] == "26" and pairs["26"] == "1"  # the i + 25 layout ...
+    assert pairs["251"] == "302" and pairs["302"] == "251"  # ... and a curated discrimination pair
+    assert pair_lookup("my_prompts.csv", None) == {}  # other suites pair only with --pair-map
 
 
 def test_heatmap_redraws_a_subset_and_rejects_bad_input(error_line, tmp_path, tiny_readout_file, capsys):
