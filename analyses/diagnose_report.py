@@ -8,6 +8,7 @@ from pathlib import Path
 
 from toolkit import report
 from toolkit.report import esc
+from toolkit.viz import CSS as HEATMAP_CSS
 
 
 def _section(title: str, *parts: str) -> str:
@@ -111,7 +112,7 @@ def write_report(result, attributions, path: Path) -> Path:
 
     steps = ", ".join(f"{k}: {v}" for k, v in s["steps"].items() if v)
     body.append(_note(f"Sub-runs (each resumable, with its own run.json and tables): {steps}."))
-    path.write_text(report.page("lexprobe diagnose", body), encoding="utf-8")
+    path.write_text(report.page("lexprobe diagnose", body, css=HEATMAP_CSS), encoding="utf-8")
     return path
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from toolkit.viz import CSS as HEATMAP_CSS
-
-CSS = (
-    HEATMAP_CSS
-    + """
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:24px;margin-bottom:4px}
+h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px}
+th{background:#f0f0f0}.flag{color:#b2182b;font-weight:600}
 .verdict{border-left:5px solid #b2182b;background:#fff5f2;padding:10px 16px;margin:16px 0;font-size:15px;
 line-height:1.5}
 .verdict p{margin:4px 0}
@@ -27,7 +27,6 @@ dl.prov{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;font-siz
 dl.prov dt{color:#555}dl.prov dd{margin:0;font-family:ui-monospace,monospace;word-break:break-all}
 details{margin:10px 0}summary{cursor:pointer;font-weight:600}
 """
-)
 
 
 def esc(text) -> str:
@@ -46,15 +45,23 @@ def _cell(value, digits: int) -> str:
     return esc(value)
 
 
-def table(frame: pd.DataFrame | None, digits: int = 2, empty: str = "(no rows)") -> str:
-    """An HTML table of a frame (floats rounded, NaN blank, booleans yes/no)."""
+def table(
+    frame: pd.DataFrame | None, digits: int = 2, empty: str = "(no rows)", flag_column: str | None = None
+) -> str:
+    """An HTML table of a frame (floats rounded, NaN blank, booleans yes/no); cells of `flag_column`
+    that are true are marked in red."""
     if frame is None or not len(frame):
         return f'<p class="note">{esc(empty)}</p>'
     head = "".join(f"<th>{esc(c)}</th>" for c in frame.columns)
-    rows = [
-        "<tr>" + "".join(f"<td>{_cell(v, digits)}</td>" for v in rec) + "</tr>"
-        for rec in frame.astype(object).itertuples(index=False)
-    ]
+    rows = []
+    for rec in frame.astype(object).itertuples(index=False):
+        cells = [
+            f'<td class="flag">{_cell(v, digits)}</td>'
+            if col == flag_column and bool(v)
+            else f"<td>{_cell(v, digits)}</td>"
+            for col, v in zip(frame.columns, rec)
+        ]
+        rows.append(f"<tr>{''.join(cells)}</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
@@ -76,8 +83,9 @@ def definitions(items: dict) -> str:
     return f'<dl class="prov">{rows}</dl>'
 
 
-def page(title: str, body: list[str]) -> str:
+def page(title: str, body: list[str], css: str = "") -> str:
+    """The whole document: this module's CSS plus `css`, inline."""
     return (
         '<!doctype html><html><head><meta charset="utf-8">'
-        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>{''.join(body)}</body></html>"
+        f"<title>{esc(title)}</title><style>{CSS}{css}</style></head><body>{''.join(body)}</body></html>"
     )

@@ -19,6 +19,8 @@ import pandas as pd  # noqa: E402
 from matplotlib import colors as mcolors  # noqa: E402
 from matplotlib.font_manager import FontProperties  # noqa: E402
 
+from toolkit import report  # noqa: E402
+
 CMAP = plt.get_cmap("RdBu_r")
 
 
@@ -52,9 +54,7 @@ def _verdict(row) -> str:
 
 
 # ------------------------------------------------------------------------------------------ HTML
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222;max-width:1400px}
-h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+CSS = """  /* the word heatmap; the page and its tables: toolkit.report.CSS */
 .pair{display:flex;gap:16px;margin:10px 0;flex-wrap:wrap}
 .card{flex:1 1 520px;border:1px solid #ddd;border-radius:6px;padding:8px 12px;background:#fafafa}
 .card.unsafe{background:#fff8f5}
@@ -63,8 +63,6 @@ h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
 .row{display:flex;align-items:baseline;gap:8px;margin:3px 0;line-height:1.9}
 .m{font-size:11px;color:#777;width:150px;flex:none;text-align:right}
 .w{padding:1px 2px;border-radius:3px;cursor:default}
-table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px}
-th{background:#f0f0f0}.flag{color:#b2182b;font-weight:600}
 .legend span{padding:2px 8px;border-radius:3px;margin-right:4px;font-size:12px}
 """
 
@@ -92,21 +90,6 @@ def _card(result, row) -> str:
             )
         lines.append(f'<div class="row"><span class="m">{method}</span><span>{"".join(spans)}</span></div>')
     return f'<div class="{cls}">{head}{"".join(lines)}</div>'
-
-
-def _table(frame: pd.DataFrame, flag_column: str | None = None) -> str:
-    if frame is None or not len(frame):
-        return ""
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = []
-    for rec in frame.itertuples(index=False):
-        cells = []
-        for col, v in zip(frame.columns, rec):
-            text = f"{v:.3f}" if isinstance(v, float) and not np.isnan(v) else html.escape(str(v))
-            flagged = col == flag_column and bool(v)
-            cells.append(f'<td class="flag">{text}</td>' if flagged else f"<td>{text}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
 def heatmap_html_fragment(result) -> str:
@@ -151,7 +134,9 @@ def heatmap_html(result, path: str | Path) -> Path:
     )
     sections = [f"<h1>Word attributions of the refusal margin</h1><p>{meta}</p>", legend]
     if len(result.method_names) > 1:
-        sections.append("<h2>Rank agreement between methods</h2>" + _table(result.agreement().round(3)))
+        sections.append(
+            "<h2>Rank agreement between methods</h2>" + report.table(result.agreement(), digits=3)
+        )
     by_type = result.faithfulness_by_type()
     if len(by_type):
         cols = ["type", "method", "n", "top1_drop", "top1_drop_random", "comprehensiveness"]
@@ -161,15 +146,11 @@ def heatmap_html(result, path: str | Path) -> Path:
             "<h2>Faithfulness on the margin (vs a random ranking)</h2>"
             "<p>top-1 drop and comprehensiveness: higher is better; sufficiency and deletion AUC: lower "
             "is better. Flagged: the method's top word is no better than a random word on that type.</p>"
-            + _table(by_type[cols], flag_column="no_better_than_random")
+            + report.table(by_type[cols], digits=3, flag_column="no_better_than_random")
         )
     sections.append(heatmap_html_fragment(result))
-    page = (
-        '<!doctype html><html><head><meta charset="utf-8"><title>lexprobe attributions</title>'
-        f"<style>{CSS}</style></head><body>{''.join(sections)}</body></html>"
-    )
     path = Path(path)
-    path.write_text(page, encoding="utf-8")
+    path.write_text(report.page("lexprobe attributions", sections, css=CSS), encoding="utf-8")
     return path
 
 

@@ -221,3 +221,13 @@ def test_summary_json_has_no_nan(diagnosed):
     assert "NaN" not in text and "Infinity" not in text
     json.loads(text)
     assert np.isfinite(json.loads(text)["wall_seconds"])
+
+
+def test_report_table_rounds_blanks_nan_and_flags_cells():
+    from toolkit import report
+
+    frame = pd.DataFrame({"method": ["a", "b"], "x": [0.12345, float("nan")], "bad": [True, False]})
+    page = report.table(frame, digits=3, flag_column="bad")
+    assert '<td class="flag">yes</td>' in page and "<td>no</td>" in page
+    assert "<td>0.123</td>" in page and "<td></td>" in page
+    assert 'class="flag"' not in report.table(frame, digits=3)
