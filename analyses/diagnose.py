@@ -100,7 +100,8 @@ def run(config: DiagnoseConfig) -> DiagnoseResult:
     scored = score.run(
         score.ScoreConfig(str(out / "scores"), config.model, _by_ids(config.suite, ids + extra), **sub)
     )
-    tables, figures, facts = margin_tables(scored.frame, ids, pairs, config.seed)
+    tables, facts = margin_tables(scored.frame, ids, pairs, config.seed)
+    figures: dict[str, Path] = {}
     if len(pairs):
         figures["contrast_margins"] = _pair_figure(tables["contrast_pairs"], out / "contrast_margins.png")
 
@@ -113,7 +114,7 @@ def run(config: DiagnoseConfig) -> DiagnoseResult:
                 pair_map=config.pair_map,
             )
         )  # fmt: skip
-        t, f = attribution_tables(attributions, config)
+        t, f = attribution_tables(attributions, config, ids)
         tables |= t
         facts["attribution"] = f
         figures["heatmap"] = out / "attribution" / "heatmap.png"
@@ -221,7 +222,7 @@ def margin_tables(scores: pd.DataFrame, ids: list[str], pairs: pd.DataFrame, see
             "safe_refusal_share": float(p["safe_refused"].mean()),
             "unsafe_refusal_share": float(p["unsafe_refused"].mean()),
         }
-    return tables, {}, facts
+    return tables, facts
 
 
 def _pair_figure(pairs: pd.DataFrame, path: Path) -> Path:
@@ -235,7 +236,7 @@ def _pair_figure(pairs: pd.DataFrame, path: Path) -> Path:
     )
 
 
-def attribution_tables(result, config: DiagnoseConfig):
+def attribution_tables(result, config: DiagnoseConfig, ids: list[str]):
     """The top-scored word of every refused selected prompt, by method, counted by lemma; `trigger` names
     the lexicon trigger (word or phrase, as the substitution engine finds it) the top word falls in."""
     from toolkit.attribution.words import segment
@@ -243,8 +244,7 @@ def attribution_tables(result, config: DiagnoseConfig):
 
     lexicon = Lexicon.load(config.lexicon)
     prompts = result.prompts
-    chosen = set(open_suite(config.suite).frame["id"])
-    refused = prompts[prompts["refused"].astype(bool) & prompts["id"].isin(chosen)]
+    refused = prompts[prompts["refused"].astype(bool) & prompts["id"].isin(ids)]
     text = dict(zip(refused["id"], refused["prompt"]))
     words = {i: segment(str(t), config.settings.group_phrases) for i, t in text.items()}
     triggers = {i: [u for u in find_units(nlp()(str(t)), lexicon) if u.trigger] for i, t in text.items()}
