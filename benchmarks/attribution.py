@@ -36,6 +36,8 @@ def captum_ig(lm, text: str, target_id: int, steps: int, batch: int, rule: str) 
     """(seconds, completeness error, tokens) for captum's LLM IG on the full chat text."""
     from captum.attr import LayerIntegratedGradients, LLMGradientAttribution, TextTokenInput
 
+    from toolkit.attribution.gradient import completeness_error
+
     start = time.process_time()
     lig = LayerIntegratedGradients(lm.model, lm.embed)
     llm_attr = LLMGradientAttribution(lig, lm.tokenizer)
@@ -55,7 +57,7 @@ def captum_ig(lm, text: str, target_id: int, steps: int, batch: int, rule: str) 
 
     f_x, f_b = logp(ids), logp(reference)
     total = float(res.seq_attr.sum())
-    return seconds, abs(total - (f_x - f_b)) / max(abs(f_x - f_b), 1e-3), ids.shape[1]
+    return seconds, completeness_error(total, f_x, f_b), ids.shape[1]
 
 
 def lexprobe_ig(scorer, text: str, steps: int | None, batch: int, rule: str) -> tuple[float, float, int, int]:
