@@ -94,7 +94,7 @@ def test_adaptive_rule_needs_fewer_points_than_uniform(scorer):
     adaptive = attribute(_target(scorer, max_steps=256), "integrated_gradients").info
     uniform = attribute(_target(scorer, rule="trapezoid", max_steps=256), "integrated_gradients").info
     assert adaptive["converged"]
-    assert adaptive["points_evaluated"] < uniform["points_evaluated"] or uniform["steps"] == 16
+    assert adaptive["points_evaluated"] < uniform["points_evaluated"]
 
 
 @pytest.mark.parametrize("method", ATTRIBUTION_METHODS.names())
