@@ -104,9 +104,10 @@ def _existing(out: Path, config: AttributeConfig) -> set[str]:
 
 def attribute_one(target: PromptTarget, row: dict, methods: list[str], config: AttributeConfig) -> dict:
     """All tables' rows for one prompt."""
-    decision, sampled = target.margins()
+    m = target.margins()
+    margins = {"margin": m["decision"], "margin_sampled": m["sampled"], "margin_smooth": m.get("smooth")}
     part = {
-        "prompt": {**row, "margin": decision, "margin_sampled": sampled, "refused": bool(decision > 0)},
+        "prompt": {**row, **margins, "refused": bool(m["decision"] > 0)},
         "attributions": [],
         "methods": [],
         "faithfulness": [],

@@ -11,16 +11,20 @@ The expanded paths are appended to every input as a token *tree* (each appended 
 prompt and its own ancestors, at the position it would have in a real response), so one forward pass
 yields every next-token distribution the readout needs. Logits are computed only there.
 
-Two margins come out (`MarginReader`):
+Three margins come out (`MarginReader`):
 
     margin         = log P(best refusal opening) - log P(best compliance opening), taken where greedy
                      decoding decides; > 0 exactly when greedy decoding follows a refusal opening
     margin_sampled = log P(refuse) - log P(comply) when sampling at temperature 1:
                      P(refuse) = sum over openings l of P(l) r(l)
+    margin_smooth  = T log sum_refusal exp(score / T) - T log sum_compliance exp(score / T) over whole
+                     openings (score = summed log-probabilities), T chosen on calibration prompts: a
+                     smooth stand-in for `margin` that integrated gradients can integrate
 
-and p_refuse = sigmoid(margin). On XSTest with the default model (issue notes) the decision margin
-separated refused from answered prompts far better than the sampled one, because greedy decoding
-takes the single most likely token while compliance spreads its mass over many openings.
+and p_refuse = sigmoid(margin). On XSTest with the default model the decision margin separated refused
+from answered prompts far better than the sampled one (README, "Margin validity"), because greedy
+decoding takes the single most likely token while compliance spreads its mass over many openings.
+Logits and log-probabilities are computed in float32 and float64 whatever the model's dtype.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 import torch
 
@@ -47,12 +52,29 @@ class RefusalReadout:
     nodes: dict[Path_, Node]  # expanded prefixes; () is the root and is always present
     details: dict = field(default_factory=dict)  # provenance: data, counts, settings
 
+    @property
+    def smooth_temperature(self) -> float | None:
+        """The smooth margin's temperature, chosen on calibration prompts (`probes.readout`), if known."""
+        value = self.details.get("smooth_temperature")
+        return None if value is None else float(value)
+
     def __post_init__(self):
         if () not in self.nodes:
             raise ValueError("a readout needs a root node")
         for path in self.nodes:
             if path and (path[:-1] not in self.nodes or path[-1] not in self.nodes[path[:-1]].children):
                 raise ValueError(f"expanded path {path} has no expanded parent listing it")
+        outcomes = {
+            r > 0.5
+            for path, n in self.nodes.items()
+            for t, r in n.children.items()
+            if path + (t,) not in self.nodes
+        }
+        outcomes |= {n.other > 0.5 for n in self.nodes.values()}
+        if outcomes != {True, False}:
+            raise ValueError(
+                "a readout needs both a refusal and a compliance opening (rates above and below 0.5)"
+            )
 
     # ------------------------------------------------------------------ the appended token tree
     @cached_property
@@ -115,20 +137,40 @@ class RefusalReadout:
         return out
 
 
-BIG = 1e4  # stands in for the +-infinite outcome of a leaf (finite, so min/max never meet inf - inf)
+BIG = 1e4  # internal stand-in for the +-infinite outcome of a leaf; never returned (see `margins`)
+
+
+class Margins(NamedTuple):
+    """The readings of one pass, each [batch] float64: `decision` (> 0 exactly where greedy decoding
+    refuses), `sampled` (log-odds of refusing when sampling at temperature 1) and, when a temperature
+    is given, `smooth` (the temperature-smoothed path margin, a smooth stand-in for `decision`)."""
+
+    decision: torch.Tensor
+    sampled: torch.Tensor
+    smooth: torch.Tensor | None = None
 
 
 class MarginReader:
     """Margins from the final hidden states at the read-out positions, for one model and readout.
 
-    Two readings of the same trie (docs: the module docstring):
-    - `margin`, the *decision margin*: greedy decoding picks the most likely next token at each
-      expanded prefix. At a node, let a (b) be the best log-probability among next tokens that lead to
-      refusal (compliance): leaves by r > 0.5, expanded children by the sign of their own margin. The
-      node's margin is a - b, capped by the chosen child's margin when greedy continues into an
-      expanded prefix. Positive = greedy decoding refuses. It is continuous in the logits.
+    Three readings of the same trie (docs: the module docstring):
+    - `decision`: greedy decoding picks the most likely next token at each expanded prefix. At a node,
+      let a (b) be the best log-probability among next tokens that lead to refusal (compliance): leaves
+      by r > 0.5, expanded children by the sign of their own margin. The node's margin is a - b, capped
+      by the chosen child's margin when greedy continues into an expanded prefix; 0 on an exact tie.
+      Where no next token leads to refusal (compliance), the margin is how far the best expanded child
+      is from both becoming the greedy choice and turning (min(lead, child margin), best child). It is
+      continuous in the logits except where the greedy choice switches between a leaf and a child whose
+      margin is smaller (a step no gradient sees).
     - `sampled`: log P(refuse) - log P(comply) when sampling at temperature 1, summing over all
       openings weighted by r.
+    - `smooth` (temperature T): T log sum exp(path score / T) over refusal openings minus the same over
+      compliance openings, a path's score being the sum of its tokens' log-probabilities (leaves by
+      r > 0.5). Smooth in the logits; as T -> 0 it becomes best refusal path minus best compliance
+      path, which has the decision margin's sign wherever greedy decoding follows the best path.
+
+    Every returned decision margin is finite and no larger in magnitude than the largest -log p of any
+    token at any read-out position (a bound that follows from the log-probabilities; checked).
     """
 
     def __init__(self, lm, readout: RefusalReadout):
@@ -145,25 +187,21 @@ class MarginReader:
             self._plan.append((index.get(path, 0), leaves, expanded, node.other))
 
     def log_probs(self, states: torch.Tensor) -> torch.Tensor:
-        """[batch, 1 + T, d_model] -> [batch, 1 + T, vocab] next-token log-probabilities (float64)."""
-        w = self.lm.unembed.weight
-        bias = getattr(self.lm.unembed, "bias", None)
-        # one [batch * (1 + T), d_model] @ [d_model, vocab] matmul: a non-contiguous 3D input that
-        # requires grad would otherwise go through bmm with the weight expanded per row (profiled on one
-        # 16-row gradient batch of the default model: that bmm took 12.5 of 44 CPU-seconds)
-        flat = states.to(w.dtype).reshape(-1, states.shape[-1])
-        logits = (flat @ w.T).view(*states.shape[:-1], -1)
-        if bias is not None:
-            logits = logits + bias
-        return torch.log_softmax(logits.double(), dim=-1)
+        """[batch, 1 + T, d_model] -> [batch, 1 + T, vocab] next-token log-probabilities (float64), from
+        float32 logits computed as the model computes them (`LoadedModel.logits`), whatever its dtype."""
+        return torch.log_softmax(self.lm.logits(states).double(), dim=-1)
 
-    def margins(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(decision margin [batch], sampled margin [batch]), both float64."""
-        logp = self.log_probs(states)
+    def margins(self, states: torch.Tensor, temperature: float | None = None) -> Margins:
+        """The readings of the final-normed states [batch, 1 + T, d_model] at the read-out positions."""
+        return self.read(self.log_probs(states), temperature)
+
+    def read(self, logp: torch.Tensor, temperature: float | None = None) -> Margins:
+        """The readings of next-token log-probabilities [batch, 1 + T, vocab] at the read-out positions."""
         batch, _, vocab = logp.shape
         rows = logp.unbind(dim=1)  # views; one gradient buffer in backward (indexing makes one per row)
         decision: dict[int, torch.Tensor] = {}  # state row -> [batch]
         sampled: dict[int, torch.Tensor] = {}  # state row -> [batch, 2]: log P(refuse), log P(comply)
+        smooth: dict[int, torch.Tensor] = {}  # state row -> [batch, 2]: soft best refusal / compliance path
         for row, leaves, expanded, other in self._plan:
             lp = rows[row]  # [batch, vocab]
             outcome = torch.full(
@@ -179,12 +217,7 @@ class MarginReader:
             for tok, child in expanded:
                 outcome[:, tok] = decision[child]
                 terms.append((lp[:, tok].unsqueeze(1) + sampled[child]).unsqueeze(2))
-            refuse = outcome > 0
-            a = lp.masked_fill(~refuse, float("-inf")).max(dim=-1).values
-            b = lp.masked_fill(refuse, float("-inf")).max(dim=-1).values
-            chosen = outcome.gather(1, lp.argmax(dim=-1, keepdim=True)).squeeze(1)
-            gap = (a - b).clamp(-BIG, BIG)  # a or b is -inf only if every token leads one way
-            decision[row] = torch.where(gap > 0, torch.minimum(gap, chosen), torch.maximum(gap, chosen))
+            decision[row] = _node_decision(lp, outcome, expanded, decision)
 
             rest = lp.clone()
             rest[:, seen] = float("-inf")
@@ -192,7 +225,64 @@ class MarginReader:
             rate = torch.tensor([other, 1 - other], dtype=torch.float64, device=lp.device)
             terms.append((rest + rate.log()).unsqueeze(2))
             sampled[row] = torch.logsumexp(torch.cat(terms, dim=2), dim=2)
-        return decision[0], sampled[0][:, 0] - sampled[0][:, 1]
+            if temperature is not None:
+                smooth[row] = _node_smooth(lp, outcome, expanded, smooth, temperature)
+        result = Margins(
+            decision[0],
+            sampled[0][:, 0] - sampled[0][:, 1],
+            None if temperature is None else smooth[0][:, 0] - smooth[0][:, 1],
+        )
+        bound = -torch.stack([r.detach().amin(dim=-1) for r in rows], dim=1).amin(dim=1)  # [batch]
+        if not (
+            torch.isfinite(result.decision).all() and (result.decision.detach().abs() <= bound + 1e-6).all()
+        ):
+            raise RuntimeError(
+                f"decision margin outside its bound: {result.decision.tolist()} vs {bound.tolist()}"
+            )
+        return result
+
+
+def _node_decision(lp, outcome, expanded, decision) -> torch.Tensor:
+    """One node's decision margin [batch] from its log-probs [batch, vocab] and the outcome of every
+    next token [batch, vocab] (+-BIG for leaves, the child's margin for expanded children)."""
+    refuse = outcome > 0
+    a = lp.masked_fill(~refuse, float("-inf")).amax(dim=-1)
+    b = lp.masked_fill(refuse, float("-inf")).amax(dim=-1)
+    chosen = outcome.gather(1, lp.argmax(dim=-1, keepdim=True)).squeeze(1)
+    gap = a - b  # +-inf where every next token leads one way
+    zero = torch.zeros_like(gap)
+    margin = torch.where(
+        gap > 0, torch.minimum(gap, chosen), torch.where(gap < 0, torch.maximum(gap, chosen), zero)
+    )
+    if expanded:
+        # No token leads to refusal (a = -inf): the node refuses only if a child both becomes the greedy
+        # choice and turns to refusal, so its margin is the best child's min(lead, child margin); and
+        # symmetrically where no token leads to compliance (b = -inf).
+        top2 = lp.topk(2, dim=-1).values if lp.shape[-1] > 1 else lp.repeat(1, 2)
+        lead, child_margin = [], []
+        for tok, child in expanded:
+            rival = torch.where(lp[:, tok] >= top2[:, 0], top2[:, 1], top2[:, 0])
+            lead.append(lp[:, tok] - rival)
+            child_margin.append(decision[child])
+        lead, child_margin = torch.stack(lead), torch.stack(child_margin)  # [n_children, batch]
+        up = torch.minimum(lead, child_margin).amax(dim=0)
+        down = torch.maximum(-lead, child_margin).amin(dim=0)
+        margin = torch.where(torch.isinf(a), up, torch.where(torch.isinf(b), down, margin))
+    return margin.clamp(-BIG, BIG)  # +-BIG only inside the tree: a subtree that can only refuse/comply
+
+
+def _node_smooth(lp, outcome, expanded, smooth, temperature) -> torch.Tensor:
+    """[batch, 2]: T logsumexp(path score / T) over refusal and over compliance openings below a node."""
+    leaf_refuse = outcome > 0
+    is_child = torch.zeros(lp.shape[-1], dtype=torch.bool, device=lp.device)
+    for tok, _ in expanded:
+        is_child[tok] = True
+    sides = []
+    for k, mask in enumerate((leaf_refuse & ~is_child, ~leaf_refuse & ~is_child)):
+        parts = [lp.masked_fill(~mask, float("-inf"))]  # [batch, vocab]
+        parts += [(lp[:, tok] + smooth[child][:, k]).unsqueeze(1) for tok, child in expanded]
+        sides.append(temperature * torch.logsumexp(torch.cat(parts, dim=1) / temperature, dim=1))
+    return torch.stack(sides, dim=1)
 
 
 class MarginProbe:
@@ -225,14 +315,14 @@ class MarginProbe:
             pairs += [(block, on_block) for block in self.lm.layers]
         return pairs
 
-    def margins(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(decision margin [batch], sampled margin [batch]) from the recorded pass."""
+    def margins(self, temperature: float | None = None) -> Margins:
+        """The margins [batch] of the recorded pass (`smooth` too when a temperature is given)."""
         if self._final is None:
             raise RuntimeError("no forward pass was recorded: run the model inside hooks(probe.hook_pairs())")
-        return self.reader.margins(self._final)
+        return self.reader.margins(self._final, temperature)
 
     @torch.no_grad()
     def layer_margins(self) -> torch.Tensor:
         """[batch, n_layers]: the decision margin read through the final norm from each block's output."""
         norm = self.lm.final_norm
-        return torch.stack([self.reader.margins(norm(h))[0] for h in self._layer_states], dim=1)
+        return torch.stack([self.reader.margins(norm(h)).decision for h in self._layer_states], dim=1)

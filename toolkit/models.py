@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -34,20 +34,35 @@ CACHE_FORMAT = 1
 
 @dataclass(frozen=True)
 class Arch:
-    """Where the pieces a probe needs live, as attribute paths from the `*ForCausalLM` module."""
+    """Where the pieces a probe needs live, as attribute paths from the `*ForCausalLM` module, and what
+    the model's own `forward` does to the unembedding's output (each a config field, read from the text
+    config): `logit_softcap` (Gemma 2/3: cap * tanh(logits / cap)), `logit_divisor` (Granite:
+    logits / value), `logit_multiplier` (Cohere: logits * value)."""
 
     base: str  # the decoder stack: returns final-normed hidden states [batch, seq, d_model]
-    embed: str  # token embedding
+    embed: str  # token embedding (its output is what the decoder stack takes as inputs_embeds)
     layers: str  # ModuleList of decoder blocks
     final_norm: str
     unembed: str  # lm_head: d_model -> vocab
+    logit_softcap: str | None = None
+    logit_divisor: str | None = None
+    logit_multiplier: str | None = None
 
 
 _LLAMA_LIKE = Arch("model", "model.embed_tokens", "model.layers", "model.norm", "lm_head")
 ARCHITECTURES: dict[str, Arch] = {
-    **dict.fromkeys(
-        ["qwen2", "qwen3", "llama", "mistral", "gemma", "gemma2", "phi3", "olmo2", "granite"], _LLAMA_LIKE
+    **dict.fromkeys(["qwen2", "qwen3", "llama", "mistral", "gemma", "phi3", "olmo2"], _LLAMA_LIKE),
+    **dict.fromkeys(["gemma2", "gemma3_text"], replace(_LLAMA_LIKE, logit_softcap="final_logit_softcapping")),
+    "gemma3": Arch(
+        "model.language_model",
+        "model.language_model.embed_tokens",
+        "model.language_model.layers",
+        "model.language_model.norm",
+        "lm_head",
+        logit_softcap="final_logit_softcapping",
     ),
+    "granite": replace(_LLAMA_LIKE, logit_divisor="logits_scaling"),
+    "cohere": replace(_LLAMA_LIKE, logit_multiplier="logit_scale"),
     "gpt2": Arch("transformer", "transformer.wte", "transformer.h", "transformer.ln_f", "lm_head"),
 }
 
@@ -88,9 +103,47 @@ class LoadedModel:
     def unembed(self) -> torch.nn.Module:
         return self.submodule(self.arch.unembed)
 
+    def logits(self, states: torch.Tensor) -> torch.Tensor:
+        """[..., d_model] final-normed states -> [..., vocab] logits as the model's `forward` computes
+        them (bias, soft-capping, scaling), but always in float32: a bf16 or float16 model's logits would
+        otherwise come in steps of its resolution (0.125 at 16 in bf16) and tie where they should not."""
+        weight, bias = self._unembed_float32()
+        flat = states.float().reshape(-1, states.shape[-1])  # one 2D matmul (see probes/margin.py)
+        logits = (flat @ weight.T).view(*states.shape[:-1], -1)
+        if bias is not None:
+            logits = logits + bias
+        cfg = self.text_config
+        if self.arch.logit_multiplier and getattr(cfg, self.arch.logit_multiplier, None) is not None:
+            logits = logits * float(getattr(cfg, self.arch.logit_multiplier))
+        if self.arch.logit_divisor and getattr(cfg, self.arch.logit_divisor, None) is not None:
+            logits = logits / float(getattr(cfg, self.arch.logit_divisor))
+        if self.arch.logit_softcap and getattr(cfg, self.arch.logit_softcap, None) is not None:
+            cap = float(getattr(cfg, self.arch.logit_softcap))
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def _unembed_float32(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The unembedding weight [vocab, d_model] and bias in float32: the weights themselves for a
+        float32 model, else a float32 copy made once (vocab x d_model x 4 bytes, on the weight's device)."""
+        weight = self.unembed.weight
+        bias = getattr(self.unembed, "bias", None)
+        if weight.dtype == torch.float32:
+            return weight, bias
+        if "unembed_float32" not in self.extra:
+            self.extra["unembed_float32"] = (
+                weight.detach().float(),
+                None if bias is None else bias.detach().float(),
+            )
+        return self.extra["unembed_float32"]
+
+    @property
+    def text_config(self):
+        cfg = self.model.config
+        return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
     @property
     def context_length(self) -> int:
-        cfg = self.model.config
+        cfg = self.text_config
         return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))
 
     @property

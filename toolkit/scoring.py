@@ -15,7 +15,7 @@ import torch
 from transformers import DynamicCache
 
 from probes.hooks import hooks
-from probes.margin import MarginProbe, RefusalReadout
+from probes.margin import MarginProbe, Margins, RefusalReadout
 from toolkit.chat import ChatFormat, ChatPrompt
 from toolkit.errors import LexprobeError
 from toolkit.progress import progress
@@ -138,13 +138,18 @@ class Scorer:
                 use_cache=cache is not None,
             )
 
-    def margins_for(self, batch: Batch, inputs_embeds: torch.Tensor | None = None, layers: bool = False):
-        """(decision margins [batch], sampled margins [batch], per-layer margins [batch, n_layers] or None);
-        differentiable when `inputs_embeds` requires grad."""
+    def margins_for(
+        self,
+        batch: Batch,
+        inputs_embeds: torch.Tensor | None = None,
+        layers: bool = False,
+        temperature: float | None = None,
+    ) -> tuple[Margins, torch.Tensor | None]:
+        """(the margins of each row [batch], per-layer decision margins [batch, n_layers] or None);
+        differentiable when `inputs_embeds` requires grad; `smooth` only with a temperature."""
         probe = MarginProbe(self.lm, self.readout, layers=layers)
         self.forward(batch, inputs_embeds, probe.hook_pairs())
-        decision, sampled = probe.margins()
-        return decision, sampled, (probe.layer_margins() if layers else None)
+        return probe.margins(temperature), (probe.layer_margins() if layers else None)
 
     # ----------------------------------------------------------------------------- public
     @torch.no_grad()
@@ -173,11 +178,9 @@ class Scorer:
         )
         chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         for chunk in progress(chunks, desc=desc, unit="batch"):
-            decision, sampled, per_layer = self.margins_for(
-                self.batch([suffixes[i] for i in chunk]), layers=layers
-            )
-            out.margin[chunk] = decision.cpu().numpy()
-            out.margin_sampled[chunk] = sampled.cpu().numpy()
+            margins, per_layer = self.margins_for(self.batch([suffixes[i] for i in chunk]), layers=layers)
+            out.margin[chunk] = margins.decision.cpu().numpy()
+            out.margin_sampled[chunk] = margins.sampled.cpu().numpy()
             if layers:
                 out.layer_margins[chunk] = per_layer.cpu().numpy()
             if on_batch is not None:

@@ -63,8 +63,8 @@ class VariantScorer:
             return None
         if self._first is None:
             ids = torch.tensor([prefix], device=self.lm.device)
-            logits = self.lm.model(input_ids=ids).logits[0, -1].float()
-            self._first = logits.log_softmax(-1)
+            states = self.lm.base(input_ids=ids).last_hidden_state[0, -1]  # final-normed [d_model]
+            self._first = self.lm.logits(states).log_softmax(-1)
         return self._first
 
     @torch.no_grad()
@@ -77,7 +77,7 @@ class VariantScorer:
             captured["states"] = output_tensor(output)  # [batch, q, d_model]
 
         self.scorer.forward(batch, hook_pairs=[*probe.hook_pairs(), (self.lm.final_norm, keep)])
-        decision, sampled = probe.margins()
+        decision, sampled, _ = probe.margins()
         states = captured["states"]
         width = max(len(s) for s in suffixes)
         rows, cols, targets, owner, first = [], [], [], [], []
@@ -97,13 +97,8 @@ class VariantScorer:
         logp = torch.zeros(len(suffixes), dtype=torch.float64)
         if rows:
             h = states[torch.tensor(rows), torch.tensor(cols)]  # [n_tokens, d_model]
-            w = self.lm.unembed.weight
-            logits = h.to(w.dtype) @ w.T
-            if getattr(self.lm.unembed, "bias", None) is not None:
-                logits = logits + self.lm.unembed.bias
-            lp = (
-                logits.float().log_softmax(-1).gather(1, torch.tensor(targets, device=logits.device)[:, None])
-            )
+            logits = self.lm.logits(h)  # float32, as the model computes them
+            lp = logits.log_softmax(-1).gather(1, torch.tensor(targets, device=logits.device)[:, None])
             logp.index_add_(0, torch.tensor(owner), lp[:, 0].double().cpu())
         head = self._first_token_logprobs()
         if head is not None:

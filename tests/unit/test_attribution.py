@@ -46,8 +46,8 @@ def test_baseline_replaces_only_the_user_tokens(scorer, tiny):
     ids = list(prompt.input_ids)
     for i in prompt.user_token_indices:
         ids[i] = tiny.pad_token_id
-    decision, _, _ = scorer.margins_for(scorer.batch([ids[scorer.prefix_len :]]))
-    assert out.info["f_baseline"] == pytest.approx(float(decision[0]), abs=1e-4)
+    margins, _ = scorer.margins_for(scorer.batch([ids[scorer.prefix_len :]]))
+    assert out.info["f_baseline"] == pytest.approx(float(margins.decision[0]), abs=1e-4)
 
 
 def test_template_and_system_tokens_never_move_and_get_nothing(scorer, tiny, monkeypatch):
@@ -57,12 +57,12 @@ def test_template_and_system_tokens_never_move_and_get_nothing(scorer, tiny, mon
     seen = []
     original = scorer.margins_for
 
-    def spy(batch, inputs_embeds=None, layers=False):
+    def spy(batch, inputs_embeds=None, layers=False, temperature=None):
         if inputs_embeds is not None:
             seen.append(inputs_embeds.detach()[:, t.n_user :])
         else:  # perturbations: every scored suffix still ends with the template tail and tree
             seen.append(batch.ids[:, -(real.shape[0] - t.n_user) :])
-        return original(batch, inputs_embeds, layers)
+        return original(batch, inputs_embeds, layers, temperature)
 
     monkeypatch.setattr(scorer, "margins_for", spy)
     for method in ("integrated_gradients", "gradient_shap", "input_x_gradient", "occlusion", "shapley"):

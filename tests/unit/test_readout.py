@@ -30,10 +30,11 @@ def test_derive_readout_expands_only_ambiguous_prefixes():
 
 
 def test_depth_limit_and_min_count():
-    seqs = [[AS, AN, AI, CANNOT]] * 2 + [[AS, AN, AI, DONT]] * 1
-    ro = derive_readout(seqs, [True, True, False], ReadoutSettings(min_count=1, max_depth=2))
+    seqs = [[AS, AN, AI, CANNOT]] * 3 + [[AS, AN, AI, DONT]] * 1
+    refused = [True, True, True, False]
+    ro = derive_readout(seqs, refused, ReadoutSettings(min_count=1, max_depth=2))
     assert max(len(p) for p in ro.nodes) == 1  # expansion stops at depth 2
-    ro = derive_readout(seqs, [True, True, False], ReadoutSettings(min_count=2))
+    ro = derive_readout(seqs, refused, ReadoutSettings(min_count=2))
     assert set(ro.nodes) == {()}
 
 

@@ -116,6 +116,6 @@ def test_gradients_flow_through_the_margin(tiny, tiny_readout):
     scorer = Scorer(tiny, fmt, tiny_readout)
     batch = scorer.batch([scorer.suffix_ids(scorer.encode(TEXTS[0]))])
     embeds = tiny.embed(batch.ids).detach().requires_grad_(True)
-    decision, sampled, _ = scorer.margins_for(batch, inputs_embeds=embeds)
-    (decision.sum() + sampled.sum()).backward()
+    margins, _ = scorer.margins_for(batch, inputs_embeds=embeds, temperature=0.1)
+    (margins.decision.sum() + margins.sampled.sum() + margins.smooth.sum()).backward()
     assert embeds.grad is not None and embeds.grad.abs().sum() > 0

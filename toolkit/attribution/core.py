@@ -21,7 +21,7 @@ from toolkit.registry import Registry
 from toolkit.scoring import Batch, Scorer
 
 ATTRIBUTION_METHODS = Registry("attribution method")
-TARGETS = ("decision", "sampled")
+TARGETS = ("decision", "smooth", "sampled")
 BASELINES = ("pad", "zero")
 IG_RULES = ("adaptive", "trapezoid", "gausslegendre")
 
@@ -30,7 +30,7 @@ IG_RULES = ("adaptive", "trapezoid", "gausslegendre")
 class AttributionSettings:
     """Knobs of every method; each method reads the ones it needs (CLI flags map onto these)."""
 
-    target: str = "decision"  # which margin: the decision margin (default) or the sampled one
+    target: str = "decision"  # which margin: decision | smooth (temperature-smoothed decision) | sampled
     n_steps: int = 16  # integrated gradients: uniform steps of the first try
     max_steps: int = 256  # ... refined up to this many steps while the completeness error exceeds:
     tolerance: float = 0.05  # ... the relative completeness error to reach
@@ -44,7 +44,7 @@ class AttributionSettings:
 
     def __post_init__(self):
         if self.target not in TARGETS:
-            raise LexprobeError(f"unknown attribution target '{self.target}': use {' or '.join(TARGETS)}")
+            raise LexprobeError(f"unknown attribution target '{self.target}': use {', '.join(TARGETS)}")
         if self.baseline not in BASELINES:
             raise LexprobeError(f"unknown --baseline '{self.baseline}': use {' or '.join(BASELINES)}")
         if self.rule not in IG_RULES:
@@ -88,7 +88,12 @@ class PromptTarget:
             embeds = self.lm.embed(self._batch.ids)[0]  # [q, d_model]: user tokens, template tail, tree
         self.user_embeds = embeds[: self.n_user]  # [n_user, d_model]
         self._rest = embeds[self.n_user :]  # [q - n_user, d_model]
-        self._memo: dict[str, tuple[float, float]] = {}  # text -> (decision, sampled)
+        self._memo: dict[str, dict[str, float]] = {}  # text -> {decision, sampled, smooth}
+        self.temperature = scorer.readout.smooth_temperature
+        if settings.target == "smooth" and self.temperature is None:
+            raise LexprobeError(
+                "this readout has no smooth-margin temperature (calibrate one, or use --target decision)"
+            )
         self.rows_forward = 0  # rows of model input run (a measure of cost)
         self.rows_backward = 0
 
@@ -112,9 +117,9 @@ class PromptTarget:
             b.position_ids.expand(n, -1),
         )
         embeds = torch.cat([user.to(self._rest.dtype), self._rest.expand(n, -1, -1)], dim=1)
-        decision, sampled, _ = self.scorer.margins_for(batch, inputs_embeds=embeds)
+        margins, _ = self.scorer.margins_for(batch, inputs_embeds=embeds, temperature=self.temperature)
         self.rows_forward += n
-        return decision if self.settings.target == "decision" else sampled
+        return getattr(margins, self.settings.target)
 
     def gradients(self, points: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """Margins [N] and their gradients [N, n_user, d_model] at `points` [N, n_user, d_model],
@@ -138,12 +143,14 @@ class PromptTarget:
             chunk = order[i : i + self.settings.batch_size]
             suffixes = [self.scorer.suffix_ids(self.scorer.fmt.format(t)) for t in chunk]
             with torch.no_grad():
-                decision, sampled, _ = self.scorer.margins_for(self.scorer.batch(suffixes))
+                margins, _ = self.scorer.margins_for(
+                    self.scorer.batch(suffixes), temperature=self.temperature
+                )
             self.rows_forward += len(chunk)
-            for t, d, s in zip(chunk, decision.tolist(), sampled.tolist()):
-                self._memo[t] = (d, s)
-        k = 0 if (which or self.settings.target) == "decision" else 1
-        return np.array([self._memo[t][k] for t in texts])
+            for k, t in enumerate(chunk):
+                self._memo[t] = {name: float(v[k]) for name, v in margins._asdict().items() if v is not None}
+        which = which or self.settings.target
+        return np.array([self._memo[t][which] for t in texts])
 
     def masked_text(self, keep: np.ndarray) -> str:
         return remove_words(self.text, self.words, keep, self.settings.replacement)
@@ -157,10 +164,10 @@ class PromptTarget:
         """The attributed margin of the unchanged prompt."""
         return float(self.margins_of_texts([self.text])[0])
 
-    def margins(self) -> tuple[float, float]:
-        """(decision margin, sampled margin) of the unchanged prompt."""
+    def margins(self) -> dict[str, float]:
+        """Every margin of the unchanged prompt: decision, sampled (and smooth, when known)."""
         self.margins_of_texts([self.text])
-        return self._memo[self.text]
+        return dict(self._memo[self.text])
 
 
 def attribute(target: PromptTarget, method: str) -> MethodOutput:

@@ -17,7 +17,17 @@ from toolkit.cache import write_json_atomic
 from toolkit.results import write_csv_atomic
 
 ATTRIBUTION_COLUMNS = ["id", "word_index", "word", "char_start", "char_end", "score", "method"]
-PROMPT_COLUMNS = ["id", "type", "label", "prompt", "margin", "margin_sampled", "refused", "pair_id"]
+PROMPT_COLUMNS = [
+    "id",
+    "type",
+    "label",
+    "prompt",
+    "margin",
+    "margin_sampled",
+    "margin_smooth",
+    "refused",
+    "pair_id",
+]
 FILES = {
     "attributions": "attributions.csv",
     "prompts": "prompts.csv",

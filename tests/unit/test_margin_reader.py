@@ -1,0 +1,144 @@
+"""The margin readings as functions of next-token log-probabilities: ties, bounds, signs, smoothness.
+
+`MarginReader.read` takes log-probabilities [batch, 1 + T, vocab], so these tests drive it with
+log-probabilities drawn by hypothesis (including exact ties, as bf16 logits produce) instead of a model.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from probes.margin import MarginReader, Node, RefusalReadout
+
+REFUSE, COMPLY, AS, CANNOT, DONT = range(5)
+VOCAB = 7  # tokens 5 and 6 are unlisted everywhere
+
+
+def _readout(root_refusal_leaf: bool = True) -> RefusalReadout:
+    """Root: a refusal leaf (optional), a compliance leaf, and an expanded prefix "As" whose own next
+    token decides (CANNOT refuses, DONT complies, anything else counts as compliance)."""
+    root = {COMPLY: 0.1, AS: 0.5}
+    if root_refusal_leaf:
+        root[REFUSE] = 0.9
+    return RefusalReadout({(): Node(root, 0.0), (AS,): Node({CANNOT: 0.9, DONT: 0.2}, 0.3)})
+
+
+def _read(readout, logits: np.ndarray, temperature=None):
+    logp = torch.log_softmax(torch.tensor(logits, dtype=torch.float64), dim=-1)  # [batch, 2, vocab]
+    return MarginReader(None, readout).read(logp, temperature), logp
+
+
+def _greedy_refuses(readout, logp_row: torch.Tensor) -> bool:
+    path = ()
+    index = {p: i + 1 for i, p in enumerate(readout.tree)}
+    while True:
+        node = readout.nodes[path]
+        tok = int(logp_row[index.get(path, 0)].argmax())
+        if path + (tok,) in readout.nodes:
+            path = path + (tok,)
+            continue
+        return node.children.get(tok, node.other) > 0.5
+
+
+def _best_paths(readout, logp_row: torch.Tensor) -> tuple[float, float]:
+    """(best refusal opening, best compliance opening) log-probabilities, by enumeration."""
+    index = {p: i + 1 for i, p in enumerate(readout.tree)}
+
+    def walk(path):
+        node, lp = readout.nodes[path], logp_row[index.get(path, 0)]
+        best = [-math.inf, -math.inf]
+        for tok in range(lp.shape[0]):
+            if path + (tok,) in readout.nodes:
+                r, c = walk(path + (tok,))
+                best = [max(best[0], float(lp[tok]) + r), max(best[1], float(lp[tok]) + c)]
+            else:
+                k = 0 if node.children.get(tok, node.other) > 0.5 else 1
+                best[k] = max(best[k], float(lp[tok]))
+        return best
+
+    return tuple(walk(()))
+
+
+logit_rows = st.lists(
+    st.lists(st.sampled_from([-4.0, -1.0, 0.0, 0.5, 1.0, 2.0, 3.0]), min_size=VOCAB, max_size=VOCAB),
+    min_size=2,
+    max_size=2,
+)  # a coarse grid: exact ties are common, as in bf16
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(logit_rows, min_size=1, max_size=4), st.booleans())
+def test_decision_margin_is_finite_bounded_and_has_greedy_sign(batch, root_refusal_leaf):
+    readout = _readout(root_refusal_leaf)
+    m, logp = _read(readout, np.array(batch))
+    bound = (-logp.amin(dim=-1)).amax(dim=-1)  # the largest -log p at any read-out position
+    assert torch.isfinite(m.decision).all()
+    assert (m.decision.abs() <= bound + 1e-9).all()
+    for row in range(len(batch)):
+        value = float(m.decision[row])
+        if value != 0:  # 0 is an exact tie somewhere on greedy's path: no side is decided
+            assert (value > 0) == _greedy_refuses(readout, logp[row])
+
+
+def test_an_exact_tie_is_a_zero_margin_not_a_placeholder():
+    logits = np.zeros((1, 2, VOCAB))
+    logits[0, 0, [REFUSE, COMPLY]] = 2.0  # best refusal and best compliance tie at the root
+    m, _ = _read(_readout(), logits)
+    assert float(m.decision[0]) == 0.0
+
+
+def test_no_refusal_token_left_gives_a_finite_negative_margin():
+    """Without a refusal leaf at the root, the only way to refuse is "As" then CANNOT: when "As" is not
+    the greedy choice and DONT beats CANNOT, the margin says how far both are, not -BIG."""
+    logits = np.zeros((1, 2, VOCAB))
+    logits[0, 0, COMPLY] = 3.0
+    logits[0, 0, AS] = 1.0
+    logits[0, 1, DONT] = 2.0
+    m, logp = _read(_readout(root_refusal_leaf=False), logits)
+    lead = float(logp[0, 0, AS] - logp[0, 0, COMPLY])
+    child = float(logp[0, 1, CANNOT] - logp[0, 1, DONT])
+    assert float(m.decision[0]) == pytest.approx(max(lead, child))  # both must turn; the slower one counts
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(logit_rows, min_size=1, max_size=3))
+def test_smooth_margin_tends_to_best_paths_and_is_the_sampled_margin_at_one(batch):
+    readout = _readout()
+    m, logp = _read(readout, np.array(batch), temperature=1e-3)
+    for row in range(len(batch)):
+        r, c = _best_paths(readout, logp[row])
+        assert float(m.smooth[row]) == pytest.approx(r - c, abs=0.01)
+    hard = RefusalReadout(
+        {(): Node({REFUSE: 1.0, COMPLY: 0.0, AS: 0.5}, 0.0), (AS,): Node({CANNOT: 1.0, DONT: 0.0}, 0.0)}
+    )  # rates 0/1: sampling's log-odds is exactly the smooth margin at T = 1
+    m, _ = _read(hard, np.array(batch), temperature=1.0)
+    np.testing.assert_allclose(m.smooth.numpy(), m.sampled.numpy(), atol=1e-9)
+
+
+def test_smooth_margin_is_differentiable_where_the_decision_margin_steps():
+    """Greedy switching from a refusal leaf to "As" (whose own margin is smaller) is a step in the
+    decision margin; the smooth margin's gradient exists on both sides and it changes little."""
+    readout = _readout()
+    values = []
+    for x in (1.999, 2.001):
+        logits = torch.zeros((1, 2, VOCAB), dtype=torch.float64)
+        logits[0, 0, REFUSE] = 2.0
+        logits[0, 0, AS] = x
+        logits[0, 1, CANNOT] = 0.5
+        logits.requires_grad_(True)
+        m = MarginReader(None, readout).read(torch.log_softmax(logits, -1), temperature=0.1)
+        m.smooth.sum().backward()
+        assert torch.isfinite(logits.grad).all()
+        values.append((float(m.decision[0].detach()), float(m.smooth[0].detach())))
+    (d0, s0), (d1, s1) = values
+    assert abs(d0 - d1) > 1.0  # the step
+    assert abs(s0 - s1) < 0.01
+
+
+def test_readout_needs_both_outcomes():
+    with pytest.raises(ValueError, match="both a refusal and a compliance"):
+        RefusalReadout({(): Node({COMPLY: 0.1}, 0.0)})
