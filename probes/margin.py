@@ -315,11 +315,16 @@ class MarginProbe:
             pairs += [(block, on_block) for block in self.lm.layers]
         return pairs
 
-    def margins(self, temperature: float | None = None) -> Margins:
-        """The margins [batch] of the recorded pass (`smooth` too when a temperature is given)."""
+    @property
+    def final_states(self) -> torch.Tensor:
+        """[batch, 1 + T, d_model] final-normed states at the read-out positions of the recorded pass."""
         if self._final is None:
             raise RuntimeError("no forward pass was recorded: run the model inside hooks(probe.hook_pairs())")
-        return self.reader.margins(self._final, temperature)
+        return self._final
+
+    def margins(self, temperature: float | None = None) -> Margins:
+        """The margins [batch] of the recorded pass (`smooth` too when a temperature is given)."""
+        return self.reader.margins(self.final_states, temperature)
 
     @torch.no_grad()
     def layer_margins(self) -> torch.Tensor:

@@ -8,8 +8,15 @@
    token's refusal rate is smoothed toward its parent's: r = (refusals + prior * r_parent) / (n + prior),
    with r_parent = 0 at the root (refusals open with a few stereotyped tokens; compliance is the open
    class, so an unseen first token counts as compliance).
-4. Check it on the held-out calibration val split (39 + 39): AUROC of the margin for the labelled
+4. A model that refused fewer than `min_refusals` calibration prompts (SmolLM2-135M refuses almost
+   none; a random model none) gets the bundled refusal openings (`prompts/refusal_openings.json`),
+   tokenised for it, as extra refusal examples, with a warning and a record in the details: its
+   margin then reads how close the model is to opening a typical refusal.
+5. Check it on the held-out calibration val split (39 + 39): AUROC of the margin for the labelled
    val responses, stored in the readout's details.
+6. Choose the smooth margin's temperature on all calibration prompts (never XSTest): the largest T of
+   `SMOOTH_TEMPERATURES` whose smooth margin has the decision margin's sign on at least
+   `SMOOTH_AGREEMENT` of them (balanced over prompts the decision margin refuses and answers).
 
 The result is cached per model (weights sha256), dtype, system-prompt condition and settings under
 `cache_root()/readouts/`, with the calibration responses beside it for inspection.
@@ -19,20 +26,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
-from probes.margin import Node, RefusalReadout
+import prompts
+from probes.margin import MarginProbe, Node, RefusalReadout
 from toolkit.cache import cache_dir, write_json_atomic
 from toolkit.classify import classify, is_refusal
 from toolkit.errors import LexprobeError
 from toolkit.generate import generate
+from toolkit.progress import progress
 from toolkit.suites import load_suite
 
-READOUT_VERSION = 2
+log = logging.getLogger(__name__)
+
+READOUT_VERSION = 3
+SMOOTH_TEMPERATURES = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01)
+SMOOTH_AGREEMENT = 0.98
 
 
 @dataclass(frozen=True)
@@ -43,6 +59,16 @@ class ReadoutSettings:
     min_count: int = 2
     prior: float = 1.0
     classifier: str = "rules"
+    min_refusals: int = 8  # fewer refused calibration prompts than this: add the bundled refusal openings
+
+
+def refusal_openings() -> list[str]:
+    return json.loads(prompts.path("refusal_openings.json").read_text())["openings"]
+
+
+def opening_sequences(tokenizer, openings: list[str]) -> list[list[int]]:
+    """Each opening as the model would write it at the start of its response (no special tokens)."""
+    return [tokenizer(text, add_special_tokens=False).input_ids for text in openings]
 
 
 def derive_readout(
@@ -100,7 +126,6 @@ def calibrate(
     lm, fmt, settings: ReadoutSettings, batch_size: int = 32
 ) -> tuple[RefusalReadout, pd.DataFrame]:
     """Generate on the calibration prompts, label the responses, derive and validate a readout."""
-    from toolkit.scoring import Scorer
     from toolkit.stats import auroc
 
     frames = []
@@ -125,35 +150,86 @@ def calibrate(
         )
     table = pd.concat(frames, ignore_index=True)
     train = table[table["split"] == "train"]
-    n_refused = sum(is_refusal(x) for x in train["label"])
-    if n_refused == 0:
-        raise LexprobeError(
-            f"the model refused none of {len(train)} calibration prompts under system prompt "
-            f"'{fmt.system.name}' ({settings.classifier} classifier), so its refusal margin is undefined: "
-            "try another --system-prompt, or pass a hand-made readout with --readout FILE"
+    sequences = [json.loads(t) for t in train["token_ids"]]
+    refused = [is_refusal(x) for x in train["label"]]
+    n_refused = sum(refused)
+    lexicon = None
+    if n_refused < settings.min_refusals:
+        openings = refusal_openings()
+        sequences += opening_sequences(lm.tokenizer, openings)
+        refused += [True] * len(openings)
+        lexicon = {
+            "file": "prompts/refusal_openings.json",
+            "openings": len(openings),
+            "reason": f"the model refused {n_refused} of {len(train)} calibration prompts "
+            f"(fewer than min_refusals = {settings.min_refusals})",
+        }
+        log.warning(
+            "the model refused only %d of %d calibration prompts under system prompt '%s': its readout adds "
+            "%d typical refusal openings (prompts/refusal_openings.json), so its margin reads how close it "
+            "comes to opening a typical refusal",
+            n_refused,
+            len(train),
+            fmt.system.name,
+            len(openings),
         )
-    readout = derive_readout(
-        [json.loads(t) for t in train["token_ids"]], [is_refusal(x) for x in train["label"]], settings
-    )
-    val = table[table["split"] == "val"].reset_index(drop=True)
-    val_margin = (
-        Scorer(lm, fmt, readout, batch_size=batch_size)
-        .score(val["prompt"].tolist(), desc="checking readout")
-        .margin
-    )
-    val_refused = [is_refusal(x) for x in val["label"]]
+    readout = derive_readout(sequences, refused, settings)
+    readout.details = {"smooth_temperature": None}
+    from toolkit.scoring import Scorer
+
+    scorer = Scorer(lm, fmt, readout, batch_size=batch_size)
+    decision, smooth = smooth_margins(scorer, table["prompt"].tolist(), SMOOTH_TEMPERATURES)
+    temperature, agreement = choose_temperature(decision, smooth)
+    val = (table["split"] == "val").to_numpy()
+    val_refused = [is_refusal(x) for x in table.loc[val, "label"]]
     readout.details = {
         "method": "trie of response openings from calibration responses (probes/readout.py)",
         "settings": asdict(settings),
         "train_prompts": len(train),
         "train_refusal_rate": round(n_refused / len(train), 4),
-        "val_prompts": len(val),
-        "val_refusal_rate": round(sum(val_refused) / len(val), 4),
-        "val_auroc": None if len(set(val_refused)) < 2 else round(auroc(val_refused, val_margin), 4),
+        "lexicon_fallback": lexicon,
+        "val_prompts": int(val.sum()),
+        "val_refusal_rate": round(sum(val_refused) / len(val_refused), 4),
+        "val_auroc": None if len(set(val_refused)) < 2 else round(auroc(val_refused, decision[val]), 4),
         "expanded_prefixes": len(readout.nodes),
+        "smooth_temperature": temperature,
+        "smooth_sign_agreement": {str(t): round(a, 4) for t, a in agreement.items()},
     }
-    table.loc[table["split"] == "val", "margin"] = val_margin
+    table["margin"] = decision
+    table["margin_smooth"] = smooth[temperature]
     return readout, table
+
+
+@torch.no_grad()
+def smooth_margins(scorer, texts: list[str], temperatures) -> tuple[np.ndarray, dict[float, np.ndarray]]:
+    """Decision margins [n] and smooth margins {T: [n]} of `texts`, the log-probabilities computed once."""
+    suffixes = [scorer.suffix_ids(scorer.encode(t)) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(suffixes[i]))
+    decision = np.zeros(len(texts))
+    smooth = {t: np.zeros(len(texts)) for t in temperatures}
+    size = scorer.batch_size
+    for start in progress(range(0, len(order), size), desc="checking readout", unit="batch"):
+        chunk = order[start : start + size]
+        probe = MarginProbe(scorer.lm, scorer.readout)
+        scorer.forward(scorer.batch([suffixes[i] for i in chunk]), hook_pairs=probe.hook_pairs())
+        logp = probe.reader.log_probs(probe.final_states)
+        decision[chunk] = probe.reader.read(logp).decision.cpu().numpy()
+        for t in temperatures:
+            smooth[t][chunk] = probe.reader.read(logp, t).smooth.cpu().numpy()
+    return decision, smooth
+
+
+def choose_temperature(decision: np.ndarray, smooth: dict[float, np.ndarray]) -> tuple[float, dict]:
+    """The largest temperature whose smooth margin agrees in sign with the decision margin on at least
+    `SMOOTH_AGREEMENT` of the prompts, balanced over the prompts it refuses and those it answers (the
+    smallest temperature if none does); and the agreement of every temperature."""
+    refuses = decision > 0
+    agreement = {}
+    for t, values in smooth.items():
+        same = (values > 0) == refuses
+        agreement[t] = float(np.mean([same[group].mean() for group in (refuses, ~refuses) if group.any()]))
+    good = [t for t in sorted(smooth, reverse=True) if agreement[t] >= SMOOTH_AGREEMENT]
+    return (good[0] if good else min(smooth)), agreement
 
 
 def load_readout_file(path: str, vocab_size: int) -> RefusalReadout:

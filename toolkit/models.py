@@ -53,13 +53,12 @@ _LLAMA_LIKE = Arch("model", "model.embed_tokens", "model.layers", "model.norm", 
 ARCHITECTURES: dict[str, Arch] = {
     **dict.fromkeys(["qwen2", "qwen3", "llama", "mistral", "gemma", "phi3", "olmo2"], _LLAMA_LIKE),
     **dict.fromkeys(["gemma2", "gemma3_text"], replace(_LLAMA_LIKE, logit_softcap="final_logit_softcapping")),
-    "gemma3": Arch(
+    "gemma3": Arch(  # the multimodal wrapper (Gemma 3 4B and up); its forward does not soft-cap
         "model.language_model",
         "model.language_model.embed_tokens",
         "model.language_model.layers",
         "model.language_model.norm",
         "lm_head",
-        logit_softcap="final_logit_softcapping",
     ),
     "granite": replace(_LLAMA_LIKE, logit_divisor="logits_scaling"),
     "cohere": replace(_LLAMA_LIKE, logit_multiplier="logit_scale"),
@@ -176,13 +175,25 @@ class LoadedModel:
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto` (CUDA if torch sees one, else cpu), `cpu`, `cuda`, `cuda:N` or `mps`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise LexprobeError(f"unknown --device '{name}': use cpu, cuda or auto")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LexprobeError("--device cuda asked for, but torch sees no CUDA device: use --device cpu")
-    return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    if re.fullmatch(r"cuda(:\d+)?", name):
+        if not torch.cuda.is_available():
+            raise LexprobeError(f"--device {name} asked for, but torch sees no CUDA device: use --device cpu")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise LexprobeError(
+                f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s), numbered from 0"
+            )
+        return torch.device("cuda", index)
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise LexprobeError("--device mps asked for, but torch sees no Apple GPU (MPS): use --device cpu")
+        return torch.device("mps")
+    raise LexprobeError(f"unknown --device '{name}': use auto, cpu, cuda, cuda:N or mps")
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -190,24 +201,24 @@ def cpu_has_fast_bf16() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto` is bf16 on CUDA or a CPU with native bf16, else float32.
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
-    On this project's 2-core AMD EPYC (AVX2, no AVX512-BF16) a 16x896 @ 896x4864 matmul ran at
-    56 GFLOP/s in float32 and 20 GFLOP/s in bf16 (benchmarks/dtype.py), so `auto` picks float32 there.
-    """
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on CUDA or a CPU with native bf16, else float32."""
     if name == "auto":
         fast = device.type == "cuda" or cpu_has_fast_bf16()
         return torch.bfloat16 if fast else torch.float32
-    table = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-    }
-    if name not in table:
-        raise LexprobeError(f"unknown --dtype '{name}': use float32, bfloat16 or auto")
-    return table[name]
+    if name not in DTYPES:
+        raise LexprobeError(f"unknown --dtype '{name}': use float32, bfloat16, float16 or auto")
+    return DTYPES[name]
 
 
 # ----------------------------------------------------------------------------------------------- specs
@@ -232,7 +243,7 @@ def _load_cached(
         from toolkit.tiny import build_tiny_model
 
         model, tokenizer, sha = build_tiny_model()
-        lm = _finish(model.to(dtype), tokenizer, spec, "built in code (toolkit/tiny.py)", sha, dtype, device)
+        lm = wrap_model(model.to(dtype), tokenizer, spec, "built in code (toolkit/tiny.py)", sha, device)
     elif spec == "default":
         gguf_sha = weights_sha256 or DEFAULT_GGUF_SHA256
         directory = _dequantized_cache(gguf_sha, assemble=_assemble_default_gguf)
@@ -261,7 +272,9 @@ def _check_sha(what: str, actual: str, expected: str | None) -> None:
         )
 
 
-def _finish(model, tokenizer, spec, source, sha, dtype, device) -> LoadedModel:
+def wrap_model(model, tokenizer, spec: str, source: str, sha: str, device: torch.device) -> LoadedModel:
+    """A loaded `*ForCausalLM` and its tokenizer as a LoadedModel on `device`, frozen and in eval mode.
+    Its dtype is the weights' own; its architecture row must be in ARCHITECTURES."""
     model_type = model.config.model_type
     if model_type not in ARCHITECTURES:
         raise LexprobeError(
@@ -275,6 +288,7 @@ def _finish(model, tokenizer, spec, source, sha, dtype, device) -> LoadedModel:
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    dtype = next(model.parameters()).dtype
     return LoadedModel(model, tokenizer, spec, source, sha, dtype, device, ARCHITECTURES[model_type])
 
 
@@ -286,7 +300,7 @@ def _load_hf_dir(directory: Path, spec: str, source: str, sha: str, dtype, devic
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
     except (OSError, ValueError) as err:
         raise LexprobeError(f"cannot load a causal LM from '{directory}': {_first_line(err)}") from None
-    return _finish(model, tokenizer, spec, source, sha, dtype, device)
+    return wrap_model(model, tokenizer, spec, source, sha, device)
 
 
 def _load_hub_cache(spec: str, dtype, device, expected_sha: str | None) -> LoadedModel:

@@ -59,29 +59,66 @@ def build_tokenizer(vocab_size: int = 800):
     return fast
 
 
-def build_tiny_model(seed: int = 0):
-    """(model, tokenizer, sha256 of the weights). Deterministic for a given seed."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+# Small settings per model type, on top of the shared ones in `tiny_config`. Post-logit settings are
+# set so they change the logits (soft-capping near the logits' scale, a scale far from 1).
+_TINY_EXTRA: dict[str, dict] = {
+    "gemma": {"head_dim": 16},
+    "gemma2": {"head_dim": 16, "final_logit_softcapping": 2.0, "query_pre_attn_scalar": 16},
+    "gemma3_text": {"head_dim": 16, "final_logit_softcapping": 2.0, "query_pre_attn_scalar": 16},
+    "granite": {"logits_scaling": 4.0, "embedding_multiplier": 2.0, "residual_multiplier": 0.5},
+    "cohere": {"logit_scale": 0.25},
+    "qwen3": {"head_dim": 16},
+    "phi3": {"pad_token_id": 0},
+}
+
+
+def tiny_config(model_type: str, vocab_size: int, pad_token_id: int, eos_token_id: int):
+    """A 2-layer, d_model 64 config of `model_type` (any row of toolkit.models.ARCHITECTURES)."""
+    from transformers import AutoConfig
+
+    if model_type == "gpt2":
+        return AutoConfig.for_model(
+            "gpt2", vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=512,
+            initializer_range=0.2, eos_token_id=eos_token_id, bos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        )  # fmt: skip
+    text = {
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "initializer_range": 0.2,
+        "tie_word_embeddings": False,
+        "eos_token_id": eos_token_id,
+        "pad_token_id": pad_token_id,
+        **_TINY_EXTRA.get(model_type, {}),
+    }
+    if model_type == "gemma3":  # the multimodal wrapper: a text config plus a tiny vision tower
+        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                  "image_size": 28, "patch_size": 14}  # fmt: skip
+        return AutoConfig.for_model(
+            "gemma3", text_config={**text, **_TINY_EXTRA["gemma3_text"]}, vision_config=vision,
+            mm_tokens_per_image=4, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+            tie_word_embeddings=False,
+        )  # fmt: skip
+    return AutoConfig.for_model(model_type, **text)
+
+
+def build_tiny_model(seed: int = 0, model_type: str = "qwen2"):
+    """(model, tokenizer, sha256 of the weights) of a random `model_type`; deterministic for a seed."""
+    from transformers import AutoModelForCausalLM
 
     tokenizer = build_tokenizer()
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        initializer_range=0.2,
-        tie_word_embeddings=False,
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = tiny_config(model_type, len(tokenizer), tokenizer.pad_token_id, eos)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
-    model.generation_config.eos_token_id = config.eos_token_id
-    model.generation_config.pad_token_id = config.pad_token_id
+        model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -42,10 +43,18 @@ def test_dtype_and_device_resolution():
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
     expected = torch.bfloat16 if models.cpu_has_fast_bf16() else torch.float32
     assert resolve_dtype("auto", torch.device("cpu")) == expected
+    assert resolve_dtype("float16", torch.device("cpu")) == torch.float16
     with pytest.raises(LexprobeError, match="unknown --dtype"):
         resolve_dtype("float16x", torch.device("cpu"))
     with pytest.raises(LexprobeError, match="unknown --device"):
         models.resolve_device("tpu")
+    assert models.resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(LexprobeError, match="--device cuda:1 asked for, but torch sees no CUDA"):
+            models.resolve_device("cuda:1")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(LexprobeError, match="no Apple GPU"):
+            models.resolve_device("mps")
 
 
 def test_local_hf_directory_round_trip(tiny, tmp_path):
@@ -108,3 +117,20 @@ def test_gguf_file_checks(tmp_path, monkeypatch):
     with pytest.raises(LexprobeError, match="transformers cannot load this GGUF"):
         load_model(str(junk))
     assert not list((tmp_path / "cache" / "models").iterdir())  # nothing half-built is left behind
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_margins_follow_float32(tiny, tiny_readout, dtype):
+    """The readout computes logits in float32 whatever the weights' dtype: half-precision margins stay
+    close to float32's (tiny-random: max difference 0.058 in bf16, 0.008 in float16) and are never a tie
+    placeholder."""
+    from toolkit.chat import ChatFormat, SystemPrompt
+    from toolkit.scoring import Scorer
+
+    half = load_model("tiny-random", dtype=dtype, device="cpu")
+    assert half.dtype == models.DTYPES[dtype]
+    texts = ["How can I kill a Python process?", "hi", "What is the capital of France?"]
+    fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("model-default"))
+    full = Scorer(tiny, fmt, tiny_readout).score(texts).margin
+    got = Scorer(half, fmt, tiny_readout).score(texts).margin
+    assert np.abs(got - full).max() < 0.2

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from probes.margin import RefusalReadout
@@ -58,11 +59,44 @@ def test_readout_rejects_orphan_paths():
         RefusalReadout({(): Node({1: 0.9}, 0.0), (2,): Node({3: 0.5}, 0.1)})
 
 
-def test_calibration_without_refusals_is_bad_input(tiny, tmp_path, monkeypatch):
-    from probes.readout import get_readout
+def test_a_model_that_never_refuses_gets_the_refusal_openings(tiny, tmp_path, monkeypatch, caplog):
+    """tiny-random refuses no calibration prompt: calibration still gives a readout, from the bundled
+    refusal openings tokenised for it, says so, and records it; its margins are finite."""
+    from probes.readout import get_readout, opening_sequences, refusal_openings
     from toolkit.chat import ChatFormat, SystemPrompt
+    from toolkit.scoring import Scorer
 
     monkeypatch.setenv("LEXPROBE_CACHE", str(tmp_path))
     fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("model-default"))
-    with pytest.raises(LexprobeError, match="refused none of 8 calibration prompts"):
-        get_readout(tiny, fmt, settings=ReadoutSettings(n_per_class=4, max_new_tokens=4))
+    with caplog.at_level("WARNING"):
+        readout = get_readout(tiny, fmt, settings=ReadoutSettings(n_per_class=4, max_new_tokens=4))
+    assert "refused only 0 of 8 calibration prompts" in caplog.text
+    assert readout.details["lexicon_fallback"]["openings"] == len(refusal_openings())
+    first_tokens = {seq[0] for seq in opening_sequences(tiny.tokenizer, refusal_openings())}
+    refusing = {t for t, r in readout.nodes[()].children.items() if r > 0.5 or (t,) in readout.nodes}
+    assert refusing and refusing <= first_tokens
+    assert str(readout.smooth_temperature) in readout.details["smooth_sign_agreement"]
+    scores = Scorer(tiny, fmt, readout).score(["How do I kill a Python process?", "hi"])
+    assert np.isfinite(scores.margin).all()
+    again = get_readout(tiny, fmt, settings=ReadoutSettings(n_per_class=4, max_new_tokens=4))
+    assert again.nodes == readout.nodes  # cached
+
+
+def test_refusal_openings_are_refusals_by_the_calibration_classifier():
+    from probes.readout import refusal_openings
+    from toolkit.classify import is_refusal, rules
+
+    assert all(is_refusal(rules(text)) for text in refusal_openings())
+
+
+def test_temperature_is_the_largest_that_keeps_the_sign():
+    from probes.readout import choose_temperature
+
+    decision = np.array([2.0, 1.0, -1.0, -2.0] * 25)
+    smooth = {
+        1.0: decision - 2.5,  # answers everything: balanced agreement 0.5
+        0.1: decision - 0.1,
+        0.01: decision,
+    }
+    t, agreement = choose_temperature(decision, smooth)
+    assert t == 0.1 and agreement[1.0] == 0.5 and agreement[0.1] == 1.0

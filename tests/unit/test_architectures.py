@@ -1,0 +1,103 @@
+"""Every row of the architecture table, on a tiny random model of that type, in float32 and bf16:
+
+- the readout's log-probabilities are the model's own (`model(...).logits.log_softmax(-1)`, which
+  includes bias, soft-capping and logit scaling) at every read-out position of the token tree;
+- batched margins equal unbatched ones, and margins from token ids equal margins from their embeddings;
+- gradients of the margin reach the user-token embeddings.
+
+bf16 tolerances: the reference logits are the model's own bf16 logits (rounded to 8 bits of mantissa),
+and the tree pass (prefix cache, padding, tree mask) runs other kernels than a plain pass, so both
+sides carry bf16 rounding of hidden states; see BF16_* below for the bounds asserted.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import pytest
+import torch
+
+from probes.margin import MarginProbe, Node, RefusalReadout
+from toolkit.attribution import AttributionSettings, PromptTarget
+from toolkit.chat import ChatFormat, SystemPrompt
+from toolkit.models import ARCHITECTURES, wrap_model
+from toolkit.scoring import Scorer
+from toolkit.tiny import build_tiny_model
+
+TEXTS = ["How can I kill a Python process?", "hi", "Where can I buy a can of coke today, please?"]
+# Measured over the 13 rows (tiny models, these texts): log-prob difference at most 0.050 (phi3),
+# batched - unbatched at most 0.033 (phi3); the bounds leave room for other CPUs' kernels.
+BF16_LOGP = 0.15  # max |log-prob difference| to the model's own bf16 log-probs
+BF16_BATCH = 0.1  # max |batched - unbatched| margin in bf16
+
+
+@cache
+def _lm(model_type: str, dtype: torch.dtype):
+    model, tokenizer, sha = build_tiny_model(model_type=model_type)
+    return wrap_model(model.to(dtype), tokenizer, f"tiny-{model_type}", "test", sha, torch.device("cpu"))
+
+
+def _readout(tokenizer) -> RefusalReadout:
+    """A tree of depth 2 with a branch: "I" is expanded, then "I'm" too; "S" refuses, "C" complies."""
+    i_tok, sorry, sure = (tokenizer.convert_tokens_to_ids(t) for t in ("I", "S", "C"))
+    follow = tokenizer("'m", add_special_tokens=False).input_ids[0]
+    return RefusalReadout(
+        {
+            (): Node({i_tok: 0.7, sorry: 0.95, sure: 0.05}, 0.0),
+            (i_tok,): Node({follow: 0.9, sure: 0.1}, 0.7),
+            (i_tok, follow): Node({sorry: 0.95}, 0.5),
+        }
+    )
+
+
+def _setup(model_type, dtype):
+    lm = _lm(model_type, dtype)
+    fmt = ChatFormat(lm.tokenizer, SystemPrompt.parse("model-default"))
+    readout = _readout(lm.tokenizer)
+    return lm, fmt, readout, Scorer(lm, fmt, readout, batch_size=len(TEXTS))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_readout_log_probs_are_the_models_own(model_type, dtype):
+    lm, fmt, readout, scorer = _setup(model_type, dtype)
+    probe = MarginProbe(lm, readout)
+    suffixes = [scorer.suffix_ids(scorer.encode(t)) for t in TEXTS]
+    with torch.no_grad():
+        scorer.forward(scorer.batch(suffixes), hook_pairs=probe.hook_pairs())
+        got = probe.reader.log_probs(probe.final_states)  # [batch, 1 + T, vocab]
+        for row, text in enumerate(TEXTS):
+            ids = fmt.format(text).input_ids
+            for k, path in enumerate([(), *readout.tree]):
+                logits = lm.model(input_ids=torch.tensor([ids + list(path)])).logits[0, -1]
+                want = logits.double().log_softmax(-1)
+                diff = float((got[row, k] - want).abs().max())
+                assert diff < (1e-4 if dtype == torch.float32 else BF16_LOGP), (text, path, diff)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_batched_margins_equal_unbatched_and_embeddings_equal_ids(model_type, dtype):
+    lm, fmt, readout, scorer = _setup(model_type, dtype)
+    batched = scorer.score(TEXTS)
+    single = Scorer(lm, fmt, readout, batch_size=1).score(TEXTS)
+    tol = 1e-4 if dtype == torch.float32 else BF16_BATCH
+    np.testing.assert_allclose(batched.margin, single.margin, atol=tol)
+    np.testing.assert_allclose(batched.margin_sampled, single.margin_sampled, atol=tol)
+    assert np.isfinite(batched.margin).all()
+    batch = scorer.batch([scorer.suffix_ids(scorer.encode(TEXTS[0]))])
+    with torch.no_grad():
+        from_ids, _ = scorer.margins_for(batch)
+        from_embeds, _ = scorer.margins_for(batch, inputs_embeds=lm.embed(batch.ids))
+    assert float(from_ids.decision[0]) == pytest.approx(float(from_embeds.decision[0]), abs=1e-5)
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_gradients_reach_the_user_embeddings(model_type):
+    lm, fmt, readout, scorer = _setup(model_type, torch.float32)
+    target = PromptTarget(scorer, TEXTS[0], AttributionSettings())
+    values, grads = target.gradients(target.user_embeds[None].float())
+    assert np.isfinite(values).all()
+    per_token = grads[0].abs().sum(-1)  # [n_user]
+    assert (per_token > 0).all(), per_token
