@@ -17,9 +17,9 @@ Three margins come out (`MarginReader`):
                      decoding decides; > 0 exactly when greedy decoding follows a refusal opening
     margin_sampled = log P(refuse) - log P(comply) when sampling at temperature 1:
                      P(refuse) = sum over openings l of P(l) r(l)
-    margin_smooth  = T log sum_refusal exp(score / T) - T log sum_compliance exp(score / T) over whole
-                     openings (score = summed log-probabilities), T chosen on calibration prompts: a
-                     smooth stand-in for `margin` that integrated gradients can integrate
+    margin_smooth  = the decision margin with its hard steps (max, argmax) softened at a temperature T
+                     chosen on calibration prompts: a smooth stand-in for `margin` that integrated
+                     gradients can integrate; greedy decoding's sign as T -> 0
 
 and p_refuse = sigmoid(margin). On XSTest with the default model the decision margin separated refused
 from answered prompts far better than the sampled one (README, "Margin validity"), because greedy
@@ -164,10 +164,11 @@ class MarginReader:
       margin is smaller (a step no gradient sees).
     - `sampled`: log P(refuse) - log P(comply) when sampling at temperature 1, summing over all
       openings weighted by r.
-    - `smooth` (temperature T): T log sum exp(path score / T) over refusal openings minus the same over
-      compliance openings, a path's score being the sum of its tokens' log-probabilities (leaves by
-      r > 0.5). Smooth in the logits; as T -> 0 it becomes best refusal path minus best compliance
-      path, which has the decision margin's sign wherever greedy decoding follows the best path.
+    - `smooth` (temperature T): the decision margin's recursion with each hard step (max, argmax,
+      the sign of a child's margin) softened at temperature T (`_node_smooth`). Smooth in the logits.
+      As T -> 0 it has greedy decoding's sign and tends to a continuous version of the decision
+      margin: the same value, except where a prefix greedy does not take is the nearest way to change
+      the outcome, which the decision margin ignores (there it steps; the smooth margin does not).
 
     Every returned decision margin is finite and no larger in magnitude than the largest -log p of any
     token at any read-out position (a bound that follows from the log-probabilities; checked).
@@ -201,7 +202,7 @@ class MarginReader:
         rows = logp.unbind(dim=1)  # views; one gradient buffer in backward (indexing makes one per row)
         decision: dict[int, torch.Tensor] = {}  # state row -> [batch]
         sampled: dict[int, torch.Tensor] = {}  # state row -> [batch, 2]: log P(refuse), log P(comply)
-        smooth: dict[int, torch.Tensor] = {}  # state row -> [batch, 2]: soft best refusal / compliance path
+        smooth: dict[int, torch.Tensor] = {}  # state row -> [batch]
         for row, leaves, expanded, other in self._plan:
             lp = rows[row]  # [batch, vocab]
             outcome = torch.full(
@@ -230,7 +231,7 @@ class MarginReader:
         result = Margins(
             decision[0],
             sampled[0][:, 0] - sampled[0][:, 1],
-            None if temperature is None else smooth[0][:, 0] - smooth[0][:, 1],
+            None if temperature is None else smooth[0],
         )
         bound = -torch.stack([r.detach().amin(dim=-1) for r in rows], dim=1).amin(dim=1)  # [batch]
         if not (
@@ -272,17 +273,37 @@ def _node_decision(lp, outcome, expanded, decision) -> torch.Tensor:
 
 
 def _node_smooth(lp, outcome, expanded, smooth, temperature) -> torch.Tensor:
-    """[batch, 2]: T logsumexp(path score / T) over refusal and over compliance openings below a node."""
-    leaf_refuse = outcome > 0
-    is_child = torch.zeros(lp.shape[-1], dtype=torch.bool, device=lp.device)
-    for tok, _ in expanded:
-        is_child[tok] = True
-    sides = []
-    for k, mask in enumerate((leaf_refuse & ~is_child, ~leaf_refuse & ~is_child)):
-        parts = [lp.masked_fill(~mask, float("-inf"))]  # [batch, vocab]
-        parts += [(lp[:, tok] + smooth[child][:, k]).unsqueeze(1) for tok, child in expanded]
-        sides.append(temperature * torch.logsumexp(torch.cat(parts, dim=1) / temperature, dim=1))
-    return torch.stack(sides, dim=1)
+    """One node's smooth margin [batch]: the decision margin's recursion with every hard step softened
+    at temperature T. An expanded child c counts toward refusal with weight sigmoid(m_c / T); the best
+    refusal and compliance log-probabilities are T-logsumexps over weighted tokens (a_T, b_T); and the
+    cap by the chosen child becomes an average over next tokens weighted by softmax(lp / T), a child's
+    term being a soft min (m_c > 0) or soft max (m_c < 0) of the gap and its margin. A child on the
+    other side still counts, with its log-probability moved by its margin (T log sigmoid(m_c / T) ->
+    min(m_c, 0)), which is what removes the decision margin's steps."""
+    t = temperature
+    refuse = outcome > 0  # [batch, vocab]: refusal leaves (children are overwritten below)
+    # log weights toward refusal and toward compliance; -BIG / T (weight 0 to any precision that
+    # matters), not -inf, so that a node where every token leads one way keeps finite gradients
+    log_w = torch.zeros_like(lp).masked_fill(~refuse, -BIG / t)
+    log_v = torch.zeros_like(lp).masked_fill(refuse, -BIG / t)
+    children = [(tok, smooth[child].clamp(-BIG, BIG)) for tok, child in expanded]
+    for tok, m in children:
+        log_w[:, tok] = torch.nn.functional.logsigmoid(m / t)  # no underflow to log(0)
+        log_v[:, tok] = torch.nn.functional.logsigmoid(-m / t)
+    a = t * torch.logsumexp(lp / t + log_w, dim=-1)
+    b = t * torch.logsumexp(lp / t + log_v, dim=-1)
+    gap = (a - b).clamp(-BIG, BIG)
+    if not children:
+        return gap
+    p = torch.softmax(lp / t, dim=-1)  # [batch, vocab]: the soft greedy choice
+    rest = 1 - sum(p[:, tok] for tok, _ in children)
+    margin = rest * gap
+    for tok, m in children:
+        soft_min = -t * torch.logaddexp(-gap / t, -m / t)
+        soft_max = t * torch.logaddexp(gap / t, m / t)
+        w = torch.sigmoid(m / t)
+        margin = margin + p[:, tok] * (w * soft_min + (1 - w) * soft_max)
+    return margin
 
 
 class MarginProbe:

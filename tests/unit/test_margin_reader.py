@@ -4,8 +4,6 @@
 log-probabilities drawn by hypothesis (including exact ties, as bf16 logits produce) instead of a model.
 """
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -42,25 +40,6 @@ def _greedy_refuses(readout, logp_row: torch.Tensor) -> bool:
             path = path + (tok,)
             continue
         return node.children.get(tok, node.other) > 0.5
-
-
-def _best_paths(readout, logp_row: torch.Tensor) -> tuple[float, float]:
-    """(best refusal opening, best compliance opening) log-probabilities, by enumeration."""
-    index = {p: i + 1 for i, p in enumerate(readout.tree)}
-
-    def walk(path):
-        node, lp = readout.nodes[path], logp_row[index.get(path, 0)]
-        best = [-math.inf, -math.inf]
-        for tok in range(lp.shape[0]):
-            if path + (tok,) in readout.nodes:
-                r, c = walk(path + (tok,))
-                best = [max(best[0], float(lp[tok]) + r), max(best[1], float(lp[tok]) + c)]
-            else:
-                k = 0 if node.children.get(tok, node.other) > 0.5 else 1
-                best[k] = max(best[k], float(lp[tok]))
-        return best
-
-    return tuple(walk(()))
 
 
 logit_rows = st.lists(
@@ -104,19 +83,21 @@ def test_no_refusal_token_left_gives_a_finite_negative_margin():
     assert float(m.decision[0]) == pytest.approx(max(lead, child))  # both must turn; the slower one counts
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(logit_rows, min_size=1, max_size=3))
-def test_smooth_margin_tends_to_best_paths_and_is_the_sampled_margin_at_one(batch):
-    readout = _readout()
-    m, logp = _read(readout, np.array(batch), temperature=1e-3)
+@settings(max_examples=300, deadline=None)
+@given(st.lists(logit_rows, min_size=1, max_size=3), st.booleans(), st.integers(0, 2**16))
+def test_smooth_margin_keeps_greedy_sign_and_has_no_steps(batch, root_refusal_leaf, seed):
+    """As T -> 0 the smooth margin has greedy decoding's sign (as the decision margin does) and is a
+    continuous function of the logits: a 1e-3 nudge moves it by at most 1e-2, where the decision margin
+    may jump (a prefix greedy does not take changes side, or greedy switches into it)."""
+    readout = _readout(root_refusal_leaf)
+    rng = np.random.default_rng(seed)
+    logits = np.array(batch) + rng.normal(0, 0.01, np.shape(batch))  # no exact ties
+    m, logp = _read(readout, logits, temperature=1e-6)
     for row in range(len(batch)):
-        r, c = _best_paths(readout, logp[row])
-        assert float(m.smooth[row]) == pytest.approx(r - c, abs=0.01)
-    hard = RefusalReadout(
-        {(): Node({REFUSE: 1.0, COMPLY: 0.0, AS: 0.5}, 0.0), (AS,): Node({CANNOT: 1.0, DONT: 0.0}, 0.0)}
-    )  # rates 0/1: sampling's log-odds is exactly the smooth margin at T = 1
-    m, _ = _read(hard, np.array(batch), temperature=1.0)
-    np.testing.assert_allclose(m.smooth.numpy(), m.sampled.numpy(), atol=1e-9)
+        if abs(float(m.decision[row])) > 0.01:
+            assert (float(m.smooth[row]) > 0) == _greedy_refuses(readout, logp[row])
+    nudged, _ = _read(readout, logits + rng.uniform(-1e-3, 1e-3, np.shape(batch)), temperature=1e-6)
+    assert np.abs(nudged.smooth.numpy() - m.smooth.numpy()).max() < 1e-2
 
 
 def test_smooth_margin_is_differentiable_where_the_decision_margin_steps():
