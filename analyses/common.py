@@ -51,6 +51,7 @@ class Session:
         return {
             **self.lm.provenance(),
             "system_prompt": self.system.describe(),
+            "system_prompt_placement": self.fmt.placement,
             "readout": self.readout.describe(self.lm.tokenizer) | {"details": self.readout.details},
         }
 

@@ -105,6 +105,7 @@ class ChatFormat:
     def __init__(self, tokenizer, system: SystemPrompt):
         self.tokenizer = tokenizer
         self.system = system
+        self.placement = system.name  # none | model-default | "system turn" | "merged into the user turn"
         self.pieces = self._template_pieces()  # [(kind, text)], with USER text left empty
         user_at = [k for k, _ in self.pieces].index(USER)
         self._head = [self._tokenize(k, t) for k, t in self.pieces[:user_at]]
@@ -128,8 +129,10 @@ class ChatFormat:
             rendered = self._render(
                 [{"role": "system", "content": SENT_SYSTEM}, {"role": "user", "content": SENT_USER}]
             )
+            self.placement = "system turn"
         except _TemplateRefused:  # no system role (e.g. Gemma): put the system text atop the user turn
             rendered = self._render([{"role": "user", "content": SENT_SYSTEM + "\n\n" + SENT_USER}])
+            self.placement = "merged into the user turn"
         return [(k, cond.text if k == SYSTEM else t) for k, t in _split(rendered)]
 
     def _render_without_system(self) -> str:

@@ -62,7 +62,9 @@ def test_pieces_reproduce_the_templates_own_rendering(family):
     plain = ChatFormat(tok, SystemPrompt.parse("model-default")).format(USER_TEXT).text
     assert plain == _render(tok, [{"role": "user", "content": USER_TEXT}])
 
-    custom = ChatFormat(tok, SystemPrompt.parse(SYSTEM_TEXT)).format(USER_TEXT).text
+    fmt = ChatFormat(tok, SystemPrompt.parse(SYSTEM_TEXT))
+    custom = fmt.format(USER_TEXT).text
+    assert fmt.placement == ("merged into the user turn" if family == "gemma" else "system turn")
     if family == "gemma":  # no system role: the documented merge atop the user turn
         merged = _render(tok, [{"role": "user", "content": SYSTEM_TEXT + "\n\n" + USER_TEXT}])
         assert custom == merged
