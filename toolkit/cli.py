@@ -399,6 +399,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_to_stderr() -> None:
+    """lexprobe's own notes (dtype chosen, first-use builds, readout fallbacks) as `lexprobe: ...` lines."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("lexprobe: %(message)s"))
+    for name in ("toolkit", "probes", "analyses"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # lexprobe never downloads
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -406,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
+
+    _log_to_stderr()
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

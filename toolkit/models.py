@@ -173,6 +173,7 @@ class LoadedModel:
             "model_type": self.model.config.model_type,
             "weights_sha256": self.weights_sha256,
             "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype_reason": self.extra.get("dtype_reason", ""),
             "device": str(self.device),
             "load_seconds": round(self.load_seconds, 2),
         }
@@ -205,6 +206,13 @@ def cpu_has_fast_bf16() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+AUTO_CPU_BF16_DTYPE = torch.float32
+AUTO_DTYPE_WHY = {
+    "cuda": "auto: bfloat16 on CUDA (half the memory of float32; the readout stays float32)",
+    "cpu-bf16": "auto: float32 on this CPU, which has native bf16 (see the README's dtype table)",
+    "cpu": "auto: float32 on this CPU, which has no native bf16 (emulated bf16 is slower)",
+    "other": "auto: float32 (bf16 is not tested on this device)",
+}
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -216,13 +224,22 @@ DTYPES = {
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto` is bf16 on CUDA or a CPU with native bf16, else float32."""
-    if name == "auto":
-        fast = device.type == "cuda" or cpu_has_fast_bf16()
-        return torch.bfloat16 if fast else torch.float32
-    if name not in DTYPES:
-        raise LexprobeError(f"unknown --dtype '{name}': use float32, bfloat16, float16 or auto")
-    return DTYPES[name]
+    return choose_dtype(name, device)[0]
+
+
+def choose_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """The weights' dtype for `--dtype name` on `device`, and why (recorded in run.json, printed on
+    stderr). Whatever the weights' dtype, lexprobe computes logits, log-probabilities and margins in
+    float32 or wider (`LoadedModel.logits`)."""
+    if name != "auto":
+        if name not in DTYPES:
+            raise LexprobeError(f"unknown --dtype '{name}': use float32, bfloat16, float16 or auto")
+        return DTYPES[name], f"--dtype {name}"
+    if device.type == "cuda":
+        return torch.bfloat16, AUTO_DTYPE_WHY["cuda"]
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return AUTO_CPU_BF16_DTYPE, AUTO_DTYPE_WHY["cpu-bf16"]
+    return torch.float32, AUTO_DTYPE_WHY["cpu" if device.type == "cpu" else "other"]
 
 
 # ----------------------------------------------------------------------------------------------- specs
@@ -238,7 +255,12 @@ def load_model(
 ) -> LoadedModel:
     """Load (and cache) the model a spec names. Raises LexprobeError with a fix for bad specs."""
     dev = resolve_device(device)
-    return _load_cached(spec, resolve_dtype(dtype, dev), dev, weights_sha256)
+    chosen, why = choose_dtype(dtype, dev)
+    lm = _load_cached(spec, chosen, dev, weights_sha256)
+    if dtype == "auto":
+        log.info("%s in %s on %s (%s)", spec, str(chosen).removeprefix("torch."), dev, why)
+    lm.extra["dtype_reason"] = why
+    return lm
 
 
 @functools.lru_cache(maxsize=2)

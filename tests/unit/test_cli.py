@@ -130,3 +130,20 @@ def test_suites_lists_bundled(capsys):
     assert main(["suites"]) == 0
     out = capsys.readouterr().out
     assert "xstest" in out and "450" in out and "calibration-harmful" in out
+
+
+def test_auto_dtype_is_said_on_stderr_and_recorded(tmp_path, tiny_readout_file, capsys):
+    import torch
+
+    from toolkit.models import choose_dtype
+
+    assert _score(tmp_path, tiny_readout_file, "--limit", "2", "--dtype", "auto", "--device", "cpu") == 0
+    dtype, why = choose_dtype("auto", torch.device("cpu"))
+    name = str(dtype).removeprefix("torch.")
+    assert f"lexprobe: tiny-random in {name} on cpu ({why})" in capsys.readouterr().err
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["dtype"] == name and run["dtype_reason"] == why
+    assert _score(tmp_path, tiny_readout_file, "--limit", "2", "--dtype", "bfloat16", out="bf16") == 0
+    run = json.loads((tmp_path / "bf16" / "run.json").read_text())
+    assert run["dtype"] == "bfloat16" and run["dtype_reason"] == "--dtype bfloat16"
+    assert "tiny-random in" not in capsys.readouterr().err  # said only when lexprobe chose

@@ -1,0 +1,107 @@
+"""Integrated gradients on the decision margin against the smooth margin, side by side in one run.
+
+    python benchmarks/ig_targets.py [--model default] [--dtype float32] [--per-type 3] [--unsafe 16]
+
+For each target: IG with lexprobe's default settings on (a) the refused safe XSTest prompts that have a
+focus word (at most --per-type per type), with plausibility (top word = focus word) and faithfulness
+(top-1 drop, comprehensiveness, against a random ranking), and (b) up to --unsafe refused unsafe
+prompts (round-robin over types), where the decision margin most often has steps. Prints, per target
+and set: prompts, share converged under the tolerance (5% completeness error), median error and steps,
+hit rate and faithfulness. Resumable under --out (default runs/ig-targets); `summary.json` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+TARGETS = ("decision", "smooth")
+
+
+def _convergence(methods: pd.DataFrame) -> dict:
+    ig = methods[methods["method"] == "integrated_gradients"]
+    return {
+        "prompts": len(ig),
+        "converged": int(ig["converged"].sum()),
+        "converged_share": round(float(ig["converged"].mean()), 3),
+        "median_error": round(float(ig["completeness_error"].median()), 4),
+        "median_steps": float(ig["steps"].median()),
+        "seconds_per_prompt": round(float(ig["seconds"].mean()), 1),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="default")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--per-type", type=int, default=3)
+    p.add_argument("--unsafe", type=int, default=16)
+    p.add_argument("--out", default="runs/ig-targets")
+    a = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from analyses import attribute, plausibility, score
+    from analyses.common import ModelOptions, SuiteOptions
+    from toolkit.attribution import AttributionSettings
+    from toolkit.suites import load_suite
+
+    out = Path(a.out)
+    model = ModelOptions(a.model, dtype=a.dtype, device=a.device)
+    summary: dict = {"model": a.model, "dtype": a.dtype, "safe": {}, "unsafe": {}}
+
+    unsafe_ids = list(load_suite("xstest").frame.query("label == 'unsafe'")["id"])
+    scores = score.run(
+        score.ScoreConfig(
+            str(out / "unsafe_scores"), model, SuiteOptions("xstest", ids=unsafe_ids), resume=True
+        )
+    ).frame
+    groups = [list(g["id"]) for _, g in scores[scores["margin"] > 0].groupby("type", sort=True)]
+    chosen: list[str] = []
+    while len(chosen) < a.unsafe and any(groups):
+        chosen += [g.pop(0) for g in groups if g][: a.unsafe - len(chosen)]
+
+    for target in TARGETS:
+        settings = AttributionSettings(target=target)
+        plaus = plausibility.run(
+            plausibility.PlausibilityConfig(
+                str(out / f"safe_{target}"),
+                model,
+                "xstest",
+                ["integrated_gradients"],
+                settings,
+                a.per_type,
+                True,
+            )
+        )
+        attr_dir = out / f"safe_{target}" / "attributions"
+        faith = pd.read_csv(attr_dir / "faithfulness.csv")
+        summary["safe"][target] = {
+            **_convergence(pd.read_csv(attr_dir / "methods.csv", dtype={"id": str})),
+            "hit_rate": round(float(plaus.summary["hit_rate"].iloc[0]), 3),
+            "random_hit_rate": round(float(plaus.summary["random_rate"].iloc[0]), 3),
+            **{
+                m: round(float(faith[m].mean()), 3)
+                for m in faith.columns
+                if m.startswith(("top1_drop", "compr"))
+            },
+        }
+        result = attribute.run(
+            attribute.AttributeConfig(
+                str(out / f"unsafe_{target}"), model, SuiteOptions("xstest", ids=chosen), None,
+                ["integrated_gradients"], settings, faithfulness=False, figures=False, resume=True,
+            )
+        )  # fmt: skip
+        summary["unsafe"][target] = _convergence(result.methods)
+
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    rows = [{"set": s, "target": t, **v} for s in ("safe", "unsafe") for t, v in summary[s].items()]
+    print(pd.DataFrame(rows).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
