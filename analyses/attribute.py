@@ -226,6 +226,8 @@ def run(config: AttributeConfig) -> AttributionResult:
     timer = Timer()
     frame = suite.frame
     todo = frame[~frame["id"].isin(done)]
+    for rec in todo.to_dict("records"):  # every prompt fits the context before any work starts
+        scorer.encode(rec["prompt"], f"prompt {rec['id']}")
     for rec in progress(todo.to_dict("records"), desc=f"attributing {len(todo)} prompts", unit="prompt"):
         target = PromptTarget(scorer, rec["prompt"], config.settings, name=f"prompt {rec['id']}")
         row = {k: rec[k] for k in ("id", "type", "label", "prompt")}

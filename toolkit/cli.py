@@ -399,20 +399,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _log_to_stderr() -> None:
-    """lexprobe's own notes (dtype chosen, first-use builds, readout fallbacks) as `lexprobe: ...` lines."""
-    import logging
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("lexprobe: %(message)s"))
-    for name in ("toolkit", "probes", "analyses"):
-        logger = logging.getLogger(name)
-        if not logger.handlers:
-            logger.addHandler(handler)
-            logger.setLevel(logging.INFO)
-            logger.propagate = False
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # lexprobe never downloads
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -421,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
 
-    _log_to_stderr()
+    from toolkit.progress import NOTES, install_notes
+
+    install_notes()
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -435,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except LexprobeError as err:
+        NOTES.drop()  # bad input: the one line that names it, nothing else
         sys.stderr.write(f"lexprobe: error: {err}\n")
         return 2
     except KeyboardInterrupt:
@@ -442,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f"; rows finished so far are in {out}: rerun with --resume" if out else ""
         sys.stderr.write(f"lexprobe: interrupted{where}\n")
         return 130
+    NOTES.flush()
     return 0
 
 

@@ -41,7 +41,7 @@ def test_bad_specs(spec, message):
 def test_dtype_and_device_resolution():
     assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
-    expected = torch.bfloat16 if models.cpu_has_fast_bf16() else torch.float32
+    expected = models.AUTO_CPU_BF16_DTYPE if models.cpu_has_fast_bf16() else torch.float32
     assert resolve_dtype("auto", torch.device("cpu")) == expected
     assert resolve_dtype("float16", torch.device("cpu")) == torch.float16
     with pytest.raises(LexprobeError, match="unknown --dtype"):
