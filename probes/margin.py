@@ -159,9 +159,9 @@ class MarginReader:
       by r > 0.5, expanded children by the sign of their own margin. The node's margin is a - b, capped
       by the chosen child's margin when greedy continues into an expanded prefix; 0 on an exact tie.
       Where no next token leads to refusal (compliance), the margin is how far the best expanded child
-      is from both becoming the greedy choice and turning (min(lead, child margin), best child). It is
-      continuous in the logits except where the greedy choice switches between a leaf and a child whose
-      margin is smaller (a step no gradient sees).
+      is from both becoming the greedy choice and turning (min(lead, child margin), best child). It
+      steps (no gradient sees it) where the greedy choice switches between a leaf and a child whose
+      margin is smaller, and where a child greedy does not take changes side.
     - `sampled`: log P(refuse) - log P(comply) when sampling at temperature 1, summing over all
       openings weighted by r.
     - `smooth` (temperature T): the decision margin's recursion with each hard step (max, argmax,
