@@ -205,6 +205,8 @@ def run(config: AttributeConfig) -> AttributionResult:
     done = _existing(out, config)  # before the (slow) model load
     session = open_session(config.model)
     scorer = Scorer(session.lm, session.fmt, session.readout, batch_size=config.settings.batch_size)
+    for rec in suite.frame.to_dict("records"):  # every prompt fits the context before any work starts
+        scorer.encode(rec["prompt"], f"prompt {rec['id']}")
     run_info = provenance(
         **session.provenance(),
         suite=suite.source,
@@ -221,13 +223,13 @@ def run(config: AttributeConfig) -> AttributionResult:
     )
     if config.resume:
         check_resumable(out, run_info, RESUME_KEYS)
+    session.ensure_smooth_temperature(config.settings.batch_size)  # after every check: it takes a while
+    run_info["readout"] = session.provenance()["readout"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.json").write_text(json.dumps(run_info, indent=1))
     timer = Timer()
     frame = suite.frame
     todo = frame[~frame["id"].isin(done)]
-    for rec in todo.to_dict("records"):  # every prompt fits the context before any work starts
-        scorer.encode(rec["prompt"], f"prompt {rec['id']}")
     for rec in progress(todo.to_dict("records"), desc=f"attributing {len(todo)} prompts", unit="prompt"):
         target = PromptTarget(scorer, rec["prompt"], config.settings, name=f"prompt {rec['id']}")
         row = {k: rec[k] for k in ("id", "type", "label", "prompt")}

@@ -47,6 +47,16 @@ class Session:
     fmt: ChatFormat
     readout: RefusalReadout
 
+    def ensure_smooth_temperature(self, batch_size: int = 32) -> None:
+        """A readout file without the smooth margin's temperature gets one, chosen on the calibration
+        prompts as calibration does (a calibrated readout has it already)."""
+        if self.readout.smooth_temperature is None:
+            from probes.readout import calibration_prompts, set_smooth_temperature
+
+            set_smooth_temperature(
+                self.lm, self.fmt, self.readout, calibration_prompts(), max(batch_size, 32)
+            )
+
     def provenance(self) -> dict:
         return {
             **self.lm.provenance(),
@@ -62,6 +72,7 @@ def open_suite(opts: SuiteOptions) -> Suite:
 
 
 def open_session(opts: ModelOptions, need_readout: bool = True) -> Session:
+    """The model, chat format and readout of `opts`."""
     system = SystemPrompt.parse(opts.system_prompt)  # validate before the (slow) model load
     lm = load_model(opts.model, opts.dtype, opts.device, opts.weights_sha256)
     fmt = ChatFormat(lm.tokenizer, system)

@@ -123,6 +123,13 @@ def _calibration_prompts(split: str, n: int) -> tuple[list[str], list[str]]:
     return harmful, harmless
 
 
+def calibration_prompts(n_per_class: int = ReadoutSettings.n_per_class) -> list[str]:
+    """The prompts a readout is calibrated on: train (n harmful, n harmless), then all of val."""
+    harmful, harmless = _calibration_prompts("train", n_per_class)
+    val_harmful, val_harmless = _calibration_prompts("val", 10**6)
+    return harmful + harmless + val_harmful + val_harmless
+
+
 def calibrate(
     lm, fmt, settings: ReadoutSettings, batch_size: int = 32
 ) -> tuple[RefusalReadout, pd.DataFrame]:
@@ -277,9 +284,7 @@ def get_readout(
             readout = None  # a corrupt cache entry is rebuilt
         if readout is not None:
             if readout.details.get("smooth_version") != SMOOTH_VERSION:  # made before this definition
-                harmful, harmless = _calibration_prompts("train", settings.n_per_class)
-                val = _calibration_prompts("val", 10**6)
-                texts = harmful + harmless + val[0] + val[1]
+                texts = calibration_prompts(settings.n_per_class)
                 set_smooth_temperature(lm, fmt, readout, texts, max(batch_size, 32))
                 write_json_atomic(path, json.loads(readout.to_json()))
             return readout

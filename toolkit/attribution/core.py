@@ -92,7 +92,8 @@ class PromptTarget:
         self.temperature = scorer.readout.smooth_temperature
         if settings.target == "smooth" and self.temperature is None:
             raise LexprobeError(
-                "this readout has no smooth-margin temperature (calibrate one, or use --target decision)"
+                "this readout has no smooth-margin temperature: choose one with "
+                "probes.readout.set_smooth_temperature, or use --target decision"
             )
         self.rows_forward = 0  # rows of model input run (a measure of cost)
         self.rows_backward = 0
