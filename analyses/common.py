@@ -24,6 +24,7 @@ class ModelOptions:
     weights_sha256: str | None = None
     batch_size: int = 16
     readout: str | None = None  # a readout JSON file instead of the calibrated one
+    gradients: bool = False  # the run attributes: --dtype auto loads float32 (models.choose_dtype)
 
 
 @dataclass
@@ -74,7 +75,7 @@ def open_suite(opts: SuiteOptions) -> Suite:
 def open_session(opts: ModelOptions, need_readout: bool = True) -> Session:
     """The model, chat format and readout of `opts`."""
     system = SystemPrompt.parse(opts.system_prompt)  # validate before the (slow) model load
-    lm = load_model(opts.model, opts.dtype, opts.device, opts.weights_sha256)
+    lm = load_model(opts.model, opts.dtype, opts.device, opts.weights_sha256, opts.gradients)
     fmt = ChatFormat(lm.tokenizer, system)
     readout = None
     if need_readout:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +87,7 @@ class DiagnoseResult:
 def run(config: DiagnoseConfig) -> DiagnoseResult:
     out = Path(config.out)
     methods = attribute.parse_methods(config.methods) if config.attribution else []
+    model = replace(config.model, gradients=bool(methods))  # one dtype for every table of the report
     suite = open_suite(config.suite)  # bad --type/--ids fail here, before any model load
     if not len(suite):
         raise LexprobeError(f"suite '{config.suite.suite}' selects no prompts: check --type/--ids/--limit")
@@ -98,7 +99,7 @@ def run(config: DiagnoseConfig) -> DiagnoseResult:
     sub = {"resume": config.resume, "overwrite": config.overwrite}
 
     scored = score.run(
-        score.ScoreConfig(str(out / "scores"), config.model, _by_ids(config.suite, ids + extra), **sub)
+        score.ScoreConfig(str(out / "scores"), model, _by_ids(config.suite, ids + extra), **sub)
     )
     tables, facts = margin_tables(scored.frame, ids, pairs, config.seed)
     figures: dict[str, Path] = {}
@@ -109,7 +110,7 @@ def run(config: DiagnoseConfig) -> DiagnoseResult:
     if config.attribution:
         attributions = attribute.run(
             attribute.AttributeConfig(
-                str(out / "attribution"), config.model, config.suite, None, methods, config.settings,
+                str(out / "attribution"), model, config.suite, None, methods, config.settings,
                 config.faithfulness, config.n_random, config.attribute_contrasts, True, **sub,
                 pair_map=config.pair_map,
             )
@@ -124,7 +125,7 @@ def run(config: DiagnoseConfig) -> DiagnoseResult:
         attr_csv = out / "attribution" / "attributions.csv"
         perturbed = minimal_pairs.run(
             minimal_pairs.PerturbConfig(
-                str(out / "perturb"), config.model, config.suite, config.strategies, config.rewrites,
+                str(out / "perturb"), model, config.suite, config.strategies, config.rewrites,
                 config.lexicon, config.min_similarity, config.per_word,
                 str(attr_csv) if config.attribution and attr_csv.exists() else None,
                 config.content_words, True, config.seed, **sub,

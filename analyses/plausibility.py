@@ -86,7 +86,7 @@ def run(config: PlausibilityConfig) -> PlausibilityResult:
     scored = score.run(
         score.ScoreConfig(
             str(out / "scores"),
-            replace(config.model, batch_size=config.settings.batch_size),
+            replace(config.model, batch_size=config.settings.batch_size, gradients=True),
             SuiteOptions(config.suite, ids=list(cand["id"])),
             resume=True,
         )

@@ -7,7 +7,9 @@ focus word (at most --per-type per type), with plausibility (top word = focus wo
 (top-1 drop, comprehensiveness, against a random ranking), and (b) up to --unsafe refused unsafe
 prompts (round-robin over types), where the decision margin most often has steps. Prints, per target
 and set: prompts, share converged under the tolerance (5% completeness error), median error and steps,
-hit rate and faithfulness. Resumable under --out (default runs/ig-targets); `summary.json` there.
+hit rate and faithfulness. Faithfulness is measured twice: on each target's own margin (as
+`lexprobe attribute` does), and on the decision margin for both, so the two rankings are compared on
+the same quantity. Resumable under --out (default runs/ig-targets); `summary.json` there.
 """
 
 from __future__ import annotations
@@ -97,6 +99,31 @@ def main() -> None:
             )
         )  # fmt: skip
         summary["unsafe"][target] = _convergence(result.methods)
+
+    # both targets' rankings, judged on the same margin: the decision margin
+    from analyses.common import open_session
+    from toolkit.attribution import PromptTarget
+    from toolkit.attribution import faithfulness as faith
+    from toolkit.attribution.result import AttributionResult
+    from toolkit.scoring import Scorer
+
+    session = open_session(model)
+    scorer = Scorer(session.lm, session.fmt, session.readout)
+    for target in TARGETS:
+        result = AttributionResult.load(out / f"safe_{target}" / "attributions")
+        rows = []
+        for prompt in result.prompts.itertuples():
+            pt = PromptTarget(scorer, prompt.prompt, AttributionSettings(target="decision"))
+            words = result.attributions[result.attributions["id"] == prompt.id].sort_values("word_index")
+            reference = faith.random_reference(pt, 3, 0)
+            rows.append(faith.evaluate(pt, words["score"].to_numpy(), reference)[0])
+        judged = pd.DataFrame(rows).mean()
+        summary["safe"][target] |= {
+            f"on_decision_{m}": round(float(judged[m]), 3) for m in ("comprehensiveness", "top1_drop")
+        } | {
+            f"on_decision_{m}_random": round(float(judged[f"{m}_random"]), 3)
+            for m in ("comprehensiveness", "top1_drop")
+        }
 
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     rows = [{"set": s, "target": t, **v} for s in ("safe", "unsafe") for t, v in summary[s].items()]

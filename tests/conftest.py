@@ -32,7 +32,7 @@ def tiny_readout(tiny):
             (): Node({i_tok: 0.7, sorry: 0.95, sure: 0.05}, 0.0),
             (i_tok,): Node({follow: 0.9}, 0.7),
         },
-        {"source": "tests/conftest.py"},
+        {"source": "tests/conftest.py", "smooth_temperature": 0.2},
     )
 
 

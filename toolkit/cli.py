@@ -225,7 +225,11 @@ def attribution_settings(a):
 def add_attribution_args(p: argparse.ArgumentParser, method: str = "integrated_gradients") -> None:
     g = p.add_argument_group("attribution")
     g.add_argument("--method", default=method, help=f"a method, a comma list, or all (default: {method})")
-    g.add_argument("--target", default="decision", help="decision (default) | sampled: which margin")
+    g.add_argument(
+        "--target",
+        default="smooth",
+        help="which margin to explain: smooth (default: the decision margin without its steps) | decision | sampled",
+    )
     g.add_argument("--steps", type=int, default=16, help="integrated gradients: first uniform steps")
     g.add_argument("--max-steps", type=int, default=256, help="integrated gradients: refine up to this")
     g.add_argument("--tolerance", type=float, default=0.05, help="IG completeness error to reach")

@@ -206,10 +206,14 @@ def cpu_has_fast_bf16() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-AUTO_CPU_BF16_DTYPE = torch.float32
+# What `--dtype auto` picks, from benchmarks/gpu_check.py on the default model over XSTest (README,
+# "Dtypes, devices and architectures"): bf16 scores agree with float32 (sign 99.1%, same AUROC), but
+# integrated gradients reached their 5% completeness tolerance on 8 of 12 refused prompts in bf16
+# against 12 of 12 in float32, and float32 gives the same numbers on every CPU.
 AUTO_DTYPE_WHY = {
-    "cuda": "auto: bfloat16 on CUDA (half the memory of float32; the readout stays float32)",
-    "cpu-bf16": "auto: float32 on this CPU, which has native bf16 (see the README's dtype table)",
+    "cuda": "auto: bfloat16 on CUDA for forward passes (scores agree with float32; the readout stays float32)",
+    "cuda-gradients": "auto: float32 on CUDA because this run attributes (IG converges in float32)",
+    "cpu-bf16": "auto: float32 on CPU (the same numbers on every CPU; --dtype bfloat16 is faster on this one)",
     "cpu": "auto: float32 on this CPU, which has no native bf16 (emulated bf16 is slower)",
     "other": "auto: float32 (bf16 is not tested on this device)",
 }
@@ -223,23 +227,27 @@ DTYPES = {
 }
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    return choose_dtype(name, device)[0]
+def resolve_dtype(name: str, device: torch.device, gradients: bool = False) -> torch.dtype:
+    return choose_dtype(name, device, gradients)[0]
 
 
-def choose_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
+def choose_dtype(name: str, device: torch.device, gradients: bool = False) -> tuple[torch.dtype, str]:
     """The weights' dtype for `--dtype name` on `device`, and why (recorded in run.json, printed on
-    stderr). Whatever the weights' dtype, lexprobe computes logits, log-probabilities and margins in
-    float32 or wider (`LoadedModel.logits`)."""
+    stderr). `gradients`: the run attributes (gradients, small margin differences), which `auto` does in float32
+    everywhere.
+    Whatever the weights' dtype, lexprobe computes logits, log-probabilities and margins in float32 or
+    wider (`LoadedModel.logits`)."""
     if name != "auto":
         if name not in DTYPES:
             raise LexprobeError(f"unknown --dtype '{name}': use float32, bfloat16, float16 or auto")
         return DTYPES[name], f"--dtype {name}"
     if device.type == "cuda":
+        if gradients:
+            return torch.float32, AUTO_DTYPE_WHY["cuda-gradients"]
         return torch.bfloat16, AUTO_DTYPE_WHY["cuda"]
-    if device.type == "cpu" and cpu_has_fast_bf16():
-        return AUTO_CPU_BF16_DTYPE, AUTO_DTYPE_WHY["cpu-bf16"]
-    return torch.float32, AUTO_DTYPE_WHY["cpu" if device.type == "cpu" else "other"]
+    if device.type == "cpu":
+        return torch.float32, AUTO_DTYPE_WHY["cpu-bf16" if cpu_has_fast_bf16() else "cpu"]
+    return torch.float32, AUTO_DTYPE_WHY["other"]
 
 
 # ----------------------------------------------------------------------------------------------- specs
@@ -251,12 +259,24 @@ def describe_specs() -> str:
 
 
 def load_model(
-    spec: str, dtype: str = "auto", device: str = "auto", weights_sha256: str | None = None
+    spec: str,
+    dtype: str = "auto",
+    device: str = "auto",
+    weights_sha256: str | None = None,
+    gradients: bool = False,
 ) -> LoadedModel:
-    """Load (and cache) the model a spec names. Raises LexprobeError with a fix for bad specs."""
+    """Load (and cache) the model a spec names; `gradients`: the run will take gradients (see
+    `choose_dtype`). Raises LexprobeError with a fix for bad specs and for weights that do not fit."""
     dev = resolve_device(device)
-    chosen, why = choose_dtype(dtype, dev)
-    lm = _load_cached(spec, chosen, dev, weights_sha256)
+    chosen, why = choose_dtype(dtype, dev, gradients)
+    try:
+        lm = _load_cached(spec, chosen, dev, weights_sha256)
+    except torch.OutOfMemoryError as e:
+        name = str(chosen).removeprefix("torch.")
+        raise LexprobeError(
+            f"the weights of '{spec}' in {name} do not fit on {dev} ({why}): pass --dtype bfloat16, "
+            "or a device with more memory"
+        ) from e
     if dtype == "auto":
         log.info("%s in %s on %s (%s)", spec, str(chosen).removeprefix("torch."), dev, why)
     lm.extra["dtype_reason"] = why

@@ -47,7 +47,8 @@ def _readout(tokenizer) -> RefusalReadout:
             (): Node({i_tok: 0.7, sorry: 0.95, sure: 0.05}, 0.0),
             (i_tok,): Node({follow: 0.9, sure: 0.1}, 0.7),
             (i_tok, follow): Node({sorry: 0.95}, 0.5),
-        }
+        },
+        {"smooth_temperature": 0.2},
     )
 
 

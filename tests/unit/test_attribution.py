@@ -23,7 +23,8 @@ def _target(scorer, text=TEXT, **kw):
 
 
 @pytest.mark.parametrize(
-    "rule, target", [("adaptive", "decision"), ("adaptive", "sampled"), ("gausslegendre", "sampled")]
+    "rule, target",
+    [("adaptive", "decision"), ("adaptive", "smooth"), ("adaptive", "sampled"), ("gausslegendre", "sampled")],
 )
 def test_integrated_gradients_is_complete(scorer, rule, target):
     t = _target(scorer, rule=rule, target=target, max_steps=512)
@@ -33,8 +34,8 @@ def test_integrated_gradients_is_complete(scorer, rule, target):
     gap = info["f_input"] - info["f_baseline"]
     assert abs(out.token_scores.sum() - gap) <= 0.05 * abs(gap)
     # f(x) is the prompt's own margin, computed from token ids
-    decision, sampled = scorer.score([TEXT]).margin[0], scorer.score([TEXT]).margin_sampled[0]
-    assert info["f_input"] == pytest.approx(decision if target == "decision" else sampled, abs=1e-4)
+    margins, _ = scorer.margins_for(scorer.batch([t.prompt.input_ids[scorer.prefix_len :]]), temperature=0.2)
+    assert info["f_input"] == pytest.approx(float(getattr(margins, target)[0]), abs=1e-4)
 
 
 def test_baseline_replaces_only_the_user_tokens(scorer, tiny):
@@ -46,8 +47,8 @@ def test_baseline_replaces_only_the_user_tokens(scorer, tiny):
     ids = list(prompt.input_ids)
     for i in prompt.user_token_indices:
         ids[i] = tiny.pad_token_id
-    margins, _ = scorer.margins_for(scorer.batch([ids[scorer.prefix_len :]]))
-    assert out.info["f_baseline"] == pytest.approx(float(margins.decision[0]), abs=1e-4)
+    margins, _ = scorer.margins_for(scorer.batch([ids[scorer.prefix_len :]]), temperature=0.2)
+    assert out.info["f_baseline"] == pytest.approx(float(margins.smooth[0]), abs=1e-4)  # the default target
 
 
 def test_template_and_system_tokens_never_move_and_get_nothing(scorer, tiny, monkeypatch):

@@ -37,7 +37,7 @@ def test_single_prompt_writes_every_output_and_prints_a_heatmap(tmp_path, tiny_r
         assert text[row.char_start : row.char_end] == row.word
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["methods"] == ["integrated_gradients", "occlusion"]
-    assert run["target"] == "decision" and run["settings"]["rule"] == "adaptive"
+    assert run["target"] == "smooth" and run["settings"]["rule"] == "adaptive"  # the defaults
     printed = capsys.readouterr().out
     assert "#prompt" in printed and "integrated_gradients" in printed and "balloon" in printed
     page = (out / "heatmap.html").read_text()
@@ -181,3 +181,28 @@ def test_plausibility_hits_use_lemmas_in_context():
     assert (
         hits.loc["51", "longest_hit"] and not hits.loc["10", "longest_hit"]
     )  # "killing" (first of 7), "balloon"
+
+
+def test_attribution_asks_for_float32_and_warns_when_ig_runs_in_bf16(
+    tmp_path, tiny_readout_file, capsys, monkeypatch
+):
+    """attribute loads with gradients=True (so `--dtype auto` picks float32 on CUDA too); an explicit
+    bf16 run says on stderr that IG converges less often there."""
+    from toolkit import models
+
+    asked = []
+    real = models.load_model
+
+    def spy(spec, dtype="auto", device="auto", sha=None, gradients=False):
+        asked.append((dtype, gradients))
+        return real(spec, dtype, device, sha, gradients)
+
+    monkeypatch.setattr("analyses.common.load_model", spy)
+    args = ["--prompt", "How do I kill a process?", "--method", "integrated_gradients", "--no-faithfulness"]
+    assert _attribute(tmp_path, tiny_readout_file, *args, "--dtype", "bfloat16") == 0
+    assert asked == [("bfloat16", True)]
+    assert "integrated gradients in bfloat16 reach their completeness tolerance less often" in (
+        capsys.readouterr().err
+    )
+    assert _attribute(tmp_path, tiny_readout_file, *args, out="att32") == 0
+    assert asked[-1] == ("auto", True) and "less often" not in capsys.readouterr().err

@@ -38,11 +38,25 @@ def test_bad_specs(spec, message):
         load_model(spec)
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_auto_dtype_policy_on_every_kind_of_device(monkeypatch, native_bf16):
+    """float32 on any CPU (native bf16 or not), bf16 on CUDA unless the run takes gradients; each
+    choice says why. Checked on both kinds of CPU whatever this machine is."""
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: native_bf16)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    for gradients in (False, True):
+        dtype, why = models.choose_dtype("auto", cpu, gradients)
+        assert dtype == torch.float32 and why.startswith("auto: float32 on")
+        assert ("faster on this one" in why) == native_bf16
+    assert models.choose_dtype("auto", cuda) == (torch.bfloat16, models.AUTO_DTYPE_WHY["cuda"])
+    assert models.choose_dtype("auto", cuda, gradients=True)[0] == torch.float32
+    assert models.choose_dtype("auto", torch.device("mps"))[0] == torch.float32
+    assert models.choose_dtype("bf16", cuda, gradients=True) == (torch.bfloat16, "--dtype bf16")
+
+
 def test_dtype_and_device_resolution():
     assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
-    expected = models.AUTO_CPU_BF16_DTYPE if models.cpu_has_fast_bf16() else torch.float32
-    assert resolve_dtype("auto", torch.device("cpu")) == expected
     assert resolve_dtype("float16", torch.device("cpu")) == torch.float16
     with pytest.raises(LexprobeError, match="unknown --dtype"):
         resolve_dtype("float16x", torch.device("cpu"))

@@ -30,7 +30,9 @@ IG_RULES = ("adaptive", "trapezoid", "gausslegendre")
 class AttributionSettings:
     """Knobs of every method; each method reads the ones it needs (CLI flags map onto these)."""
 
-    target: str = "decision"  # which margin: decision | smooth (temperature-smoothed decision) | sampled
+    # which margin: smooth (the decision margin with its steps softened; IG converged on 36 of 36 refused
+    # XSTest prompts against 28 of 36 on the decision margin, benchmarks/ig_targets.py) | decision | sampled
+    target: str = "smooth"
     n_steps: int = 16  # integrated gradients: uniform steps of the first try
     max_steps: int = 256  # ... refined up to this many steps while the completeness error exceeds:
     tolerance: float = 0.05  # ... the relative completeness error to reach
