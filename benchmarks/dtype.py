@@ -4,7 +4,8 @@ MLP shape and one forward pass of the default model (if installed).
     python benchmarks/dtype.py [--model default] [--repeat 20]
 
 Prints GFLOP/s per dtype and the bf16/fp32 speed ratio (> 1 means bf16 is faster). `--dtype auto`
-chooses bf16 only where toolkit.models.cpu_has_fast_bf16() says the CPU has native bf16.
+takes float32 on every CPU (toolkit.models.choose_dtype); where this ratio is high, `--dtype bfloat16`
+is the faster choice for scoring (its accuracy against float32: benchmarks/gpu_check.py).
 """
 
 from __future__ import annotations

@@ -32,7 +32,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         metavar="P",
         help="none | model-default | llama2-original | mistral-guardrail | @file.txt | custom text",
     )
-    g.add_argument("--dtype", default="auto", help="float32 | bfloat16 | auto (bf16 only where it is fast)")
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        help="float32 | bfloat16 | float16 | auto (default: float32 on CPU, bf16 on CUDA unless attributing)",
+    )
     g.add_argument("--device", default="auto", help="cpu | cuda | auto")
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument(
