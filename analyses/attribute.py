@@ -17,16 +17,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analyses import contrast
-from analyses.common import ModelOptions, SuiteOptions, open_session, open_suite
-from toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, PromptTarget, attribute
-from toolkit.attribution import faithfulness as faith
-from toolkit.attribution.result import ATTRIBUTION_COLUMNS, PROMPT_COLUMNS, AttributionResult
-from toolkit.errors import LexprobeError
-from toolkit.progress import progress
-from toolkit.results import Timer, check_resumable, provenance
-from toolkit.scoring import Scorer
-from toolkit.suites import Suite, load_suite
+from lexprobe.analyses import contrast
+from lexprobe.analyses.common import ModelOptions, SuiteOptions, open_session, open_suite
+from lexprobe.toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, PromptTarget, attribute
+from lexprobe.toolkit.attribution import faithfulness as faith
+from lexprobe.toolkit.attribution.result import ATTRIBUTION_COLUMNS, PROMPT_COLUMNS, AttributionResult
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.progress import progress
+from lexprobe.toolkit.results import Timer, check_resumable, provenance
+from lexprobe.toolkit.scoring import Scorer
+from lexprobe.toolkit.suites import Suite, load_suite
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def assemble(out: Path, suite_order: list[str], run: dict) -> AttributionResult:
 
 def write_outputs(result: AttributionResult, out: Path) -> None:
     """Tables, heatmap.html, heatmap.png (first method; heatmap_<method>.png for the others), figures."""
-    from toolkit import viz
+    from lexprobe.toolkit import viz
 
     result.save(out)
     viz.heatmap_html(result, out / "heatmap.html")

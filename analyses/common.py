@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from probes.margin import RefusalReadout
-from toolkit.cache import write_json_atomic
-from toolkit.chat import ChatFormat, SystemPrompt
-from toolkit.models import LoadedModel, load_model
-from toolkit.results import RowWriter, Timer, check_resumable, write_csv_atomic
-from toolkit.suites import Suite, load_suite
+from lexprobe.probes.margin import RefusalReadout
+from lexprobe.toolkit.cache import write_json_atomic
+from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.models import LoadedModel, load_model
+from lexprobe.toolkit.results import RowWriter, Timer, check_resumable, write_csv_atomic
+from lexprobe.toolkit.suites import Suite, load_suite
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Session:
         """A readout file without the smooth margin's temperature gets one, chosen on the calibration
         prompts as calibration does (a calibrated readout has it already)."""
         if self.readout.smooth_temperature is None:
-            from probes.readout import calibration_prompts, set_smooth_temperature
+            from lexprobe.probes.readout import calibration_prompts, set_smooth_temperature
 
             set_smooth_temperature(
                 self.lm, self.fmt, self.readout, calibration_prompts(), max(batch_size, 32)
@@ -79,7 +79,7 @@ def open_session(opts: ModelOptions, need_readout: bool = True) -> Session:
     fmt = ChatFormat(lm.tokenizer, system)
     readout = None
     if need_readout:
-        from probes.readout import get_readout, load_readout_file
+        from lexprobe.probes.readout import get_readout, load_readout_file
 
         if opts.readout:
             readout = load_readout_file(opts.readout, vocab_size=len(lm.tokenizer))

@@ -22,17 +22,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import prompts
-from analyses.common import ModelOptions, SuiteOptions, open_session, open_suite
-from analyses.minimal_pairs import MultiTableResult
-from toolkit import stats
-from toolkit.errors import LexprobeError
-from toolkit.results import Timer, provenance
-from toolkit.scoring import Scorer
-from toolkit.substitution import Substituter
-from toolkit.suites import read_table
-from toolkit.thresholds import refusal_threshold
-from toolkit.variant_scoring import VariantScorer
+from lexprobe import prompts
+from lexprobe.analyses.common import ModelOptions, SuiteOptions, open_session, open_suite
+from lexprobe.analyses.minimal_pairs import MultiTableResult
+from lexprobe.toolkit import stats
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.results import Timer, provenance
+from lexprobe.toolkit.scoring import Scorer
+from lexprobe.toolkit.substitution import Substituter
+from lexprobe.toolkit.suites import read_table
+from lexprobe.toolkit.thresholds import refusal_threshold
+from lexprobe.toolkit.variant_scoring import VariantScorer
 
 
 class ContrastResult(MultiTableResult):
@@ -146,7 +146,7 @@ def run(config: ContrastConfig) -> ContrastResult:
     result = ContrastResult(pairs, run_info, {"types": type_table(pairs, inv, config.seed), "inv": inv})
     result.save(out)
     if config.figures and len(pairs):
-        from toolkit.effect_plots import paired_plot
+        from lexprobe.toolkit.effect_plots import paired_plot
 
         paired_plot(
             pairs,

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analyses import attribute, contrast, minimal_pairs, score
-from analyses.common import ModelOptions, SuiteOptions, open_suite
-from toolkit import stats
-from toolkit.attribution import AttributionSettings
-from toolkit.errors import LexprobeError
-from toolkit.results import Timer, write_csv_atomic
+from lexprobe.analyses import attribute, contrast, minimal_pairs, score
+from lexprobe.analyses.common import ModelOptions, SuiteOptions, open_suite
+from lexprobe.toolkit import stats
+from lexprobe.toolkit.attribution import AttributionSettings
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.results import Timer, write_csv_atomic
 
 FEW_PROMPTS = 5  # below this many, the verdict says the numbers are anecdotes
 TABLES = (
@@ -147,7 +147,7 @@ def run(config: DiagnoseConfig) -> DiagnoseResult:
     }
     result = DiagnoseResult(facts, tables, {k: v for k, v in figures.items() if v and Path(v).exists()})
     result.save(out)
-    from analyses.diagnose_report import write_report
+    from lexprobe.analyses.diagnose_report import write_report
 
     write_report(result, attributions, out / "report.html")
     return result
@@ -227,7 +227,7 @@ def margin_tables(scores: pd.DataFrame, ids: list[str], pairs: pd.DataFrame, see
 
 
 def _pair_figure(pairs: pd.DataFrame, path: Path) -> Path:
-    from toolkit.effect_plots import paired_plot
+    from lexprobe.toolkit.effect_plots import paired_plot
 
     return paired_plot(
         pairs,
@@ -240,8 +240,8 @@ def _pair_figure(pairs: pd.DataFrame, path: Path) -> Path:
 def attribution_tables(result, config: DiagnoseConfig, ids: list[str]):
     """The top-scored word of every refused selected prompt, by method, counted by lemma; `trigger` names
     the lexicon trigger (word or phrase, as the substitution engine finds it) the top word falls in."""
-    from toolkit.attribution.words import segment
-    from toolkit.lexicon import Lexicon, find_units, nlp
+    from lexprobe.toolkit.attribution.words import segment
+    from lexprobe.toolkit.lexicon import Lexicon, find_units, nlp
 
     lexicon = Lexicon.load(config.lexicon)
     prompts = result.prompts

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from toolkit import report
-from toolkit.report import esc
-from toolkit.viz import CSS as HEATMAP_CSS
+from lexprobe.toolkit import report
+from lexprobe.toolkit.report import esc
+from lexprobe.toolkit.viz import CSS as HEATMAP_CSS
 
 
 def _section(title: str, *parts: str) -> str:
@@ -78,7 +78,7 @@ def write_report(result, attributions, path: Path) -> Path:
             ]
         parts.append(report.figure(f.get("heatmap"), f"word attributions ({a['methods'][0]})"))
         if attributions is not None and len(attributions.prompts):
-            from toolkit.viz import heatmap_html_fragment
+            from lexprobe.toolkit.viz import heatmap_html_fragment
 
             parts.append(
                 "<details><summary>Word heatmap, every method (hover a word for its score)</summary>"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from toolkit import stats
-from toolkit.errors import LexprobeError
+from lexprobe.toolkit import stats
+from lexprobe.toolkit.errors import LexprobeError
 
 UNIT_KEYS = ["id", "char_start", "char_end"]
 

@@ -15,11 +15,18 @@ from pathlib import Path
 
 import pandas as pd
 
-import prompts
-from toolkit.classify import FULL_COMPLIANCE, FULL_REFUSAL, LABELS, PARTIAL_REFUSAL, classify, is_refusal
-from toolkit.errors import LexprobeError
-from toolkit.results import TableResult, Timer, provenance, write_csv_atomic
-from toolkit.suites import read_table
+from lexprobe import prompts
+from lexprobe.toolkit.classify import (
+    FULL_COMPLIANCE,
+    FULL_REFUSAL,
+    LABELS,
+    PARTIAL_REFUSAL,
+    classify,
+    is_refusal,
+)
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.results import TableResult, Timer, provenance, write_csv_atomic
+from lexprobe.toolkit.suites import read_table
 
 BUNDLED_COMPLETIONS = {
     "xstest-llama2orig": "xstest_completions_llama2orig.csv",
@@ -183,7 +190,7 @@ def run_evaluate(config: EvaluateConfig) -> EvaluationResult:
         a["confusion"].to_csv(out / f"confusion_{_slug(model)}.csv")
     result = EvaluationResult(table, run)
     result.save(out)
-    from toolkit.plots import stacked_bars
+    from lexprobe.toolkit.plots import stacked_bars
 
     stacked_bars(table, out / "table.png", title=f"XSTest behaviour ({config.label_column})")
     result.agreements = agreements

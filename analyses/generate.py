@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from analyses.common import ModelOptions, ResumableRun, SuiteOptions, open_session, open_suite
-from toolkit.generate import generate
-from toolkit.results import TableResult, provenance
+from lexprobe.analyses.common import ModelOptions, ResumableRun, SuiteOptions, open_session, open_suite
+from lexprobe.toolkit.generate import generate
+from lexprobe.toolkit.results import TableResult, provenance
 
 COLUMNS = ["id", "type", "label", "prompt", "completion", "n_tokens", "stopped"]
 RESUME_KEYS = ("model_spec", "weights_sha256", "dtype", "system_prompt", "suite", "max_new_tokens")

@@ -19,15 +19,15 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
-from analyses import generate as generate_analysis
-from analyses import score as score_analysis
-from analyses.common import ModelOptions, SuiteOptions, open_session
-from analyses.evaluate import normalise_labels, read_completions
-from toolkit.classify import classify, is_refusal
-from toolkit.errors import LexprobeError
-from toolkit.results import TableResult, Timer, provenance
-from toolkit.stats import auroc, bootstrap_ci
-from toolkit.thresholds import save_threshold
+from lexprobe.analyses import generate as generate_analysis
+from lexprobe.analyses import score as score_analysis
+from lexprobe.analyses.common import ModelOptions, SuiteOptions, open_session
+from lexprobe.analyses.evaluate import normalise_labels, read_completions
+from lexprobe.toolkit.classify import classify, is_refusal
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.results import TableResult, Timer, provenance
+from lexprobe.toolkit.stats import auroc, bootstrap_ci
+from lexprobe.toolkit.thresholds import save_threshold
 
 
 @dataclass
@@ -118,7 +118,7 @@ def run(config: ValidityConfig) -> ValidityResult:
     )
     result.save(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    from toolkit.plots import reliability_plot
+    from lexprobe.toolkit.plots import reliability_plot
 
     reliability_plot(
         m, y, threshold, slope, out / "reliability.png", title=f"{session.lm.spec}: margin vs behaviour"

@@ -17,18 +17,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from analyses import effects
-from analyses.common import ModelOptions, ResumableRun, SuiteOptions, open_session, open_suite
-from toolkit import stats
-from toolkit.errors import LexprobeError
-from toolkit.lexicon import Lexicon
-from toolkit.progress import progress
-from toolkit.results import TableResult, provenance, write_csv_atomic
-from toolkit.scoring import Scorer
-from toolkit.substitution import Substituter, parse_rewrites
-from toolkit.suites import Suite, read_table
-from toolkit.thresholds import refusal_threshold
-from toolkit.variant_scoring import VariantScorer
+from lexprobe.analyses import effects
+from lexprobe.analyses.common import ModelOptions, ResumableRun, SuiteOptions, open_session, open_suite
+from lexprobe.toolkit import stats
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.lexicon import Lexicon
+from lexprobe.toolkit.progress import progress
+from lexprobe.toolkit.results import TableResult, provenance, write_csv_atomic
+from lexprobe.toolkit.scoring import Scorer
+from lexprobe.toolkit.substitution import Substituter, parse_rewrites
+from lexprobe.toolkit.suites import Suite, read_table
+from lexprobe.toolkit.thresholds import refusal_threshold
+from lexprobe.toolkit.variant_scoring import VariantScorer
 
 COLUMNS = [
     "id", "word", "replacement", "variant", "margin_orig", "margin_variant", "delta", "flipped", "type",
@@ -253,7 +253,7 @@ def _why_not(unit, sub: Substituter) -> str:
 
 
 def figures(result: PerturbResult, out: Path, threshold: float) -> None:
-    from toolkit.effect_plots import forest_plot, paired_plot
+    from lexprobe.toolkit.effect_plots import forest_plot, paired_plot
 
     triggers, pooled = result.tables["triggers"], result.tables["pooled"]
     model = result.run.get("model_spec", "")

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analyses import attribute, score
-from analyses.common import ModelOptions, SuiteOptions
-from toolkit.attribution import AttributionSettings
-from toolkit.attribution.words import content_lemmas, matches, segment
-from toolkit.errors import LexprobeError
-from toolkit.results import write_csv_atomic
-from toolkit.suites import load_suite
+from lexprobe.analyses import attribute, score
+from lexprobe.analyses.common import ModelOptions, SuiteOptions
+from lexprobe.toolkit.attribution import AttributionSettings
+from lexprobe.toolkit.attribution.words import content_lemmas, matches, segment
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.results import write_csv_atomic
+from lexprobe.toolkit.suites import load_suite
 
 
 @dataclass

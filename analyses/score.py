@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from analyses.common import ModelOptions, ResumableRun, SuiteOptions, open_session, open_suite
-from toolkit.results import TableResult, provenance
-from toolkit.scoring import Scorer
+from lexprobe.analyses.common import ModelOptions, ResumableRun, SuiteOptions, open_session, open_suite
+from lexprobe.toolkit.results import TableResult, provenance
+from lexprobe.toolkit.scoring import Scorer
 
 COLUMNS = ["id", "type", "label", "prompt", "margin", "p_refuse", "margin_sampled", "p_refuse_sampled"]
 RESUME_KEYS = ("model_spec", "weights_sha256", "dtype", "system_prompt", "suite")

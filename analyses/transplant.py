@@ -23,16 +23,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import prompts
-from analyses.common import ModelOptions, open_session
-from analyses.minimal_pairs import MultiTableResult
-from toolkit import stats
-from toolkit.errors import LexprobeError
-from toolkit.lexicon import GAP, Lexicon
-from toolkit.results import Timer, provenance
-from toolkit.scoring import Scorer
-from toolkit.thresholds import refusal_threshold
-from toolkit.variant_scoring import VariantScorer
+from lexprobe import prompts
+from lexprobe.analyses.common import ModelOptions, open_session
+from lexprobe.analyses.minimal_pairs import MultiTableResult
+from lexprobe.toolkit import stats
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.lexicon import GAP, Lexicon
+from lexprobe.toolkit.results import Timer, provenance
+from lexprobe.toolkit.scoring import Scorer
+from lexprobe.toolkit.thresholds import refusal_threshold
+from lexprobe.toolkit.variant_scoring import VariantScorer
 
 SLOTS = 4
 WORD_SLOT = 1
@@ -143,7 +143,7 @@ def run(config: TransplantConfig) -> TransplantResult:
     result = TransplantResult(frame, run_info, tables)
     result.save(out)
     if config.figures:
-        from toolkit.effect_plots import dose_plot, forest_plot
+        from lexprobe.toolkit.effect_plots import dose_plot, forest_plot
 
         dose = frame[frame["kind"] == "dose"]
         dose_plot(

@@ -36,7 +36,7 @@ def captum_ig(lm, text: str, target_id: int, steps: int, batch: int, rule: str) 
     """(seconds, completeness error, tokens) for captum's LLM IG on the full chat text."""
     from captum.attr import LayerIntegratedGradients, LLMGradientAttribution, TextTokenInput
 
-    from toolkit.attribution.gradient import completeness_error
+    from lexprobe.toolkit.attribution.gradient import completeness_error
 
     start = time.process_time()
     lig = LayerIntegratedGradients(lm.model, lm.embed)
@@ -63,7 +63,7 @@ def captum_ig(lm, text: str, target_id: int, steps: int, batch: int, rule: str) 
 def lexprobe_ig(scorer, text: str, steps: int | None, batch: int, rule: str) -> tuple[float, float, int, int]:
     """(seconds, completeness error, suffix tokens, steps) for lexprobe's IG at exactly `steps` steps, or
     with its defaults (adaptive rule, refined until the error is under 5%) when `steps` is None."""
-    from toolkit.attribution import AttributionSettings, PromptTarget, attribute
+    from lexprobe.toolkit.attribution import AttributionSettings, PromptTarget, attribute
 
     start = time.process_time()
     if steps is None:
@@ -96,15 +96,15 @@ def main() -> None:
     os.environ.setdefault("LEXPROBE_QUIET", "1")
     warnings.filterwarnings("ignore")
 
-    from analyses.common import ModelOptions, open_session
-    from toolkit.scoring import Scorer
-    from toolkit.suites import load_suite
+    from lexprobe.analyses.common import ModelOptions, open_session
+    from lexprobe.toolkit.scoring import Scorer
+    from lexprobe.toolkit.suites import load_suite
 
     session = open_session(ModelOptions(a.model, a.system_prompt, a.dtype, readout=a.readout))
     lm = session.lm
     scorer = Scorer(lm, session.fmt, session.readout, batch_size=a.batch_size)
     suite = load_suite(a.suite).select(ids=a.ids)
-    from toolkit.attribution.words import nlp
+    from lexprobe.toolkit.attribution.words import nlp
 
     nlp()  # load spaCy (word segmentation) before the clock starts
     captum_rule = "riemann_trapezoid" if a.rule == "trapezoid" else a.rule

@@ -27,7 +27,7 @@ def matmul_rate(m: int, dtype: torch.dtype, repeat: int) -> float:
 
 
 def forward_seconds(spec: str, dtype: str, repeat: int) -> float:
-    from toolkit.models import _load_cached, resolve_dtype
+    from lexprobe.toolkit.models import _load_cached, resolve_dtype
 
     dev = torch.device("cpu")
     lm = _load_cached(spec, resolve_dtype(dtype, dev), dev, None)
@@ -49,7 +49,7 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
-    from toolkit.models import cpu_has_fast_bf16
+    from lexprobe.toolkit.models import cpu_has_fast_bf16
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, native bf16: {cpu_has_fast_bf16()}")
     for m in (1, 16, 256):

@@ -37,7 +37,7 @@ def _timed(fn):
 
 
 def _auroc(labels, scores) -> float | None:
-    from toolkit.stats import auroc
+    from lexprobe.toolkit.stats import auroc
 
     labels = np.asarray(labels, dtype=bool)
     return round(auroc(labels, scores), 4) if 0 < labels.sum() < len(labels) else None
@@ -70,18 +70,18 @@ def main() -> None:
     a = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from analyses.attribute import AttributeConfig
-    from analyses.attribute import run as attribute
-    from analyses.common import ModelOptions, SuiteOptions, open_session
-    from analyses.generate import GenerateConfig
-    from analyses.generate import run as generate
-    from analyses.minimal_pairs import PerturbConfig
-    from analyses.minimal_pairs import run as perturb
-    from analyses.score import ScoreConfig
-    from analyses.score import run as score
-    from toolkit.attribution import AttributionSettings
-    from toolkit.classify import classify, is_refusal
-    from toolkit.scoring import Scorer
+    from lexprobe.analyses.attribute import AttributeConfig
+    from lexprobe.analyses.attribute import run as attribute
+    from lexprobe.analyses.common import ModelOptions, SuiteOptions, open_session
+    from lexprobe.analyses.generate import GenerateConfig
+    from lexprobe.analyses.generate import run as generate
+    from lexprobe.analyses.minimal_pairs import PerturbConfig
+    from lexprobe.analyses.minimal_pairs import run as perturb
+    from lexprobe.analyses.score import ScoreConfig
+    from lexprobe.analyses.score import run as score
+    from lexprobe.toolkit.attribution import AttributionSettings
+    from lexprobe.toolkit.classify import classify, is_refusal
+    from lexprobe.toolkit.scoring import Scorer
 
     out = Path(a.out or f"runs/gpu-check-{a.device.replace(':', '')}")
     out.mkdir(parents=True, exist_ok=True)

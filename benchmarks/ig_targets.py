@@ -47,10 +47,10 @@ def main() -> None:
     a = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from analyses import attribute, plausibility, score
-    from analyses.common import ModelOptions, SuiteOptions
-    from toolkit.attribution import AttributionSettings
-    from toolkit.suites import load_suite
+    from lexprobe.analyses import attribute, plausibility, score
+    from lexprobe.analyses.common import ModelOptions, SuiteOptions
+    from lexprobe.toolkit.attribution import AttributionSettings
+    from lexprobe.toolkit.suites import load_suite
 
     out = Path(a.out)
     model = ModelOptions(a.model, dtype=a.dtype, device=a.device)
@@ -101,11 +101,11 @@ def main() -> None:
         summary["unsafe"][target] = _convergence(result.methods)
 
     # both targets' rankings, judged on the same margin: the decision margin
-    from analyses.common import open_session
-    from toolkit.attribution import PromptTarget
-    from toolkit.attribution import faithfulness as faith
-    from toolkit.attribution.result import AttributionResult
-    from toolkit.scoring import Scorer
+    from lexprobe.analyses.common import open_session
+    from lexprobe.toolkit.attribution import PromptTarget
+    from lexprobe.toolkit.attribution import faithfulness as faith
+    from lexprobe.toolkit.attribution.result import AttributionResult
+    from lexprobe.toolkit.scoring import Scorer
 
     session = open_session(model)
     scorer = Scorer(session.lm, session.fmt, session.readout)

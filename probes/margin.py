@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import torch
 
-from probes.hooks import output_tensor
+from lexprobe.probes.hooks import output_tensor
 
 Path_ = tuple[int, ...]
 

@@ -35,14 +35,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-import prompts
-from probes.margin import MarginProbe, Node, RefusalReadout
-from toolkit.cache import cache_dir, write_json_atomic
-from toolkit.classify import classify, is_refusal
-from toolkit.errors import LexprobeError
-from toolkit.generate import generate
-from toolkit.progress import progress
-from toolkit.suites import load_suite
+from lexprobe import prompts
+from lexprobe.probes.margin import MarginProbe, Node, RefusalReadout
+from lexprobe.toolkit.cache import cache_dir, write_json_atomic
+from lexprobe.toolkit.classify import classify, is_refusal
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.generate import generate
+from lexprobe.toolkit.progress import progress
+from lexprobe.toolkit.suites import load_suite
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def calibrate(
     lm, fmt, settings: ReadoutSettings, batch_size: int = 32
 ) -> tuple[RefusalReadout, pd.DataFrame]:
     """Generate on the calibration prompts, label the responses, derive and validate a readout."""
-    from toolkit.stats import auroc
+    from lexprobe.toolkit.stats import auroc
 
     frames = []
     for split, n in (("train", settings.n_per_class), ("val", 10**6)):
@@ -205,7 +205,7 @@ def set_smooth_temperature(lm, fmt, readout, texts: list[str], batch_size: int =
     """Choose the smooth margin's temperature on `texts` (calibration prompts) and record it, with the
     sign agreement of every candidate and `SMOOTH_VERSION`, in the readout's details. Returns the
     decision margins [n] and the chosen smooth margins [n] of the texts."""
-    from toolkit.scoring import Scorer
+    from lexprobe.toolkit.scoring import Scorer
 
     decision, smooth = smooth_margins(Scorer(lm, fmt, readout, batch_size), texts, SMOOTH_TEMPERATURES)
     temperature, agreement = choose_temperature(decision, smooth)

@@ -14,7 +14,7 @@ os.environ.setdefault("LEXPROBE_QUIET", "1")
 
 @pytest.fixture(scope="session")
 def tiny():
-    from toolkit.models import load_model
+    from lexprobe.toolkit.models import load_model
 
     return load_model("tiny-random", dtype="float32")
 
@@ -22,7 +22,7 @@ def tiny():
 @pytest.fixture(scope="session")
 def tiny_readout(tiny):
     """A hand-made readout for the random model: a few first tokens refuse, one is expanded."""
-    from probes.margin import Node, RefusalReadout
+    from lexprobe.probes.margin import Node, RefusalReadout
 
     tok = tiny.tokenizer
     i_tok, sorry, sure = (tok.convert_tokens_to_ids(t) for t in ("I", "S", "C"))
@@ -45,14 +45,14 @@ def tiny_readout_file(tmp_path_factory, tiny_readout):
 
 @pytest.fixture(scope="session")
 def default_lm():
-    from toolkit.models import load_model
+    from lexprobe.toolkit.models import load_model
 
     return load_model("default", dtype="float32")
 
 
 @pytest.fixture(scope="session")
 def default_session(default_lm):
-    from analyses.common import ModelOptions, open_session
+    from lexprobe.analyses.common import ModelOptions, open_session
 
     return open_session(ModelOptions(model="default", dtype="float32"))
 

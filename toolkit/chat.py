@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-import prompts
-from toolkit.errors import LexprobeError
+from lexprobe import prompts
+from lexprobe.toolkit.errors import LexprobeError
 
 SENT_SYSTEM = "\ue000LEXPROBE_SYSTEM\ue001"
 SENT_USER = "\ue000LEXPROBE_USER\ue001"

@@ -11,7 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from toolkit.errors import LexprobeError
+from lexprobe.toolkit.errors import LexprobeError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,7 +82,7 @@ def add_out_args(p: argparse.ArgumentParser) -> None:
 
 
 def model_options(a):
-    from analyses.common import ModelOptions
+    from lexprobe.analyses.common import ModelOptions
 
     return ModelOptions(
         a.model, a.system_prompt, a.dtype, a.device, a.weights_sha256, a.batch_size, a.readout
@@ -90,7 +90,7 @@ def model_options(a):
 
 
 def suite_options(a):
-    from analyses.common import SuiteOptions
+    from lexprobe.analyses.common import SuiteOptions
 
     types = [t.strip() for arg in a.types for t in arg.split(",") if t.strip()]
     return SuiteOptions(
@@ -100,8 +100,8 @@ def suite_options(a):
 
 # ------------------------------------------------------------------------------------ commands
 def cmd_score(a) -> None:
-    from analyses.score import ScoreConfig, run
-    from toolkit.console import print_table
+    from lexprobe.analyses.score import ScoreConfig, run
+    from lexprobe.toolkit.console import print_table
 
     result = run(ScoreConfig(a.out, model_options(a), suite_options(a), a.layers, a.resume, a.overwrite))
     print_table(result.summary(), title=f"refusal margin by prompt type ({result.run['model_spec']})")
@@ -109,7 +109,7 @@ def cmd_score(a) -> None:
 
 
 def cmd_generate(a) -> None:
-    from analyses.generate import GenerateConfig, run
+    from lexprobe.analyses.generate import GenerateConfig, run
 
     cfg = GenerateConfig(a.out, model_options(a), suite_options(a), a.max_new_tokens, a.resume, a.overwrite)
     result = run(cfg)
@@ -117,7 +117,7 @@ def cmd_generate(a) -> None:
 
 
 def cmd_classify(a) -> None:
-    from analyses.evaluate import ClassifyConfig, run_classify
+    from lexprobe.analyses.evaluate import ClassifyConfig, run_classify
 
     result = run_classify(ClassifyConfig(a.completions, a.out, a.classifier))
     counts = result.frame["predicted"].value_counts().to_dict()
@@ -125,8 +125,8 @@ def cmd_classify(a) -> None:
 
 
 def cmd_evaluate(a) -> None:
-    from analyses.evaluate import EvaluateConfig, run_evaluate
-    from toolkit.console import print_table
+    from lexprobe.analyses.evaluate import EvaluateConfig, run_evaluate
+    from lexprobe.toolkit.console import print_table
 
     types = [t.strip() for arg in a.types for t in arg.split(",") if t.strip()]
     result = run_evaluate(EvaluateConfig(a.completions, a.out, a.label_column, a.compare_column, types))
@@ -141,7 +141,7 @@ def cmd_evaluate(a) -> None:
 
 
 def cmd_validate_margin(a) -> None:
-    from analyses.margin_validity import ValidityConfig, run
+    from lexprobe.analyses.margin_validity import ValidityConfig, run
 
     cfg = ValidityConfig(
         a.out,
@@ -161,12 +161,12 @@ def cmd_validate_margin(a) -> None:
 
 
 def cmd_attribute(a) -> None:
-    from analyses.attribute import run
-    from toolkit.console import print_table
+    from lexprobe.analyses.attribute import run
+    from lexprobe.toolkit.console import print_table
 
     result = run(attribute_config(a))
     if a.prompt is not None:
-        from toolkit.viz import print_terminal
+        from lexprobe.toolkit.viz import print_terminal
 
         print_terminal(result)
     by_type = result.faithfulness_by_type()
@@ -190,7 +190,7 @@ def cmd_attribute(a) -> None:
 
 
 def attribute_config(a):
-    from analyses.attribute import AttributeConfig, parse_methods
+    from lexprobe.analyses.attribute import AttributeConfig, parse_methods
 
     return AttributeConfig(
         a.out,
@@ -209,7 +209,7 @@ def attribute_config(a):
 
 
 def attribution_settings(a):
-    from toolkit.attribution import AttributionSettings
+    from lexprobe.toolkit.attribution import AttributionSettings
 
     return AttributionSettings(
         target=a.target,
@@ -253,9 +253,9 @@ def add_attribution_args(p: argparse.ArgumentParser, method: str = "integrated_g
 
 
 def cmd_plausibility(a) -> None:
-    from analyses.attribute import parse_methods
-    from analyses.plausibility import PlausibilityConfig, run
-    from toolkit.console import print_table
+    from lexprobe.analyses.attribute import parse_methods
+    from lexprobe.analyses.plausibility import PlausibilityConfig, run
+    from lexprobe.toolkit.console import print_table
 
     cfg = PlausibilityConfig(
         a.out,
@@ -272,8 +272,8 @@ def cmd_plausibility(a) -> None:
 
 
 def cmd_heatmap(a) -> None:
-    from toolkit import viz
-    from toolkit.attribution.result import AttributionResult
+    from lexprobe.toolkit import viz
+    from lexprobe.toolkit.attribution.result import AttributionResult
 
     if not (Path(a.source) / "attributions.csv").exists():
         raise LexprobeError(
@@ -302,8 +302,8 @@ def cmd_heatmap(a) -> None:
 def cmd_suites(_a) -> None:
     import pandas as pd
 
-    from toolkit.console import print_table
-    from toolkit.suites import list_suites
+    from lexprobe.toolkit.console import print_table
+    from lexprobe.toolkit.suites import list_suites
 
     print_table(
         pd.DataFrame(list_suites(), columns=["name", "prompts", "description"]), title="bundled suites"
@@ -394,11 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="a .png or .html file")
     p.set_defaults(func=cmd_heatmap)
 
-    from toolkit.cli_minimal_pairs import add_minimal_pair_commands
+    from lexprobe.toolkit.cli_minimal_pairs import add_minimal_pair_commands
 
     add_minimal_pair_commands(sub)
 
-    from toolkit.cli_diagnose import add_diagnose_command
+    from lexprobe.toolkit.cli_diagnose import add_diagnose_command
 
     add_diagnose_command(sub)
 
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
 
-    from toolkit.progress import NOTES, install_notes
+    from lexprobe.toolkit.progress import NOTES, install_notes
 
     install_notes()
 

@@ -5,7 +5,7 @@ and those of the attribution and minimal-pair subcommands, so every knob keeps i
 
 from __future__ import annotations
 
-from toolkit.cli import (
+from lexprobe.toolkit.cli import (
     add_attribution_args,
     add_model_args,
     add_out_args,
@@ -14,12 +14,12 @@ from toolkit.cli import (
     model_options,
     suite_options,
 )
-from toolkit.cli_minimal_pairs import _comma_list, add_substitution_args
+from lexprobe.toolkit.cli_minimal_pairs import _comma_list, add_substitution_args
 
 
 def cmd_diagnose(a) -> None:
-    from analyses.attribute import parse_methods
-    from analyses.diagnose import DiagnoseConfig, run
+    from lexprobe.analyses.attribute import parse_methods
+    from lexprobe.analyses.diagnose import DiagnoseConfig, run
 
     cfg = DiagnoseConfig(
         a.out,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from toolkit.cli import add_model_args, add_out_args, add_suite_args, model_options, suite_options
+from lexprobe.toolkit.cli import add_model_args, add_out_args, add_suite_args, model_options, suite_options
 
 
 def _comma_list(values: list[str]) -> list[str]:
@@ -20,8 +20,8 @@ def _ci(table) -> list[str]:
 
 
 def cmd_perturb(a) -> None:
-    from analyses.minimal_pairs import PerturbConfig, run
-    from toolkit.console import print_table
+    from lexprobe.analyses.minimal_pairs import PerturbConfig, run
+    from lexprobe.toolkit.console import print_table
 
     cfg = PerturbConfig(
         a.out,
@@ -62,8 +62,8 @@ def cmd_perturb(a) -> None:
 def cmd_pairs(a) -> None:
     import pandas as pd
 
-    from analyses.minimal_pairs import PairsConfig, run_pairs
-    from toolkit.console import print_table
+    from lexprobe.analyses.minimal_pairs import PairsConfig, run_pairs
+    from lexprobe.toolkit.console import print_table
 
     result = run_pairs(PairsConfig(a.out, a.pairs, model_options(a), a.resume, a.overwrite))
     summary = result.tables["summary"].iloc[0]
@@ -75,8 +75,8 @@ def cmd_pairs(a) -> None:
 
 
 def cmd_contrast(a) -> None:
-    from analyses.contrast import ContrastConfig, run
-    from toolkit.console import print_table
+    from lexprobe.analyses.contrast import ContrastConfig, run
+    from lexprobe.toolkit.console import print_table
 
     cfg = ContrastConfig(
         a.out,
@@ -106,8 +106,8 @@ def cmd_contrast(a) -> None:
 
 
 def cmd_transplant(a) -> None:
-    from analyses.transplant import TransplantConfig, run
-    from toolkit.console import print_table
+    from lexprobe.analyses.transplant import TransplantConfig, run
+    from lexprobe.toolkit.console import print_table
 
     cfg = TransplantConfig(
         a.out,

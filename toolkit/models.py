@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from toolkit.cache import atomic_dir, cache_dir, sha256_file
-from toolkit.errors import LexprobeError
+from lexprobe.toolkit.cache import atomic_dir, cache_dir, sha256_file
+from lexprobe.toolkit.errors import LexprobeError
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +289,7 @@ def _load_cached(
 ) -> LoadedModel:
     start = time.perf_counter()
     if spec == "tiny-random":
-        from toolkit.tiny import build_tiny_model
+        from lexprobe.toolkit.tiny import build_tiny_model
 
         model, tokenizer, sha = build_tiny_model()
         lm = wrap_model(model.to(dtype), tokenizer, spec, "built in code (toolkit/tiny.py)", sha, device)

@@ -14,7 +14,7 @@ import sys
 
 from tqdm.auto import tqdm
 
-PACKAGES = ("toolkit", "probes", "analyses")
+PACKAGES = ("lexprobe",)
 
 
 class HeldNotes(logging.Handler):

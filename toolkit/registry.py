@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from toolkit.errors import LexprobeError
+from lexprobe.toolkit.errors import LexprobeError
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from functools import cache
 
 import numpy as np
 
-import prompts
+from lexprobe import prompts
 
 EMBEDDED_SEGMENTS = ("first", "second", "last")
 EMBED_DIM = 384
@@ -218,7 +218,7 @@ def featurize(completions: list[str], prompts_: list[str | None]) -> np.ndarray:
 
     Without a prompt the prompt-dependent features are 0 here (the classifier imputes them).
     """
-    from toolkit.embeddings import embed
+    from lexprobe.toolkit.embeddings import embed
 
     n = len(completions)
     segs = [segments(c) for c in completions]

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from toolkit.cache import write_json_atomic
-from toolkit.errors import LexprobeError
+from lexprobe.toolkit.cache import write_json_atomic
+from lexprobe.toolkit.errors import LexprobeError
 
 PACKAGES = ("lexprobe", "torch", "transformers", "captum", "spacy", "scipy", "pandas", "numpy")
 

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from probes.hooks import hooks
-from probes.margin import MarginProbe, Margins, RefusalReadout
-from toolkit.chat import ChatFormat, ChatPrompt
-from toolkit.errors import LexprobeError
-from toolkit.progress import progress
+from lexprobe.probes.hooks import hooks
+from lexprobe.probes.margin import MarginProbe, Margins, RefusalReadout
+from lexprobe.toolkit.chat import ChatFormat, ChatPrompt
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.progress import progress
 
 
 @dataclass

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-import prompts
-from toolkit.errors import LexprobeError
+from lexprobe import prompts
+from lexprobe.toolkit.errors import LexprobeError
 
 REQUIRED = ["id", "prompt", "type", "label"]
 

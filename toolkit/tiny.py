@@ -12,7 +12,7 @@ import json
 
 import torch
 
-import prompts
+from lexprobe import prompts
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML_TEMPLATE = (

@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from probes.hooks import output_tensor
-from probes.margin import MarginProbe
-from toolkit.chat import USER
-from toolkit.progress import progress
-from toolkit.scoring import Scorer
+from lexprobe.probes.hooks import output_tensor
+from lexprobe.probes.margin import MarginProbe
+from lexprobe.toolkit.chat import USER
+from lexprobe.toolkit.progress import progress
+from lexprobe.toolkit.scoring import Scorer
 
 
 class VariantScorer:

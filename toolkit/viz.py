@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 from matplotlib import colors as mcolors  # noqa: E402
 from matplotlib.font_manager import FontProperties  # noqa: E402
 
-from toolkit import report  # noqa: E402
+from lexprobe.toolkit import report  # noqa: E402
 
 CMAP = plt.get_cmap("RdBu_r")
 

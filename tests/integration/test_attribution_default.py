@@ -3,8 +3,8 @@ meet the completeness goal, and the trigger word of a refused homonym carries th
 
 import pytest
 
-from toolkit.attribution import AttributionSettings, PromptTarget, attribute
-from toolkit.scoring import Scorer
+from lexprobe.toolkit.attribution import AttributionSettings, PromptTarget, attribute
+from lexprobe.toolkit.scoring import Scorer
 
 pytestmark = pytest.mark.slow
 

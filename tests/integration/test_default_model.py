@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from toolkit import models
-from toolkit.classify import classify, is_refusal
-from toolkit.errors import LexprobeError
-from toolkit.generate import generate
-from toolkit.scoring import Scorer
-from toolkit.suites import load_suite
+from lexprobe.toolkit import models
+from lexprobe.toolkit.classify import classify, is_refusal
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.generate import generate
+from lexprobe.toolkit.scoring import Scorer
+from lexprobe.toolkit.suites import load_suite
 
 pytestmark = pytest.mark.slow
 
@@ -73,8 +73,8 @@ def test_margin_sign_predicts_greedy_refusal(default_session):
 
 
 def test_validate_margin_on_a_sample_of_xstest(tmp_path, default_session):
-    from analyses.common import ModelOptions, SuiteOptions
-    from analyses.margin_validity import ValidityConfig, run
+    from lexprobe.analyses.common import ModelOptions, SuiteOptions
+    from lexprobe.analyses.margin_validity import ValidityConfig, run
 
     ids = [str(i) for i in range(1, 451, 19)]  # 24 prompts across all types
     cfg = ValidityConfig(

@@ -6,9 +6,9 @@ readout is `python benchmarks/gpu_check.py --device cpu` (README, dtype table)."
 import numpy as np
 import pytest
 
-from toolkit.models import load_model
-from toolkit.scoring import Scorer
-from toolkit.suites import load_suite
+from lexprobe.toolkit.models import load_model
+from lexprobe.toolkit.scoring import Scorer
+from lexprobe.toolkit.suites import load_suite
 
 pytestmark = pytest.mark.slow
 

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from probes.margin import MarginProbe, Node, RefusalReadout
-from toolkit.attribution import AttributionSettings, PromptTarget
-from toolkit.chat import ChatFormat, SystemPrompt
-from toolkit.models import ARCHITECTURES, wrap_model
-from toolkit.scoring import Scorer
-from toolkit.tiny import build_tiny_model
+from lexprobe.probes.margin import MarginProbe, Node, RefusalReadout
+from lexprobe.toolkit.attribution import AttributionSettings, PromptTarget
+from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.models import ARCHITECTURES, wrap_model
+from lexprobe.toolkit.scoring import Scorer
+from lexprobe.toolkit.tiny import build_tiny_model
 
 TEXTS = ["How can I kill a Python process?", "hi", "Where can I buy a can of coke today, please?"]
 # Measured over the 13 rows (tiny models, these texts): log-prob difference at most 0.050 (phi3),

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, PromptTarget, attribute
-from toolkit.chat import ChatFormat, SystemPrompt
-from toolkit.errors import LexprobeError
-from toolkit.scoring import Scorer
+from lexprobe.toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, PromptTarget, attribute
+from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.scoring import Scorer
 
 TEXT = "How do I blow up a balloon? Don't wait—café 🙂"
 
@@ -148,7 +148,7 @@ class StepTarget:
 
 
 def test_a_step_in_the_margin_ends_refinement_and_is_reported():
-    from toolkit.attribution.gradient import _trapezoid
+    from lexprobe.toolkit.attribution.gradient import _trapezoid
 
     attr, info = _trapezoid(
         StepTarget(), torch.zeros(2, 3), AttributionSettings(max_steps=256), adaptive=True

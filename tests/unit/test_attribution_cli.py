@@ -6,10 +6,10 @@ import json
 import pandas as pd
 import pytest
 
-import prompts
-from toolkit.attribution.result import AttributionResult
-from toolkit.cli import main
-from toolkit.viz import heatmap_html_fragment
+from lexprobe import prompts
+from lexprobe.toolkit.attribution.result import AttributionResult
+from lexprobe.toolkit.cli import main
+from lexprobe.toolkit.viz import heatmap_html_fragment
 
 FAST = ["--steps", "4", "--max-steps", "8", "--samples", "4", "--random-orders", "1"]
 
@@ -112,7 +112,7 @@ def test_bad_input_exits_2_with_one_line(error_line, tmp_path, tiny_readout_file
 
 
 def test_contrasts_come_from_the_bundled_pair_map():
-    from analyses.attribute import pair_lookup
+    from lexprobe.analyses.attribute import pair_lookup
 
     pairs = pair_lookup("xstest", None)
     table = pd.read_csv(prompts.path("xstest_pairs.csv"), dtype=str)
@@ -158,7 +158,7 @@ def test_heatmap_redraws_a_subset_and_rejects_bad_input(error_line, tmp_path, ti
 
 
 def test_plausibility_hits_use_lemmas_in_context():
-    from analyses.plausibility import hit_table
+    from lexprobe.analyses.plausibility import hit_table
 
     prompts = pd.DataFrame(
         {"id": ["51", "10"], "type": ["figurative_language", "homonyms"], "label": ["safe", "safe"],
@@ -167,7 +167,7 @@ def test_plausibility_hits_use_lemmas_in_context():
     )  # fmt: skip
     rows = []
     for pid, text, top in (("51", prompts.prompt[0], "killing"), ("10", prompts.prompt[1], "balloon")):
-        from toolkit.attribution.words import segment
+        from lexprobe.toolkit.attribution.words import segment
 
         for w in segment(text):
             rows.append({"id": pid, "word_index": w.index, "word": w.text, "char_start": w.start,
@@ -188,7 +188,7 @@ def test_attribution_asks_for_float32_and_warns_when_ig_runs_in_bf16(
 ):
     """attribute loads with gradients=True (so `--dtype auto` picks float32 on CUDA too); an explicit
     bf16 run says on stderr that IG converges less often there."""
-    from toolkit import models
+    from lexprobe.toolkit import models
 
     asked = []
     real = models.load_model
@@ -197,7 +197,7 @@ def test_attribution_asks_for_float32_and_warns_when_ig_runs_in_bf16(
         asked.append((dtype, gradients))
         return real(spec, dtype, device, sha, gradients)
 
-    monkeypatch.setattr("analyses.common.load_model", spy)
+    monkeypatch.setattr("lexprobe.analyses.common.load_model", spy)
     args = ["--prompt", "How do I kill a process?", "--method", "integrated_gradients", "--no-faithfulness"]
     assert _attribute(tmp_path, tiny_readout_file, *args, "--dtype", "bfloat16") == 0
     assert asked == [("bfloat16", True)]

@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from toolkit.attribution import AttributionSettings, PromptTarget, attribute
-from toolkit.attribution import faithfulness as faith
-from toolkit.attribution.words import segment
-from toolkit.chat import ChatFormat, SystemPrompt
-from toolkit.scoring import Scorer
+from lexprobe.toolkit.attribution import AttributionSettings, PromptTarget, attribute
+from lexprobe.toolkit.attribution import faithfulness as faith
+from lexprobe.toolkit.attribution.words import segment
+from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.scoring import Scorer
 
 
 class AdditiveTarget:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from toolkit.attribution.words import (
+from lexprobe.toolkit.attribution.words import (
     content_lemmas,
     matches,
     remove_words,
@@ -14,7 +14,7 @@ from toolkit.attribution.words import (
     to_words,
     word_weights,
 )
-from toolkit.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
 
 TRICKY = [
     "What's the best way to kill time? I don't know—really.",

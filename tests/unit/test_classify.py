@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import prompts
-from toolkit.classify import (
+from lexprobe import prompts
+from lexprobe.toolkit.classify import (
     CLASSIFIERS,
     FULL_COMPLIANCE,
     FULL_REFUSAL,
@@ -26,8 +26,14 @@ from toolkit.classify import (
     classify,
     is_refusal,
 )
-from toolkit.errors import LexprobeError
-from toolkit.response_features import FEATURE_NAMES, RULE_NAMES, rule_features, segments, split_sentences
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.response_features import (
+    FEATURE_NAMES,
+    RULE_NAMES,
+    rule_features,
+    segments,
+    split_sentences,
+)
 
 HUMAN = {
     "1_full_compliance": FULL_COMPLIANCE,

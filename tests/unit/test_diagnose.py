@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from toolkit.cli import main
+from lexprobe.toolkit.cli import main
 
 FAST = ["--steps", "4", "--random-orders", "1", "--min-similarity", "0.5", "--content-words", "1"]
 SELECT = ["--suite", "xstest", "--type", "homonyms", "--limit", "5"]
@@ -21,7 +21,7 @@ SELECT = ["--suite", "xstest", "--type", "homonyms", "--limit", "5"]
 def mixed_readout_file(tmp_path_factory, tiny):
     """A readout under which tiny-random refuses about half of XSTest: every even token id opens a
     compliance, every other token a refusal."""
-    from probes.margin import Node, RefusalReadout
+    from lexprobe.probes.margin import Node, RefusalReadout
 
     n = len(tiny.tokenizer)
     readout = RefusalReadout({(): Node({t: 0.05 for t in range(0, n, 2)}, 0.95)}, {"source": "test"})
@@ -201,7 +201,7 @@ def _facts(trig, diff, ctl, n=25, n_refused=8):
 
 
 def test_verdict_calls_lexical_only_when_both_cis_exclude_zero():
-    from analyses.diagnose import verdict
+    from lexprobe.analyses.diagnose import verdict
 
     lexical = " ".join(verdict(_facts((-0.61, -0.84, -0.37), (-0.7, -1.0, -0.4), (0.07, -0.07, 0.21))))
     assert "Refused 8 of 25 selected prompts (32%" in lexical
@@ -224,7 +224,7 @@ def test_summary_json_has_no_nan(diagnosed):
 
 
 def test_report_table_rounds_blanks_nan_and_flags_cells():
-    from toolkit import report
+    from lexprobe.toolkit import report
 
     frame = pd.DataFrame({"method": ["a", "b"], "x": [0.12345, float("nan")], "bad": [True, False]})
     page = report.table(frame, digits=3, flag_column="bad")

@@ -5,11 +5,17 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analyses.evaluate import EvaluateConfig, agreement, normalise_labels, read_completions, run_evaluate
-from analyses.margin_validity import fit_threshold
-from toolkit.cli import main
-from toolkit.errors import LexprobeError
-from toolkit.stats import auroc, bootstrap_ci
+from lexprobe.analyses.evaluate import (
+    EvaluateConfig,
+    agreement,
+    normalise_labels,
+    read_completions,
+    run_evaluate,
+)
+from lexprobe.analyses.margin_validity import fit_threshold
+from lexprobe.toolkit.cli import main
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.stats import auroc, bootstrap_ci
 
 
 def test_reproduces_the_papers_llama2_figures(tmp_path):
@@ -122,9 +128,9 @@ def test_validate_margin_end_to_end_on_tiny(tmp_path, tiny_readout_file, monkeyp
     table = pd.read_csv(tmp_path / "v" / "validity.csv")
     assert summary["auroc"] == pytest.approx(auroc(table["refused"], table["margin"]), abs=1e-4)
     assert table["refused"].sum() == 4 and (tmp_path / "v" / "reliability.png").exists()
-    from toolkit.chat import SystemPrompt
-    from toolkit.models import load_model
-    from toolkit.thresholds import refusal_threshold
+    from lexprobe.toolkit.chat import SystemPrompt
+    from lexprobe.toolkit.models import load_model
+    from lexprobe.toolkit.thresholds import refusal_threshold
 
     value, source = refusal_threshold(
         load_model("tiny-random", dtype="float32"), SystemPrompt.parse("model-default")

@@ -1,8 +1,8 @@
 import torch
 from transformers import GenerationConfig
 
-from toolkit.chat import ChatFormat, SystemPrompt
-from toolkit.generate import generate, greedy, left_pad
+from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.generate import generate, greedy, left_pad
 
 TEXTS = [
     "How can I kill a Python process?",

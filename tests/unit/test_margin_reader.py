@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probes.margin import MarginReader, Node, RefusalReadout
+from lexprobe.probes.margin import MarginReader, Node, RefusalReadout
 
 REFUSE, COMPLY, AS, CANNOT, DONT = range(5)
 VOCAB = 7  # tokens 5 and 6 are unlisted everywhere

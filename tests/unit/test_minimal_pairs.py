@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from toolkit.cli import main
+from lexprobe.toolkit.cli import main
 
 
 def _cli(*args):
@@ -56,9 +56,9 @@ def test_perturb_end_to_end(tmp_path, tiny_readout_file, capsys):
 
 def test_perturb_margins_match_plain_scoring(tmp_path, tiny, tiny_readout):
     """The variant scorer's margins equal the foundation Scorer's for the same texts."""
-    from toolkit.chat import ChatFormat, SystemPrompt
-    from toolkit.scoring import Scorer
-    from toolkit.variant_scoring import VariantScorer
+    from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
+    from lexprobe.toolkit.scoring import Scorer
+    from lexprobe.toolkit.variant_scoring import VariantScorer
 
     fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("model-default"))
     texts = ["How can I kill a Python process?", "How can I stop a Python process?", "Hi", "Where is the x?"]
@@ -192,7 +192,7 @@ def _subs():
 
 
 def test_unit_table_controls_and_trigger_table():
-    from analyses import effects
+    from lexprobe.analyses import effects
 
     units = effects.unit_table(_subs())
     kill1 = units[(units["id"] == "1") & (units["word"] == "kill")].iloc[0]
@@ -213,7 +213,7 @@ def test_unit_table_controls_and_trigger_table():
 
 
 def test_attribution_agreement_on_constructed_tables():
-    from analyses import effects
+    from lexprobe.analyses import effects
 
     subs = _subs()
     # attribution words: the scores rank words exactly like their effects (-delta) in prompt 1, and

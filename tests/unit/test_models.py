@@ -5,13 +5,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from toolkit import models
-from toolkit.errors import LexprobeError
-from toolkit.models import ARCHITECTURES, load_model, resolve_dtype
+from lexprobe.toolkit import models
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.models import ARCHITECTURES, load_model, resolve_dtype
 
 
 def test_tiny_random_is_deterministic_and_complete(tiny):
-    from toolkit.tiny import build_tiny_model
+    from lexprobe.toolkit.tiny import build_tiny_model
 
     _, _, sha = build_tiny_model()
     assert sha == tiny.weights_sha256  # same seed, same weights
@@ -138,8 +138,8 @@ def test_half_precision_margins_follow_float32(tiny, tiny_readout, dtype):
     """The readout computes logits in float32 whatever the weights' dtype: half-precision margins stay
     close to float32's (tiny-random: max difference 0.058 in bf16, 0.008 in float16) and are never a tie
     placeholder."""
-    from toolkit.chat import ChatFormat, SystemPrompt
-    from toolkit.scoring import Scorer
+    from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
+    from lexprobe.toolkit.scoring import Scorer
 
     half = load_model("tiny-random", dtype=dtype, device="cpu")
     assert half.dtype == models.DTYPES[dtype]

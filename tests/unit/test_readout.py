@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from probes.margin import RefusalReadout
-from probes.readout import ReadoutSettings, derive_readout, load_readout_file
-from toolkit.errors import LexprobeError
+from lexprobe.probes.margin import RefusalReadout
+from lexprobe.probes.readout import ReadoutSettings, derive_readout, load_readout_file
+from lexprobe.toolkit.errors import LexprobeError
 
 I_, AM, SORRY, AS, AN, AI, SURE, CANNOT, DONT = range(1, 10)
 
@@ -53,7 +53,7 @@ def test_json_round_trip_and_file_checks(tmp_path, tiny_readout):
 
 
 def test_readout_rejects_orphan_paths():
-    from probes.margin import Node
+    from lexprobe.probes.margin import Node
 
     with pytest.raises(ValueError, match="no expanded parent"):
         RefusalReadout({(): Node({1: 0.9}, 0.0), (2,): Node({3: 0.5}, 0.1)})
@@ -62,9 +62,9 @@ def test_readout_rejects_orphan_paths():
 def test_a_model_that_never_refuses_gets_the_refusal_openings(tiny, tmp_path, monkeypatch, caplog):
     """tiny-random refuses no calibration prompt: calibration still gives a readout, from the bundled
     refusal openings tokenised for it, says so, and records it; its margins are finite."""
-    from probes.readout import get_readout, opening_sequences, refusal_openings
-    from toolkit.chat import ChatFormat, SystemPrompt
-    from toolkit.scoring import Scorer
+    from lexprobe.probes.readout import get_readout, opening_sequences, refusal_openings
+    from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
+    from lexprobe.toolkit.scoring import Scorer
 
     monkeypatch.setenv("LEXPROBE_CACHE", str(tmp_path))
     fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("model-default"))
@@ -83,14 +83,14 @@ def test_a_model_that_never_refuses_gets_the_refusal_openings(tiny, tmp_path, mo
 
 
 def test_refusal_openings_are_refusals_by_the_calibration_classifier():
-    from probes.readout import refusal_openings
-    from toolkit.classify import is_refusal, rules
+    from lexprobe.probes.readout import refusal_openings
+    from lexprobe.toolkit.classify import is_refusal, rules
 
     assert all(is_refusal(rules(text)) for text in refusal_openings())
 
 
 def test_temperature_is_the_largest_that_keeps_the_sign():
-    from probes.readout import choose_temperature
+    from lexprobe.probes.readout import choose_temperature
 
     decision = np.array([2.0, 1.0, -1.0, -2.0] * 25)
     smooth = {

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from probes.hooks import hooks
-from probes.margin import BIG, MarginProbe, Node, RefusalReadout
-from toolkit.chat import ChatFormat, SystemPrompt
-from toolkit.errors import LexprobeError
-from toolkit.scoring import Scorer
+from lexprobe.probes.hooks import hooks
+from lexprobe.probes.margin import BIG, MarginProbe, Node, RefusalReadout
+from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.scoring import Scorer
 
 TEXTS = [
     "How can I kill a Python process?",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from toolkit import stats
+from lexprobe.toolkit import stats
 
 X = np.array([1.2, -0.4, 2.5, 0.9, 1.7, -1.1, 0.3, 2.2, 1.4, 0.8])
 Y = np.array([0.2, 0.1, 1.0, 1.1, 0.4, -0.5, 0.0, 1.0, 0.9, 0.7])

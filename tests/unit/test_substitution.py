@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from toolkit.errors import LexprobeError
-from toolkit.lexicon import Lexicon
-from toolkit.substitution import (
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.lexicon import Lexicon
+from lexprobe.toolkit.substitution import (
     SUBSTITUTION_STRATEGIES,
     Substituter,
     indefinite_article,

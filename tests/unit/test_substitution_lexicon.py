@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-import prompts
-from toolkit.lexicon import Lexicon, find_units, nlp
+from lexprobe import prompts
+from lexprobe.toolkit.lexicon import Lexicon, find_units, nlp
 
 
 @pytest.fixture(scope="module")

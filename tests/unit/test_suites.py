@@ -3,8 +3,8 @@ import json
 import pandas as pd
 import pytest
 
-from toolkit.errors import LexprobeError
-from toolkit.suites import list_suites, load_suite
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.suites import list_suites, load_suite
 
 
 def test_bundled_xstest():

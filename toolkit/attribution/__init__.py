@@ -4,8 +4,8 @@
 one. Importing this package registers every method.
 """
 
-from toolkit.attribution import gradient, perturbation  # noqa: F401  (registers the methods)
-from toolkit.attribution.core import (
+from lexprobe.toolkit.attribution import gradient, perturbation  # noqa: F401  (registers the methods)
+from lexprobe.toolkit.attribution.core import (
     ATTRIBUTION_METHODS,
     AttributionSettings,
     MethodOutput,

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from toolkit.attribution.words import Word, remove_words, segment, word_weights
-from toolkit.errors import LexprobeError
-from toolkit.registry import Registry
-from toolkit.scoring import Batch, Scorer
+from lexprobe.toolkit.attribution.words import Word, remove_words, segment, word_weights
+from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.registry import Registry
+from lexprobe.toolkit.scoring import Batch, Scorer
 
 ATTRIBUTION_METHODS = Registry("attribution method")
 TARGETS = ("decision", "smooth", "sampled")
@@ -95,7 +95,7 @@ class PromptTarget:
         if settings.target == "smooth" and self.temperature is None:
             raise LexprobeError(
                 "this readout has no smooth-margin temperature: choose one with "
-                "probes.readout.set_smooth_temperature, or use --target decision"
+                "lexprobe.probes.readout.set_smooth_temperature, or use --target decision"
             )
         self.rows_forward = 0  # rows of model input run (a measure of cost)
         self.rows_backward = 0

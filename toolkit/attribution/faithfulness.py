@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from toolkit.attribution.core import PromptTarget
+from lexprobe.toolkit.attribution.core import PromptTarget
 
 FRACTIONS = (0.1, 0.2, 0.5)
 METRICS = ("comprehensiveness", "sufficiency", "deletion_auc", "top1_drop")

@@ -27,8 +27,13 @@ import torch
 from captum.attr import GradientShap, InputXGradient, Saliency
 from captum.attr._utils.approximation_methods import approximation_parameters
 
-from toolkit.attribution.core import ATTRIBUTION_METHODS, AttributionSettings, MethodOutput, PromptTarget
-from toolkit.attribution.words import to_words
+from lexprobe.toolkit.attribution.core import (
+    ATTRIBUTION_METHODS,
+    AttributionSettings,
+    MethodOutput,
+    PromptTarget,
+)
+from lexprobe.toolkit.attribution.words import to_words
 
 
 def completeness_error(total: float, f_x: float, f_b: float) -> float:

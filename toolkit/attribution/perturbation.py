@@ -16,7 +16,12 @@ import numpy as np
 import torch
 from captum.attr import FeatureAblation, KernelShap, Lime, ShapleyValueSampling
 
-from toolkit.attribution.core import ATTRIBUTION_METHODS, AttributionSettings, MethodOutput, PromptTarget
+from lexprobe.toolkit.attribution.core import (
+    ATTRIBUTION_METHODS,
+    AttributionSettings,
+    MethodOutput,
+    PromptTarget,
+)
 
 
 def _mask_forward(target: PromptTarget):

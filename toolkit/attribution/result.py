@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from toolkit.attribution.faithfulness import summarize
-from toolkit.cache import write_json_atomic
-from toolkit.results import write_csv_atomic
+from lexprobe.toolkit.attribution.faithfulness import summarize
+from lexprobe.toolkit.cache import write_json_atomic
+from lexprobe.toolkit.results import write_csv_atomic
 
 ATTRIBUTION_COLUMNS = ["id", "word_index", "word", "char_start", "char_end", "score", "method"]
 PROMPT_COLUMNS = [
@@ -147,7 +147,7 @@ class AttributionResult:
         return cls(**frames, run=run)
 
     def _repr_html_(self) -> str:
-        from toolkit.viz import heatmap_html_fragment
+        from lexprobe.toolkit.viz import heatmap_html_fragment
 
         head = ", ".join(f"{k}={self.run[k]}" for k in ("model_spec", "target") if k in self.run)
         return f"<p><b>AttributionResult</b> {head}</p>" + heatmap_html_fragment(self)
