@@ -22,6 +22,9 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	rm -rf build/lint-imports
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --target build/lint-imports .
+	cd build && PYTHONPATH=lint-imports ../$(BIN)/lint-imports --config ../pyproject.toml
 
 unit: setup
 	$(BIN)/pytest tests/unit -q

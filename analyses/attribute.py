@@ -18,15 +18,17 @@ import pandas as pd
 import torch
 
 from lexprobe.analyses import contrast
-from lexprobe.analyses.common import ModelOptions, SuiteOptions, open_session, open_suite
+from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_suite, session_for
 from lexprobe.toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, PromptTarget, attribute
 from lexprobe.toolkit.attribution import faithfulness as faith
 from lexprobe.toolkit.attribution.result import ATTRIBUTION_COLUMNS, PROMPT_COLUMNS, AttributionResult
-from lexprobe.toolkit.errors import LexprobeError
-from lexprobe.toolkit.progress import progress
-from lexprobe.toolkit.results import Timer, check_resumable, provenance
-from lexprobe.toolkit.scoring import Scorer
-from lexprobe.toolkit.suites import Suite, load_suite
+from lexprobe.toolkit.config import Options
+from lexprobe.toolkit.errors import InputError, OutputError
+from lexprobe.toolkit.io.cache import write_json_atomic
+from lexprobe.toolkit.io.progress import progress
+from lexprobe.toolkit.io.results import Timer, check_resumable, provenance
+from lexprobe.toolkit.io.suites import Suite
+from lexprobe.toolkit.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +36,9 @@ RESUME_KEYS = ("model_spec", "weights_sha256", "dtype", "system_prompt", "suite"
 PARTS = "parts.jsonl"
 
 
-@dataclass
-class AttributeConfig:
-    out: str
+@dataclass(kw_only=True)
+class AttributeConfig(Options):
+    out: str | None = None  # None: keep everything in memory (the Python API), write nothing
     model: ModelOptions = field(default_factory=ModelOptions)
     suite: SuiteOptions | None = None  # either a suite selection ...
     prompt: str | None = None  # ... or one prompt
@@ -57,7 +59,7 @@ def parse_methods(value: str | list[str]) -> list[str]:
     if names == ["all"]:
         return sorted(ATTRIBUTION_METHODS.names(), key=lambda n: n != "integrated_gradients")
     if not names:
-        raise LexprobeError("--method is empty: name a method, a comma list, or 'all'")
+        raise InputError("--method is empty: name a method, a comma list, or 'all'")
     for name in names:
         ATTRIBUTION_METHODS.get(name)
     return list(dict.fromkeys(names))
@@ -72,27 +74,30 @@ def pair_lookup(suite: str, pair_map: str | None) -> dict[str, str]:
     return dict(zip(safe, unsafe)) | dict(zip(unsafe, safe))
 
 
-def _selection(config: AttributeConfig) -> tuple[Suite, dict[str, str]]:
-    if (config.prompt is None) == (config.suite is None):
-        raise LexprobeError("give either --prompt TEXT or --suite S, not both or neither")
-    if config.prompt is not None:
-        if not config.prompt.strip():
-            raise LexprobeError("--prompt is empty: give the text to attribute")
-        frame = pd.DataFrame({"id": ["prompt"], "prompt": [config.prompt], "type": ["prompt"], "label": [""]})
-        return Suite("prompt", frame, "command line"), {}
-    opts = config.suite
-    full = load_suite(opts.suite, opts.prompt_column, opts.id_column, opts.type_column, opts.label_column)
-    suite = open_suite(opts)
-    pairs = pair_lookup(opts.suite, config.pair_map)
+def _selection(config: AttributeConfig, suite: Suite | None) -> tuple[Suite, dict[str, str]]:
+    if suite is None:
+        if (config.prompt is None) == (config.suite is None):
+            raise InputError("give either --prompt TEXT or --suite S, not both or neither")
+        if config.prompt is not None:
+            if not config.prompt.strip():
+                raise InputError("--prompt is empty: give the text to attribute")
+            frame = pd.DataFrame(
+                {"id": ["prompt"], "prompt": [config.prompt], "type": ["prompt"], "label": [""]}
+            )
+            return Suite("prompt", frame, "command line"), {}
+        suite = open_suite(config.suite)
+    full, pairs = suite.full, pair_lookup(suite.spec, config.pair_map)
     if config.contrasts and pairs:
         chosen = list(suite.frame["id"])
         extra = [pairs[i] for i in chosen if i in pairs and pairs[i] not in chosen]
         frame = pd.concat([suite.frame, full.frame.set_index("id").loc[extra].reset_index()])
-        suite = Suite(suite.name, frame.reset_index(drop=True), suite.source)
+        suite = Suite(suite.name, frame.reset_index(drop=True), suite.source, full)
     return suite, pairs
 
 
-def _existing(out: Path, config: AttributeConfig) -> set[str]:
+def _existing(out: Path | None, config: AttributeConfig) -> set[str]:
+    if out is None:
+        return set()
     parts = out / PARTS
     if not parts.exists():
         return set()
@@ -100,7 +105,7 @@ def _existing(out: Path, config: AttributeConfig) -> set[str]:
         parts.unlink()
         return set()
     if not config.resume:
-        raise LexprobeError(
+        raise OutputError(
             f"'{out}' already holds attributions: pass --resume to continue that run or --overwrite to replace it"
         )
     return {json.loads(line)["prompt"]["id"] for line in parts.read_text().splitlines() if line.strip()}
@@ -170,8 +175,11 @@ def _curve_rows(prompt_id: str, method: str, curve: np.ndarray) -> list[dict]:
     ]
 
 
-def assemble(out: Path, suite_order: list[str], run: dict) -> AttributionResult:
-    parts = [json.loads(line) for line in (out / PARTS).read_text().splitlines() if line.strip()]
+def read_parts(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / PARTS).read_text().splitlines() if line.strip()]
+
+
+def assemble(parts: list[dict], suite_order: list[str], run: dict) -> AttributionResult:
     order = {i: k for k, i in enumerate(suite_order)}
     parts = sorted((p for p in parts if p["prompt"]["id"] in order), key=lambda p: order[p["prompt"]["id"]])
 
@@ -190,24 +198,14 @@ def assemble(out: Path, suite_order: list[str], run: dict) -> AttributionResult:
     )
 
 
-def write_outputs(result: AttributionResult, out: Path) -> None:
-    """Tables, heatmap.html, heatmap.png (first method; heatmap_<method>.png for the others), figures."""
-    from lexprobe.toolkit import viz
-
-    result.save(out)
-    viz.heatmap_html(result, out / "heatmap.html")
-    for k, method in enumerate(result.method_names):
-        viz.heatmap_png(result, out / ("heatmap.png" if k == 0 else f"heatmap_{method}.png"), method)
-    if len(result.faithfulness):
-        viz.faithfulness_png(result, out / "faithfulness.png")
-
-
-def run(config: AttributeConfig) -> AttributionResult:
+def run(
+    config: AttributeConfig, session: Session | None = None, suite: Suite | None = None
+) -> AttributionResult:
     methods = parse_methods(config.methods)
-    suite, pairs = _selection(config)
-    out = Path(config.out)
+    suite, pairs = _selection(config, suite)
+    out = Path(config.out) if config.out else None
     done = _existing(out, config)  # before the (slow) model load
-    session = open_session(replace(config.model, gradients=True))
+    session = session_for(replace(config.model, gradients=True), session)
     if session.lm.dtype != torch.float32 and "integrated_gradients" in methods:
         log.warning(
             "integrated gradients in %s reach their completeness tolerance less often than in float32 "
@@ -232,13 +230,14 @@ def run(config: AttributeConfig) -> AttributionResult:
         },
         status="running",
     )
-    if config.resume:
+    if config.resume and out is not None:
         check_resumable(out, run_info, RESUME_KEYS)
     session.ensure_smooth_temperature(config.settings.batch_size)  # after every check: it takes a while
     run_info["readout"] = session.provenance()["readout"]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps(run_info, indent=1))
+    if out is not None:
+        write_json_atomic(out / "run.json", run_info)
     timer = Timer()
+    parts = []
     frame = suite.frame
     todo = frame[~frame["id"].isin(done)]
     for rec in progress(todo.to_dict("records"), desc=f"attributing {len(todo)} prompts", unit="prompt"):
@@ -246,12 +245,53 @@ def run(config: AttributeConfig) -> AttributionResult:
         row = {k: rec[k] for k in ("id", "type", "label", "prompt")}
         row["pair_id"] = pairs.get(rec["id"], "")
         part = attribute_one(target, row, methods, config)
-        with open(out / PARTS, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(part) + "\n")
+        if out is None:
+            parts.append(part)
+        else:
+            with open(out / PARTS, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(part) + "\n")
     run_info.update(status="complete", wall_seconds=timer.seconds, n_attributed_this_run=len(todo))
-    result = assemble(out, list(frame["id"]), run_info)
-    if config.figures:
-        write_outputs(result, out)
-    else:
-        result.save(out)
+    result = assemble(parts if out is None else read_parts(out), list(frame["id"]), run_info)
+    if out is not None:
+        result.save(out, overwrite=True, figures=config.figures)
     return result
+
+
+# ------------------------------------------------------------------------------------ heatmap
+@dataclass(kw_only=True)
+class HeatmapConfig(Options):
+    source: str  # a `lexprobe attribute` output directory
+    out: str
+    ids: list[str] = field(default_factory=list)  # only these prompts, in this order
+    methods: list[str] = field(default_factory=list)  # only these methods (all: empty)
+    formats: list[str] = field(default_factory=lambda: ["html", "png"])
+    overwrite: bool = False
+
+
+def redraw(config: HeatmapConfig) -> list[Path]:
+    """The heatmaps of a saved attribution run, for some of its prompts and methods, in `formats`."""
+    from lexprobe.toolkit.viz import heatmaps
+
+    source = Path(config.source)
+    if not (source / AttributionResult.filename).exists():
+        raise InputError(
+            f"'{source}' holds no attributions.csv: give a `lexprobe attribute` output directory"
+        )
+    bad = sorted(set(config.formats) - set(heatmaps.FORMATS))
+    if bad:
+        raise InputError(f"unknown --format {', '.join(bad)}: use {', '.join(heatmaps.FORMATS)}")
+    result = AttributionResult.load(source)
+    if config.ids:
+        missing = sorted(set(config.ids) - set(result.prompts["id"]))
+        if missing:
+            raise InputError(f"'{source}' has no prompt id {', '.join(missing[:5])}: check --ids")
+        result = result.select(config.ids)
+    unknown = [m for m in config.methods if m not in result.method_names]
+    if unknown:
+        raise InputError(
+            f"'{source}' has no method {', '.join(unknown)}: it has {', '.join(result.method_names)}"
+        )
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out '{out}' is a file: give a directory")
+    return heatmaps.write_heatmaps(result, out, config.methods or None, config.formats, config.overwrite)

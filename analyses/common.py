@@ -1,4 +1,5 @@
-"""What every analysis shares: the model/condition/suite options and their set-up."""
+"""What every study shares: model, condition and suite options, the loaded session, and where rows go
+(a resumable output directory, or memory when a study runs from the Python API with no `out`)."""
 
 from __future__ import annotations
 
@@ -8,27 +9,29 @@ from pathlib import Path
 import pandas as pd
 
 from lexprobe.probes.margin import RefusalReadout
-from lexprobe.toolkit.cache import write_json_atomic
-from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
-from lexprobe.toolkit.models import LoadedModel, load_model
-from lexprobe.toolkit.results import RowWriter, Timer, check_resumable, write_csv_atomic
-from lexprobe.toolkit.suites import Suite, load_suite
+from lexprobe.toolkit.config import Options
+from lexprobe.toolkit.io.cache import write_json_atomic
+from lexprobe.toolkit.io.results import RowWriter, Timer, check_resumable, write_csv_atomic
+from lexprobe.toolkit.io.suites import Suite, load_suite
+from lexprobe.toolkit.models.architectures import state_dict_sha256, wrap_model
+from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.models.loader import LoadedModel, load_model
 
 
-@dataclass
-class ModelOptions:
+@dataclass(kw_only=True)
+class ModelOptions(Options):
     model: str = "default"
     system_prompt: str = "model-default"
     dtype: str = "auto"
     device: str = "auto"
     weights_sha256: str | None = None
     batch_size: int = 16
-    readout: str | None = None  # a readout JSON file instead of the calibrated one
-    gradients: bool = False  # the run attributes: --dtype auto loads float32 (models.choose_dtype)
+    readout: str | Path | RefusalReadout | None = None  # a readout (or its JSON file) instead of calibrating
+    gradients: bool = False  # the run attributes: --dtype auto loads float32 (toolkit.models.devices)
 
 
-@dataclass
-class SuiteOptions:
+@dataclass(kw_only=True)
+class SuiteOptions(Options):
     suite: str = "xstest"
     types: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
@@ -46,25 +49,27 @@ class Session:
     lm: LoadedModel
     system: SystemPrompt
     fmt: ChatFormat
-    readout: RefusalReadout
+    readout: RefusalReadout | None
 
     def ensure_smooth_temperature(self, batch_size: int = 32) -> None:
         """A readout file without the smooth margin's temperature gets one, chosen on the calibration
         prompts as calibration does (a calibrated readout has it already)."""
         if self.readout.smooth_temperature is None:
-            from lexprobe.probes.readout import calibration_prompts, set_smooth_temperature
+            from lexprobe.analyses.calibrate import calibration_prompts, set_smooth_temperature
 
             set_smooth_temperature(
                 self.lm, self.fmt, self.readout, calibration_prompts(), max(batch_size, 32)
             )
 
     def provenance(self) -> dict:
-        return {
+        out = {
             **self.lm.provenance(),
             "system_prompt": self.system.describe(),
             "system_prompt_placement": self.fmt.placement,
-            "readout": self.readout.describe(self.lm.tokenizer) | {"details": self.readout.details},
         }
+        if self.readout is not None:
+            out["readout"] = self.readout.describe(self.lm.tokenizer) | {"details": self.readout.details}
+        return out
 
 
 def open_suite(opts: SuiteOptions) -> Suite:
@@ -73,41 +78,94 @@ def open_suite(opts: SuiteOptions) -> Suite:
 
 
 def open_session(opts: ModelOptions, need_readout: bool = True) -> Session:
-    """The model, chat format and readout of `opts`."""
+    """The model, chat format and readout of `opts` (models are cached per process: a second session
+    of the same model under another condition does not load it again)."""
     system = SystemPrompt.parse(opts.system_prompt)  # validate before the (slow) model load
     lm = load_model(opts.model, opts.dtype, opts.device, opts.weights_sha256, opts.gradients)
+    return _session(lm, system, opts, need_readout)
+
+
+def session_from_model(model, tokenizer, opts: ModelOptions, weights_sha256: str | None = None) -> Session:
+    """A session over a `*ForCausalLM` the caller loaded, on its device and in its dtype; its weights are
+    hashed (for provenance and the readout cache) unless `weights_sha256` is given."""
+    system = SystemPrompt.parse(opts.system_prompt)
+    device = next(model.parameters()).device
+    sha = weights_sha256 or state_dict_sha256(model)
+    source = f"a {type(model).__name__} loaded by the caller ({getattr(model.config, 'name_or_path', '') or 'no path'})"
+    lm = wrap_model(model, tokenizer, opts.model, source, sha, device)
+    lm.extra["dtype_reason"] = "the caller's model, in its own dtype"
+    return _session(lm, system, opts, True)
+
+
+def _session(lm: LoadedModel, system: SystemPrompt, opts: ModelOptions, need_readout: bool) -> Session:
     fmt = ChatFormat(lm.tokenizer, system)
     readout = None
     if need_readout:
-        from lexprobe.probes.readout import get_readout, load_readout_file
+        from lexprobe.analyses.calibrate import get_readout
+        from lexprobe.probes.readout import load_readout_file
 
-        if opts.readout:
-            readout = load_readout_file(opts.readout, vocab_size=len(lm.tokenizer))
+        if isinstance(opts.readout, RefusalReadout):
+            readout = opts.readout
+        elif opts.readout:
+            readout = load_readout_file(str(opts.readout), vocab_size=len(lm.tokenizer))
         else:
             readout = get_readout(lm, fmt, batch_size=opts.batch_size)
     return Session(lm, system, fmt, readout)
 
 
+def session_for(opts: ModelOptions, session: Session | None, need_readout: bool = True) -> Session:
+    """The session a study was handed (the Python API loads the model once per probe), else a new one."""
+    return session if session is not None else open_session(opts, need_readout)
+
+
 class ResumableRun:
-    """The output side of a per-prompt analysis: rows are appended as they finish, `--resume` skips ids
-    already written, run.json carries provenance from the start, and `finish` restores suite order."""
+    """Where a per-prompt study's rows go. With an output directory: appended to its CSV as they finish,
+    `resume` skips ids already written, run.json carries provenance from the start. Without one (`out`
+    None, the Python API): kept in memory, nothing written. `finish` restores suite order."""
 
     def __init__(
-        self, out: str, result_cls, columns, run_info: dict, suite: Suite, resume, overwrite, resume_keys
+        self,
+        out: str | None,
+        result_cls,
+        columns,
+        run_info: dict,
+        suite: Suite,
+        resume,
+        overwrite,
+        resume_keys,
     ):
-        self.out, self.result_cls, self.run_info, self.suite = Path(out), result_cls, run_info, suite
+        self.out, self.result_cls, self.run_info, self.suite = (
+            (Path(out) if out else None),
+            result_cls,
+            run_info,
+            suite,
+        )
+        self.columns = columns
         self.timer = Timer()
-        if resume:
-            check_resumable(self.out, run_info, resume_keys)
-        self.writer = RowWriter(self.out / result_cls.filename, columns, resume=resume, overwrite=overwrite)
-        write_json_atomic(self.out / "run.json", run_info)
-        self.todo = suite.frame[~suite.frame["id"].isin(self.writer.done)].reset_index(drop=True)
+        self.rows: list[dict] = []
+        self.writer = None
+        done: set[str] = set()
+        if self.out is not None:
+            if resume:
+                check_resumable(self.out, run_info, resume_keys)
+            self.writer = RowWriter(
+                self.out / result_cls.filename, columns, resume=resume, overwrite=overwrite
+            )
+            write_json_atomic(self.out / "run.json", run_info)
+            done = self.writer.done
+        self.todo = suite.frame[~suite.frame["id"].isin(done)].reset_index(drop=True)
 
     def write(self, rows: list[dict]) -> None:
-        self.writer.write(rows)
+        if self.writer is not None:
+            self.writer.write(rows)
+        else:
+            self.rows.extend(rows)
 
     def finish(self, **info):
-        frame = pd.read_csv(self.writer.path, dtype={"id": str}, keep_default_na=False)
+        if self.writer is not None:
+            frame = pd.read_csv(self.writer.path, dtype={"id": str}, keep_default_na=False)
+        else:
+            frame = pd.DataFrame(self.rows, columns=self.columns)
         order = {i: k for k, i in enumerate(self.suite.frame["id"])}
         frame = (
             frame[frame["id"].isin(order)]
@@ -115,7 +173,8 @@ class ResumableRun:
             .reset_index(drop=True)
         )
         self.run_info.update(status="complete", wall_seconds=self.timer.seconds, **info)
-        write_csv_atomic(frame, self.writer.path)
         result = self.result_cls(frame, self.run_info)
-        result.save(self.out)
+        if self.out is not None:
+            write_csv_atomic(frame, self.writer.path)
+            result.save(self.out, overwrite=True, figures=False)  # a study that adds tables saves again
         return result

@@ -16,33 +16,49 @@ not push a complied safe prompt over the refusal threshold.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from lexprobe import prompts
-from lexprobe.analyses.common import ModelOptions, SuiteOptions, open_session, open_suite
-from lexprobe.analyses.minimal_pairs import MultiTableResult
+from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_suite, session_for
 from lexprobe.toolkit import stats
-from lexprobe.toolkit.errors import LexprobeError
-from lexprobe.toolkit.results import Timer, provenance
-from lexprobe.toolkit.scoring import Scorer
-from lexprobe.toolkit.substitution import Substituter
-from lexprobe.toolkit.suites import read_table
-from lexprobe.toolkit.thresholds import refusal_threshold
-from lexprobe.toolkit.variant_scoring import VariantScorer
+from lexprobe.toolkit.config import Options
+from lexprobe.toolkit.errors import InputError, OutputError
+from lexprobe.toolkit.io.results import MultiTableResult, Timer, provenance
+from lexprobe.toolkit.io.suites import read_table
+from lexprobe.toolkit.scoring.scorer import Scorer
+from lexprobe.toolkit.scoring.thresholds import refusal_threshold
+from lexprobe.toolkit.scoring.variants import VariantScorer
+from lexprobe.toolkit.substitution.engine import Substituter
 
 
 class ContrastResult(MultiTableResult):
     filename = "contrast_pairs.csv"
     side_tables = ("types", "inv")
 
+    def overview(self) -> pd.DataFrame:
+        return self.tables.get("types", self.frame)
 
-@dataclass
-class ContrastConfig:
-    out: str
+    def _figures(self, out: Path) -> None:
+        if not len(self.frame):
+            return
+        from lexprobe.toolkit.viz.effects import paired_plot
+
+        paired_plot(
+            self.frame,
+            out / "paired_margins.png",
+            [("margin_safe", "safe"), ("margin_unsafe", "unsafe\ncontrast")],
+            threshold=float(self.run.get("threshold", 0.0)),
+            title=f"Safe prompts and their unsafe contrasts: refusal margin ({self.run.get('model_spec', '')})",
+        )
+
+
+@dataclass(kw_only=True)
+class ContrastConfig(Options):
+    out: str | None = None  # None: nothing written (the Python API)
     model: ModelOptions = field(default_factory=ModelOptions)
     suite: SuiteOptions = field(default_factory=SuiteOptions)  # types select safe types
     pair_map: str | None = None
@@ -57,11 +73,11 @@ class ContrastConfig:
 def load_pair_map(path: str | None) -> pd.DataFrame:
     where = Path(path) if path else Path(str(prompts.path("xstest_pairs.csv")))
     if not where.exists():
-        raise LexprobeError(f"pair map '{where}' does not exist: give a CSV with safe_id, unsafe_id")
+        raise InputError(f"pair map '{where}' does not exist: give a CSV with safe_id, unsafe_id")
     frame = read_table(where)
     missing = [c for c in ("safe_id", "unsafe_id") if c not in frame.columns]
     if missing:
-        raise LexprobeError(
+        raise InputError(
             f"pair map '{where}' has no column {', '.join(missing)}: give a CSV with safe_id, unsafe_id"
         )
     return frame
@@ -81,7 +97,7 @@ def pair_frame(suite_frame: pd.DataFrame, pair_map: pd.DataFrame, types: list[st
         set(pair_map["safe_id"]) - set(by_id.index) | set(pair_map["unsafe_id"]) - set(by_id.index)
     )
     if unknown:
-        raise LexprobeError(
+        raise InputError(
             f"the pair map names ids the suite lacks ({', '.join(unknown[:5])}): check --pair-map"
         )
     pairs = pd.DataFrame(
@@ -98,26 +114,24 @@ def pair_frame(suite_frame: pd.DataFrame, pair_map: pd.DataFrame, types: list[st
         paired = sorted(set(pairs["type"]) | set(pairs["contrast_type"]))
         bad = [t for t in types if t not in paired]
         if bad:
-            raise LexprobeError(
+            raise InputError(
                 f"type {', '.join(bad)} has no pairs: choose from {', '.join(sorted(set(pairs['type'])))}"
             )
         pairs = pairs[pairs["type"].isin(types) | pairs["contrast_type"].isin(types)]
     return pairs.reset_index(drop=True)
 
 
-def run(config: ContrastConfig) -> ContrastResult:
-    out = Path(config.out)
-    if (out / ContrastResult.filename).exists() and not config.overwrite:
-        raise LexprobeError(
-            f"'{out / ContrastResult.filename}' already exists: pass --overwrite to replace it"
-        )
+def run(config: ContrastConfig, session: Session | None = None) -> ContrastResult:
+    out = Path(config.out) if config.out else None
+    if out is not None and (out / ContrastResult.filename).exists() and not config.overwrite:
+        raise OutputError(f"'{out / ContrastResult.filename}' already exists: pass --overwrite to replace it")
     timer = Timer()
-    opts = SuiteOptions(**{**config.suite.__dict__, "types": [], "ids": [], "limit": None})
+    opts = replace(config.suite, types=[], ids=[], limit=None)
     suite = open_suite(opts)
     pairs = pair_frame(suite.frame, load_pair_map(config.pair_map), config.suite.types)
     if config.suite.limit:
         pairs = pairs.head(config.suite.limit)
-    session = open_session(config.model)
+    session = session_for(config.model, session)
     threshold, source = refusal_threshold(session.lm, session.system)
     scorer = VariantScorer(Scorer(session.lm, session.fmt, session.readout, config.model.batch_size))
     texts = list(dict.fromkeys(pairs["safe_prompt"].tolist() + pairs["unsafe_prompt"].tolist()))
@@ -144,17 +158,8 @@ def run(config: ContrastConfig) -> ContrastResult:
     )
     run_info["wall_seconds"] = timer.seconds
     result = ContrastResult(pairs, run_info, {"types": type_table(pairs, inv, config.seed), "inv": inv})
-    result.save(out)
-    if config.figures and len(pairs):
-        from lexprobe.toolkit.effect_plots import paired_plot
-
-        paired_plot(
-            pairs,
-            out / "paired_margins.png",
-            [("margin_safe", "safe"), ("margin_unsafe", "unsafe\ncontrast")],
-            threshold=threshold,
-            title=f"XSTest pairs: refusal margin of safe prompts and their contrasts ({run_info['model_spec']})",
-        )
+    if out is not None:
+        result.save(out, overwrite=True, figures=config.figures)
     return result
 
 

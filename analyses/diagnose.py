@@ -25,11 +25,13 @@ import numpy as np
 import pandas as pd
 
 from lexprobe.analyses import attribute, contrast, minimal_pairs, score
-from lexprobe.analyses.common import ModelOptions, SuiteOptions, open_suite
+from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_suite, session_for
 from lexprobe.toolkit import stats
 from lexprobe.toolkit.attribution import AttributionSettings
-from lexprobe.toolkit.errors import LexprobeError
-from lexprobe.toolkit.results import Timer, write_csv_atomic
+from lexprobe.toolkit.config import Options
+from lexprobe.toolkit.errors import InputError, OutputError
+from lexprobe.toolkit.io.results import Result, Timer, read_csv_table, write_csv_atomic
+from lexprobe.toolkit.io.suites import Suite
 
 FEW_PROMPTS = 5  # below this many, the verdict says the numbers are anecdotes
 TABLES = (
@@ -38,9 +40,9 @@ TABLES = (
 )  # fmt: skip
 
 
-@dataclass
-class DiagnoseConfig:
-    out: str
+@dataclass(kw_only=True)
+class DiagnoseConfig(Options):
+    out: str | None = None  # None: everything in memory (the Python API); `result.save(dir)` writes it
     model: ModelOptions = field(default_factory=ModelOptions)
     suite: SuiteOptions = field(default_factory=SuiteOptions)
     pair_map: str | None = None  # safe_id, unsafe_id (default: XSTest's, for the bundled xstest suite)
@@ -63,114 +65,192 @@ class DiagnoseConfig:
     overwrite: bool = False
 
 
-@dataclass
-class DiagnoseResult:
-    summary: dict  # what summary.json holds: the verdict, the numbers behind it, provenance
-    tables: dict[str, pd.DataFrame]  # each saved as <name>.csv and shown in the report
-    figures: dict[str, Path]  # name -> PNG (embedded in the report)
+STEPS = {
+    "scores": "scores",
+    "attributions": "attribution",
+    "perturbed": "perturb",
+}  # attribute -> subdirectory
+
+
+class DiagnoseResult(Result):
+    """The verdict and the numbers behind it (`summary`, saved as summary.json), the report's tables,
+    and the three steps' own results (`scores`, `attributions`, `perturbed`; the last two None when
+    skipped). `save(dir)` writes the tables, each step into its subdirectory, the figures and
+    report.html; in a notebook the result shows as that report."""
+
+    filename = "summary.json"
+
+    def __init__(
+        self, summary: dict, tables: dict[str, pd.DataFrame], scores=None, attributions=None, perturbed=None
+    ):
+        self.summary, self.tables = summary, tables
+        self.scores, self.attributions, self.perturbed = scores, attributions, perturbed
+
+    @property
+    def run(self) -> dict:
+        return self.scores.run if self.scores is not None else {}
+
+    @property
+    def verdict(self) -> list[str]:
+        return list(self.summary["verdict"])
 
     def to_frame(self) -> pd.DataFrame:
         return self.tables["margins_by_type"].copy()
 
-    def save(self, out_dir: str | Path) -> Path:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    def show(self, console=None, rows: int = 30) -> None:
+        from rich.console import Console
+
+        console = console or Console()
+        for line in self.verdict:
+            console.print(line, markup=False, highlight=False)
+        super().show(console, rows)
+
+    def save(self, out_dir: str | Path, overwrite: bool = False, figures: bool = True) -> Path:
+        out = super().save(out_dir, overwrite, figures=False)
+        for attr, sub in STEPS.items():
+            step = getattr(self, attr)
+            if step is not None:
+                step.save(out / sub, overwrite=True, figures=figures)
+        if figures:
+            self._figures(out)
+        return out
+
+    def _write(self, out: Path) -> None:
         for name, frame in self.tables.items():
             write_csv_atomic(frame, out / f"{name}.csv")
         for name in set(TABLES) - set(self.tables):  # a step skipped this time leaves no stale table
             (out / f"{name}.csv").unlink(missing_ok=True)
         (out / "summary.json").write_text(json.dumps(_jsonable(self.summary), indent=1), encoding="utf-8")
-        return out
+
+    def _figures(self, out: Path) -> None:
+        """contrast_margins.png and report.html (the steps' figures it embeds are in their subdirectories)."""
+        from lexprobe.analyses.diagnose_report import write_report
+
+        figures = {}
+        if "contrast_pairs" in self.tables and len(self.tables["contrast_pairs"]):
+            figures["contrast_margins"] = _pair_figure(
+                self.tables["contrast_pairs"], out / "contrast_margins.png"
+            )
+        if self.attributions is not None:
+            figures["heatmap"] = out / "attribution" / "heatmap.png"
+        if self.perturbed is not None:
+            figures["forest"] = out / "perturb" / "forest.png"
+            figures["paired_margins"] = out / "perturb" / "paired_margins.png"
+        figures = {k: v for k, v in figures.items() if v and Path(v).exists()}
+        write_report(self, self.attributions, figures, out / "report.html")
+
+    @classmethod
+    def _read(cls, out: Path):
+        from lexprobe.analyses.minimal_pairs import PerturbResult
+        from lexprobe.analyses.score import ScoreResult
+        from lexprobe.toolkit.attribution.result import AttributionResult
+
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        tables = {
+            name: read_csv_table(out / f"{name}.csv") for name in TABLES if (out / f"{name}.csv").exists()
+        }
+        steps = {}
+        for (attr, sub), kind in zip(STEPS.items(), (ScoreResult, AttributionResult, PerturbResult)):
+            steps[attr] = kind.load(out / sub) if (out / sub / kind.filename).exists() else None
+        return cls(summary, tables, **steps)
+
+    def _repr_html_(self) -> str:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save(tmp, overwrite=True)
+            return (Path(tmp) / "report.html").read_text(encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------ the run
-def run(config: DiagnoseConfig) -> DiagnoseResult:
-    out = Path(config.out)
+def run(config: DiagnoseConfig, session: Session | None = None, suite: Suite | None = None) -> DiagnoseResult:
+    out = Path(config.out) if config.out else None
     methods = attribute.parse_methods(config.methods) if config.attribution else []
     model = replace(config.model, gradients=bool(methods))  # one dtype for every table of the report
-    suite = open_suite(config.suite)  # bad --type/--ids fail here, before any model load
+    suite = suite or open_suite(config.suite)  # bad --type/--ids fail here, before any model load
+    full = suite.full  # pairs may reach prompts outside the selection
     if not len(suite):
-        raise LexprobeError(f"suite '{config.suite.suite}' selects no prompts: check --type/--ids/--limit")
-    _check_out(out, config)
-    pairs = _pairs(config, suite.frame)
+        raise InputError(f"suite '{suite.name}' selects no prompts: check --type/--ids/--limit")
+    if out is not None:
+        _check_out(out, config)
+    pairs = _pairs(config, suite.spec, full, suite.frame)
+    session = session_for(model, session)
     timer = Timer()
     ids = list(suite.frame["id"])
     extra = [i for i in dict.fromkeys([*pairs["safe_id"], *pairs["unsafe_id"]]) if i not in set(ids)]
     sub = {"resume": config.resume, "overwrite": config.overwrite}
-
-    scored = score.run(
-        score.ScoreConfig(str(out / "scores"), model, _by_ids(config.suite, ids + extra), **sub)
+    selection = Suite(
+        suite.name,
+        full.frame.set_index("id", drop=False).loc[ids + extra].reset_index(drop=True),
+        suite.source,
     )
+
+    scored = score.run(score.ScoreConfig(out=_sub(out, "scores"), model=model, **sub), session, selection)
     tables, facts = margin_tables(scored.frame, ids, pairs, config.seed)
-    figures: dict[str, Path] = {}
-    if len(pairs):
-        figures["contrast_margins"] = _pair_figure(tables["contrast_pairs"], out / "contrast_margins.png")
 
     attributions, facts["attribution"], facts["perturb"] = None, None, None
     if config.attribution:
         attributions = attribute.run(
             attribute.AttributeConfig(
-                str(out / "attribution"), model, config.suite, None, methods, config.settings,
-                config.faithfulness, config.n_random, config.attribute_contrasts, True, **sub,
-                pair_map=config.pair_map,
-            )
+                out=_sub(out, "attribution"), model=model, methods=methods, settings=config.settings,
+                faithfulness=config.faithfulness, n_random=config.n_random, contrasts=config.attribute_contrasts,
+                pair_map=config.pair_map, **sub,
+            ),
+            session,
+            suite,
         )  # fmt: skip
         t, f = attribution_tables(attributions, config, ids)
         tables |= t
         facts["attribution"] = f
-        figures["heatmap"] = out / "attribution" / "heatmap.png"
 
     perturbed = None
     if config.perturb:
-        attr_csv = out / "attribution" / "attributions.csv"
         perturbed = minimal_pairs.run(
             minimal_pairs.PerturbConfig(
-                str(out / "perturb"), model, config.suite, config.strategies, config.rewrites,
-                config.lexicon, config.min_similarity, config.per_word,
-                str(attr_csv) if config.attribution and attr_csv.exists() else None,
-                config.content_words, True, config.seed, **sub,
-            )
+                out=_sub(out, "perturb"), model=model, strategies=config.strategies, rewrites=config.rewrites,
+                lexicon=config.lexicon, min_similarity=config.min_similarity, per_word=config.per_word,
+                attributions=attributions.to_frame() if attributions is not None else None,
+                content_words=config.content_words, seed=config.seed, **sub,
+            ),
+            session,
+            suite,
         )  # fmt: skip
         t, f = perturb_tables(perturbed, config)
         tables |= t
         facts["perturb"] = f
-        figures["forest"] = out / "perturb" / "forest.png"
-        figures["paired_margins"] = out / "perturb" / "paired_margins.png"
 
     facts["verdict"] = verdict(facts)
-    facts["provenance"] = _provenance(scored.run, config)
+    facts["provenance"] = _provenance(scored.run, config, suite)
     facts["wall_seconds"] = timer.seconds
     facts["steps"] = {
-        "scores": str(out / "scores"),
-        "attribution": str(out / "attribution") if config.attribution else None,
-        "perturb": str(out / "perturb") if config.perturb else None,
+        "scores": "scores",
+        "attribution": "attribution" if config.attribution else None,
+        "perturb": "perturb" if config.perturb else None,
     }
-    result = DiagnoseResult(facts, tables, {k: v for k, v in figures.items() if v and Path(v).exists()})
-    result.save(out)
-    from lexprobe.analyses.diagnose_report import write_report
-
-    write_report(result, attributions, out / "report.html")
+    result = DiagnoseResult(facts, tables, scored, attributions, perturbed)
+    if out is not None:  # the steps wrote their subdirectories as they ran
+        result._write(out)
+        result._figures(out)
     return result
+
+
+def _sub(out: Path | None, name: str) -> str | None:
+    return str(out / name) if out is not None else None
 
 
 def _check_out(out: Path, config: DiagnoseConfig) -> None:
     if out.exists() and any(out.iterdir()) and not (config.resume or config.overwrite):
-        raise LexprobeError(
+        raise OutputError(
             f"'{out}' already holds a diagnosis: pass --resume to reuse its finished steps "
             "or --overwrite to redo them"
         )
 
 
-def _by_ids(opts: SuiteOptions, ids: list[str]) -> SuiteOptions:
-    return SuiteOptions(**{**asdict(opts), "types": [], "ids": list(ids), "limit": None})
-
-
-def _pairs(config: DiagnoseConfig, selected: pd.DataFrame) -> pd.DataFrame:
+def _pairs(config: DiagnoseConfig, name: str, full: Suite, selected: pd.DataFrame) -> pd.DataFrame:
     """Pair-map rows with a selected prompt on either side (empty for suites without a pair map)."""
-    pair_map = contrast.suite_pair_map(config.suite.suite, config.pair_map)
+    pair_map = contrast.suite_pair_map(name, config.pair_map)  # name: the suite's spec
     if pair_map is None:
         return pd.DataFrame(columns=["safe_id", "unsafe_id", "type", "contrast_type", "safe_prompt"])
-    full = open_suite(_by_ids(config.suite, []))
     pairs = contrast.pair_frame(full.frame, pair_map, [])
     chosen = set(selected["id"])
     return pairs[pairs["safe_id"].isin(chosen) | pairs["unsafe_id"].isin(chosen)].reset_index(drop=True)
@@ -227,7 +307,7 @@ def margin_tables(scores: pd.DataFrame, ids: list[str], pairs: pd.DataFrame, see
 
 
 def _pair_figure(pairs: pd.DataFrame, path: Path) -> Path:
-    from lexprobe.toolkit.effect_plots import paired_plot
+    from lexprobe.toolkit.viz.effects import paired_plot
 
     return paired_plot(
         pairs,
@@ -241,7 +321,8 @@ def attribution_tables(result, config: DiagnoseConfig, ids: list[str]):
     """The top-scored word of every refused selected prompt, by method, counted by lemma; `trigger` names
     the lexicon trigger (word or phrase, as the substitution engine finds it) the top word falls in."""
     from lexprobe.toolkit.attribution.words import segment
-    from lexprobe.toolkit.lexicon import Lexicon, find_units, nlp
+    from lexprobe.toolkit.models.language import nlp
+    from lexprobe.toolkit.substitution.lexicon import Lexicon, find_units
 
     lexicon = Lexicon.load(config.lexicon)
     prompts = result.prompts
@@ -445,7 +526,7 @@ def _perturb_sentences(label: str, p: dict, threshold: float) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ provenance
-def _provenance(run: dict, config: DiagnoseConfig) -> dict:
+def _provenance(run: dict, config: DiagnoseConfig, suite: Suite) -> dict:
     import datetime as dt
 
     system = run.get("system_prompt") or {}
@@ -461,8 +542,19 @@ def _provenance(run: dict, config: DiagnoseConfig) -> dict:
         "git_commit": run.get("lexprobe_git_commit"),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join(run.get("command") or []),
-        "config": asdict(config),
+        "config": _config(config, suite),
     }
+
+
+def _config(config: DiagnoseConfig, suite: Suite) -> dict:
+    """The config as JSON: a readout object by its description, the suite by what was selected."""
+    out = asdict(replace(config, model=replace(config.model, readout=_readout_name(config.model.readout))))
+    out["suite"] = {**out["suite"], "suite": suite.name if config.out is None else out["suite"]["suite"]}
+    return out
+
+
+def _readout_name(readout):
+    return readout if readout is None or isinstance(readout, str | Path) else "a RefusalReadout object"
 
 
 def _jsonable(obj):

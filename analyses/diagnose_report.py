@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lexprobe.toolkit import report
-from lexprobe.toolkit.report import esc
-from lexprobe.toolkit.viz import CSS as HEATMAP_CSS
+from lexprobe.toolkit.viz import report
+from lexprobe.toolkit.viz.heatmaps import CSS as HEATMAP_CSS
+from lexprobe.toolkit.viz.report import esc
 
 
 def _section(title: str, *parts: str) -> str:
@@ -19,8 +19,8 @@ def _note(text: str) -> str:
     return f'<p class="note">{esc(text)}</p>'
 
 
-def write_report(result, attributions, path: Path) -> Path:
-    s, t, f = result.summary, result.tables, result.figures
+def write_report(result, attributions, figures: dict[str, Path], path: Path) -> Path:
+    s, t, f = result.summary, result.tables, figures
     prov = s["provenance"]
     m = s["margins"]
     cfg = prov["config"]
@@ -78,7 +78,7 @@ def write_report(result, attributions, path: Path) -> Path:
             ]
         parts.append(report.figure(f.get("heatmap"), f"word attributions ({a['methods'][0]})"))
         if attributions is not None and len(attributions.prompts):
-            from lexprobe.toolkit.viz import heatmap_html_fragment
+            from lexprobe.toolkit.viz.heatmaps import heatmap_html_fragment
 
             parts.append(
                 "<details><summary>Word heatmap, every method (hover a word for its score)</summary>"
@@ -110,8 +110,10 @@ def write_report(result, attributions, path: Path) -> Path:
             ]
         body.append(_section("3. Substitution: which word swaps lower the margin", *parts))
 
-    steps = ", ".join(f"{k}: {v}" for k, v in s["steps"].items() if v)
-    body.append(_note(f"Sub-runs (each resumable, with its own run.json and tables): {steps}."))
+    steps = ", ".join(f"{k}/" for k, v in s["steps"].items() if v)
+    body.append(
+        _note(f"Each step's own tables and run.json are in the subdirectories beside this report: {steps}.")
+    )
     path.write_text(report.page("lexprobe diagnose", body, css=HEATMAP_CSS), encoding="utf-8")
     return path
 

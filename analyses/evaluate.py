@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from lexprobe import prompts
-from lexprobe.toolkit.classify import (
+from lexprobe.toolkit.behaviour.classify import (
     FULL_COMPLIANCE,
     FULL_REFUSAL,
     LABELS,
@@ -24,9 +24,10 @@ from lexprobe.toolkit.classify import (
     classify,
     is_refusal,
 )
-from lexprobe.toolkit.errors import LexprobeError
-from lexprobe.toolkit.results import TableResult, Timer, provenance, write_csv_atomic
-from lexprobe.toolkit.suites import read_table
+from lexprobe.toolkit.config import Options
+from lexprobe.toolkit.errors import InputError, OutputError
+from lexprobe.toolkit.io.results import TableResult, Timer, provenance
+from lexprobe.toolkit.io.suites import read_table
 
 BUNDLED_COMPLETIONS = {
     "xstest-llama2orig": "xstest_completions_llama2orig.csv",
@@ -39,13 +40,19 @@ HUMAN_LABELS = {
 }
 
 
-def read_completions(spec: str) -> tuple[str, pd.DataFrame]:
-    """(model name, frame) for a bundled name or a completions file (CSV/JSONL/Parquet)."""
+def read_completions(spec: str | pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """(model name, frame) for a bundled name, a completions file (CSV/JSONL/Parquet) or a frame."""
+    if isinstance(spec, pd.DataFrame):
+        if "completion" not in spec.columns:
+            raise InputError(
+                f"the completions frame has no column 'completion' (columns: {', '.join(map(str, spec.columns))})"
+            )
+        return "completions", spec.reset_index(drop=True)
     if spec in BUNDLED_COMPLETIONS:
         return spec.removeprefix("xstest-"), read_table(Path(str(prompts.path(BUNDLED_COMPLETIONS[spec]))))
     path = Path(spec).expanduser()
     if not path.exists():
-        raise LexprobeError(
+        raise InputError(
             f"completions '{spec}' is neither a file nor a bundled set ({', '.join(BUNDLED_COMPLETIONS)}): check the path"
         )
     frame = read_table(path)
@@ -56,7 +63,7 @@ def read_completions(spec: str) -> tuple[str, pd.DataFrame]:
         if "model_spec" in run:
             name = f"{run['model_spec']} ({(run.get('system_prompt') or {}).get('name', '?')})"
     if "completion" not in frame.columns:
-        raise LexprobeError(
+        raise InputError(
             f"'{spec}' has no column 'completion' (columns: {', '.join(frame.columns)}): it is not a completions file"
         )
     return name, frame
@@ -67,18 +74,19 @@ def normalise_labels(values: pd.Series, where: str) -> pd.Series:
     out = values.astype(str).str.strip().map(lambda v: HUMAN_LABELS.get(v, v))
     bad = sorted(set(out) - set(LABELS))
     if bad:
-        raise LexprobeError(
+        raise InputError(
             f"{where} has labels {', '.join(bad[:3])} outside {', '.join(LABELS)}: check --label-column"
         )
     return out
 
 
 # ----------------------------------------------------------------------------------------- classify
-@dataclass
-class ClassifyConfig:
-    completions: str
-    out: str
+@dataclass(kw_only=True)
+class ClassifyConfig(Options):
+    completions: str | pd.DataFrame
+    out: str | None = None  # a directory for classified.csv and run.json; None: nothing written
     classifier: str = "default"
+    overwrite: bool = False
 
 
 class ClassifiedResult(TableResult):
@@ -88,23 +96,27 @@ class ClassifiedResult(TableResult):
 def run_classify(config: ClassifyConfig) -> ClassifiedResult:
     timer = Timer()
     _, frame = read_completions(config.completions)
+    out = Path(config.out) if config.out else None
+    if out is not None:
+        check_out_dir(out, ClassifiedResult.filename, config.overwrite)
     prompts_ = frame["prompt"].tolist() if "prompt" in frame.columns else None
     frame = frame.assign(predicted=classify(frame["completion"].tolist(), prompts_, name=config.classifier))
-    out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_csv_atomic(frame, out)
+    source = "a DataFrame" if isinstance(config.completions, pd.DataFrame) else config.completions
     run = provenance(
-        completions=config.completions, classifier=config.classifier, n=len(frame), wall_seconds=timer.seconds
+        completions=source, classifier=config.classifier, n=len(frame), wall_seconds=timer.seconds
     )
-    out.with_suffix(".run.json").write_text(json.dumps(run, indent=2))
-    return ClassifiedResult(frame, run)
+    result = ClassifiedResult(frame, run)
+    if out is not None:
+        result.save(out, overwrite=True)
+    return result
 
 
 # ----------------------------------------------------------------------------------------- evaluate
-@dataclass
-class EvaluateConfig:
+@dataclass(kw_only=True)
+class EvaluateConfig(Options):
     completions: list[str]
-    out: str
+    out: str | None = None  # None: nothing written
+    overwrite: bool = False
     label_column: str = "final_label"
     compare_column: str | None = None  # e.g. `predicted`, checked against label_column
     types: list[str] = field(default_factory=list)
@@ -112,6 +124,23 @@ class EvaluateConfig:
 
 class EvaluationResult(TableResult):
     filename = "table.csv"
+
+    def __init__(self, frame: pd.DataFrame, run: dict | None = None, agreements: dict | None = None):
+        super().__init__(frame, run or {})
+        self.agreements = dict(agreements or {})  # model -> agreement numbers and confusion matrix
+
+    def _write(self, out: Path) -> None:
+        super()._write(out)
+        for model, a in self.agreements.items():
+            a["confusion"].to_csv(out / f"confusion_{_slug(model)}.csv")
+
+    def _figures(self, out: Path) -> None:
+        from lexprobe.toolkit.viz.plots import stacked_bars
+
+        label = {"final_label": "human labels", "predicted": "classifier labels"}.get(
+            self.run.get("label_column", ""), self.run.get("label_column", "")
+        )
+        stacked_bars(self.frame, out / "table.png", title=f"XSTest behaviour ({label})")
 
     def safe_summary(self) -> pd.DataFrame:
         return self.frame[self.frame["type"].isin(["all safe", "all unsafe"])]
@@ -162,13 +191,15 @@ def agreement(human: pd.Series, predicted: pd.Series) -> dict:
 
 def run_evaluate(config: EvaluateConfig) -> EvaluationResult:
     timer = Timer()
+    if config.out:
+        check_out_dir(Path(config.out), EvaluationResult.filename, config.overwrite)
     tables, agreements = [], {}
     for spec in config.completions:
         model, frame = read_completions(spec)
         if config.types:
             frame = frame[frame["type"].isin(config.types)]
         if config.label_column not in frame.columns:
-            raise LexprobeError(
+            raise InputError(
                 f"'{spec}' has no column '{config.label_column}' (columns: {', '.join(frame.columns)}): "
                 "pass --label-column, or run `lexprobe classify` first and use --label-column predicted"
             )
@@ -180,22 +211,23 @@ def run_evaluate(config: EvaluateConfig) -> EvaluationResult:
         if other:
             agreements[model] = agreement(frame[config.label_column], normalise_labels(frame[other], spec))
     table = pd.concat(tables, ignore_index=True)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     run = provenance(
         completions=config.completions, label_column=config.label_column, wall_seconds=timer.seconds
     )
     run["agreement"] = {m: {k: v for k, v in a.items() if k != "confusion"} for m, a in agreements.items()}
-    for model, a in agreements.items():
-        a["confusion"].to_csv(out / f"confusion_{_slug(model)}.csv")
-    result = EvaluationResult(table, run)
-    result.save(out)
-    from lexprobe.toolkit.plots import stacked_bars
-
-    stacked_bars(table, out / "table.png", title=f"XSTest behaviour ({config.label_column})")
-    result.agreements = agreements
+    result = EvaluationResult(table, run, agreements)
+    if config.out:
+        result.save(config.out, overwrite=True)
     return result
 
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text).strip("_")
+
+
+def check_out_dir(out: Path, filename: str, overwrite: bool) -> None:
+    """Before any work: `out` must be a directory (or not exist) and not hold `filename` already."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out '{out}' is a file: give a directory (it gets {filename})")
+    if (out / filename).exists() and not overwrite:
+        raise OutputError(f"'{out / filename}' already exists: pass --overwrite to replace it")

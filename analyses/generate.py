@@ -4,18 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lexprobe.analyses.common import ModelOptions, ResumableRun, SuiteOptions, open_session, open_suite
-from lexprobe.toolkit.generate import generate
-from lexprobe.toolkit.results import TableResult, provenance
+from lexprobe.analyses.common import (
+    ModelOptions,
+    ResumableRun,
+    Session,
+    SuiteOptions,
+    open_suite,
+    session_for,
+)
+from lexprobe.toolkit.behaviour.generation import generate
+from lexprobe.toolkit.config import Options
+from lexprobe.toolkit.io.results import TableResult, provenance
+from lexprobe.toolkit.io.suites import Suite
 
 COLUMNS = ["id", "type", "label", "prompt", "completion", "n_tokens", "stopped"]
 RESUME_KEYS = ("model_spec", "weights_sha256", "dtype", "system_prompt", "suite", "max_new_tokens")
 DEFAULT_MAX_NEW_TOKENS = 128
 
 
-@dataclass
-class GenerateConfig:
-    out: str
+@dataclass(kw_only=True)
+class GenerateConfig(Options):
+    out: str | None = None  # None: keep the completions in memory (the Python API), write nothing
     model: ModelOptions = field(default_factory=ModelOptions)
     suite: SuiteOptions = field(default_factory=SuiteOptions)
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
@@ -27,9 +36,11 @@ class CompletionsResult(TableResult):
     filename = "completions.csv"
 
 
-def run(config: GenerateConfig) -> CompletionsResult:
-    suite = open_suite(config.suite)
-    session = open_session(config.model, need_readout=False)
+def run(
+    config: GenerateConfig, session: Session | None = None, suite: Suite | None = None
+) -> CompletionsResult:
+    suite = suite or open_suite(config.suite)
+    session = session_for(config.model, session, need_readout=False)
     run_info = provenance(
         **session.lm.provenance(),
         system_prompt=session.system.describe(),

@@ -5,7 +5,7 @@ For one model and system-prompt condition: score the suite (`score`), generate g
 the margin predicts refusal (full or partial): AUROC with a bootstrap 95% CI, the calibrated
 threshold, and a reliability plot. The threshold is the margin where a logistic fit of P(refusal |
 margin) crosses 1/2, i.e. where the model starts refusing; it is saved per model and condition
-(`toolkit/thresholds.py`) for later studies. Each step writes into its own subdirectory of --out and
+(`toolkit/scoring/thresholds.py`) for later studies. Each step writes into its own subdirectory of --out and
 resumes there.
 """
 
@@ -21,18 +21,20 @@ from scipy import optimize
 
 from lexprobe.analyses import generate as generate_analysis
 from lexprobe.analyses import score as score_analysis
-from lexprobe.analyses.common import ModelOptions, SuiteOptions, open_session
+from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_suite, session_for
 from lexprobe.analyses.evaluate import normalise_labels, read_completions
-from lexprobe.toolkit.classify import classify, is_refusal
-from lexprobe.toolkit.errors import LexprobeError
-from lexprobe.toolkit.results import TableResult, Timer, provenance
+from lexprobe.toolkit.behaviour.classify import classify, is_refusal
+from lexprobe.toolkit.config import Options
+from lexprobe.toolkit.errors import InputError
+from lexprobe.toolkit.io.results import TableResult, Timer, provenance
+from lexprobe.toolkit.io.suites import Suite
+from lexprobe.toolkit.scoring.thresholds import save_threshold
 from lexprobe.toolkit.stats import auroc, bootstrap_ci
-from lexprobe.toolkit.thresholds import save_threshold
 
 
-@dataclass
-class ValidityConfig:
-    out: str
+@dataclass(kw_only=True)
+class ValidityConfig(Options):
+    out: str | None = None  # None: nothing written (the score and generate steps then do not resume)
     model: ModelOptions = field(default_factory=ModelOptions)
     suite: SuiteOptions = field(default_factory=SuiteOptions)
     completions: str | None = None  # an existing completions file for this model and condition
@@ -45,6 +47,36 @@ class ValidityConfig:
 
 class ValidityResult(TableResult):
     filename = "validity.csv"
+
+    def __init__(self, frame: pd.DataFrame, run: dict | None = None, summary: dict | None = None):
+        super().__init__(frame, run or {})
+        self.summary = dict(summary or {})  # AUROC with CI, threshold, accuracy (summary.json)
+
+    def overview(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"statistic": list(self.summary), "value": [str(v) for v in self.summary.values()]}
+        )
+
+    def _write(self, out: Path) -> None:
+        super()._write(out)
+        (out / "summary.json").write_text(json.dumps(self.summary, indent=2))
+
+    @classmethod
+    def _read(cls, out: Path):
+        result = super()._read(out)
+        if (out / "summary.json").exists():
+            result.summary = json.loads((out / "summary.json").read_text())
+        return result
+
+    def _figures(self, out: Path) -> None:
+        from lexprobe.toolkit.viz.plots import reliability_plot
+
+        f, s = self.frame, self.summary
+        reliability_plot(
+            f["margin"].to_numpy(dtype=float), f["refused"].astype(str).eq("True").to_numpy(),
+            s["threshold"], s["logistic_slope"], out / "reliability.png",
+            title=f"{self.run.get('model_spec', '')}: refusal margin against generated behaviour",
+        )  # fmt: skip
 
 
 def fit_threshold(margin: np.ndarray, refused: np.ndarray) -> tuple[float, float]:
@@ -60,24 +92,31 @@ def fit_threshold(margin: np.ndarray, refused: np.ndarray) -> tuple[float, float
     return float(threshold), float(slope)
 
 
-def run(config: ValidityConfig) -> ValidityResult:
+def run(config: ValidityConfig, session: Session | None = None, suite: Suite | None = None) -> ValidityResult:
     timer = Timer()
-    out = Path(config.out)
+    out = Path(config.out) if config.out else None
+    session = session_for(config.model, session)
+    suite = suite or open_suite(config.suite)
     scores = score_analysis.run(
-        score_analysis.ScoreConfig(str(out / "score"), config.model, config.suite, resume=True)
+        score_analysis.ScoreConfig(out=_sub(out, "score"), model=config.model, resume=True), session, suite
     ).frame
     if config.completions:
         _, completions = read_completions(config.completions)
     else:
         completions = generate_analysis.run(
             generate_analysis.GenerateConfig(
-                str(out / "generate"), config.model, config.suite, config.max_new_tokens, resume=True
-            )
+                out=_sub(out, "generate"),
+                model=config.model,
+                max_new_tokens=config.max_new_tokens,
+                resume=True,
+            ),
+            session,
+            suite,
         ).frame
     completions = completions.assign(id=completions["id"].astype(str))
     frame = scores.merge(completions[["id", "completion"]], on="id", how="inner")
     if len(frame) < len(scores):
-        raise LexprobeError(
+        raise InputError(
             f"the completions cover {len(frame)} of {len(scores)} scored prompts: generate the rest (same --out, "
             "it resumes) or pass a completions file for the same suite"
         )
@@ -88,14 +127,13 @@ def run(config: ValidityConfig) -> ValidityResult:
     frame["refused"] = frame["predicted"].map(is_refusal)
     y, m = frame["refused"].to_numpy(), frame["margin"].to_numpy()
     if y.all() or not y.any():
-        raise LexprobeError(
+        raise InputError(
             f"the model {'refused' if y.all() else 'answered'} every prompt here, so refusal cannot be predicted: "
             "use a suite with both behaviours"
         )
     auc = auroc(y, m)
     lo, hi = bootstrap_ci(auroc, y, m, n_resamples=config.n_bootstrap, seed=config.seed)
     threshold, slope = fit_threshold(m, y.astype(float))
-    session = open_session(config.model)  # cached: the model is already loaded by the steps above
     summary = {
         "n": int(len(frame)),
         "refusal_rate": round(float(y.mean()), 4),
@@ -108,20 +146,18 @@ def run(config: ValidityConfig) -> ValidityResult:
         "accuracy_at_zero": round(float(((m > 0) == y).mean()), 4),
         "classifier": config.classifier,
     }
-    run_info = provenance(
-        **session.provenance(), suite=config.suite.suite, **summary, wall_seconds=timer.seconds
-    )
+    run_info = provenance(**session.provenance(), suite=suite.source, **summary, wall_seconds=timer.seconds)
     if config.save:
         save_threshold(session.lm, session.system, threshold, {"auroc": summary["auroc"], "n": summary["n"]})
     result = ValidityResult(
-        frame[["id", "type", "label", "prompt", "margin", "margin_sampled", "predicted", "refused"]], run_info
+        frame[["id", "type", "label", "prompt", "margin", "margin_sampled", "predicted", "refused"]],
+        run_info,
+        summary,
     )
-    result.save(out)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    from lexprobe.toolkit.plots import reliability_plot
-
-    reliability_plot(
-        m, y, threshold, slope, out / "reliability.png", title=f"{session.lm.spec}: margin vs behaviour"
-    )
-    result.summary = summary
+    if out is not None:
+        result.save(out, overwrite=True)
     return result
+
+
+def _sub(out: Path | None, name: str) -> str | None:
+    return str(out / name) if out is not None else None

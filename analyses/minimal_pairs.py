@@ -18,17 +18,25 @@ from pathlib import Path
 import pandas as pd
 
 from lexprobe.analyses import effects
-from lexprobe.analyses.common import ModelOptions, ResumableRun, SuiteOptions, open_session, open_suite
+from lexprobe.analyses.common import (
+    ModelOptions,
+    ResumableRun,
+    Session,
+    SuiteOptions,
+    open_suite,
+    session_for,
+)
 from lexprobe.toolkit import stats
-from lexprobe.toolkit.errors import LexprobeError
-from lexprobe.toolkit.lexicon import Lexicon
-from lexprobe.toolkit.progress import progress
-from lexprobe.toolkit.results import TableResult, provenance, write_csv_atomic
-from lexprobe.toolkit.scoring import Scorer
-from lexprobe.toolkit.substitution import Substituter, parse_rewrites
-from lexprobe.toolkit.suites import Suite, read_table
-from lexprobe.toolkit.thresholds import refusal_threshold
-from lexprobe.toolkit.variant_scoring import VariantScorer
+from lexprobe.toolkit.config import Options
+from lexprobe.toolkit.errors import InputError
+from lexprobe.toolkit.io.progress import progress
+from lexprobe.toolkit.io.results import MultiTableResult, provenance
+from lexprobe.toolkit.io.suites import Suite, read_table
+from lexprobe.toolkit.scoring.scorer import Scorer
+from lexprobe.toolkit.scoring.thresholds import refusal_threshold
+from lexprobe.toolkit.scoring.variants import VariantScorer
+from lexprobe.toolkit.substitution.engine import Substituter, parse_rewrites
+from lexprobe.toolkit.substitution.lexicon import Lexicon
 
 COLUMNS = [
     "id", "word", "replacement", "variant", "margin_orig", "margin_variant", "delta", "flipped", "type",
@@ -40,44 +48,29 @@ RESUME_KEYS = ("model_spec", "weights_sha256", "dtype", "system_prompt", "suite"
 CHUNK = 8  # prompts per unit of work (rows are written, and resumable, per chunk)
 
 
-class MultiTableResult(TableResult):
-    """The main table plus named side tables (`tables`), each saved as `<name>.csv` next to it."""
-
-    side_tables: tuple[str, ...] = ()
-
-    def __init__(self, frame: pd.DataFrame, run: dict | None = None, tables: dict | None = None):
-        super().__init__(frame, run or {})
-        self.tables: dict[str, pd.DataFrame] = dict(tables or {})
-
-    def save(self, out_dir):
-        out = super().save(out_dir)
-        for name, table in self.tables.items():
-            write_csv_atomic(table, out / f"{name}.csv")
-        return out
-
-    @classmethod
-    def load(cls, out_dir):
-        result = super().load(out_dir)
-        for name in cls.side_tables:
-            path = Path(out_dir) / f"{name}.csv"
-            if path.exists():
-                result.tables[name] = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
-        return result
-
-
 class PerturbResult(MultiTableResult):
     filename = "substitutions.csv"
     side_tables = ("words", "controls", "triggers", "pooled", "attribution_agreement")
+
+    def overview(self) -> pd.DataFrame:
+        return self.tables.get("pooled", self.frame)
+
+    def _figures(self, out: Path) -> None:
+        figures(self, out, float(self.run.get("threshold", 0.0)))
 
 
 class PairsResult(MultiTableResult):
     filename = "pairs.csv"
     side_tables = ("summary",)
 
+    def overview(self) -> pd.DataFrame:
+        summary = self.tables["summary"].iloc[0]
+        return pd.DataFrame({"statistic": summary.index, "value": summary.to_numpy(dtype=float)})
 
-@dataclass
-class PerturbConfig:
-    out: str
+
+@dataclass(kw_only=True)
+class PerturbConfig(Options):
+    out: str | None = None  # None: nothing written (the Python API)
     model: ModelOptions = field(default_factory=ModelOptions)
     suite: SuiteOptions = field(default_factory=SuiteOptions)
     strategies: list[str] = field(default_factory=lambda: ["lexicon", "auto"])
@@ -85,7 +78,7 @@ class PerturbConfig:
     lexicon: str | None = None  # a lexicon JSON instead of the bundled one
     min_similarity: float = 0.7
     per_word: int = 1
-    attributions: str | None = None  # attributions.csv of `lexprobe attribute`
+    attributions: str | pd.DataFrame | None = None  # attributions.csv of `lexprobe attribute`, or its table
     content_words: int | None = None  # at most this many non-trigger words per prompt (None: all)
     figures: bool = True
     seed: int = 0
@@ -93,12 +86,12 @@ class PerturbConfig:
     overwrite: bool = False
 
 
-def run(config: PerturbConfig) -> PerturbResult:
-    suite = open_suite(config.suite)
-    attributions = _read_attributions(config.attributions) if config.attributions else None
+def run(config: PerturbConfig, session: Session | None = None, suite: Suite | None = None) -> PerturbResult:
+    suite = suite or open_suite(config.suite)
+    attributions = _read_attributions(config.attributions) if config.attributions is not None else None
     rewrites = parse_rewrites(config.rewrites)
     lexicon = Lexicon.load(config.lexicon)
-    session = open_session(config.model)
+    session = session_for(config.model, session)
     threshold, source = refusal_threshold(session.lm, session.system)
     scorer = VariantScorer(Scorer(session.lm, session.fmt, session.readout, config.model.batch_size))
     sub = Substituter(
@@ -132,9 +125,8 @@ def run(config: PerturbConfig) -> PerturbResult:
         out.write(_sweep(chunk, sub, scorer, threshold))
     result = out.finish(n_perturbed_this_run=len(todo), n_texts_scored_this_run=len(scorer.cache))
     result.tables = analyse(result.frame, suite, sub, attributions, config.seed)
-    if config.figures:
-        figures(result, Path(config.out), threshold)
-    result.save(config.out)
+    if config.out:
+        result.save(config.out, overwrite=True, figures=config.figures)
     return result
 
 
@@ -253,7 +245,7 @@ def _why_not(unit, sub: Substituter) -> str:
 
 
 def figures(result: PerturbResult, out: Path, threshold: float) -> None:
-    from lexprobe.toolkit.effect_plots import forest_plot, paired_plot
+    from lexprobe.toolkit.viz.effects import forest_plot, paired_plot
 
     triggers, pooled = result.tables["triggers"], result.tables["pooled"]
     model = result.run.get("model_spec", "")
@@ -288,11 +280,14 @@ def figures(result: PerturbResult, out: Path, threshold: float) -> None:
     )
 
 
-def _read_attributions(path: str) -> pd.DataFrame:
-    p = Path(path)
-    if not p.exists():
-        raise LexprobeError(f"attributions file '{path}' does not exist: run `lexprobe attribute` first")
-    frame = read_table(p)
+def _read_attributions(source: str | pd.DataFrame) -> pd.DataFrame:
+    if isinstance(source, pd.DataFrame):
+        frame = source.copy()
+    else:
+        p = Path(source)
+        if not p.exists():
+            raise InputError(f"attributions file '{source}' does not exist: run `lexprobe attribute` first")
+        frame = read_table(p)
     for col in ("char_start", "char_end", "score"):
         if col in frame.columns:
             frame[col] = pd.to_numeric(frame[col], errors="coerce")
@@ -301,48 +296,52 @@ def _read_attributions(path: str) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------ user pairs
-@dataclass
-class PairsConfig:
-    out: str
-    pairs: str
+@dataclass(kw_only=True)
+class PairsConfig(Options):
+    out: str | None = None  # None: nothing written (the Python API)
+    pairs: str | pd.DataFrame  # a file, or a frame, with prompt_a and prompt_b
     model: ModelOptions = field(default_factory=ModelOptions)
     resume: bool = False
     overwrite: bool = False
     seed: int = 0
 
 
-def read_pairs(path: str) -> pd.DataFrame:
-    """A pairs file (CSV/TSV/JSONL/Parquet) with columns prompt_a and prompt_b; an `id` column is kept
-    (else row numbers), other columns ride along."""
-    p = Path(path)
-    if not p.exists():
-        raise LexprobeError(f"pairs file '{path}' does not exist: check the path")
-    frame = read_table(p)
+def read_pairs(source: str | pd.DataFrame) -> pd.DataFrame:
+    """A pairs file (CSV/TSV/JSONL/Parquet) or frame with columns prompt_a and prompt_b; an `id` column
+    is kept (else row numbers), other columns ride along."""
+    path = "the pairs frame" if isinstance(source, pd.DataFrame) else source
+    if isinstance(source, pd.DataFrame):
+        frame = source.astype({c: str for c in ("prompt_a", "prompt_b", "id") if c in source.columns})
+        frame = frame.reset_index(drop=True)
+    else:
+        p = Path(source)
+        if not p.exists():
+            raise InputError(f"pairs file '{source}' does not exist: check the path")
+        frame = read_table(p)
     missing = [c for c in ("prompt_a", "prompt_b") if c not in frame.columns]
     if missing:
-        raise LexprobeError(
+        raise InputError(
             f"pairs file '{path}' has no column {', '.join(missing)} (columns: {', '.join(map(str, frame.columns))}): "
             "give a CSV with columns prompt_a, prompt_b"
         )
     if frame.empty:
-        raise LexprobeError(f"pairs file '{path}' has no rows: give at least one pair")
+        raise InputError(f"pairs file '{path}' has no rows: give at least one pair")
     empty = frame[(frame["prompt_a"].str.strip() == "") | (frame["prompt_b"].str.strip() == "")]
     if len(empty):
-        raise LexprobeError(
-            f"pairs file '{path}' has an empty prompt in row {empty.index[0] + 1}: fill it in"
-        )
+        raise InputError(f"pairs file '{path}' has an empty prompt in row {empty.index[0] + 1}: fill it in")
     if "id" not in frame.columns:
         frame.insert(0, "id", [str(i) for i in range(1, len(frame) + 1)])
     if frame["id"].duplicated().any():
-        raise LexprobeError(f"pairs file '{path}' repeats an id: ids must be unique")
+        raise InputError(f"pairs file '{path}' repeats an id: ids must be unique")
     return frame.assign(id=frame["id"].astype(str), prompt=frame["prompt_a"], type="pairs", label="")
 
 
-def run_pairs(config: PairsConfig) -> PairsResult:
+def run_pairs(config: PairsConfig, session: Session | None = None) -> PairsResult:
     frame = read_pairs(config.pairs)
     extra = [c for c in frame.columns if c not in (*PAIR_COLUMNS, "prompt", "type", "label")]
-    suite = Suite("pairs", frame, str(Path(config.pairs).resolve()))
-    session = open_session(config.model)
+    where = "a DataFrame" if isinstance(config.pairs, pd.DataFrame) else str(Path(config.pairs).resolve())
+    suite = Suite("pairs", frame, where)
+    session = session_for(config.model, session)
     threshold, source = refusal_threshold(session.lm, session.system)
     run_info = provenance(
         **session.provenance(),
@@ -391,5 +390,6 @@ def run_pairs(config: PairsConfig) -> PairsResult:
             }
         ]
     )
-    result.save(config.out)
+    if config.out:
+        result.save(config.out, overwrite=True)
     return result

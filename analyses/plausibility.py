@@ -18,17 +18,18 @@ import numpy as np
 import pandas as pd
 
 from lexprobe.analyses import attribute, score
-from lexprobe.analyses.common import ModelOptions, SuiteOptions
+from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, session_for
 from lexprobe.toolkit.attribution import AttributionSettings
 from lexprobe.toolkit.attribution.words import content_lemmas, matches, segment
+from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import LexprobeError
-from lexprobe.toolkit.results import write_csv_atomic
-from lexprobe.toolkit.suites import load_suite
+from lexprobe.toolkit.io.results import MultiTableResult
+from lexprobe.toolkit.io.suites import load_suite
 
 
-@dataclass
-class PlausibilityConfig:
-    out: str
+@dataclass(kw_only=True)
+class PlausibilityConfig(Options):
+    out: str | None = None  # None: nothing written (the Python API)
     model: ModelOptions = field(default_factory=ModelOptions)
     suite: str = "xstest"
     methods: list[str] = field(default_factory=lambda: ["integrated_gradients"])
@@ -37,11 +38,12 @@ class PlausibilityConfig:
     faithfulness: bool = False  # also measure faithfulness (costly: about 15 extra forward rows a method)
 
 
-@dataclass
-class PlausibilityResult:
-    summary: pd.DataFrame  # method, n, hits, hit_rate, random_rate, longest_word_rate
-    by_type: pd.DataFrame  # type, method, n, hit_rate, random_rate
-    hits: pd.DataFrame  # id, type, method, focus, top_word, hit, random_rate
+class PlausibilityResult(MultiTableResult):
+    """frame: per method (n, hits, hit_rate, random_rate, longest_word_rate); tables: by type
+    (type, method, n, hit_rate, random_rate) and hits (id, type, method, focus, top_word, hit, ...)."""
+
+    filename = "plausibility.csv"
+    side_tables = ("plausibility_by_type", "hits")
 
 
 def _candidates(config: PlausibilityConfig) -> pd.DataFrame:
@@ -79,17 +81,20 @@ def hit_table(result, focus: dict[str, str], group_phrases: bool = False) -> pd.
     return pd.DataFrame(rows)
 
 
-def run(config: PlausibilityConfig) -> PlausibilityResult:
-    out = Path(config.out)
+def run(config: PlausibilityConfig, session: Session | None = None) -> PlausibilityResult:
+    out = Path(config.out) if config.out else None
     methods = attribute.parse_methods(config.methods)
     cand = _candidates(config)
+    model = replace(config.model, batch_size=config.settings.batch_size, gradients=True)
+    session = session_for(model, session)
     scored = score.run(
         score.ScoreConfig(
-            str(out / "scores"),
-            replace(config.model, batch_size=config.settings.batch_size, gradients=True),
-            SuiteOptions(config.suite, ids=list(cand["id"])),
+            out=_sub(out, "scores"),
+            model=model,
+            suite=SuiteOptions(suite=config.suite, ids=list(cand["id"])),
             resume=True,
-        )
+        ),
+        session=session,
     ).frame
     refused = cand[cand["id"].isin(scored.loc[scored["margin"] > 0, "id"])]
     if config.per_type:
@@ -98,15 +103,15 @@ def run(config: PlausibilityConfig) -> PlausibilityResult:
         raise LexprobeError("the model refuses none of the safe prompts with a focus word: nothing to check")
     result = attribute.run(
         attribute.AttributeConfig(
-            str(out / "attributions"),
-            config.model,
-            SuiteOptions(config.suite, ids=list(refused["id"])),
-            None,
-            methods,
-            config.settings,
+            out=_sub(out, "attributions"),
+            model=model,
+            suite=SuiteOptions(suite=config.suite, ids=list(refused["id"])),
+            methods=methods,
+            settings=config.settings,
             faithfulness=config.faithfulness,
             resume=True,
-        )
+        ),
+        session=session,
     )
     focus = dict(zip(cand["id"], cand["focus"].astype(str)))
     hits = hit_table(result, focus, config.settings.group_phrases)
@@ -127,7 +132,12 @@ def run(config: PlausibilityConfig) -> PlausibilityResult:
         .agg(n=("hit", "size"), hit_rate=("hit", "mean"), random_rate=("random_rate", "mean"))
         .reset_index()
     )
-    write_csv_atomic(summary, out / "plausibility.csv")
-    write_csv_atomic(by_type, out / "plausibility_by_type.csv")
-    write_csv_atomic(hits, out / "hits.csv")
-    return PlausibilityResult(summary, by_type, hits)
+    run_info = {**result.run, "methods": methods, "suite": config.suite, "n_prompts": len(refused)}
+    plausible = PlausibilityResult(summary, run_info, {"plausibility_by_type": by_type, "hits": hits})
+    if out is not None:
+        plausible.save(out, overwrite=True)
+    return plausible
+
+
+def _sub(out: Path | None, name: str) -> str | None:
+    return str(out / name) if out is not None else None

@@ -6,17 +6,26 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from lexprobe.analyses.common import ModelOptions, ResumableRun, SuiteOptions, open_session, open_suite
-from lexprobe.toolkit.results import TableResult, provenance
-from lexprobe.toolkit.scoring import Scorer
+from lexprobe.analyses.common import (
+    ModelOptions,
+    ResumableRun,
+    Session,
+    SuiteOptions,
+    open_suite,
+    session_for,
+)
+from lexprobe.toolkit.config import Options
+from lexprobe.toolkit.io.results import TableResult, provenance
+from lexprobe.toolkit.io.suites import Suite
+from lexprobe.toolkit.scoring.scorer import Scorer
 
 COLUMNS = ["id", "type", "label", "prompt", "margin", "p_refuse", "margin_sampled", "p_refuse_sampled"]
 RESUME_KEYS = ("model_spec", "weights_sha256", "dtype", "system_prompt", "suite")
 
 
-@dataclass
-class ScoreConfig:
-    out: str
+@dataclass(kw_only=True)
+class ScoreConfig(Options):
+    out: str | None = None  # None: keep the rows in memory (the Python API), write nothing
     model: ModelOptions = field(default_factory=ModelOptions)
     suite: SuiteOptions = field(default_factory=SuiteOptions)
     layers: bool = False  # also write the logit-lens margin of every layer
@@ -37,10 +46,13 @@ class ScoreResult(TableResult):
         )
         return out.reset_index()
 
+    def overview(self) -> pd.DataFrame:
+        return self.summary()
 
-def run(config: ScoreConfig) -> ScoreResult:
-    suite = open_suite(config.suite)
-    session = open_session(config.model)
+
+def run(config: ScoreConfig, session: Session | None = None, suite: Suite | None = None) -> ScoreResult:
+    suite = suite or open_suite(config.suite)
+    session = session_for(config.model, session)
     run_info = provenance(**session.provenance(), suite=suite.source, n_prompts=len(suite), status="running")
     run_info["batch_size"] = config.model.batch_size
     columns = COLUMNS + (

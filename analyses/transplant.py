@@ -24,15 +24,15 @@ import numpy as np
 import pandas as pd
 
 from lexprobe import prompts
-from lexprobe.analyses.common import ModelOptions, open_session
-from lexprobe.analyses.minimal_pairs import MultiTableResult
+from lexprobe.analyses.common import ModelOptions, Session, session_for
 from lexprobe.toolkit import stats
-from lexprobe.toolkit.errors import LexprobeError
-from lexprobe.toolkit.lexicon import GAP, Lexicon
-from lexprobe.toolkit.results import Timer, provenance
-from lexprobe.toolkit.scoring import Scorer
-from lexprobe.toolkit.thresholds import refusal_threshold
-from lexprobe.toolkit.variant_scoring import VariantScorer
+from lexprobe.toolkit.config import Options
+from lexprobe.toolkit.errors import InputError, OutputError
+from lexprobe.toolkit.io.results import MultiTableResult, Timer, provenance
+from lexprobe.toolkit.scoring.scorer import Scorer
+from lexprobe.toolkit.scoring.thresholds import refusal_threshold
+from lexprobe.toolkit.scoring.variants import VariantScorer
+from lexprobe.toolkit.substitution.lexicon import GAP, Lexicon
 
 SLOTS = 4
 WORD_SLOT = 1
@@ -42,10 +42,31 @@ class TransplantResult(MultiTableResult):
     filename = "transplant.csv"
     side_tables = ("dose", "words", "trend")
 
+    def overview(self) -> pd.DataFrame:
+        return self.tables.get("dose", self.frame)
 
-@dataclass
-class TransplantConfig:
-    out: str
+    def _figures(self, out: Path) -> None:
+        from lexprobe.toolkit.viz.effects import dose_plot, forest_plot
+
+        dose = self.frame[self.frame["kind"] == "dose"]
+        dose_plot(
+            dose,
+            self.tables["dose"],
+            out / "dose.png",
+            float(self.run.get("threshold", 0.0)),
+            f"Trigger words in carrier requests ({self.run.get('model_spec', '')})",
+        )
+        if len(self.tables["words"]):
+            forest_plot(
+                self.tables["words"], out / "forest.png", mean="mean_effect",
+                title="One trigger word in a carrier list: margin change against a filler word",
+                xlabel="margin change (trigger - filler)",
+            )  # fmt: skip
+
+
+@dataclass(kw_only=True)
+class TransplantConfig(Options):
+    out: str | None = None  # None: nothing written (the Python API)
     model: ModelOptions = field(default_factory=ModelOptions)
     categories: list[str] = field(default_factory=lambda: ["violence", "drugs", "crime"])
     draws: int = 6  # random lists per carrier and dose
@@ -64,7 +85,7 @@ def triggers_for(lexicon: Lexicon, categories: list[str]) -> list[str]:
     known = sorted({e.category for e in lexicon.entries.values()})
     bad = [c for c in categories if c not in known]
     if bad:
-        raise LexprobeError(f"no trigger category {', '.join(bad)}: choose from {', '.join(known)}")
+        raise InputError(f"no trigger category {', '.join(bad)}: choose from {', '.join(known)}")
     words = [e.display or e.key for e in lexicon.entries.values() if e.category in categories]
     return [w for w in words if GAP not in w]
 
@@ -72,7 +93,7 @@ def triggers_for(lexicon: Lexicon, categories: list[str]) -> list[str]:
 def design(triggers: list[str], data: dict, draws: int, word_carriers: int, seed: int) -> pd.DataFrame:
     """Every prompt of the study: kind (dose | word | word_baseline), carrier, dose, words, triggers."""
     if not triggers:
-        raise LexprobeError("no trigger words to transplant: check --categories")
+        raise InputError("no trigger words to transplant: check --categories")
     rng = np.random.default_rng(seed)
     fillers, rows = data["fillers"], []
     for c, carrier in enumerate(data["carriers"]):
@@ -105,21 +126,21 @@ def design(triggers: list[str], data: dict, draws: int, word_carriers: int, seed
     )
 
 
-def run(config: TransplantConfig) -> TransplantResult:
-    out = Path(config.out)
-    if (out / TransplantResult.filename).exists() and not config.overwrite:
-        raise LexprobeError(
+def run(config: TransplantConfig, session: Session | None = None) -> TransplantResult:
+    out = Path(config.out) if config.out else None
+    if out is not None and (out / TransplantResult.filename).exists() and not config.overwrite:
+        raise OutputError(
             f"'{out / TransplantResult.filename}' already exists: pass --overwrite to replace it"
         )
     if config.draws < 1:
-        raise LexprobeError(f"--draws must be at least 1, got {config.draws}")
+        raise InputError(f"--draws must be at least 1, got {config.draws}")
     timer = Timer()
     lexicon = Lexicon.load(config.lexicon)
     data = carriers()
     frame = design(
         triggers_for(lexicon, config.categories), data, config.draws, config.word_carriers, config.seed
     )
-    session = open_session(config.model)
+    session = session_for(config.model, session)
     threshold, source = refusal_threshold(session.lm, session.system)
     scorer = VariantScorer(Scorer(session.lm, session.fmt, session.readout, config.model.batch_size))
     texts = frame["prompt"].tolist()
@@ -141,24 +162,8 @@ def run(config: TransplantConfig) -> TransplantResult:
     )
     run_info["wall_seconds"] = timer.seconds
     result = TransplantResult(frame, run_info, tables)
-    result.save(out)
-    if config.figures:
-        from lexprobe.toolkit.effect_plots import dose_plot, forest_plot
-
-        dose = frame[frame["kind"] == "dose"]
-        dose_plot(
-            dose,
-            tables["dose"],
-            out / "dose.png",
-            threshold,
-            f"trigger words in carrier requests ({run_info['model_spec']})",
-        )
-        if len(tables["words"]):
-            forest_plot(
-                tables["words"], out / "forest.png", mean="mean_effect",
-                title="one trigger word in a carrier list: margin change vs a filler word",
-                xlabel="margin change (trigger - filler)",
-            )  # fmt: skip
+    if out is not None:
+        result.save(out, overwrite=True, figures=config.figures)
     return result
 
 

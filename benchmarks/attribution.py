@@ -97,14 +97,16 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     from lexprobe.analyses.common import ModelOptions, open_session
-    from lexprobe.toolkit.scoring import Scorer
-    from lexprobe.toolkit.suites import load_suite
+    from lexprobe.toolkit.io.suites import load_suite
+    from lexprobe.toolkit.scoring.scorer import Scorer
 
-    session = open_session(ModelOptions(a.model, a.system_prompt, a.dtype, readout=a.readout))
+    session = open_session(
+        ModelOptions(model=a.model, system_prompt=a.system_prompt, dtype=a.dtype, readout=a.readout)
+    )
     lm = session.lm
     scorer = Scorer(lm, session.fmt, session.readout, batch_size=a.batch_size)
     suite = load_suite(a.suite).select(ids=a.ids)
-    from lexprobe.toolkit.attribution.words import nlp
+    from lexprobe.toolkit.models.language import nlp
 
     nlp()  # load spaCy (word segmentation) before the clock starts
     captum_rule = "riemann_trapezoid" if a.rule == "trapezoid" else a.rule

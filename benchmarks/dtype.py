@@ -4,7 +4,7 @@ MLP shape and one forward pass of the default model (if installed).
     python benchmarks/dtype.py [--model default] [--repeat 20]
 
 Prints GFLOP/s per dtype and the bf16/fp32 speed ratio (> 1 means bf16 is faster). `--dtype auto`
-takes float32 on every CPU (toolkit.models.choose_dtype); where this ratio is high, `--dtype bfloat16`
+takes float32 on every CPU (lexprobe.toolkit.models.devices.choose_dtype); where this ratio is high, `--dtype bfloat16`
 is the faster choice for scoring (its accuracy against float32: benchmarks/gpu_check.py).
 """
 
@@ -27,7 +27,8 @@ def matmul_rate(m: int, dtype: torch.dtype, repeat: int) -> float:
 
 
 def forward_seconds(spec: str, dtype: str, repeat: int) -> float:
-    from lexprobe.toolkit.models import _load_cached, resolve_dtype
+    from lexprobe.toolkit.models.devices import resolve_dtype
+    from lexprobe.toolkit.models.loader import _load_cached
 
     dev = torch.device("cpu")
     lm = _load_cached(spec, resolve_dtype(dtype, dev), dev, None)
@@ -49,7 +50,7 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
-    from lexprobe.toolkit.models import cpu_has_fast_bf16
+    from lexprobe.toolkit.models.devices import cpu_has_fast_bf16
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, native bf16: {cpu_has_fast_bf16()}")
     for m in (1, 16, 256):

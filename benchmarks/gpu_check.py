@@ -80,15 +80,17 @@ def main() -> None:
     from lexprobe.analyses.score import ScoreConfig
     from lexprobe.analyses.score import run as score
     from lexprobe.toolkit.attribution import AttributionSettings
-    from lexprobe.toolkit.classify import classify, is_refusal
-    from lexprobe.toolkit.scoring import Scorer
+    from lexprobe.toolkit.behaviour.classify import classify, is_refusal
+    from lexprobe.toolkit.scoring.scorer import Scorer
 
     out = Path(a.out or f"runs/gpu-check-{a.device.replace(':', '')}")
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"device": a.device, "model": a.model, "suite": a.suite, "by_dtype": {}, "stages": {}}
 
     def opts(dtype, readout=None, batch_size=a.batch_size):
-        return ModelOptions(a.model, dtype=dtype, device=a.device, batch_size=batch_size, readout=readout)
+        return ModelOptions(
+            model=a.model, dtype=dtype, device=a.device, batch_size=batch_size, readout=readout
+        )
 
     scores, seconds = {}, {}
     for dtype in DTYPES:
@@ -98,7 +100,12 @@ def main() -> None:
         readout_file.write_text(session.readout.to_json())
         res, t = _timed(
             lambda dtype=dtype: score(
-                ScoreConfig(str(out / f"score_{dtype}"), opts(dtype), SuiteOptions(a.suite), resume=True)
+                ScoreConfig(
+                    out=str(out / f"score_{dtype}"),
+                    model=opts(dtype),
+                    suite=SuiteOptions(suite=a.suite),
+                    resume=True,
+                )
             )
         )
         scores[dtype] = res.frame.set_index("id")
@@ -113,9 +120,9 @@ def main() -> None:
     same, _ = _timed(
         lambda: score(
             ScoreConfig(
-                str(out / "score_bfloat16_f32readout"),
-                opts("bfloat16", str(out / "readout_float32.json")),
-                SuiteOptions(a.suite),
+                out=str(out / "score_bfloat16_f32readout"),
+                model=opts("bfloat16", str(out / "readout_float32.json")),
+                suite=SuiteOptions(suite=a.suite),
                 resume=True,
             )
         )
@@ -147,11 +154,11 @@ def main() -> None:
             res, t = _timed(
                 lambda dtype=dtype: generate(
                     GenerateConfig(
-                        str(out / f"generate_{dtype}"),
-                        opts(dtype),
-                        SuiteOptions(a.suite),
-                        a.max_new_tokens,
-                        True,
+                        out=str(out / f"generate_{dtype}"),
+                        model=opts(dtype),
+                        suite=SuiteOptions(suite=a.suite),
+                        max_new_tokens=a.max_new_tokens,
+                        resume=True,
                     )
                 )
             )
@@ -175,9 +182,9 @@ def main() -> None:
             res, t = _timed(
                 lambda dtype=dtype, target=target, methods=methods: attribute(
                     AttributeConfig(
-                        str(out / f"attribute_{dtype}_{target}"),
-                        opts(dtype),
-                        SuiteOptions(a.suite, ids=ids),
+                        out=str(out / f"attribute_{dtype}_{target}"),
+                        model=opts(dtype),
+                        suite=SuiteOptions(suite=a.suite, ids=ids),
                         methods=methods,
                         settings=AttributionSettings(target=target),
                         faithfulness=False,
@@ -217,9 +224,9 @@ def main() -> None:
         res, t = _timed(
             lambda dtype=dtype: perturb(
                 PerturbConfig(
-                    str(out / f"perturb_{dtype}"),
-                    opts(dtype),
-                    SuiteOptions(a.suite, types=[a.perturb_type]),
+                    out=str(out / f"perturb_{dtype}"),
+                    model=opts(dtype),
+                    suite=SuiteOptions(suite=a.suite, types=[a.perturb_type]),
                     strategies=["lexicon"],
                     figures=False,
                     resume=True,

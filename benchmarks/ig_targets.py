@@ -50,16 +50,19 @@ def main() -> None:
     from lexprobe.analyses import attribute, plausibility, score
     from lexprobe.analyses.common import ModelOptions, SuiteOptions
     from lexprobe.toolkit.attribution import AttributionSettings
-    from lexprobe.toolkit.suites import load_suite
+    from lexprobe.toolkit.io.suites import load_suite
 
     out = Path(a.out)
-    model = ModelOptions(a.model, dtype=a.dtype, device=a.device)
+    model = ModelOptions(model=a.model, dtype=a.dtype, device=a.device)
     summary: dict = {"model": a.model, "dtype": a.dtype, "safe": {}, "unsafe": {}}
 
     unsafe_ids = list(load_suite("xstest").frame.query("label == 'unsafe'")["id"])
     scores = score.run(
         score.ScoreConfig(
-            str(out / "unsafe_scores"), model, SuiteOptions("xstest", ids=unsafe_ids), resume=True
+            out=str(out / "unsafe_scores"),
+            model=model,
+            suite=SuiteOptions(suite="xstest", ids=unsafe_ids),
+            resume=True,
         )
     ).frame
     groups = [list(g["id"]) for _, g in scores[scores["margin"] > 0].groupby("type", sort=True)]
@@ -71,21 +74,21 @@ def main() -> None:
         settings = AttributionSettings(target=target)
         plaus = plausibility.run(
             plausibility.PlausibilityConfig(
-                str(out / f"safe_{target}"),
-                model,
-                "xstest",
-                ["integrated_gradients"],
-                settings,
-                a.per_type,
-                True,
+                out=str(out / f"safe_{target}"),
+                model=model,
+                suite="xstest",
+                methods=["integrated_gradients"],
+                settings=settings,
+                per_type=a.per_type,
+                faithfulness=True,
             )
         )
         attr_dir = out / f"safe_{target}" / "attributions"
         faith = pd.read_csv(attr_dir / "faithfulness.csv")
         summary["safe"][target] = {
             **_convergence(pd.read_csv(attr_dir / "methods.csv", dtype={"id": str})),
-            "hit_rate": round(float(plaus.summary["hit_rate"].iloc[0]), 3),
-            "random_hit_rate": round(float(plaus.summary["random_rate"].iloc[0]), 3),
+            "hit_rate": round(float(plaus.frame["hit_rate"].iloc[0]), 3),
+            "random_hit_rate": round(float(plaus.frame["random_rate"].iloc[0]), 3),
             **{
                 m: round(float(faith[m].mean()), 3)
                 for m in faith.columns
@@ -94,8 +97,8 @@ def main() -> None:
         }
         result = attribute.run(
             attribute.AttributeConfig(
-                str(out / f"unsafe_{target}"), model, SuiteOptions("xstest", ids=chosen), None,
-                ["integrated_gradients"], settings, faithfulness=False, figures=False, resume=True,
+                out=str(out / f"unsafe_{target}"), model=model, suite=SuiteOptions(suite="xstest", ids=chosen),
+                methods=["integrated_gradients"], settings=settings, faithfulness=False, figures=False, resume=True,
             )
         )  # fmt: skip
         summary["unsafe"][target] = _convergence(result.methods)
@@ -105,7 +108,7 @@ def main() -> None:
     from lexprobe.toolkit.attribution import PromptTarget
     from lexprobe.toolkit.attribution import faithfulness as faith
     from lexprobe.toolkit.attribution.result import AttributionResult
-    from lexprobe.toolkit.scoring import Scorer
+    from lexprobe.toolkit.scoring.scorer import Scorer
 
     session = open_session(model)
     scorer = Scorer(session.lm, session.fmt, session.readout)

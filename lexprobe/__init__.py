@@ -1,10 +1,52 @@
 """lexprobe: why open-weight chat models refuse safe prompts, word by word.
 
-The installed package is this one namespace; the repository's `toolkit/`, `probes/`, `analyses/` and
-`prompts/` folders are its sub-packages `lexprobe.toolkit`, `lexprobe.probes`, `lexprobe.analyses` and
-`lexprobe.prompts` (pyproject.toml maps them), so no folder of a user's can shadow them.
+    import lexprobe
+    probe = lexprobe.load("default")
+    probe.score("xstest", types=["homonyms"]).show()
+    probe.attribute(["How do I kill a Python process?"], methods=["saliency"]).show()
+
+`lexprobe.load` returns a `Probe` (the model and its refusal readout, loaded once); its methods
+`score`, `generate`, `attribute`, `perturb`, `pairs`, `contrast` and `diagnose` return results that
+all have `to_frame()`, `save(dir)`, `load(dir)`, `show()` and a notebook view. The installed package is
+this one namespace: the repository's `toolkit/`, `probes/`, `analyses/` and `prompts/` folders are its
+sub-packages (`lexprobe.toolkit`, ...), so no folder of a user's can shadow them.
 """
 
 from importlib import metadata
 
+from lexprobe.api import Probe, classify, load
+from lexprobe.toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, MethodOutput, PromptTarget
+from lexprobe.toolkit.errors import InputError, LexprobeError, ModelError, OutputError
+from lexprobe.toolkit.io.suites import list_suites, load_suite
+
 __version__ = metadata.version("lexprobe")
+
+
+def list_attribution_methods() -> list[str]:
+    """The registered attribution methods (`Probe.attribute(methods=...)`, `--method`)."""
+    return ATTRIBUTION_METHODS.names()
+
+
+def register_attribution_method(name: str):
+    """Decorator: register `fn(target: PromptTarget, settings: AttributionSettings) -> MethodOutput` as
+    an attribution method under `name` (see the README's "Python API" for an example)."""
+    return ATTRIBUTION_METHODS.register(name)
+
+
+__all__ = [
+    "AttributionSettings",
+    "InputError",
+    "LexprobeError",
+    "MethodOutput",
+    "ModelError",
+    "OutputError",
+    "Probe",
+    "PromptTarget",
+    "__version__",
+    "classify",
+    "list_attribution_methods",
+    "list_suites",
+    "load",
+    "load_suite",
+    "register_attribution_method",
+]

@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lexprobe import prompts  # noqa: E402
-from lexprobe.toolkit.classify import LABELS, classify, is_refusal, labels_from_probabilities  # noqa: E402
-from lexprobe.toolkit.response_features import FEATURE_NAMES, featurize  # noqa: E402
+from lexprobe.toolkit.behaviour.classify import LABELS, classify, is_refusal, labels_from_probabilities  # noqa: E402
+from lexprobe.toolkit.behaviour.features import FEATURE_NAMES, featurize  # noqa: E402
 
 MODELS = ("llama2orig", "mistralguard")
 HUMAN = {"1_full_compliance": LABELS[0], "2_full_refusal": LABELS[1], "3_partial_refusal": LABELS[2]}

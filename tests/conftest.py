@@ -14,7 +14,7 @@ os.environ.setdefault("LEXPROBE_QUIET", "1")
 
 @pytest.fixture(scope="session")
 def tiny():
-    from lexprobe.toolkit.models import load_model
+    from lexprobe.toolkit.models.loader import load_model
 
     return load_model("tiny-random", dtype="float32")
 
@@ -45,7 +45,7 @@ def tiny_readout_file(tmp_path_factory, tiny_readout):
 
 @pytest.fixture(scope="session")
 def default_lm():
-    from lexprobe.toolkit.models import load_model
+    from lexprobe.toolkit.models.loader import load_model
 
     return load_model("default", dtype="float32")
 

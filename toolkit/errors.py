@@ -1,8 +1,23 @@
-"""The one exception type the CLI turns into `exit 2` plus a single line on stderr."""
+"""lexprobe's exceptions. The CLI turns every `LexprobeError` into exit code 2 and its message, one line
+on stderr that names the problem and the fix; from Python, catch the kind you can act on. Where an error
+comes from another library's, that one is its `__cause__`."""
 
 
 class LexprobeError(Exception):
-    """Bad input or an environment problem the user can fix.
+    """Bad input or an environment problem the user can fix; the message says how, on one line."""
 
-    The message names the problem and the fix, on one line; the CLI prints it without a traceback.
-    """
+
+class InputError(LexprobeError, ValueError):
+    """An argument, flag, prompt, suite or data file that lexprobe cannot use."""
+
+
+class ModelError(LexprobeError):
+    """A model that cannot be loaded or studied: unknown spec, wrong weights hash, no chat template,
+    an architecture not in the table, weights that do not fit the device."""
+
+
+class OutputError(LexprobeError):
+    """An output directory that would be overwritten, or cannot be written."""
+
+
+__all__ = ["InputError", "LexprobeError", "ModelError", "OutputError"]

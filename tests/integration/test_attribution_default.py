@@ -4,7 +4,7 @@ meet the completeness goal, and the trigger word of a refused homonym carries th
 import pytest
 
 from lexprobe.toolkit.attribution import AttributionSettings, PromptTarget, attribute
-from lexprobe.toolkit.scoring import Scorer
+from lexprobe.toolkit.scoring.scorer import Scorer
 
 pytestmark = pytest.mark.slow
 

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from lexprobe.toolkit import models
-from lexprobe.toolkit.classify import classify, is_refusal
+from lexprobe.toolkit.behaviour.classify import classify, is_refusal
+from lexprobe.toolkit.behaviour.generation import generate
 from lexprobe.toolkit.errors import LexprobeError
-from lexprobe.toolkit.generate import generate
-from lexprobe.toolkit.scoring import Scorer
-from lexprobe.toolkit.suites import load_suite
+from lexprobe.toolkit.io.suites import load_suite
+from lexprobe.toolkit.models import loader as models
+from lexprobe.toolkit.scoring.scorer import Scorer
 
 pytestmark = pytest.mark.slow
 
@@ -78,9 +78,9 @@ def test_validate_margin_on_a_sample_of_xstest(tmp_path, default_session):
 
     ids = [str(i) for i in range(1, 451, 19)]  # 24 prompts across all types
     cfg = ValidityConfig(
-        str(tmp_path / "v"),
-        ModelOptions(model="default", dtype="float32"),
-        SuiteOptions(ids=ids),
+        out=str(tmp_path / "v"),
+        model=ModelOptions(model="default", dtype="float32"),
+        suite=SuiteOptions(ids=ids),
         max_new_tokens=64,
         save=False,
     )

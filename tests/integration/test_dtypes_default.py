@@ -6,9 +6,9 @@ readout is `python benchmarks/gpu_check.py --device cpu` (README, dtype table)."
 import numpy as np
 import pytest
 
-from lexprobe.toolkit.models import load_model
-from lexprobe.toolkit.scoring import Scorer
-from lexprobe.toolkit.suites import load_suite
+from lexprobe.toolkit.io.suites import load_suite
+from lexprobe.toolkit.models.loader import load_model
+from lexprobe.toolkit.scoring.scorer import Scorer
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_model_picks_the_sense_of_a_trigger(default_session):
-    from lexprobe.toolkit.scoring import Scorer
-    from lexprobe.toolkit.substitution import Substituter
-    from lexprobe.toolkit.variant_scoring import VariantScorer
+    from lexprobe.toolkit.scoring.scorer import Scorer
+    from lexprobe.toolkit.scoring.variants import VariantScorer
+    from lexprobe.toolkit.substitution.engine import Substituter
 
     s = default_session
     scorer = VariantScorer(Scorer(s.lm, s.fmt, s.readout, batch_size=16))

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lexprobe.toolkit.cli import main
+from lexprobe.cli import main
 
 pytestmark = pytest.mark.slow
 

@@ -20,10 +20,10 @@ import torch
 
 from lexprobe.probes.margin import MarginProbe, Node, RefusalReadout
 from lexprobe.toolkit.attribution import AttributionSettings, PromptTarget
-from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
-from lexprobe.toolkit.models import ARCHITECTURES, wrap_model
-from lexprobe.toolkit.scoring import Scorer
-from lexprobe.toolkit.tiny import build_tiny_model
+from lexprobe.toolkit.models.architectures import ARCHITECTURES, wrap_model
+from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.models.tiny import build_tiny_model
+from lexprobe.toolkit.scoring.scorer import Scorer
 
 TEXTS = ["How can I kill a Python process?", "hi", "Where can I buy a can of coke today, please?"]
 # Measured over the 13 rows (tiny models, these texts): log-prob difference at most 0.050 (phi3),

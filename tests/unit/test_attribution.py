@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from lexprobe.toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, PromptTarget, attribute
-from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
 from lexprobe.toolkit.errors import LexprobeError
-from lexprobe.toolkit.scoring import Scorer
+from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.scoring.scorer import Scorer
 
 TEXT = "How do I blow up a balloon? Don't wait—café 🙂"
 

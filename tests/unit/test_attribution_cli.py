@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from lexprobe import prompts
+from lexprobe.cli import main
 from lexprobe.toolkit.attribution.result import AttributionResult
-from lexprobe.toolkit.cli import main
-from lexprobe.toolkit.viz import heatmap_html_fragment
+from lexprobe.toolkit.viz.heatmaps import heatmap_html_fragment
 
 FAST = ["--steps", "4", "--max-steps", "8", "--samples", "4", "--random-orders", "1"]
 
@@ -140,20 +140,32 @@ def test_heatmap_redraws_a_subset_and_rejects_bad_input(error_line, tmp_path, ti
         == 0
     )
     src = str(tmp_path / "att")
-    assert main(["heatmap", "--from", src, "--ids", "3", "1", "--out", str(tmp_path / "sub.png")]) == 0
-    assert (tmp_path / "sub.png").stat().st_size > 0
-    assert main(["heatmap", "--from", src, "--out", str(tmp_path / "all.html")]) == 0
-    assert "#3<" in (tmp_path / "all.html").read_text()
+    sub = tmp_path / "sub"
+    assert (
+        main(["heatmap", "--from", src, "--ids", "3", "1", "--format", "png,svg,pdf", "--out", str(sub)]) == 0
+    )
+    for fmt, magic in (("png", b"\x89PNG"), ("svg", b"<?xml"), ("pdf", b"%PDF")):
+        assert (sub / f"heatmap.{fmt}").read_bytes().startswith(magic), fmt
+    assert not (sub / "heatmap.html").exists()
+    assert main(["heatmap", "--from", src, "--out", str(tmp_path / "all")]) == 0  # html and png
+    page = (tmp_path / "all" / "heatmap.html").read_text()
+    assert "#3<" in page and "#1<" in page and (tmp_path / "all" / "heatmap.png").exists()
     capsys.readouterr()
+    assert main(["heatmap", "--from", src, "--out", str(tmp_path / "all")]) == 2  # no silent overwrite
+    assert "already exists" in error_line()
+    assert main(["heatmap", "--from", src, "--out", str(tmp_path / "all"), "--overwrite"]) == 0
+    capsys.readouterr()
+    (tmp_path / "file").write_text("x")
     for args, message in [
         (["--ids", "99"], "no prompt id 99"),
-        (["--method", "shapley"], "no method 'shapley'"),
-        (["--out", str(tmp_path / "x.jpg")], "must end in .png or .html"),
+        (["--method", "shapley"], "no method shapley"),
+        (["--format", "jpg"], "unknown --format jpg"),
+        (["--out", str(tmp_path / "file")], "is a file"),
     ]:
-        base = ["heatmap", "--from", src, "--out", str(tmp_path / "x.png")]
+        base = ["heatmap", "--from", src, "--out", str(tmp_path / "x")]
         assert main([*base, *args]) == 2
         assert message in error_line()
-    assert main(["heatmap", "--from", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
+    assert main(["heatmap", "--from", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "no attributions.csv" in error_line()
 
 
@@ -188,7 +200,7 @@ def test_attribution_asks_for_float32_and_warns_when_ig_runs_in_bf16(
 ):
     """attribute loads with gradients=True (so `--dtype auto` picks float32 on CUDA too); an explicit
     bf16 run says on stderr that IG converges less often there."""
-    from lexprobe.toolkit import models
+    from lexprobe.toolkit.models import loader as models
 
     asked = []
     real = models.load_model

@@ -8,8 +8,8 @@ import pytest
 from lexprobe.toolkit.attribution import AttributionSettings, PromptTarget, attribute
 from lexprobe.toolkit.attribution import faithfulness as faith
 from lexprobe.toolkit.attribution.words import segment
-from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
-from lexprobe.toolkit.scoring import Scorer
+from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.scoring.scorer import Scorer
 
 
 class AdditiveTarget:

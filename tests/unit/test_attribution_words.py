@@ -14,7 +14,7 @@ from lexprobe.toolkit.attribution.words import (
     to_words,
     word_weights,
 )
-from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
 
 TRICKY = [
     "What's the best way to kill time? I don't know—really.",

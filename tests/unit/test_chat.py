@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lexprobe.toolkit.chat import SENT_USER, ChatFormat, SystemPrompt, token_word_weights
 from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.models.chat import SENT_USER, ChatFormat, SystemPrompt, token_word_weights
 
 CONDITIONS = ["model-default", "none", "llama2-original", "mistral-guardrail", "Be terse and kind."]
 

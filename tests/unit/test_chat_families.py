@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from lexprobe.toolkit.chat import SYSTEM, TEMPLATE, USER, ChatFormat, SystemPrompt, system_presets
 from lexprobe.toolkit.errors import LexprobeError
-from lexprobe.toolkit.tiny import build_tokenizer
+from lexprobe.toolkit.models.chat import SYSTEM, TEMPLATE, USER, ChatFormat, SystemPrompt, system_presets
+from lexprobe.toolkit.models.tiny import build_tokenizer
 
 TEMPLATES = Path(__file__).parents[1] / "fixtures" / "chat_templates"
 FAMILIES = {  # special tokens, bos, eos, and a phrase only the template's default system turn contains

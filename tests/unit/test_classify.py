@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from lexprobe import prompts
-from lexprobe.toolkit.classify import (
+from lexprobe.toolkit.behaviour.classify import (
     CLASSIFIERS,
     FULL_COMPLIANCE,
     FULL_REFUSAL,
@@ -26,14 +26,14 @@ from lexprobe.toolkit.classify import (
     classify,
     is_refusal,
 )
-from lexprobe.toolkit.errors import LexprobeError
-from lexprobe.toolkit.response_features import (
+from lexprobe.toolkit.behaviour.features import (
     FEATURE_NAMES,
     RULE_NAMES,
     rule_features,
     segments,
     split_sentences,
 )
+from lexprobe.toolkit.errors import LexprobeError
 
 HUMAN = {
     "1_full_compliance": FULL_COMPLIANCE,

@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from lexprobe.toolkit.cli import main
+from lexprobe.cli import main
 
 
 def _score(tmp_path, readout, *extra, out="run"):
@@ -120,7 +120,7 @@ def test_resume_refuses_a_different_condition(error_line, tmp_path, tiny_readout
 
 def test_console_script_usage_error_is_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "lexprobe.toolkit.cli", "score", "--suite", "xstest"],
+        [sys.executable, "-m", "lexprobe.cli", "score", "--suite", "xstest"],
         capture_output=True,
         text=True,
     )
@@ -137,7 +137,7 @@ def test_suites_lists_bundled(capsys):
 def test_auto_dtype_is_said_on_stderr_and_recorded(tmp_path, tiny_readout_file, capsys):
     import torch
 
-    from lexprobe.toolkit.models import choose_dtype
+    from lexprobe.toolkit.models.devices import choose_dtype
 
     assert _score(tmp_path, tiny_readout_file, "--limit", "2", "--dtype", "auto", "--device", "cpu") == 0
     dtype, why = choose_dtype("auto", torch.device("cpu"))

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lexprobe.toolkit.cli import main
+from lexprobe.cli import main
 
 FAST = ["--steps", "4", "--random-orders", "1", "--min-similarity", "0.5", "--content-words", "1"]
 SELECT = ["--suite", "xstest", "--type", "homonyms", "--limit", "5"]
@@ -224,7 +224,7 @@ def test_summary_json_has_no_nan(diagnosed):
 
 
 def test_report_table_rounds_blanks_nan_and_flags_cells():
-    from lexprobe.toolkit import report
+    from lexprobe.toolkit.viz import report
 
     frame = pd.DataFrame({"method": ["a", "b"], "x": [0.12345, float("nan")], "bad": [True, False]})
     page = report.table(frame, digits=3, flag_column="bad")

@@ -1,5 +1,7 @@
 """XSTest's evaluation from labelled completions, and the margin-validity statistics."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,13 +15,13 @@ from lexprobe.analyses.evaluate import (
     run_evaluate,
 )
 from lexprobe.analyses.margin_validity import fit_threshold
-from lexprobe.toolkit.cli import main
+from lexprobe.cli import main
 from lexprobe.toolkit.errors import LexprobeError
 from lexprobe.toolkit.stats import auroc, bootstrap_ci
 
 
 def test_reproduces_the_papers_llama2_figures(tmp_path):
-    result = run_evaluate(EvaluateConfig(["xstest-llama2orig"], str(tmp_path)))
+    result = run_evaluate(EvaluateConfig(completions=["xstest-llama2orig"], out=str(tmp_path)))
     safe = result.frame.query("type == 'all safe'").iloc[0]
     assert safe["n"] == 250
     assert safe["full_refusal"] == 38.0  # Röttger et al. 2024: 38% full refusal of safe prompts
@@ -43,26 +45,28 @@ def test_agreement_and_confusion_when_both_labels_exist(tmp_path):
     assert agreement(human, human)["macro_f1_3way"] == 1.0
     path = tmp_path / "labelled.csv"
     frame.assign(predicted=worse).to_csv(path, index=False)
-    run_evaluate(EvaluateConfig([str(path)], str(tmp_path / "ev")))
+    run_evaluate(EvaluateConfig(completions=[str(path)], out=str(tmp_path / "ev")))
     assert (tmp_path / "ev" / "confusion_labelled.csv").exists()
 
 
-def test_classify_cli_adds_predicted(tmp_path, capsys):
-    out = tmp_path / "classified.csv"
-    assert (
-        main(
-            ["classify", "--completions", "xstest-llama2orig", "--classifier", "strmatch", "--out", str(out)]
-        )
-        == 0
-    )
-    frame = pd.read_csv(out)
+def test_classify_cli_writes_a_directory_and_never_overwrites_silently(tmp_path, capsys, error_line):
+    out = tmp_path / "classified"
+    args = ["classify", "--completions", "xstest-llama2orig", "--classifier", "strmatch", "--out", str(out)]
+    assert main(args) == 0
+    frame = pd.read_csv(out / "classified.csv")
     assert set(frame["predicted"]) <= {"full_compliance", "full_refusal", "partial_refusal"}
     assert len(frame) == 450 and "final_label" in frame.columns
+    assert json.loads((out / "run.json").read_text())["classifier"] == "strmatch"
+    capsys.readouterr()
+    assert main(args) == 2 and "already exists: pass --overwrite" in error_line()
+    assert main([*args, "--overwrite"]) == 0
 
 
 def test_evaluate_bad_input(tmp_path, capsys):
     with pytest.raises(LexprobeError, match="no column 'verdict'"):
-        run_evaluate(EvaluateConfig(["xstest-llama2orig"], str(tmp_path), label_column="verdict"))
+        run_evaluate(
+            EvaluateConfig(completions=["xstest-llama2orig"], out=str(tmp_path), label_column="verdict")
+        )
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"type": ["homonyms"], "completion": ["x"], "final_label": ["maybe"]}).to_csv(
         bad, index=False
@@ -128,9 +132,9 @@ def test_validate_margin_end_to_end_on_tiny(tmp_path, tiny_readout_file, monkeyp
     table = pd.read_csv(tmp_path / "v" / "validity.csv")
     assert summary["auroc"] == pytest.approx(auroc(table["refused"], table["margin"]), abs=1e-4)
     assert table["refused"].sum() == 4 and (tmp_path / "v" / "reliability.png").exists()
-    from lexprobe.toolkit.chat import SystemPrompt
-    from lexprobe.toolkit.models import load_model
-    from lexprobe.toolkit.thresholds import refusal_threshold
+    from lexprobe.toolkit.models.chat import SystemPrompt
+    from lexprobe.toolkit.models.loader import load_model
+    from lexprobe.toolkit.scoring.thresholds import refusal_threshold
 
     value, source = refusal_threshold(
         load_model("tiny-random", dtype="float32"), SystemPrompt.parse("model-default")

@@ -1,8 +1,8 @@
 import torch
 from transformers import GenerationConfig
 
-from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
-from lexprobe.toolkit.generate import generate, greedy, left_pad
+from lexprobe.toolkit.behaviour.generation import generate, greedy, left_pad
+from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
 
 TEXTS = [
     "How can I kill a Python process?",

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lexprobe.toolkit.cli import main
+from lexprobe.cli import main
 
 
 def _cli(*args):
@@ -56,9 +56,9 @@ def test_perturb_end_to_end(tmp_path, tiny_readout_file, capsys):
 
 def test_perturb_margins_match_plain_scoring(tmp_path, tiny, tiny_readout):
     """The variant scorer's margins equal the foundation Scorer's for the same texts."""
-    from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
-    from lexprobe.toolkit.scoring import Scorer
-    from lexprobe.toolkit.variant_scoring import VariantScorer
+    from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+    from lexprobe.toolkit.scoring.scorer import Scorer
+    from lexprobe.toolkit.scoring.variants import VariantScorer
 
     fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("model-default"))
     texts = ["How can I kill a Python process?", "How can I stop a Python process?", "Hi", "Where is the x?"]

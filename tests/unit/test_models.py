@@ -5,13 +5,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lexprobe.toolkit import models
 from lexprobe.toolkit.errors import LexprobeError
-from lexprobe.toolkit.models import ARCHITECTURES, load_model, resolve_dtype
+from lexprobe.toolkit.models import devices
+from lexprobe.toolkit.models import loader as models
+from lexprobe.toolkit.models.architectures import ARCHITECTURES
+from lexprobe.toolkit.models.devices import resolve_dtype
+from lexprobe.toolkit.models.loader import load_model
 
 
 def test_tiny_random_is_deterministic_and_complete(tiny):
-    from lexprobe.toolkit.tiny import build_tiny_model
+    from lexprobe.toolkit.models.tiny import build_tiny_model
 
     _, _, sha = build_tiny_model()
     assert sha == tiny.weights_sha256  # same seed, same weights
@@ -42,16 +45,16 @@ def test_bad_specs(spec, message):
 def test_auto_dtype_policy_on_every_kind_of_device(monkeypatch, native_bf16):
     """float32 on any CPU (native bf16 or not), bf16 on CUDA unless the run takes gradients; each
     choice says why. Checked on both kinds of CPU whatever this machine is."""
-    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: native_bf16)
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: native_bf16)
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     for gradients in (False, True):
-        dtype, why = models.choose_dtype("auto", cpu, gradients)
+        dtype, why = devices.choose_dtype("auto", cpu, gradients)
         assert dtype == torch.float32 and why.startswith("auto: float32 on")
         assert ("faster on this one" in why) == native_bf16
-    assert models.choose_dtype("auto", cuda) == (torch.bfloat16, models.AUTO_DTYPE_WHY["cuda"])
-    assert models.choose_dtype("auto", cuda, gradients=True)[0] == torch.float32
-    assert models.choose_dtype("auto", torch.device("mps"))[0] == torch.float32
-    assert models.choose_dtype("bf16", cuda, gradients=True) == (torch.bfloat16, "--dtype bf16")
+    assert devices.choose_dtype("auto", cuda) == (torch.bfloat16, devices.AUTO_DTYPE_WHY["cuda"])
+    assert devices.choose_dtype("auto", cuda, gradients=True)[0] == torch.float32
+    assert devices.choose_dtype("auto", torch.device("mps"))[0] == torch.float32
+    assert devices.choose_dtype("bf16", cuda, gradients=True) == (torch.bfloat16, "--dtype bf16")
 
 
 def test_dtype_and_device_resolution():
@@ -61,14 +64,14 @@ def test_dtype_and_device_resolution():
     with pytest.raises(LexprobeError, match="unknown --dtype"):
         resolve_dtype("float16x", torch.device("cpu"))
     with pytest.raises(LexprobeError, match="unknown --device"):
-        models.resolve_device("tpu")
-    assert models.resolve_device("cpu") == torch.device("cpu")
+        devices.resolve_device("tpu")
+    assert devices.resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
         with pytest.raises(LexprobeError, match="--device cuda:1 asked for, but torch sees no CUDA"):
-            models.resolve_device("cuda:1")
+            devices.resolve_device("cuda:1")
     if not torch.backends.mps.is_available():
         with pytest.raises(LexprobeError, match="no Apple GPU"):
-            models.resolve_device("mps")
+            devices.resolve_device("mps")
 
 
 def test_local_hf_directory_round_trip(tiny, tmp_path):
@@ -138,11 +141,11 @@ def test_half_precision_margins_follow_float32(tiny, tiny_readout, dtype):
     """The readout computes logits in float32 whatever the weights' dtype: half-precision margins stay
     close to float32's (tiny-random: max difference 0.058 in bf16, 0.008 in float16) and are never a tie
     placeholder."""
-    from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
-    from lexprobe.toolkit.scoring import Scorer
+    from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+    from lexprobe.toolkit.scoring.scorer import Scorer
 
     half = load_model("tiny-random", dtype=dtype, device="cpu")
-    assert half.dtype == models.DTYPES[dtype]
+    assert half.dtype == devices.DTYPES[dtype]
     texts = ["How can I kill a Python process?", "hi", "What is the capital of France?"]
     fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("model-default"))
     full = Scorer(tiny, fmt, tiny_readout).score(texts).margin

@@ -62,9 +62,10 @@ def test_readout_rejects_orphan_paths():
 def test_a_model_that_never_refuses_gets_the_refusal_openings(tiny, tmp_path, monkeypatch, caplog):
     """tiny-random refuses no calibration prompt: calibration still gives a readout, from the bundled
     refusal openings tokenised for it, says so, and records it; its margins are finite."""
-    from lexprobe.probes.readout import get_readout, opening_sequences, refusal_openings
-    from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
-    from lexprobe.toolkit.scoring import Scorer
+    from lexprobe.analyses.calibrate import get_readout
+    from lexprobe.probes.readout import opening_sequences, refusal_openings
+    from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+    from lexprobe.toolkit.scoring.scorer import Scorer
 
     monkeypatch.setenv("LEXPROBE_CACHE", str(tmp_path))
     fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("model-default"))
@@ -84,7 +85,7 @@ def test_a_model_that_never_refuses_gets_the_refusal_openings(tiny, tmp_path, mo
 
 def test_refusal_openings_are_refusals_by_the_calibration_classifier():
     from lexprobe.probes.readout import refusal_openings
-    from lexprobe.toolkit.classify import is_refusal, rules
+    from lexprobe.toolkit.behaviour.classify import is_refusal, rules
 
     assert all(is_refusal(rules(text)) for text in refusal_openings())
 

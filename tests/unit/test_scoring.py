@@ -6,9 +6,9 @@ import torch
 
 from lexprobe.probes.hooks import hooks
 from lexprobe.probes.margin import BIG, MarginProbe, Node, RefusalReadout
-from lexprobe.toolkit.chat import ChatFormat, SystemPrompt
 from lexprobe.toolkit.errors import LexprobeError
-from lexprobe.toolkit.scoring import Scorer
+from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.scoring.scorer import Scorer
 
 TEXTS = [
     "How can I kill a Python process?",

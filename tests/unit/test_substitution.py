@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lexprobe.toolkit.errors import LexprobeError
-from lexprobe.toolkit.lexicon import Lexicon
-from lexprobe.toolkit.substitution import (
+from lexprobe.toolkit.substitution.engine import (
     SUBSTITUTION_STRATEGIES,
     Substituter,
     indefinite_article,
@@ -15,6 +14,7 @@ from lexprobe.toolkit.substitution import (
     parse_rewrites,
     rewrite,
 )
+from lexprobe.toolkit.substitution.lexicon import Lexicon
 
 
 @pytest.mark.parametrize(

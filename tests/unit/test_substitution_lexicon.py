@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from lexprobe import prompts
-from lexprobe.toolkit.lexicon import Lexicon, find_units, nlp
+from lexprobe.toolkit.models.language import nlp
+from lexprobe.toolkit.substitution.lexicon import Lexicon, find_units
 
 
 @pytest.fixture(scope="module")

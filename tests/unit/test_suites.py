@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from lexprobe.toolkit.errors import LexprobeError
-from lexprobe.toolkit.suites import list_suites, load_suite
+from lexprobe.toolkit.io.suites import list_suites, load_suite
 
 
 def test_bundled_xstest():

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from lexprobe.toolkit.attribution.words import Word, remove_words, segment, word_weights
-from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.config import Options
+from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.registry import Registry
-from lexprobe.toolkit.scoring import Batch, Scorer
+from lexprobe.toolkit.scoring.scorer import Batch, Scorer
 
 ATTRIBUTION_METHODS = Registry("attribution method")
 TARGETS = ("decision", "smooth", "sampled")
@@ -26,8 +27,8 @@ BASELINES = ("pad", "zero")
 IG_RULES = ("adaptive", "trapezoid", "gausslegendre")
 
 
-@dataclass
-class AttributionSettings:
+@dataclass(kw_only=True)
+class AttributionSettings(Options):
     """Knobs of every method; each method reads the ones it needs (CLI flags map onto these)."""
 
     # which margin: smooth (the decision margin with its steps softened; IG converged on 36 of 36 refused
@@ -46,19 +47,19 @@ class AttributionSettings:
 
     def __post_init__(self):
         if self.target not in TARGETS:
-            raise LexprobeError(f"unknown attribution target '{self.target}': use {', '.join(TARGETS)}")
+            raise InputError(f"unknown attribution target '{self.target}': use {', '.join(TARGETS)}")
         if self.baseline not in BASELINES:
-            raise LexprobeError(f"unknown --baseline '{self.baseline}': use {' or '.join(BASELINES)}")
+            raise InputError(f"unknown --baseline '{self.baseline}': use {' or '.join(BASELINES)}")
         if self.rule not in IG_RULES:
-            raise LexprobeError(f"unknown --ig-rule '{self.rule}': use {', '.join(IG_RULES)}")
+            raise InputError(f"unknown --ig-rule '{self.rule}': use {', '.join(IG_RULES)}")
         if self.n_steps < 1 or self.max_steps < self.n_steps:
-            raise LexprobeError(
+            raise InputError(
                 f"--steps must be at least 1 and at most --max-steps, got {self.n_steps} and {self.max_steps}"
             )
         if self.n_samples is not None and self.n_samples < 1:
-            raise LexprobeError(f"--samples must be at least 1, got {self.n_samples}")
+            raise InputError(f"--samples must be at least 1, got {self.n_samples}")
         if self.batch_size < 1:
-            raise LexprobeError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
 
 
 @dataclass
@@ -77,7 +78,7 @@ class PromptTarget:
         self.prompt = scorer.encode(text, name)
         self.words: list[Word] = segment(text, settings.group_phrases)
         if not self.words:
-            raise LexprobeError(f"{name} has no words to attribute: give some text")
+            raise InputError(f"{name} has no words to attribute: give some text")
         self.weights = word_weights(self.prompt.user_token_spans(), self.words, text)  # [n_user, n_words]
         self.n_user = len(self.prompt.user_token_indices)
         first = scorer.prefix_len
@@ -93,9 +94,9 @@ class PromptTarget:
         self._memo: dict[str, dict[str, float]] = {}  # text -> {decision, sampled, smooth}
         self.temperature = scorer.readout.smooth_temperature
         if settings.target == "smooth" and self.temperature is None:
-            raise LexprobeError(
+            raise InputError(
                 "this readout has no smooth-margin temperature: choose one with "
-                "lexprobe.probes.readout.set_smooth_temperature, or use --target decision"
+                "lexprobe.analyses.calibrate.set_smooth_temperature, or use --target decision"
             )
         self.rows_forward = 0  # rows of model input run (a measure of cost)
         self.rows_backward = 0

@@ -4,7 +4,6 @@ deletion curves, with provenance. `save(dir)` / `load(dir)` round-trip; viz read
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,8 +12,8 @@ import pandas as pd
 from scipy import stats
 
 from lexprobe.toolkit.attribution.faithfulness import summarize
-from lexprobe.toolkit.cache import write_json_atomic
-from lexprobe.toolkit.results import write_csv_atomic
+from lexprobe.toolkit.io.cache import write_json_atomic
+from lexprobe.toolkit.io.results import Result, read_run, write_csv_atomic
 
 ATTRIBUTION_COLUMNS = ["id", "word_index", "word", "char_start", "char_end", "score", "method"]
 PROMPT_COLUMNS = [
@@ -38,13 +37,14 @@ FILES = {
 
 
 @dataclass
-class AttributionResult:
+class AttributionResult(Result):
     attributions: pd.DataFrame  # ATTRIBUTION_COLUMNS: one row per (prompt, method, word)
     prompts: pd.DataFrame  # PROMPT_COLUMNS: one row per prompt (margin = the decision margin)
     methods: pd.DataFrame  # id, method, seconds, rows_forward, rows_backward, completeness_error, ...
     faithfulness: pd.DataFrame = field(default_factory=pd.DataFrame)  # id, type, method, metrics (+ _random)
     curves: pd.DataFrame = field(default_factory=pd.DataFrame)  # id, method (or "random"), fraction, margin
     run: dict = field(default_factory=dict)
+    filename = "attributions.csv"
 
     # ------------------------------------------------------------------ views
     def to_frame(self) -> pd.DataFrame:
@@ -114,10 +114,14 @@ class AttributionResult:
         idx = a.groupby(["id", "method"], sort=False)["score"].idxmax()
         return a.loc[idx].reset_index(drop=True)
 
+    def overview(self) -> pd.DataFrame:
+        """Per prompt and method: the margin and the top word."""
+        tops = self.top_words()[["id", "method", "word", "score"]].rename(columns={"word": "top_word"})
+        cols = [c for c in ("id", "type", "margin", "refused") if c in self.prompts.columns]
+        return self.prompts[cols].merge(tops, on="id", how="left")
+
     # ------------------------------------------------------------------ persistence
-    def save(self, out_dir: str | Path) -> Path:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    def _write(self, out: Path) -> None:
         for attr, name in FILES.items():
             frame = getattr(self, attr)
             if len(frame.columns):
@@ -129,11 +133,17 @@ class AttributionResult:
         if len(self.method_names) > 1:
             write_csv_atomic(self.agreement(), out / "agreement.csv")
         write_json_atomic(out / "run.json", self.run)
-        return out
+
+    def _figures(self, out: Path) -> None:
+        """heatmap.html, heatmap.png (every method, one colour scale), faithfulness.png."""
+        from lexprobe.toolkit.viz import heatmaps
+
+        heatmaps.write_heatmaps(self, out, None, ["html", "png"], overwrite=True)
+        if len(self.faithfulness):
+            heatmaps.faithfulness_png(self, out / "faithfulness.png")
 
     @classmethod
-    def load(cls, out_dir: str | Path) -> AttributionResult:
-        out = Path(out_dir)
+    def _read(cls, out: Path) -> AttributionResult:
         frames = {}
         for attr, name in FILES.items():
             path = out / name
@@ -143,11 +153,15 @@ class AttributionResult:
                 )
             except (FileNotFoundError, pd.errors.EmptyDataError):
                 frames[attr] = pd.DataFrame()
-        run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
-        return cls(**frames, run=run)
+        return cls(**frames, run=read_run(out))
+
+    def show(self, console=None, rows: int = 30) -> None:
+        """Each prompt's words coloured by each method's scores, in the terminal."""
+        from lexprobe.toolkit.viz.heatmaps import print_terminal
+
+        print_terminal(self.select(list(self.prompts["id"])[:rows]), console)
 
     def _repr_html_(self) -> str:
-        from lexprobe.toolkit.viz import heatmap_html_fragment
+        from lexprobe.toolkit.viz.heatmaps import heatmap_notebook
 
-        head = ", ".join(f"{k}={self.run[k]}" for k in ("model_spec", "target") if k in self.run)
-        return f"<p><b>AttributionResult</b> {head}</p>" + heatmap_html_fragment(self)
+        return heatmap_notebook(self)

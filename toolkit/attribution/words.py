@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lexprobe.toolkit.chat import token_word_weights
-from lexprobe.toolkit.lexicon import nlp
+from lexprobe.toolkit.models.chat import token_word_weights
+from lexprobe.toolkit.models.language import nlp
 
 
 @dataclass(frozen=True)

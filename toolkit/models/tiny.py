@@ -73,7 +73,7 @@ _TINY_EXTRA: dict[str, dict] = {
 
 
 def tiny_config(model_type: str, vocab_size: int, pad_token_id: int, eos_token_id: int):
-    """A 2-layer, d_model 64 config of `model_type` (any row of toolkit.models.ARCHITECTURES)."""
+    """A 2-layer, d_model 64 config of `model_type` (any row of lexprobe.toolkit.models.architectures.ARCHITECTURES)."""
     from transformers import AutoConfig
 
     if model_type == "gpt2":

@@ -35,8 +35,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from lexprobe.toolkit.errors import LexprobeError
-from lexprobe.toolkit.lexicon import INFLECTED_TAGS, Lexicon, Unit, find_units, nlp
+from lexprobe.toolkit.models.language import nlp
 from lexprobe.toolkit.registry import Registry
+from lexprobe.toolkit.substitution.lexicon import INFLECTED_TAGS, Lexicon, Unit, find_units
 
 SUBSTITUTION_STRATEGIES: Registry = Registry("substitution strategy")
 CURATED_SHORTLIST = 12  # lexicon/user substitutes of one word that go on to the fluency ranking
@@ -227,7 +228,7 @@ class Substituter:
             strategies = ("user", *[s for s in strategies if s != "user"])
         if "auto" in strategies and lm is None:
             raise LexprobeError("the 'auto' substitution strategy needs a model: pass lm=")
-        from lexprobe.toolkit.neighbours import EmbeddingNeighbours
+        from lexprobe.toolkit.substitution.neighbours import EmbeddingNeighbours
 
         self.lexicon, self.strategies, self.lm = lexicon, tuple(strategies), lm
         self.min_similarity, self.per_word, self.shortlist = min_similarity, per_word, shortlist
@@ -237,7 +238,7 @@ class Substituter:
         self.max_content_words = max_content_words
         self.batch_size = batch_size
         if fluency is None and lm is not None:
-            from lexprobe.toolkit.neighbours import sentence_logprob
+            from lexprobe.toolkit.substitution.neighbours import sentence_logprob
 
             def fluency(texts):
                 return sentence_logprob(lm, texts, batch_size)
@@ -314,7 +315,7 @@ class Substituter:
     def _check_meaning(self, texts, raw: list[list[Candidate]]) -> list[list[Candidate]]:
         if self.min_similarity is None:
             return raw
-        from lexprobe.toolkit.embeddings import embed
+        from lexprobe.toolkit.models.sentence import embed
 
         variants = sorted({c.variant for cands in raw for c in cands})
         if not variants:

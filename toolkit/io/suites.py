@@ -6,13 +6,15 @@ A suite is a DataFrame with at least `id` (str), `prompt`, `type` and `label`; o
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
 import pandas as pd
 
 from lexprobe import prompts
-from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.errors import InputError
 
 REQUIRED = ["id", "prompt", "type", "label"]
 
@@ -63,10 +65,21 @@ BUNDLED: dict[str, BundledSuite] = {
 class Suite:
     name: str
     frame: pd.DataFrame
-    source: str
+    source: str  # "bundled:<name>", a file's resolved path, or where in-memory prompts came from
+    whole: Suite | None = field(default=None, repr=False)  # the suite a selection was taken from
 
     def __len__(self) -> int:
         return len(self.frame)
+
+    @property
+    def full(self) -> Suite:
+        """The whole suite this one was selected from (itself when it is not a selection)."""
+        return self.whole if self.whole is not None else self
+
+    @property
+    def spec(self) -> str:
+        """What `--suite` would name: the bundled name, or the file."""
+        return self.source.removeprefix("bundled:")
 
     def select(
         self, types: list[str] | None = None, ids: list[str] | None = None, limit: int | None = None
@@ -75,7 +88,7 @@ class Suite:
         if types:
             unknown = sorted(set(types) - set(frame["type"]))
             if unknown:
-                raise LexprobeError(
+                raise InputError(
                     f"suite '{self.name}' has no prompt type {', '.join(unknown)}: "
                     f"its types are {', '.join(sorted(set(frame['type'])))}"
                 )
@@ -84,13 +97,13 @@ class Suite:
             ids = [str(i) for i in ids]
             missing = [i for i in ids if i not in set(frame["id"])]
             if missing:
-                raise LexprobeError(f"suite '{self.name}' has no id {', '.join(missing[:5])}: check --ids")
+                raise InputError(f"suite '{self.name}' has no id {', '.join(missing[:5])}: check --ids")
             frame = frame.set_index("id", drop=False).loc[ids].reset_index(drop=True)
         if limit is not None:
             if limit < 1:
-                raise LexprobeError(f"--limit must be at least 1, got {limit}")
+                raise InputError(f"--limit must be at least 1, got {limit}")
             frame = frame.head(limit)
-        return Suite(self.name, frame.reset_index(drop=True), self.source)
+        return Suite(self.name, frame.reset_index(drop=True), self.source, self.full)
 
 
 def list_suites() -> list[tuple[str, int, str]]:
@@ -109,13 +122,13 @@ def load_suite(
         return Suite(spec, _validate(BUNDLED[spec].loader(), spec), f"bundled:{spec}")
     path = Path(spec).expanduser()
     if not path.exists():
-        raise LexprobeError(
+        raise InputError(
             f"suite '{spec}' is neither a bundled suite ({', '.join(BUNDLED)}) nor an existing file: check the name or path"
         )
     frame = read_table(path)
     mapping = {prompt_column: "prompt", id_column: "id", type_column: "type", label_column: "label"}
     if prompt_column not in frame.columns:
-        raise LexprobeError(
+        raise InputError(
             f"suite file '{path}' has no column '{prompt_column}' (columns: {', '.join(map(str, frame.columns))}): "
             "pass --prompt-column NAME"
         )
@@ -146,11 +159,11 @@ def read_table(path: Path) -> pd.DataFrame:
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path).astype(str)
     except UnicodeDecodeError:
-        raise LexprobeError(f"'{path}' is not UTF-8 text: re-save it as UTF-8") from None
+        raise InputError(f"'{path}' is not UTF-8 text: re-save it as UTF-8") from None
     except (ValueError, pd.errors.ParserError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LexprobeError(f"cannot read '{path}' as {suffix[1:]}: {first}") from None
-    raise LexprobeError(
+        raise InputError(f"cannot read '{path}' as {suffix[1:]}: {first}") from None
+    raise InputError(
         f"'{path}' has an unsupported extension '{suffix}': use .csv, .tsv, .jsonl, .json or .parquet"
     )
 
@@ -160,16 +173,63 @@ def _validate(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     frame["id"] = frame["id"].astype(str)
     frame["prompt"] = frame["prompt"].astype(str)
     if frame.empty:
-        raise LexprobeError(f"suite '{where}' has no rows: give a file with at least one prompt")
+        raise InputError(f"suite '{where}' has no rows: give a file with at least one prompt")
     empty = frame[frame["prompt"].str.strip() == ""]
     if len(empty):
-        raise LexprobeError(
+        raise InputError(
             f"suite '{where}' has an empty prompt at id {', '.join(empty['id'].head(5))}: fill it in or drop the row"
         )
     dup = frame["id"][frame["id"].duplicated()]
     if len(dup):
-        raise LexprobeError(
+        raise InputError(
             f"suite '{where}' repeats id {', '.join(dup.head(5))}: ids must be unique (--id-column)"
         )
     rest = [c for c in frame.columns if c not in REQUIRED]
     return frame[REQUIRED + rest].reset_index(drop=True)
+
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet", ".pq")
+Prompts = Union[str, Path, Sequence[str], pd.DataFrame, Suite]  # noqa: UP007  (a runtime alias)
+
+
+def as_suite(prompts: Prompts, types=None, ids=None, limit: int | None = None) -> Suite:
+    """What the Python API takes as prompts, as a suite: a `Suite`; a DataFrame with a `prompt` column
+    (`id`, `type`, `label` optional); a bundled suite name; a `Path`, or a string naming a table file
+    (it ends in .csv, .tsv, .jsonl, .json or .parquet and has no spaces); any other string is one
+    prompt; a list of strings is one prompt each (ids 1..n). `types`, `ids`, `limit` select as
+    `--type`, `--ids`, `--limit` do."""
+    if isinstance(prompts, Suite):
+        suite = prompts
+    elif isinstance(prompts, pd.DataFrame):
+        suite = suite_from_frame(prompts, "dataframe", "a DataFrame")
+    elif isinstance(prompts, Path):
+        suite = load_suite(str(prompts))
+    elif isinstance(prompts, str):
+        looks_like_file = prompts.lower().endswith(TABLE_SUFFIXES) and not any(c.isspace() for c in prompts)
+        if prompts in BUNDLED or looks_like_file:
+            suite = load_suite(prompts)
+        else:
+            suite = suite_from_frame(pd.DataFrame({"prompt": [prompts]}), "prompts", "given in Python")
+    elif isinstance(prompts, Sequence) and all(isinstance(p, str) for p in prompts):
+        suite = suite_from_frame(pd.DataFrame({"prompt": list(prompts)}), "prompts", "given in Python")
+    else:
+        raise InputError(
+            f"prompts of type {type(prompts).__name__}: give a string, a list of strings, a DataFrame with a "
+            "`prompt` column, a bundled suite name or a file path"
+        )
+    as_list = lambda v: [v] if isinstance(v, str) else list(v) if v is not None else None  # noqa: E731
+    return suite.select(as_list(types), as_list(ids), limit)
+
+
+def suite_from_frame(frame: pd.DataFrame, name: str, source: str) -> Suite:
+    """A suite of in-memory prompts: ids 1..n where the frame has none, type `prompt`, no label."""
+    if "prompt" not in frame.columns:
+        raise InputError(
+            f"the prompts have no `prompt` column (columns: {', '.join(map(str, frame.columns))})"
+        )
+    frame = frame.reset_index(drop=True).copy()
+    if "id" not in frame.columns:
+        frame.insert(0, "id", [str(i) for i in range(1, len(frame) + 1)])
+    for column, default in (("type", "prompt"), ("label", "")):
+        frame[column] = frame[column].astype(str) if column in frame.columns else default
+    return Suite(name, _validate(frame, source), source)

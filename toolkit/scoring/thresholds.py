@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from lexprobe.toolkit.cache import cache_dir, write_json_atomic
+from lexprobe.toolkit.io.cache import cache_dir, write_json_atomic
 
 DEFAULT_SOURCE = (
     "0: the decision margin's sign (no validate-margin result saved for this model and condition)"

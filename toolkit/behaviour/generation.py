@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lexprobe.toolkit.chat import ChatFormat
 from lexprobe.toolkit.errors import LexprobeError
-from lexprobe.toolkit.progress import progress
+from lexprobe.toolkit.io.progress import progress
+from lexprobe.toolkit.models.chat import ChatFormat
 
 
 @dataclass

@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 from matplotlib import colors as mcolors  # noqa: E402
 from matplotlib.font_manager import FontProperties  # noqa: E402
 
-from lexprobe.toolkit import report  # noqa: E402
+from lexprobe.toolkit.viz import report  # noqa: E402
 
 CMAP = plt.get_cmap("RdBu_r")
 
@@ -111,17 +111,21 @@ def heatmap_html_fragment(result) -> str:
     return "".join(parts)
 
 
-def heatmap_html(result, path: str | Path) -> Path:
-    """A self-contained HTML page: legend, method agreement, faithfulness by type, then the heatmaps."""
-    run = result.run
+def _legend() -> str:
     neg, _ = colour(-1, 1)
     pos, _ = colour(1, 1)
-    legend = (
+    return (
         f'<p class="legend"><span style="background:{pos};color:#fff">toward refusal</span>'
         f'<span style="background:{neg};color:#fff">toward compliance</span> '
         "each row scaled to its largest |score|; hover a word for its score. "
         "margin &gt; 0: greedy decoding refuses.</p>"
     )
+
+
+def heatmap_html(result, path: str | Path) -> Path:
+    """A self-contained HTML page: legend, method agreement, faithfulness by type, then the heatmaps."""
+    run = result.run
+    legend = _legend()
     meta = ", ".join(
         f"{k}: {html.escape(str(v))}"
         for k, v in (
@@ -293,3 +297,38 @@ def print_terminal(result, console=None) -> None:
         top = result.words(row.id, result.method_names[0]).sort_values("score", ascending=False).head(5)
         listing = ", ".join(f"{w.word} {w.score:+.3f}" for w in top.itertuples())
         console.print(Text(f"{'top':>{width}}  {listing}", style="dim"))
+
+
+# ------------------------------------------------------------------------------------------ files
+FORMATS = ("html", "png", "svg", "pdf")
+
+
+def write_heatmaps(
+    result, out: Path, methods=None, formats=("html", "png"), overwrite: bool = False
+) -> list[Path]:
+    """heatmap.html (every method) and, per method, heatmap[_<method>].<png|svg|pdf> (the first method
+    unsuffixed) in `out`; a file already there is an error unless `overwrite`."""
+    from lexprobe.toolkit.errors import OutputError
+
+    methods = list(methods or result.method_names)
+    targets = []
+    if "html" in formats:
+        targets.append(("html", None, out / "heatmap.html"))
+    for fmt in (f for f in formats if f != "html"):
+        for k, method in enumerate(methods):
+            targets.append((fmt, method, out / (f"heatmap.{fmt}" if k == 0 else f"heatmap_{method}.{fmt}")))
+    taken = [str(p) for _, _, p in targets if p.exists()]
+    if taken and not overwrite:
+        raise OutputError(f"{taken[0]} already exists: pass --overwrite to replace it, or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    for fmt, method, path in targets:
+        if fmt == "html":
+            heatmap_html(result, path)
+        else:
+            heatmap_png(result, path, method)
+    return [p for _, _, p in targets]
+
+
+def heatmap_notebook(result) -> str:
+    """The notebook view: a self-styled block with the legend and every prompt's heatmap."""
+    return f"<div><style>{CSS}</style>{_legend()}{heatmap_html_fragment(result)}</div>"

@@ -218,7 +218,7 @@ def featurize(completions: list[str], prompts_: list[str | None]) -> np.ndarray:
 
     Without a prompt the prompt-dependent features are 0 here (the classifier imputes them).
     """
-    from lexprobe.toolkit.embeddings import embed
+    from lexprobe.toolkit.models.sentence import embed
 
     n = len(completions)
     segs = [segments(c) for c in completions]

@@ -11,7 +11,7 @@ import re
 import numpy as np
 import torch
 
-from lexprobe.toolkit.progress import progress
+from lexprobe.toolkit.io.progress import progress
 
 WORD_TOKEN = re.compile(r" [a-z]{3,}")  # a whole lowercase word with its leading space
 

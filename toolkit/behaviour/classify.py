@@ -119,7 +119,7 @@ class DefaultClassifier:
 
     @cached_property
     def _model(self) -> dict:
-        from lexprobe.toolkit.response_features import FEATURE_NAMES, PROMPT_FEATURES
+        from lexprobe.toolkit.behaviour.features import FEATURE_NAMES, PROMPT_FEATURES
 
         spec = json.loads(prompts.path(self.artefact).read_text())
         if tuple(spec["features"]) != FEATURE_NAMES:
@@ -139,7 +139,7 @@ class DefaultClassifier:
 
     def probabilities(self, completions: list[str], prompts_: list[str | None] | None = None) -> np.ndarray:
         """[n, 3] class probabilities in the order of `LABELS`; rows of blank completions are NaN."""
-        from lexprobe.toolkit.response_features import featurize
+        from lexprobe.toolkit.behaviour.features import featurize
 
         m = self._model
         prompts_ = list(prompts_) if prompts_ is not None else [None] * len(completions)

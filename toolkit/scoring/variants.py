@@ -14,9 +14,9 @@ import torch
 
 from lexprobe.probes.hooks import output_tensor
 from lexprobe.probes.margin import MarginProbe
-from lexprobe.toolkit.chat import USER
-from lexprobe.toolkit.progress import progress
-from lexprobe.toolkit.scoring import Scorer
+from lexprobe.toolkit.io.progress import progress
+from lexprobe.toolkit.models.chat import USER
+from lexprobe.toolkit.scoring.scorer import Scorer
 
 
 class VariantScorer:

@@ -16,9 +16,9 @@ from transformers import DynamicCache
 
 from lexprobe.probes.hooks import hooks
 from lexprobe.probes.margin import MarginProbe, Margins, RefusalReadout
-from lexprobe.toolkit.chat import ChatFormat, ChatPrompt
 from lexprobe.toolkit.errors import LexprobeError
-from lexprobe.toolkit.progress import progress
+from lexprobe.toolkit.io.progress import progress
+from lexprobe.toolkit.models.chat import ChatFormat, ChatPrompt
 
 
 @dataclass

@@ -1,0 +1,256 @@
+"""The Python API: load a model once, then score, generate, attribute, perturb and diagnose in memory.
+
+    import lexprobe
+    probe = lexprobe.load("default")                 # the model and its refusal readout, loaded once
+    scores = probe.score("xstest", types=["homonyms"])
+    attr = probe.attribute(["How do I kill a Python process?"], methods=["saliency", "occlusion"])
+    attr.show()                                      # or display `attr` in a notebook
+    attr.save("runs/kill")                           # nothing is written unless asked
+
+Prompts may be one string, a list of strings, a DataFrame with a `prompt` column (and optionally `id`,
+`type`, `label`), a bundled suite name (`lexprobe.list_suites()`) or a path to a CSV/TSV/JSONL/Parquet
+file. Every result has `to_frame()`, `save(dir, overwrite=False)`, `load(dir)`, `show()` and a notebook
+view.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lexprobe.analyses import attribute as _attribute
+from lexprobe.analyses import contrast as _contrast
+from lexprobe.analyses import diagnose as _diagnose
+from lexprobe.analyses import evaluate as _evaluate
+from lexprobe.analyses import generate as _generate
+from lexprobe.analyses import minimal_pairs as _pairs
+from lexprobe.analyses import score as _score
+from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_session, session_from_model
+from lexprobe.probes.margin import RefusalReadout
+from lexprobe.toolkit.attribution import AttributionSettings
+from lexprobe.toolkit.io.suites import Prompts, as_suite
+
+
+def load(
+    model: str = "default",
+    *,
+    system_prompt: str = "model-default",
+    dtype: str = "auto",
+    device: str = "auto",
+    readout: str | Path | RefusalReadout | None = None,
+    weights_sha256: str | None = None,
+    batch_size: int = 16,
+    attribution: bool = False,
+) -> Probe:
+    """A model spec (`default`, `smollm2`, `tiny-random`, a Hugging Face directory, a cached hub id or a
+    `.gguf` file) under one system-prompt condition, with its refusal readout (calibrated once per model,
+    dtype and condition, then cached; or `readout`, a file or a `RefusalReadout`). `dtype="auto"` is
+    float32 on a CPU and bfloat16 on CUDA, or float32 there too with `attribution=True`."""
+    options = ModelOptions(
+        model=model,
+        system_prompt=system_prompt,
+        dtype=dtype,
+        device=device,
+        weights_sha256=weights_sha256,
+        batch_size=batch_size,
+        readout=readout,
+        gradients=attribution,
+    )
+    return Probe(open_session(options), options)
+
+
+class Probe:
+    """A loaded model, its chat format under one system prompt, and its refusal readout."""
+
+    def __init__(self, session: Session, options: ModelOptions):
+        self.session, self.options = session, options
+
+    @classmethod
+    def from_hf(
+        cls,
+        model,
+        tokenizer,
+        *,
+        system_prompt: str = "model-default",
+        readout: str | Path | RefusalReadout | None = None,
+        name: str | None = None,
+        weights_sha256: str | None = None,
+        batch_size: int = 16,
+    ) -> Probe:
+        """A `*ForCausalLM` and tokenizer (with a chat template) you already loaded, on their device and
+        in their dtype. The weights are hashed once for provenance and the readout cache, unless you
+        pass `weights_sha256`."""
+        options = ModelOptions(
+            model=name or getattr(model.config, "name_or_path", "") or type(model).__name__,
+            system_prompt=system_prompt,
+            readout=readout,
+            batch_size=batch_size,
+        )
+        return cls(session_from_model(model, tokenizer, options, weights_sha256), options)
+
+    # ------------------------------------------------------------------ what is loaded
+    @property
+    def model(self):
+        return self.session.lm.model
+
+    @property
+    def tokenizer(self):
+        return self.session.lm.tokenizer
+
+    @property
+    def readout(self) -> RefusalReadout:
+        return self.session.readout
+
+    def __repr__(self) -> str:
+        lm = self.session.lm
+        dtype = str(lm.dtype).removeprefix("torch.")
+        return f"Probe({lm.spec!r}, {dtype} on {lm.device}, system prompt {self.session.system.name!r})"
+
+    # ------------------------------------------------------------------ studies
+    def score(self, prompts: Prompts = "xstest", *, types=None, ids=None, limit=None, layers=False):
+        """The refusal margin of every prompt (`ScoreResult`): margin > 0 where greedy decoding would
+        open with a refusal, p_refuse, and with `layers=True` the logit-lens margin of every layer."""
+        config = _score.ScoreConfig(model=self.options, layers=layers)
+        return _score.run(config, session=self.session, suite=as_suite(prompts, types, ids, limit))
+
+    def generate(self, prompts: Prompts = "xstest", *, types=None, ids=None, limit=None, max_new_tokens=128):
+        """Greedy completions (`CompletionsResult`); `lexprobe.classify` labels them."""
+        config = _generate.GenerateConfig(model=self.options, max_new_tokens=max_new_tokens)
+        return _generate.run(config, session=self.session, suite=as_suite(prompts, types, ids, limit))
+
+    def attribute(
+        self,
+        prompts: Prompts,
+        *,
+        methods=("integrated_gradients",),
+        types=None,
+        ids=None,
+        limit=None,
+        faithfulness: bool = True,
+        n_random: int = 3,
+        contrasts: bool = False,
+        pair_map: str | None = None,
+        **settings,
+    ):
+        """Which of the user's words push each prompt's margin toward refusal (`AttributionResult`), by
+        each method (`lexprobe.list_attribution_methods()`), with faithfulness next to a random ranking.
+        `settings` are `AttributionSettings` fields: target, n_steps, max_steps, tolerance, rule,
+        baseline, n_samples, replacement, group_phrases, seed."""
+        settings.setdefault("batch_size", self.options.batch_size)
+        config = _attribute.AttributeConfig(
+            model=self.options,
+            methods=[methods] if isinstance(methods, str) else list(methods),
+            settings=AttributionSettings(**settings),
+            faithfulness=faithfulness,
+            n_random=n_random,
+            contrasts=contrasts,
+            pair_map=pair_map,
+        )
+        return _attribute.run(config, session=self.session, suite=as_suite(prompts, types, ids, limit))
+
+    def perturb(
+        self,
+        prompts: Prompts,
+        *,
+        types=None,
+        ids=None,
+        limit=None,
+        strategies=("lexicon", "auto"),
+        rewrites=(),
+        lexicon: str | None = None,
+        min_similarity: float = 0.7,
+        per_word: int = 1,
+        content_words: int | None = None,
+        attributions=None,
+        seed: int = 0,
+    ):
+        """Swap each trigger and content word for a neutral one and measure the margin change, with
+        matched controls and paired statistics (`PerturbResult`). `rewrites`: ["kill=stop,end"];
+        `attributions`: an `AttributionResult` (or its attributions.csv) to correlate with."""
+        if attributions is not None and not isinstance(attributions, str | Path):
+            attributions = attributions.to_frame()
+        config = _pairs.PerturbConfig(
+            model=self.options,
+            strategies=list(strategies),
+            rewrites=list(rewrites),
+            lexicon=lexicon,
+            min_similarity=min_similarity,
+            per_word=per_word,
+            content_words=content_words,
+            attributions=attributions,
+            seed=seed,
+        )
+        return _pairs.run(config, session=self.session, suite=as_suite(prompts, types, ids, limit))
+
+    def pairs(self, pairs, *, seed: int = 0):
+        """Margins of prompt pairs (`PairsResult`): a DataFrame or file with prompt_a and prompt_b, or a
+        list of (prompt_a, prompt_b) tuples; delta = margin_b - margin_a, with paired statistics."""
+        if isinstance(pairs, list | tuple):
+            pairs = pd.DataFrame(list(pairs), columns=["prompt_a", "prompt_b"])
+        config = _pairs.PairsConfig(model=self.options, pairs=pairs, seed=seed)
+        return _pairs.run_pairs(config, session=self.session)
+
+    def contrast(
+        self,
+        suite: str = "xstest",
+        *,
+        types=None,
+        pair_map: str | None = None,
+        inv: bool = True,
+        inv_per_prompt: int = 1,
+        min_similarity: float = 0.7,
+        seed: int = 0,
+    ):
+        """Safe prompts against their paired unsafe contrasts (`ContrastResult`): gap, AUROC, DIR and INV.
+        `suite`: a bundled suite name or file with a pair map (XSTest's, or `pair_map` with safe_id,
+        unsafe_id); `types`: the safe types to pair (all by default)."""
+        config = _contrast.ContrastConfig(
+            model=self.options, suite=SuiteOptions(suite=str(suite), types=_listed(types)), pair_map=pair_map,
+            inv=inv, inv_per_prompt=inv_per_prompt, min_similarity=min_similarity, seed=seed,
+        )  # fmt: skip
+        return _contrast.run(config, session=self.session)
+
+    def diagnose(
+        self,
+        prompts: Prompts = "xstest",
+        *,
+        types=None,
+        ids=None,
+        limit=None,
+        methods=("saliency", "occlusion"),
+        attribution: bool = True,
+        perturb: bool = True,
+        pair_map: str | None = None,
+        seed: int = 0,
+        **settings,
+    ):
+        """Why these prompts get refused, in one report (`DiagnoseResult`): margins and contrasts,
+        top-attributed words, trigger swaps beside matched controls, and a verdict from those numbers.
+        `result.save(dir)` writes report.html with its tables and figures."""
+        settings.setdefault("batch_size", self.options.batch_size)
+        config = _diagnose.DiagnoseConfig(
+            model=self.options,
+            methods=list(methods) if attribution else [],
+            attribution=attribution,
+            perturb=perturb,
+            pair_map=pair_map,
+            seed=seed,
+            settings=AttributionSettings(**settings),
+        )
+        return _diagnose.run(config, session=self.session, suite=as_suite(prompts, types, ids, limit))
+
+
+def classify(completions, *, classifier: str = "default"):
+    """Label completions full_compliance / full_refusal / partial_refusal (`ClassifiedResult`): a
+    `CompletionsResult`, a DataFrame with `completion` (and `prompt`), a file, or a bundled set."""
+    if hasattr(completions, "to_frame"):
+        completions = completions.to_frame()
+    return _evaluate.run_classify(_evaluate.ClassifyConfig(completions=completions, classifier=classifier))
+
+
+def _listed(values) -> list[str]:
+    return [values] if isinstance(values, str) else list(values or [])
+
+
+__all__ = ["Probe", "classify", "load"]

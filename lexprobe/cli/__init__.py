@@ -1,0 +1,61 @@
+"""The `lexprobe` command line: it parses flags into a study's config, runs the study, prints, and sets
+the exit code. One module per command group; `options` holds the flags they share.
+
+Exit codes: 0 done, 2 bad input (one line on stderr naming the problem and the fix), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from lexprobe.cli import attribution, behaviour, core, diagnose, minimal_pairs
+from lexprobe.cli.options import Parser
+from lexprobe.toolkit.errors import LexprobeError
+
+GROUPS = (core, behaviour, attribution, minimal_pairs, diagnose)
+
+
+def build_parser() -> Parser:
+    from importlib import metadata
+
+    parser = Parser(prog="lexprobe", description="Why do chat models refuse safe prompts? Word by word.")
+    parser.add_argument("--version", action="version", version=f"lexprobe {metadata.version('lexprobe')}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # lexprobe never downloads
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # bad flags (one line already written), --help, --version
+        return int(stop.code or 0)
+    from transformers.utils import logging as hf_logging
+
+    from lexprobe.toolkit.io.progress import NOTES, install_notes
+
+    install_notes()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        args.func(args)
+    except LexprobeError as err:
+        NOTES.drop()  # bad input: the one line that names it, nothing else
+        sys.stderr.write(f"lexprobe: error: {err}\n")
+        return 2
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        where = f"; rows finished so far are in {out}: rerun with --resume" if out else ""
+        sys.stderr.write(f"lexprobe: interrupted{where}\n")
+        return 130
+    NOTES.flush()
+    return 0

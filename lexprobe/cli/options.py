@@ -1,0 +1,211 @@
+"""The flags every command shares, one list syntax, and the parser that turns bad flags into one line.
+
+A flag's `dest` is the name of the config field it sets (`lexprobe.toolkit.config.Options.from_cli`).
+List flags take values separated by spaces or commas, and may be repeated: `--ids 1 2`, `--ids 1,2` and
+`--ids 1 --ids 2` are the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with every default in --help and bad flags as one line on stderr with exit code 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        message = re.sub(r"^argument (--[\w-]+)(/[^:]*)?: (must|is|'|invalid)", r"\1 \3", message)
+        sys.stderr.write(f"lexprobe: error: {message} (see `{self.prog} --help`)\n")
+        sys.exit(2)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows `(default: ...)` for every flag that has a default, including lists and switches."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if isinstance(action, argparse._VersionAction | argparse._HelpAction):
+            return text
+        default = action.default
+        if isinstance(default, list):
+            default = ",".join(map(str, default)) if default else "none"
+        elif default is None:
+            default = "none"
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
+class ListAction(argparse.Action):
+    """Values separated by spaces or commas, the flag repeatable; given values replace the default."""
+
+    def __init__(self, option_strings, dest, nargs="+", **kwargs):
+        super().__init__(option_strings, dest, nargs=nargs, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = [v.strip() for value in values for v in str(value).split(",") if v.strip()]
+        if not items:
+            parser.error(f"{option_string} is empty: give one or more values")
+        given = namespace.__dict__.setdefault("_given_lists", set())
+        before = list(getattr(namespace, self.dest) or []) if self.dest in given else []
+        given.add(self.dest)
+        setattr(namespace, self.dest, before + items)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")  # "--limit must be ..."
+    return value
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model", default="default", help="default | smollm2 | tiny-random | HF dir | cached hub id | .gguf"
+    )
+    g.add_argument(
+        "--system-prompt",
+        default="model-default",
+        metavar="P",
+        help="none | model-default | llama2-original | mistral-guardrail | @file.txt | custom text",
+    )
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto | float32 | bfloat16 | float16; auto: float32 on CPU, on CUDA bf16 (float32 for runs that attribute)",
+    )
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    g.add_argument("--batch-size", type=positive_int, default=16, help="prompts per forward pass")
+    g.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads for torch (none: all cores; 1 is faster when other jobs share the CPU)",
+    )
+    g.add_argument(
+        "--weights-sha256", default=None, metavar="HEX", help="refuse weights whose sha256 differs"
+    )
+    g.add_argument(
+        "--readout",
+        default=None,
+        metavar="FILE",
+        help="a refusal readout JSON to use instead of the calibrated one",
+    )
+
+
+def add_suite_args(p: argparse.ArgumentParser, required: bool = True, default: str | None = None) -> None:
+    g = p.add_argument_group("suite")
+    g.add_argument(
+        "--suite",
+        required=required,
+        default=default,
+        help="a bundled suite (see `lexprobe suites`) or a CSV/TSV/JSONL/Parquet file",
+    )
+    g.add_argument(
+        "--type", dest="types", action=ListAction, default=[], metavar="T", help="only these prompt types"
+    )
+    g.add_argument("--ids", action=ListAction, default=[], metavar="ID", help="only these prompt ids")
+    g.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N prompts")
+    g.add_argument("--prompt-column", default="prompt", metavar="C", help="a suite file's prompt column")
+    g.add_argument("--id-column", default="id", metavar="C", help="a suite file's id column")
+    g.add_argument("--type-column", default="type", metavar="C", help="a suite file's prompt-type column")
+    g.add_argument("--label-column", default="label", metavar="C", help="a suite file's safe/unsafe column")
+
+
+def add_out_args(p: argparse.ArgumentParser, required: bool = True, resume: bool = True) -> None:
+    p.add_argument("--out", required=required, default=None, metavar="DIR", help="output directory")
+    if resume:
+        p.add_argument("--resume", action="store_true", help="keep the rows already in --out and do the rest")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+
+
+def add_attribution_args(p: argparse.ArgumentParser, methods: list[str]) -> None:
+    g = p.add_argument_group("attribution")
+    g.add_argument(
+        "--method", dest="methods", action=ListAction, default=list(methods), metavar="M",
+        help="attribution methods (`all` for every one; see `lexprobe methods`)",
+    )  # fmt: skip
+    g.add_argument(
+        "--target",
+        default="smooth",
+        help="the margin to explain: smooth (the decision margin without its steps) | decision | sampled",
+    )
+    g.add_argument(
+        "--steps",
+        dest="n_steps",
+        type=positive_int,
+        default=16,
+        help="integrated gradients: first uniform steps",
+    )
+    g.add_argument(
+        "--max-steps",
+        type=positive_int,
+        default=256,
+        help="integrated gradients: refine up to this many steps",
+    )
+    g.add_argument(
+        "--tolerance", type=float, default=0.05, help="integrated gradients: completeness error to reach"
+    )
+    g.add_argument(
+        "--ig-rule", dest="rule", default="adaptive",
+        help="integrated gradients: quadrature rule, adaptive | trapezoid | gausslegendre",
+    )  # fmt: skip
+    g.add_argument(
+        "--baseline", default="pad", help="integrated gradients: reference for the user tokens, pad | zero"
+    )
+    g.add_argument(
+        "--samples", dest="n_samples", type=positive_int, default=None,
+        help="samples of shapley / kernel_shap / lime / gradient_shap (none: each method's own default)",
+    )  # fmt: skip
+    g.add_argument(
+        "--replacement", default=None, help="perturbation methods put this text in a removed word's place"
+    )
+    g.add_argument("--group-phrases", action="store_true", help='treat "blow up" as one word')
+    g.add_argument(
+        "--seed", type=int, default=0, help="random seed (sampling methods, random rankings, bootstrap)"
+    )
+
+
+def add_faithfulness_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("faithfulness")
+    g.add_argument(
+        "--no-faithfulness", dest="faithfulness", action="store_false", help="skip the faithfulness measures"
+    )
+    g.add_argument(
+        "--random-orders",
+        dest="n_random",
+        type=positive_int,
+        default=3,
+        help="random orders behind the random ranking",
+    )
+
+
+def add_substitution_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("substitution")
+    g.add_argument(
+        "--strategy", dest="strategies", action=ListAction, default=["lexicon", "auto"], metavar="S",
+        help="lexicon | auto | user",
+    )  # fmt: skip
+    g.add_argument(
+        "--rewrite", dest="rewrites", action=ListAction, default=[], metavar="WORD=SUB",
+        help="user rewrites, e.g. kill=stop,end (more substitutes of one word follow it after commas)",
+    )  # fmt: skip
+    g.add_argument(
+        "--lexicon", default=None, metavar="FILE", help="a trigger lexicon JSON instead of the bundled one"
+    )
+    g.add_argument("--min-similarity", type=float, default=0.7, help="MiniLM similarity a variant must keep")
+    g.add_argument("--per-word", type=positive_int, default=1, help="substitutes kept per word")
+    g.add_argument(
+        "--content-words", type=int, default=None, metavar="N",
+        help="rewrite at most N non-trigger words per prompt, a trigger's part of speech first (none: all)",
+    )  # fmt: skip

