@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from lexprobe.toolkit import stats
-from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.errors import InputError
 
 UNIT_KEYS = ["id", "char_start", "char_end"]
 
@@ -149,7 +149,7 @@ def attribution_agreement(attributions: pd.DataFrame, substitutions: pd.DataFram
     need = {"id", "char_start", "char_end", "score", "method"}
     missing = sorted(need - set(attributions.columns))
     if missing:
-        raise LexprobeError(
+        raise InputError(
             f"attributions table lacks column {', '.join(missing)}: give the attributions.csv of `lexprobe attribute`"
         )
     units = unit_table(substitutions)

@@ -22,7 +22,7 @@ from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, sessio
 from lexprobe.toolkit.attribution import AttributionSettings
 from lexprobe.toolkit.attribution.words import content_lemmas, matches, segment
 from lexprobe.toolkit.config import Options
-from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.io.results import MultiTableResult
 from lexprobe.toolkit.io.suites import load_suite
 
@@ -50,7 +50,7 @@ def _candidates(config: PlausibilityConfig) -> pd.DataFrame:
     suite = load_suite(config.suite)
     frame = suite.frame
     if "focus" not in frame.columns:
-        raise LexprobeError(
+        raise InputError(
             f"suite '{config.suite}' has no `focus` column: plausibility needs one (XSTest has it)"
         )
     return frame[(frame["label"] == "safe") & (frame["focus"].astype(str).str.strip() != "")]
@@ -100,7 +100,7 @@ def run(config: PlausibilityConfig, session: Session | None = None) -> Plausibil
     if config.per_type:
         refused = refused.groupby("type", sort=False).head(config.per_type)
     if refused.empty:
-        raise LexprobeError("the model refuses none of the safe prompts with a focus word: nothing to check")
+        raise InputError("the model refuses none of the safe prompts with a focus word: nothing to check")
     result = attribute.run(
         attribute.AttributeConfig(
             out=_sub(out, "attributions"),

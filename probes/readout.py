@@ -20,7 +20,7 @@ import numpy as np
 
 from lexprobe import prompts
 from lexprobe.probes.margin import Node, RefusalReadout
-from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.errors import InputError
 
 READOUT_VERSION = 3
 SMOOTH_TEMPERATURES = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01)
@@ -99,14 +99,14 @@ def load_readout_file(path: str, vocab_size: int) -> RefusalReadout:
     try:
         readout = RefusalReadout.from_json(Path(path).expanduser().read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise LexprobeError(f"readout file '{path}' does not exist: check --readout") from None
+        raise InputError(f"readout file '{path}' does not exist: check --readout") from None
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
-        raise LexprobeError(
+        raise InputError(
             f"readout file '{path}' is not a lexprobe readout ({err}): see probes/margin.py"
-        ) from None
+        ) from err
     ids = {t for p, n in readout.nodes.items() for t in (*p, *n.children)}
     if ids and (min(ids) < 0 or max(ids) >= vocab_size):
-        raise LexprobeError(
+        raise InputError(
             f"readout file '{path}' names token ids outside this model's vocabulary of {vocab_size}"
         )
     readout.details.setdefault("source", str(path))

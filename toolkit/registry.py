@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.errors import InputError
 
 T = TypeVar("T")
 
@@ -33,7 +33,7 @@ class Registry(Generic[T]):
         except KeyError:
             close = difflib.get_close_matches(name, self._items, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise LexprobeError(
+            raise InputError(
                 f"unknown {self.kind} '{name}': {hint}choose one of {', '.join(self.names())}"
             ) from None
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.io.progress import progress
 from lexprobe.toolkit.models.chat import ChatFormat
 
@@ -50,14 +50,14 @@ def generate(
     """Greedy completions of `texts`, in order. `forced_prefix` token ids are appended to every prompt
     (and included in the returned ids). `on_batch(indices, completions)` is called as batches finish."""
     if max_new_tokens < 1:
-        raise LexprobeError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+        raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     forced = list(forced_prefix or [])
     inputs = []
     for i, text in enumerate(texts):
         ids = fmt.format(text).input_ids + forced
         if len(ids) + max_new_tokens > lm.context_length:
             name = f"prompt id {ids[i]}" if ids is not None else f"prompt {i + 1}"
-            raise LexprobeError(
+            raise InputError(
                 f"{name} plus {max_new_tokens} new tokens exceeds the model's context of "
                 f"{lm.context_length}: shorten it or lower --max-new-tokens"
             )

@@ -162,7 +162,7 @@ def read_table(path: Path) -> pd.DataFrame:
         raise InputError(f"'{path}' is not UTF-8 text: re-save it as UTF-8") from None
     except (ValueError, pd.errors.ParserError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"cannot read '{path}' as {suffix[1:]}: {first}") from None
+        raise InputError(f"cannot read '{path}' as {suffix[1:]}: {first}") from err
     raise InputError(
         f"'{path}' has an unsupported extension '{suffix}': use .csv, .tsv, .jsonl, .json or .parquet"
     )

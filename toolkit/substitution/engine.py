@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.models.language import nlp
 from lexprobe.toolkit.registry import Registry
 from lexprobe.toolkit.substitution.lexicon import INFLECTED_TAGS, Lexicon, Unit, find_units
@@ -102,7 +102,7 @@ def render(text: str, unit: Unit, substitute: str) -> tuple[str, str, tuple[int,
     words = substitute.split()
     slots = [i for i, w in enumerate(words) if w != "*"]
     if not slots:
-        raise LexprobeError(f"substitute '{substitute}' has no word: give at least one word")
+        raise InputError(f"substitute '{substitute}' has no word: give at least one word")
     at = slots[0] if unit.head_first else slots[-1]
     if not unit.base_form:
         words[at] = inflect(words[at], unit.tag)
@@ -127,7 +127,7 @@ def rewrite(text: str, target: str, substitute: str, lexicon: Lexicon | None = N
     key = " ".join(target.lower().split())
     units = [u for u in find_units(nlp()(text), lex) if u.key == key]
     if not units:
-        raise LexprobeError(f"'{target}' does not occur in '{text}': check the word or give its lemma")
+        raise InputError(f"'{target}' does not occur in '{text}': check the word or give its lemma")
     return render(text, units[0], substitute)[0]
 
 
@@ -219,22 +219,22 @@ class Substituter:
         for name in strategies:
             SUBSTITUTION_STRATEGIES.get(name)  # unknown names fail here, with a hint
         if per_word < 1:
-            raise LexprobeError(f"--per-word must be at least 1, got {per_word}")
+            raise InputError(f"--per-word must be at least 1, got {per_word}")
         if min_similarity is not None and not -1 <= min_similarity <= 1:
-            raise LexprobeError(f"--min-similarity must lie in [-1, 1], got {min_similarity}")
+            raise InputError(f"--min-similarity must lie in [-1, 1], got {min_similarity}")
         lexicon = lexicon or Lexicon.load()
         if rewrites:
             lexicon = lexicon.with_rewrites(rewrites)
             strategies = ("user", *[s for s in strategies if s != "user"])
         if "auto" in strategies and lm is None:
-            raise LexprobeError("the 'auto' substitution strategy needs a model: pass lm=")
+            raise InputError("the 'auto' substitution strategy needs a model: pass lm=")
         from lexprobe.toolkit.substitution.neighbours import EmbeddingNeighbours
 
         self.lexicon, self.strategies, self.lm = lexicon, tuple(strategies), lm
         self.min_similarity, self.per_word, self.shortlist = min_similarity, per_word, shortlist
         self.similarity_margin = similarity_margin
         if max_content_words is not None and max_content_words < 0:
-            raise LexprobeError(f"--content-words must be 0 or more, got {max_content_words}")
+            raise InputError(f"--content-words must be 0 or more, got {max_content_words}")
         self.max_content_words = max_content_words
         self.batch_size = batch_size
         if fluency is None and lm is not None:
@@ -386,7 +386,7 @@ def parse_rewrites(items: list[str]) -> dict[str, list[str]]:
         key, sep, subs = item.partition("=")
         values = [s.strip() for s in subs.split(",") if s.strip()]
         if not sep or not key.strip() or not values:
-            raise LexprobeError(
+            raise InputError(
                 f"--rewrite '{item}' is not WORD=SUBSTITUTE[,SUBSTITUTE...]: e.g. --rewrite kill=stop"
             )
         out.setdefault(" ".join(key.lower().split()), []).extend(values)

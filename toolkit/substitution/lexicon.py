@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lexprobe import prompts
-from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.models.language import nlp
 
 CONTENT_POS = ("NOUN", "VERB", "ADJ", "ADV", "PROPN")
@@ -78,12 +78,12 @@ class Lexicon:
                 for key, e in data["entries"].items()
             }
         except FileNotFoundError:
-            raise LexprobeError(f"lexicon file '{where}' does not exist: check the path") from None
+            raise InputError(f"lexicon file '{where}' does not exist: check the path") from None
         except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as err:
-            raise LexprobeError(
+            raise InputError(
                 f"lexicon file '{where}' is not a lexprobe lexicon ({type(err).__name__}: {err}): "
                 "see prompts/trigger_lexicon.json for the format"
-            ) from None
+            ) from err
         about = data.get("about", "")
         return cls(entries, str(where), " ".join(about) if isinstance(about, list) else about)
 
