@@ -27,10 +27,11 @@ def list_attribution_methods() -> list[str]:
     return ATTRIBUTION_METHODS.names()
 
 
-def register_attribution_method(name: str):
+def register_attribution_method(name: str, replace: bool = False):
     """Decorator: register `fn(target: PromptTarget, settings: AttributionSettings) -> MethodOutput` as
-    an attribution method under `name` (see the README's "Python API" for an example)."""
-    return ATTRIBUTION_METHODS.register(name)
+    an attribution method under `name` (the README's "Python API" has an example); `replace=True`
+    replaces a method of that name (re-running a notebook cell)."""
+    return ATTRIBUTION_METHODS.register(name, replace)
 
 
 __all__ = [

@@ -1,6 +1,10 @@
-"""Copy the data lexprobe ships from ../shared/data into prompts/ (deterministic; re-run to refresh).
+"""Copy the data lexprobe ships into prompts/ from a data folder (deterministic; re-run to refresh).
 
-    python scripts/vendor_prompts.py [--data ../shared/data]
+    python scripts/vendor_prompts.py --data DIR
+
+DIR holds `xstest/` (XSTest's xstest_prompts.csv and the completions_llama2orig.csv /
+completions_mistralguard.csv human-labelled completion sets) and `calibration/` (harmful_train.json,
+harmful_val.json, harmless_train.json, harmless_val.json, as released by Arditi et al. 2024).
 
 XSTest and its two human-labelled completion sets are copied whole. The calibration sets are sampled with a fixed seed: all harmful instructions
 (260 train, 39 val) and 260 train / 39 val harmless ones, so both classes have equal size.
@@ -27,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, required=True, help="the folder with xstest/ and calibration/")
     args = parser.parse_args()
     shutil.copyfile(args.data / "xstest" / "xstest_prompts.csv", HERE / "xstest.csv")
     for model in ("llama2orig", "mistralguard"):

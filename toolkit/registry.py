@@ -18,14 +18,21 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, replace: bool = False) -> Callable[[T], T]:
+        """Decorator registering an object under `name`; a second registration of a name is an error
+        unless `replace` (re-running a notebook cell that registers a method)."""
+
         def decorate(obj: T) -> T:
-            if name in self._items:
-                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            if name in self._items and not replace:
+                raise ValueError(f"{self.kind} '{name}' is registered twice: pass replace=True to replace it")
             self._items[name] = obj
             return obj
 
         return decorate
+
+    def remove(self, name: str) -> None:
+        self.get(name)  # unknown names raise with "did you mean"
+        del self._items[name]
 
     def get(self, name: str) -> T:
         try:

@@ -24,7 +24,7 @@ changes (punctuation survives). Then candidates are filtered and ranked:
            (in the chat context when a study passes `VariantScorer.fluency`, else as plain text); the
            `per_word` most fluent are kept. This is the sense selection: in the chat context the
            default model puts "spending time at the airport" 9.9 nats above the original, "stopping
-           time" 5.1 (measured, notes/minimal_pairs.md).
+           time" 5.1 (measured, docs/minimal_pairs.md).
 """
 
 from __future__ import annotations
