@@ -68,3 +68,16 @@ def error_line(capsys):
         return err[0]
 
     return read
+
+
+@pytest.fixture(scope="session")
+def readme_python_example() -> str:
+    """The first python block of the README's "Python API" section."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert blocks, "the README's Python API section has no python example"
+    return blocks[0]

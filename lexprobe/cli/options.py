@@ -32,6 +32,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         text = action.help or ""
         if "%(default)" in text or action.default is argparse.SUPPRESS or not action.option_strings:
             return text
+        if action.required:
+            return text
         if isinstance(action, argparse._VersionAction | argparse._HelpAction):
             return text
         default = action.default

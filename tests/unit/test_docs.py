@@ -59,18 +59,10 @@ def test_every_documented_command_parses(doc, command):
     assert callable(args.func)
 
 
-def python_api_example() -> str:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Python API", 1)[1].split("\n## ", 1)[0]
-    blocks = [code for lang, code in fenced_blocks(section) if lang == "python"]
-    assert blocks, "the README's Python API section has no python example"
-    return blocks[0]
-
-
-def test_the_readme_python_example_is_short_and_runs(tmp_path):
+def test_the_readme_python_example_is_short_and_runs(tmp_path, readme_python_example):
     """Run as written, but on tiny-random (the slow test `test_readme_example_on_the_default_model` runs
     it on the default model)."""
-    code = python_api_example()
+    code = readme_python_example
     lines = [line for line in code.splitlines() if line.strip() and not line.strip().startswith("#")]
     assert 3 <= len(lines) <= 7, lines  # import + 3-6 lines to load, score, attribute, show, save
     assert 'lexprobe.load("default")' in code

@@ -380,14 +380,18 @@ def _by_fluency(c: Candidate):
 
 
 def parse_rewrites(items: list[str]) -> dict[str, list[str]]:
-    """`--rewrite 'kill=stop,end'` items -> {'kill': ['stop', 'end']}."""
+    """`--rewrite 'kill=stop,end'` items -> {'kill': ['stop', 'end']}. The command line splits list
+    values at commas, so an item without '=' is one more substitute of the word before it."""
     out: dict[str, list[str]] = {}
+    key = None
     for item in items:
-        key, sep, subs = item.partition("=")
-        values = [s.strip() for s in subs.split(",") if s.strip()]
-        if not sep or not key.strip() or not values:
+        word, sep, subs = item.partition("=")
+        if sep:
+            key = " ".join(word.lower().split())
+        values = [s.strip() for s in (subs if sep else item).split(",") if s.strip()]
+        if not key or not values:
             raise InputError(
                 f"--rewrite '{item}' is not WORD=SUBSTITUTE[,SUBSTITUTE...]: e.g. --rewrite kill=stop"
             )
-        out.setdefault(" ".join(key.lower().split()), []).extend(values)
+        out.setdefault(key, []).extend(values)
     return out

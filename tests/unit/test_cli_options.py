@@ -1,0 +1,106 @@
+"""The command line's contract with the configs: one flag per field with the field's default, every
+default in --help, one list syntax, and --version."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from lexprobe.analyses.attribute import AttributeConfig, HeatmapConfig
+from lexprobe.analyses.contrast import ContrastConfig
+from lexprobe.analyses.diagnose import DiagnoseConfig
+from lexprobe.analyses.evaluate import ClassifyConfig, EvaluateConfig
+from lexprobe.analyses.generate import GenerateConfig
+from lexprobe.analyses.margin_validity import ValidityConfig
+from lexprobe.analyses.minimal_pairs import PairsConfig, PerturbConfig
+from lexprobe.analyses.plausibility import PlausibilityConfig
+from lexprobe.analyses.score import ScoreConfig
+from lexprobe.analyses.transplant import TransplantConfig
+from lexprobe.cli import build_parser, main
+
+# command, the required flags, the config it builds, the config's own values for those flags
+COMMANDS = [
+    ("score", ["--suite", "xstest", "--out", "d"], ScoreConfig, {"out": "d"}),
+    ("generate", ["--suite", "xstest", "--out", "d"], GenerateConfig, {"out": "d"}),
+    (
+        "classify",
+        ["--completions", "c.csv", "--out", "d"],
+        ClassifyConfig,
+        {"completions": "c.csv", "out": "d"},
+    ),
+    (
+        "evaluate",
+        ["--completions", "c.csv", "--out", "d"],
+        EvaluateConfig,
+        {"completions": ["c.csv"], "out": "d"},
+    ),
+    ("validate-margin", ["--out", "d"], ValidityConfig, {"out": "d"}),
+    ("attribute", ["--suite", "xstest", "--out", "d"], AttributeConfig, {"out": "d"}),
+    ("plausibility", ["--out", "d"], PlausibilityConfig, {"out": "d"}),
+    ("heatmap", ["--from", "s", "--out", "d"], HeatmapConfig, {"source": "s", "out": "d"}),
+    ("perturb", ["--suite", "xstest", "--out", "d"], PerturbConfig, {"out": "d"}),
+    ("pairs", ["--pairs", "p.csv", "--out", "d"], PairsConfig, {"pairs": "p.csv", "out": "d"}),
+    ("contrast", ["--out", "d"], ContrastConfig, {"out": "d"}),
+    ("transplant", ["--out", "d"], TransplantConfig, {"out": "d"}),
+    ("diagnose", ["--suite", "xstest", "--out", "d"], DiagnoseConfig, {"out": "d"}),
+]
+
+
+@pytest.mark.parametrize(("command", "flags", "config", "values"), COMMANDS, ids=[c[0] for c in COMMANDS])
+def test_flag_defaults_are_the_config_defaults(command, flags, config, values):
+    args = build_parser().parse_args([command, *flags])
+    built = config.from_cli(args)
+    expected = config(**values)
+    if command == "attribute":  # --suite given: a suite selection rather than --prompt
+        expected.suite = built.suite
+    if command == "plausibility":  # the CLI default method list is the config's
+        assert built.methods == expected.methods
+    assert built == expected
+
+
+def test_every_flag_shows_its_default_in_help():
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, sub in subparsers.choices.items():
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            optional = action.option_strings and action.dest != "help" and not action.required
+            if optional and "(default:" not in formatter._get_help_string(action):
+                missing.append(f"{name} {action.option_strings[-1]}")
+        assert "(default:" in sub.format_help() or not sub._actions[1:], name
+    assert not missing, missing
+
+
+def test_one_list_syntax_for_every_list_flag():
+    parser = build_parser()
+    base = ["perturb", "--suite", "xstest", "--out", "d"]
+    forms = (
+        ["--ids", "1", "2", "3"],
+        ["--ids", "1,2,3"],
+        ["--ids", "1", "--ids", "2,3"],
+        ["--ids", "1,", "2", "3"],
+    )
+    assert {tuple(parser.parse_args([*base, *f]).ids) for f in forms} == {("1", "2", "3")}
+    types = parser.parse_args([*base, "--type", "homonyms", "figurative_language"]).types
+    assert types == parser.parse_args([*base, "--type", "homonyms,figurative_language"]).types
+    given = parser.parse_args([*base, "--strategy", "user"]).strategies
+    assert given == ["user"]  # given values replace the default list, they are not appended to it
+    rewrites = PerturbConfig.from_cli(parser.parse_args([*base, "--rewrite", "kill=stop,end", "shoot=film"]))
+    from lexprobe.toolkit.substitution.engine import parse_rewrites
+
+    assert parse_rewrites(rewrites.rewrites) == {"kill": ["stop", "end"], "shoot": ["film"]}
+
+
+@pytest.mark.parametrize("flag", [["--ids", ","], ["--type", ""], ["--limit", "0"], ["--threads", "0"]])
+def test_empty_lists_and_non_positive_counts_are_one_line_errors(flag, error_line):
+    assert main(["score", "--suite", "xstest", "--out", "d", *flag]) == 2
+    line = error_line()
+    assert flag[0] in line
+
+
+def test_version(capsys):
+    from importlib import metadata
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"lexprobe {metadata.version('lexprobe')}"
