@@ -46,13 +46,14 @@ class ContrastResult(MultiTableResult):
         if not len(self.frame):
             return
         from lexprobe.toolkit.viz.effects import paired_plot
+        from lexprobe.toolkit.viz.names import with_model
 
         paired_plot(
             self.frame,
             out / "paired_margins.png",
             [("margin_safe", "safe"), ("margin_unsafe", "unsafe\ncontrast")],
             threshold=float(self.run.get("threshold", 0.0)),
-            title=f"Safe prompts and their unsafe contrasts: refusal margin ({self.run.get('model_spec', '')})",
+            title=with_model("Safe prompts and their unsafe contrasts: refusal margin", self.run),
         )
 
 

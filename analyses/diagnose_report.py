@@ -98,7 +98,10 @@ def write_report(result, attributions, figures: dict[str, Path], path: Path) -> 
             report.table(t["pooled"]),
             "<h3>Per trigger</h3>",
             report.table(t["triggers"], empty="no trigger word of the lexicon in these prompts"),
-            report.figure(f.get("forest"), "per-trigger margin change with 95% CI; pooled effects in red"),
+            report.figure(
+                f.get("forest"),
+                "per-trigger margin change with 95% CI; pooled effects as vermillion diamonds",
+            ),
             f"<h3>The {len(t['word_swaps'])} word swaps that lower the margin most</h3>",
             report.table(t["word_swaps"]),
             report.figure(f.get("paired_margins"), "margins before and after swapping, per prompt"),

@@ -135,12 +135,12 @@ class EvaluationResult(TableResult):
             a["confusion"].to_csv(out / f"confusion_{_slug(model)}.csv")
 
     def _figures(self, out: Path) -> None:
+        from lexprobe.toolkit.viz.names import display_name
         from lexprobe.toolkit.viz.plots import stacked_bars
 
-        label = {"final_label": "human labels", "predicted": "classifier labels"}.get(
-            self.run.get("label_column", ""), self.run.get("label_column", "")
-        )
-        stacked_bars(self.frame, out / "table.png", title=f"XSTest behaviour ({label})")
+        label = display_name(self.run.get("label_column", ""))
+        title = f"XSTest behaviour by prompt type ({label})" if label else "XSTest behaviour by prompt type"
+        stacked_bars(self.frame, out / "table.png", title=title)
 
     def safe_summary(self) -> pd.DataFrame:
         return self.frame[self.frame["type"].isin(["all safe", "all unsafe"])]

@@ -69,13 +69,14 @@ class ValidityResult(TableResult):
         return result
 
     def _figures(self, out: Path) -> None:
+        from lexprobe.toolkit.viz.names import with_model
         from lexprobe.toolkit.viz.plots import reliability_plot
 
         f, s = self.frame, self.summary
         reliability_plot(
             f["margin"].to_numpy(dtype=float), f["refused"].astype(str).eq("True").to_numpy(),
             s["threshold"], s["logistic_slope"], out / "reliability.png",
-            title=f"{self.run.get('model_spec', '')}: refusal margin against generated behaviour",
+            title=with_model("Refusal margin against generated behaviour", self.run),
         )  # fmt: skip
 
 

@@ -246,9 +246,9 @@ def _why_not(unit, sub: Substituter) -> str:
 
 def figures(result: PerturbResult, out: Path, threshold: float) -> None:
     from lexprobe.toolkit.viz.effects import forest_plot, paired_plot
+    from lexprobe.toolkit.viz.names import with_model
 
     triggers, pooled = result.tables["triggers"], result.tables["pooled"]
-    model = result.run.get("model_spec", "")
     for label in sorted(set(triggers["label"])) if len(triggers) else []:
         t = triggers[triggers["label"] == label]
         p = pooled[pooled["label"] == label].rename(columns={"contrast": "trigger", "mean": "mean_delta"})
@@ -256,8 +256,10 @@ def figures(result: PerturbResult, out: Path, threshold: float) -> None:
         forest_plot(
             t,
             out / name,
-            title=f"trigger knockout, {label} prompts ({model}): margin change, 95% CI",
+            title=with_model(f"Trigger knockout on {label} prompts: margin change with 95% CI", result.run),
             highlight=p,
+            min_n=3,
+            source="triggers.csv",
         )
     units = effects.unit_table(typed(result.frame))
     if units.empty:
@@ -276,7 +278,9 @@ def figures(result: PerturbResult, out: Path, threshold: float) -> None:
             ("content_swapped", "content\nswapped"),
         ],
         threshold=threshold,
-        title=f"refusal margin before and after substitution ({model}); mean over a prompt's swaps",
+        title=with_model(
+            "Refusal margin before and after substitution (mean over a prompt's swaps)", result.run
+        ),
     )
 
 

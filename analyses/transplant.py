@@ -47,6 +47,7 @@ class TransplantResult(MultiTableResult):
 
     def _figures(self, out: Path) -> None:
         from lexprobe.toolkit.viz.effects import dose_plot, forest_plot
+        from lexprobe.toolkit.viz.names import with_model
 
         dose = self.frame[self.frame["kind"] == "dose"]
         dose_plot(
@@ -54,13 +55,13 @@ class TransplantResult(MultiTableResult):
             self.tables["dose"],
             out / "dose.png",
             float(self.run.get("threshold", 0.0)),
-            f"Trigger words in carrier requests ({self.run.get('model_spec', '')})",
+            with_model("Trigger words in carrier requests", self.run),
         )
         if len(self.tables["words"]):
             forest_plot(
                 self.tables["words"], out / "forest.png", mean="mean_effect",
-                title="One trigger word in a carrier list: margin change against a filler word",
-                xlabel="margin change (trigger - filler)",
+                title=with_model("One trigger word in a carrier list: margin change against a filler word", self.run),
+                xlabel="margin change (trigger - filler)", min_n=3, source="words.csv",
             )  # fmt: skip
 
 

@@ -1,13 +1,16 @@
-"""Word heatmaps of attribution results: self-contained HTML, PNG (matplotlib), terminal (rich); and
-faithfulness figures. Reads `AttributionResult` objects only.
+"""Word heatmaps of attribution results: self-contained HTML, PNG/SVG/PDF (matplotlib), terminal
+(rich); and faithfulness figures. Reads `AttributionResult` objects only.
 
-Colours: a diverging scale centred at 0, red = pushes toward refusal, blue = toward compliance; each
-(prompt, method) row is scaled by its own largest |score|, and the score itself shows on hover.
+Colours (toolkit.viz.palettes): signed methods on the diverging PuOr scale centred at 0 (orange =
+toward refusal, purple = toward compliance), unsigned ones (saliency) on the sequential Greys scale
+from 0. One scale per method per figure: vmax is the 99th percentile of |score| over every word of
+that method in the figure, so rows can be compared; each figure shows its colour bars, and the score
+itself shows on hover.
 """
 
 from __future__ import annotations
 
-import html
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -15,157 +18,53 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib import colors as mcolors  # noqa: E402
 from matplotlib.font_manager import FontProperties  # noqa: E402
 
-from lexprobe.toolkit.viz import report  # noqa: E402
+from lexprobe.toolkit.viz.heatmap_html import (  # noqa: E402, F401  (re-exported)
+    CSS,
+    _pieces,
+    _verdict,
+    heatmap_html,
+    heatmap_html_fragment,
+    heatmap_notebook,
+)
+from lexprobe.toolkit.viz.names import display_name  # noqa: E402
+from lexprobe.toolkit.viz.palettes import (  # noqa: E402
+    CATEGORICAL,
+    COMPLIANCE,
+    DIVERGING,
+    MAIN,
+    NEUTRAL,
+    REFUSAL,
+    TOWARD_COMPLIANCE,
+    TOWARD_REFUSAL,
+    UNSIGNED,
+    Scale,
+    colourbar,
+    save,
+    scale_for,
+    scales_for,
+)
 
-CMAP = plt.get_cmap("RdBu_r")
-
-
-def colour(score: float, vmax: float) -> tuple[str, str]:
-    """(background, text) hex colours of a score on the diverging scale [-vmax, vmax]."""
-    x = 0.5 if vmax <= 0 else 0.5 + 0.5 * float(np.clip(score / vmax, -1, 1))
-    rgba = CMAP(x)
-    text = "#ffffff" if abs(x - 0.5) > 0.33 else "#111111"
-    return mcolors.to_hex(rgba), text
-
-
-def _vmax(scores) -> float:
-    scores = np.asarray(scores, dtype=float)
-    return float(np.abs(scores).max()) if len(scores) else 0.0
-
-
-def _pieces(prompt: str, words: pd.DataFrame):
-    """(text, score or None) pieces covering the whole prompt: words with scores, the gaps without."""
-    pos = 0
-    for w in words.itertuples():
-        if w.char_start > pos:
-            yield prompt[pos : w.char_start], None
-        yield prompt[w.char_start : w.char_end], float(w.score)
-        pos = w.char_end
-    if pos < len(prompt):
-        yield prompt[pos:], None
-
-
-def _verdict(row) -> str:
-    return "refused" if bool(row.refused) else "complied"
+CMAP = DIVERGING  # the signed scale (palettes.SEQUENTIAL is the unsigned one)
 
 
-# ------------------------------------------------------------------------------------------ HTML
-CSS = """  /* the word heatmap; the page and its tables: toolkit.report.CSS */
-.pair{display:flex;gap:16px;margin:10px 0;flex-wrap:wrap}
-.card{flex:1 1 520px;border:1px solid #ddd;border-radius:6px;padding:8px 12px;background:#fafafa}
-.card.unsafe{background:#fff8f5}
-.head{font-size:13px;color:#555;margin-bottom:6px}
-.head b{color:#222}.ref{color:#b2182b;font-weight:600}.comp{color:#2166ac;font-weight:600}
-.row{display:flex;align-items:baseline;gap:8px;margin:3px 0;line-height:1.9}
-.m{font-size:11px;color:#777;width:150px;flex:none;text-align:right}
-.w{padding:1px 2px;border-radius:3px;cursor:default}
-.legend span{padding:2px 8px;border-radius:3px;margin-right:4px;font-size:12px}
-"""
+def colour(score: float, vmax: float, signed: bool = True) -> tuple[str, str]:
+    """(background, text) hex colours of a score on the diverging scale [-vmax, vmax], or with
+    `signed=False` on the sequential scale [0, vmax]."""
+    return Scale("", signed, float(vmax)).colour(score)
 
 
-def _card(result, row) -> str:
-    cls = "card unsafe" if str(row.label) == "unsafe" else "card"
-    verdict = f'<span class="{"ref" if row.refused else "comp"}">{_verdict(row)}</span>'
-    head = (
-        f'<div class="head"><b>#{html.escape(str(row.id))}</b> · {html.escape(str(row.type))} · '
-        f"margin {row.margin:+.2f} · {verdict}</div>"
-    )
-    lines = []
-    for method in result.method_names:
-        words = result.words(row.id, method)
-        vmax = _vmax(words["score"])
-        spans = []
-        for text, score in _pieces(str(row.prompt), words):
-            if score is None:
-                spans.append(html.escape(text))
-                continue
-            bg, fg = colour(score, vmax)
-            spans.append(
-                f'<span class="w" style="background:{bg};color:{fg}" '
-                f'title="{html.escape(text)}: {score:+.4f}">{html.escape(text)}</span>'
-            )
-        lines.append(f'<div class="row"><span class="m">{method}</span><span>{"".join(spans)}</span></div>')
-    return f'<div class="{cls}">{head}{"".join(lines)}</div>'
-
-
-def heatmap_html_fragment(result) -> str:
-    """The prompts, grouped by type, each safe prompt beside its paired contrast when both were run."""
-    prompts = result.prompts
-    ids = set(prompts["id"])
-    by_id = {r.id: r for r in prompts.itertuples()}
-    parts = []
-    for ptype, group in prompts.groupby("type", sort=False):
-        cards = []
-        for row in group.itertuples():
-            paired = bool(row.pair_id) and row.pair_id in ids
-            if paired and str(row.label) == "unsafe":  # shown beside its safe prompt
-                continue
-            pair = [_card(result, row)] + ([_card(result, by_id[row.pair_id])] if paired else [])
-            cards.append(f'<div class="pair">{"".join(pair)}</div>')
-        if cards:
-            parts.append(f"<h2>{html.escape(str(ptype))}</h2>{''.join(cards)}")
-    return "".join(parts)
-
-
-def _legend() -> str:
-    neg, _ = colour(-1, 1)
-    pos, _ = colour(1, 1)
-    return (
-        f'<p class="legend"><span style="background:{pos};color:#fff">toward refusal</span>'
-        f'<span style="background:{neg};color:#fff">toward compliance</span> '
-        "each row scaled to its largest |score|; hover a word for its score. "
-        "margin &gt; 0: greedy decoding refuses.</p>"
-    )
-
-
-def heatmap_html(result, path: str | Path) -> Path:
-    """A self-contained HTML page: legend, method agreement, faithfulness by type, then the heatmaps."""
-    run = result.run
-    legend = _legend()
-    meta = ", ".join(
-        f"{k}: {html.escape(str(v))}"
-        for k, v in (
-            ("model", run.get("model_spec")),
-            ("system prompt", (run.get("system_prompt") or {}).get("name")),
-            ("attributed margin", run.get("target")),
-            ("dtype", run.get("dtype")),
-        )
-        if v is not None
-    )
-    sections = [f"<h1>Word attributions of the refusal margin</h1><p>{meta}</p>", legend]
-    if len(result.method_names) > 1:
-        sections.append(
-            "<h2>Rank agreement between methods</h2>" + report.table(result.agreement(), digits=3)
-        )
-    by_type = result.faithfulness_by_type()
-    if len(by_type):
-        cols = ["type", "method", "n", "top1_drop", "top1_drop_random", "comprehensiveness"]
-        cols += ["comprehensiveness_random", "sufficiency", "sufficiency_random", "deletion_auc"]
-        cols += ["deletion_auc_random", "no_better_than_random"]
-        sections.append(
-            "<h2>Faithfulness on the margin (vs a random ranking)</h2>"
-            "<p>top-1 drop and comprehensiveness: higher is better; sufficiency and deletion AUC: lower "
-            "is better. Flagged: the method's top word is no better than a random word on that type.</p>"
-            + report.table(by_type[cols], digits=3, flag_column="no_better_than_random")
-        )
-    sections.append(heatmap_html_fragment(result))
-    path = Path(path)
-    path.write_text(report.page("lexprobe attributions", sections, css=CSS), encoding="utf-8")
-    return path
-
-
-# ------------------------------------------------------------------------------------------ PNG
+# ------------------------------------------------------------------------------------------ PNG/SVG/PDF
 def heatmap_png(result, path: str | Path, method: str | None = None, width_in: float = 13.0) -> Path:
-    """One row per prompt (wrapped when long) for one method; legible for 25 prompts on one figure."""
+    """One row per prompt (wrapped when long) for one method, on one colour scale with its colour bar;
+    legible for 25 prompts on one figure. Writes the format `path`'s suffix names (png, svg, pdf)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     method = method or result.method_names[0]
+    scale = scale_for(result, method)
     font = FontProperties(family="DejaVu Sans", size=10)
-    label_w, dpi, line_in, gap_in = 1.7, 130, 0.27, 0.1
+    label_w, dpi, line_in, gap_in, head_in = 1.7, 130, 0.27, 0.1, 1.2
     probe = plt.figure(dpi=dpi)
     renderer = FigureCanvasAgg(probe).get_renderer()
 
@@ -176,41 +75,42 @@ def heatmap_png(result, path: str | Path, method: str | None = None, width_in: f
     plt.close(probe)
     avail = (width_in - label_w - 0.2) * dpi
 
-    layout = []  # per prompt: (row, lines of (text, score, x_px, vmax))
+    layout = []  # per prompt: (row, lines of (text, score, x_px))
     for row in result.prompts.itertuples():
-        words = result.words(row.id, method)
-        vmax = _vmax(words["score"])
         lines, x, prev_end = [[]], 0.0, None
-        for w in words.itertuples():
+        for w in result.words(row.id, method).itertuples():
             if prev_end is not None:  # keep "wife's" together, "wife is" apart, as in the prompt
                 x += space if w.char_start > prev_end else 3
             w_px = width(w.word) + 4
             if x + w_px > avail and lines[-1]:
                 lines.append([])
                 x = 0.0
-            lines[-1].append((w.word, float(w.score), x, vmax))
+            lines[-1].append((w.word, float(w.score), x))
             x += w_px
             prev_end = w.char_end
         layout.append((row, lines))
     n_lines = sum(len(lines) for _, lines in layout)
-    fig = plt.figure(figsize=(width_in, n_lines * line_in + len(layout) * gap_in + 0.55), dpi=dpi)
-    height_px = fig.get_figheight() * dpi
-    fig.text(
-        0.01,
-        1 - 0.1 / fig.get_figheight(),
-        f"{method}: red = toward refusal, blue = toward compliance (each row scaled to its max |score|)",
-        fontsize=10,
-        va="top",
-    )
-    y = height_px - 0.45 * dpi
+    fig = plt.figure(figsize=(width_in, n_lines * line_in + len(layout) * gap_in + head_in), dpi=dpi)
+    fig_h = fig.get_figheight()
+    height_px = fig_h * dpi
+    fig.text(0.01, 1 - 0.12 / fig_h, f"Word attributions: {display_name(method)}", fontsize=12, va="top")
+    sub = [display_name(result.run.get("model_spec"))]
+    sub += [f"attributed margin: {result.run['target']}"] if result.run.get("target") else []
+    sub += ["row label: prompt id, decision margin, greedy behaviour"]
+    fig.text(0.01, 1 - 0.42 / fig_h, " · ".join(s for s in sub if s), fontsize=9, va="top", color="#444")
+    bar_w = min(5.0, width_in * 0.42)
+    cax = fig.add_axes([1 - (bar_w + 0.25) / width_in, 1 - 0.52 / fig_h, bar_w / width_in, 0.13 / fig_h])
+    bar = colourbar(fig, cax, scale, fontsize=8)
+    bar.set_label(textwrap.fill(scale.label(), 90), fontsize=7.5)
+    y = height_px - head_in * dpi
     for row, lines in layout:
         label = f"#{row.id}  {row.margin:+.2f} {_verdict(row)}"
-        colour_ = "#b2182b" if row.refused else "#2166ac"
+        colour_ = REFUSAL if row.refused else COMPLIANCE
         fig.text(0.01, (y - 0.5 * line_in * dpi) / height_px, label, fontsize=9, va="center", color=colour_)
         for line in lines:
             y -= 0.5 * line_in * dpi
-            for text, score, x, vmax in line:
-                bg, fg = colour(score, vmax)
+            for text, score, x in line:
+                bg, fg = scale.colour(score)
                 fig.text(
                     (label_w * dpi + x) / (width_in * dpi),
                     y / height_px,
@@ -222,15 +122,13 @@ def heatmap_png(result, path: str | Path, method: str | None = None, width_in: f
                 )
             y -= 0.5 * line_in * dpi
         y -= gap_in * dpi
-    path = Path(path)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=dpi)
 
 
 def faithfulness_png(result, path: str | Path) -> Path | None:
     """Three panels (comprehensiveness, sufficiency, deletion AUC): each method's mean next to the random
-    ranking's, plus the mean deletion curves (margin vs share of words removed, most toward refusal first)."""
+    ranking's, plus the mean deletion curves (margin vs share of words removed, most toward refusal first).
+    Writes the format `path`'s suffix names (png, svg, pdf)."""
     f = result.faithfulness
     if not len(f):
         return None
@@ -242,56 +140,71 @@ def faithfulness_png(result, path: str | Path) -> Path | None:
         "sufficiency": "sufficiency (lower = better)",
         "deletion_auc": "deletion AUC (lower = better)",
     }
+    names = [display_name(m) for m in methods]
     for ax, (metric, title) in zip(axes, titles.items()):
         mine = [f[f["method"] == m][metric].mean() for m in methods]
         rand = [f[f["method"] == m][f"{metric}_random"].mean() for m in methods]
-        ax.bar(x - 0.2, mine, 0.4, label="method", color="#b2182b")
-        ax.bar(x + 0.2, rand, 0.4, label="random ranking", color="#999999")
-        ax.set_xticks(x, methods, rotation=35, ha="right", fontsize=8)
+        ax.bar(x - 0.2, mine, 0.4, label="method's ranking", color=MAIN)
+        ax.bar(x + 0.2, rand, 0.4, label="random ranking", color=NEUTRAL)
+        ax.set_xticks(x, names, rotation=35, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.axhline(0, color="#444", lw=0.6)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper left", ncol=2, fontsize=8, frameon=False)
     ax = axes[3]
     grid = np.linspace(0, 1, 11)
     c = result.curves
-    for name in [*methods, "random"]:
-        sub = c[c["method"] == name]
+    for k, name in enumerate([*methods, "random"]):
+        sub = c[c["method"] == name] if len(c) else c
         if not len(sub):
             continue
         ys = [np.interp(grid, g["fraction"], g["margin"]) for _, g in sub.groupby("id")]
-        style = {"color": "#777", "ls": "--"} if name == "random" else {}
-        ax.plot(grid, np.mean(ys, axis=0), label=name, **style)
+        style = (
+            {"color": "#777", "ls": "--"}
+            if name == "random"
+            else {"color": CATEGORICAL[k % len(CATEGORICAL)]}
+        )
+        label = "random ranking" if name == "random" else display_name(name)
+        ax.plot(grid, np.mean(ys, axis=0), label=label, **style)
     ax.set_xlabel("share of words removed (top-ranked first)", fontsize=9)
     ax.set_ylabel("mean margin", fontsize=9)
     ax.set_title("deletion curves", fontsize=10)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    model = display_name(result.run.get("model_spec"))
+    title = "Faithfulness of the word attributions on the refusal margin"
+    fig.suptitle(f"{title} ({model})" if model else title, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return save(fig, path, dpi=120)
 
 
 # ------------------------------------------------------------------------------------------ terminal
 def print_terminal(result, console=None) -> None:
-    """Each prompt's words coloured by each method's scores, with margin and verdict (rich)."""
+    """Each prompt's words coloured by each method's scores (one scale per method over the prompts
+    printed, stated first), with margin and verdict (rich)."""
     from rich.console import Console
     from rich.text import Text
 
     console = console or Console()
+    scales = scales_for(result)
+    width = max((len(m) for m in result.method_names), default=0)
+    for method, s in scales.items():
+        ends = f"{TOWARD_COMPLIANCE} ← 0 → {TOWARD_REFUSAL}" if s.signed else f"0 → {UNSIGNED}"
+        span = f"±{s.vmax:.3g}" if s.signed else f"0 to {s.vmax:.3g}"
+        line = Text(f"{method:>{width}}  ")
+        for x in np.linspace(s.vmin, s.vmax, 9):
+            line.append("  ", style=f"on {s.colour(x)[0]}")
+        line.append(f" {span}: {ends} (99th pct of |score|, {s.n} words)", style="dim")
+        console.print(line)
     for row in result.prompts.itertuples():
-        style = "bold red" if row.refused else "bold blue"
+        style = f"bold {REFUSAL}" if row.refused else f"bold {COMPLIANCE}"
         console.print(Text(f"#{row.id} {row.type}  margin {row.margin:+.3f}  {_verdict(row)}", style=style))
-        width = max(len(m) for m in result.method_names)
         for method in result.method_names:
-            words = result.words(row.id, method)
-            vmax = _vmax(words["score"])
             line = Text(f"{method:>{width}}  ")
-            for text, score in _pieces(str(row.prompt), words):
+            for text, score in _pieces(str(row.prompt), result.words(row.id, method)):
                 if score is None:
                     line.append(text)
                 else:
-                    bg, fg = colour(score, vmax)
+                    bg, fg = scales[method].colour(score)
                     line.append(text, style=f"{fg} on {bg}")
             console.print(line)
         top = result.words(row.id, result.method_names[0]).sort_values("score", ascending=False).head(5)
@@ -310,6 +223,7 @@ def write_heatmaps(
     unsuffixed) in `out`; a file already there is an error unless `overwrite`."""
     from lexprobe.toolkit.errors import OutputError
 
+    out = Path(out)
     methods = list(methods or result.method_names)
     targets = []
     if "html" in formats:
@@ -327,8 +241,3 @@ def write_heatmaps(
         else:
             heatmap_png(result, path, method)
     return [p for _, _, p in targets]
-
-
-def heatmap_notebook(result) -> str:
-    """The notebook view: a self-styled block with the legend and every prompt's heatmap."""
-    return f"<div><style>{CSS}</style>{_legend()}{heatmap_html_fragment(result)}</div>"

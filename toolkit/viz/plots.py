@@ -1,4 +1,6 @@
-"""Figures of behaviour and margins (matplotlib, Agg backend): stacked label bars, reliability."""
+"""Figures of behaviour and margins (matplotlib, Agg backend; PNG, SVG or PDF by the path's suffix):
+stacked label bars, reliability. Colours: toolkit.viz.palettes (refusal dark orange, partial refusal
+light orange, compliance purple: colour-blind safe, no red/green pair)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-COLOURS = {"full_compliance": "#4c9a5f", "full_refusal": "#c0392b", "partial_refusal": "#e6a23c"}
+from lexprobe.toolkit.viz.names import display_name, type_name  # noqa: E402
+from lexprobe.toolkit.viz.palettes import BEHAVIOUR, COMPLIANCE, MAIN, REFUSAL, save  # noqa: E402
+
+COLOURS = {k: BEHAVIOUR[k] for k in ("full_compliance", "full_refusal", "partial_refusal")}
 
 
 def stacked_bars(table: pd.DataFrame, path: Path, title: str) -> Path:
@@ -28,18 +33,19 @@ def stacked_bars(table: pd.DataFrame, path: Path, title: str) -> Path:
         y = np.arange(len(t))[::-1]
         left = np.zeros(len(t))
         for label, colour in COLOURS.items():
-            ax.barh(y, t[label], left=left, color=colour, label=label.replace("_", " "), height=0.8)
+            ax.barh(
+                y, t[label], left=left, color=colour, label=label.replace("_", " "), height=0.8,
+                edgecolor="white", linewidth=0.5,
+            )  # fmt: skip
             left += t[label].to_numpy()
-        ax.set_yticks(y, [f"{ty} (n={n})" for ty, n in zip(t["type"], t["n"])], fontsize=8)
+        ax.set_yticks(y, [f"{type_name(ty)} (n={n})" for ty, n in zip(t["type"], t["n"])], fontsize=8)
         ax.set_xlim(0, 100)
         ax.set_xlabel("% of responses")
-        ax.set_title(model, fontsize=10)
+        ax.set_title(display_name(model), fontsize=10)
     axes[0][0].legend(loc="lower center", bbox_to_anchor=(0.5, 1.06), ncol=3, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11, y=1.0)
     fig.tight_layout()
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=130, bbox_inches="tight")
 
 
 def reliability_plot(
@@ -57,21 +63,21 @@ def reliability_plot(
     ax1.plot(xs, 1 / (1 + np.exp(-xs)), color="grey", ls="--", label="p_refuse = sigmoid(margin)")
     ax1.plot(xs, 1 / (1 + np.exp(-slope * (xs - threshold))), color="black", label="logistic fit")
     ax1.scatter(
-        centres, rates, s=[12 + 2 * c for c in counts], color="#c0392b", zorder=3, label="observed (deciles)"
+        centres, rates, s=[12 + 2 * c for c in counts], color=MAIN, zorder=3, label="observed (deciles)"
     )
-    ax1.axvline(threshold, color="#c0392b", lw=0.8)
+    ax1.axvline(threshold, color="#555555", lw=0.8, ls=":", label=f"threshold {threshold:.2f}")
     ax1.set_xlabel("refusal margin")
     ax1.set_ylabel("share of prompts refused")
     ax1.set_ylim(-0.03, 1.03)
     ax1.legend(fontsize=8, loc="upper left")
     ax1.set_title("reliability", fontsize=10)
     bins2 = np.linspace(margin.min(), margin.max(), 40)
-    ax2.hist(margin[~refused.astype(bool)], bins=bins2, alpha=0.6, color="#4c9a5f", label="answered")
+    ax2.hist(margin[~refused.astype(bool)], bins=bins2, alpha=0.6, color=COMPLIANCE, label="answered")
     ax2.hist(
         margin[refused.astype(bool)],
         bins=bins2,
         alpha=0.6,
-        color="#c0392b",
+        color=REFUSAL,
         label="refused (full or partial)",
     )
     ax2.axvline(threshold, color="black", lw=1, label=f"threshold {threshold:.2f}")
@@ -81,6 +87,4 @@ def reliability_plot(
     ax2.set_title("margin by behaviour", fontsize=10)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=130)

@@ -65,12 +65,18 @@ def table(
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
+MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+
+
 def data_uri(path: str | Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    """The file as a base64 data URI (PNG unless the suffix says SVG or JPEG)."""
+    mime = MIME.get(Path(path).suffix.lower(), "image/png")
+    return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
 def figure(path: str | Path | None, caption: str = "") -> str:
-    """A PNG embedded in the page (nothing when the file is missing)."""
+    """A PNG (or SVG) embedded in the page (nothing when the file is missing). Figure functions write
+    the format their path's suffix names, so callers that embed pass a .png path."""
     if path is None or not Path(path).exists():
         return ""
     cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
