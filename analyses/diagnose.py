@@ -30,6 +30,7 @@ from lexprobe.toolkit import stats
 from lexprobe.toolkit.attribution import AttributionSettings
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
+from lexprobe.toolkit.io.cache import write_text_atomic
 from lexprobe.toolkit.io.results import Result, Timer, read_csv_table, write_csv_atomic
 from lexprobe.toolkit.io.suites import Suite
 
@@ -120,7 +121,7 @@ class DiagnoseResult(Result):
             write_csv_atomic(frame, out / f"{name}.csv")
         for name in set(TABLES) - set(self.tables):  # a step skipped this time leaves no stale table
             (out / f"{name}.csv").unlink(missing_ok=True)
-        (out / "summary.json").write_text(json.dumps(_jsonable(self.summary), indent=1), encoding="utf-8")
+        write_text_atomic(out / "summary.json", json.dumps(_jsonable(self.summary), indent=1))
 
     def _figures(self, out: Path) -> None:
         """contrast_margins.png and report.html (the steps' figures it embeds are in their subdirectories)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lexprobe.toolkit.io.cache import write_text_atomic
 from lexprobe.toolkit.viz import report
 from lexprobe.toolkit.viz.heatmaps import CSS as HEATMAP_CSS
 from lexprobe.toolkit.viz.report import esc
@@ -117,7 +118,7 @@ def write_report(result, attributions, figures: dict[str, Path], path: Path) -> 
     body.append(
         _note(f"Each step's own tables and run.json are in the subdirectories beside this report: {steps}.")
     )
-    path.write_text(report.page("lexprobe diagnose", body, css=HEATMAP_CSS), encoding="utf-8")
+    write_text_atomic(path, report.page("lexprobe diagnose", body, css=HEATMAP_CSS))
     return path
 
 

@@ -26,6 +26,7 @@ from lexprobe.analyses.evaluate import normalise_labels, read_completions
 from lexprobe.toolkit.behaviour.classify import classify, is_refusal
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError
+from lexprobe.toolkit.io.cache import write_text_atomic
 from lexprobe.toolkit.io.results import TableResult, Timer, provenance
 from lexprobe.toolkit.io.suites import Suite
 from lexprobe.toolkit.scoring.thresholds import save_threshold
@@ -59,7 +60,7 @@ class ValidityResult(TableResult):
 
     def _write(self, out: Path) -> None:
         super()._write(out)
-        (out / "summary.json").write_text(json.dumps(self.summary, indent=2))
+        write_text_atomic(out / "summary.json", json.dumps(self.summary, indent=2))
 
     @classmethod
     def _read(cls, out: Path):

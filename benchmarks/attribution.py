@@ -94,7 +94,7 @@ def main() -> None:
     )
     a = p.parse_args()
     os.environ.setdefault("LEXPROBE_QUIET", "1")
-    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("ignore", module="captum")  # its LLMAttribution deprecation notes
 
     from lexprobe.analyses.common import ModelOptions, open_session
     from lexprobe.toolkit.io.suites import load_suite

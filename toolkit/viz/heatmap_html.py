@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lexprobe.toolkit.io.cache import write_text_atomic
 from lexprobe.toolkit.viz import report
 from lexprobe.toolkit.viz.names import display_name
 from lexprobe.toolkit.viz.palettes import (
@@ -184,7 +185,7 @@ def heatmap_html(result, path: str | Path) -> Path:
         )
     sections.append("<h2>Word heatmaps</h2>" + heatmap_html_fragment(result))
     path = Path(path)
-    path.write_text(report.page("lexprobe attributions", sections, css=CSS), encoding="utf-8")
+    write_text_atomic(path, report.page("lexprobe attributions", sections, css=CSS))
     return path
 
 
