@@ -108,6 +108,9 @@ def test_attribution_result_shows_and_renders_self_styled(probe, capsys):
     assert "kill" in out and "saliency" in out
     html = result._repr_html_()
     assert "<style>" in html and "toward refusal" in html and "occlusion" in html
+    styles = html.split("<style>", 1)[1].split("</style>", 1)[0]
+    rules = [r.split("{")[0] for r in styles.split("}") if "{" in r]
+    assert rules and all(sel.strip().startswith(".lexprobe-heatmap") for r in rules for sel in r.split(","))
     overview = result.overview()
     assert set(overview.columns) >= {"id", "method", "top_word", "margin"} and len(overview) == 4
 

@@ -6,6 +6,7 @@ the notebook view, each with a legend naming both ends and one CSS colour bar pe
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -190,5 +191,17 @@ def heatmap_html(result, path: str | Path) -> Path:
 
 
 def heatmap_notebook(result) -> str:
-    """The notebook view: a self-styled block with the legend, colour bars and every prompt's heatmap."""
-    return f"<div><style>{CSS}</style>{heatmap_html_fragment(result)}</div>"
+    """The notebook view: a self-styled block with the legend, colour bars and every prompt's heatmap;
+    its stylesheet applies inside the block only (a notebook's own `.row` or `.card` stay as they are)."""
+    return f'<div class="lexprobe-heatmap"><style>{scoped(CSS, ".lexprobe-heatmap")}</style>{heatmap_html_fragment(result)}</div>'
+
+
+def scoped(css: str, scope: str) -> str:
+    """`css` with every selector prefixed by `scope` (comments dropped)."""
+    css = re.sub(r"/\*.*?\*/", "", css, flags=re.S)
+
+    def prefix(match: re.Match) -> str:
+        selectors = ",".join(f"{scope} {sel.strip()}" for sel in match.group(1).split(","))
+        return selectors + "{"
+
+    return re.sub(r"([^{}]+)\{", prefix, css)
