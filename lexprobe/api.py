@@ -79,8 +79,9 @@ class Probe:
         batch_size: int = 16,
     ) -> Probe:
         """A `*ForCausalLM` and tokenizer (with a chat template) you already loaded, on their device and
-        in their dtype. The weights are hashed once for provenance and the readout cache, unless you
-        pass `weights_sha256`."""
+        in their dtype; the model is put in eval mode with its parameters frozen (attribution takes
+        gradients with respect to the input embeddings only). The weights are hashed once for
+        provenance and the readout cache, unless you pass `weights_sha256`."""
         options = ModelOptions(
             model=name or getattr(model.config, "name_or_path", "") or type(model).__name__,
             system_prompt=system_prompt,
