@@ -29,7 +29,8 @@ from lexprobe.analyses import score as _score
 from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_session, session_from_model
 from lexprobe.probes.margin import RefusalReadout
 from lexprobe.toolkit.attribution import AttributionSettings
-from lexprobe.toolkit.io.suites import Prompts, as_suite
+from lexprobe.toolkit.errors import InputError
+from lexprobe.toolkit.io.suites import Prompts, as_suite, listed
 
 
 def load(
@@ -47,6 +48,7 @@ def load(
     `.gguf` file) under one system-prompt condition, with its refusal readout (calibrated once per model,
     dtype and condition, then cached; or `readout`, a file or a `RefusalReadout`). `dtype="auto"` is
     float32 on a CPU and bfloat16 on CUDA, or float32 there too with `attribution=True`."""
+    _check_batch_size(batch_size)
     options = ModelOptions(
         model=model,
         system_prompt=system_prompt,
@@ -82,6 +84,12 @@ class Probe:
         in their dtype; the model is put in eval mode with its parameters frozen (attribution takes
         gradients with respect to the input embeddings only). The weights are hashed once for
         provenance and the readout cache, unless you pass `weights_sha256`."""
+        if not (hasattr(model, "config") and hasattr(model, "parameters")) or not callable(tokenizer):
+            raise InputError(
+                "Probe.from_hf takes a transformers *ForCausalLM model and its tokenizer, "
+                f"not {type(model).__name__} and {type(tokenizer).__name__}"
+            )
+        _check_batch_size(batch_size)
         options = ModelOptions(
             model=name or getattr(model.config, "name_or_path", "") or type(model).__name__,
             system_prompt=system_prompt,
@@ -141,7 +149,7 @@ class Probe:
         settings.setdefault("batch_size", self.options.batch_size)
         config = _attribute.AttributeConfig(
             model=self.options,
-            methods=[methods] if isinstance(methods, str) else list(methods),
+            methods=listed(methods),
             settings=AttributionSettings(**settings),
             faithfulness=faithfulness,
             n_random=n_random,
@@ -173,8 +181,8 @@ class Probe:
             attributions = attributions.to_frame()
         config = _pairs.PerturbConfig(
             model=self.options,
-            strategies=list(strategies),
-            rewrites=list(rewrites),
+            strategies=listed(strategies),
+            rewrites=[rewrites] if isinstance(rewrites, str) else list(rewrites),
             lexicon=lexicon,
             min_similarity=min_similarity,
             per_word=per_word,
@@ -188,6 +196,10 @@ class Probe:
         """Margins of prompt pairs (`PairsResult`): a DataFrame or file with prompt_a and prompt_b, or a
         list of (prompt_a, prompt_b) tuples; delta = margin_b - margin_a, with paired statistics."""
         if isinstance(pairs, list | tuple):
+            if not all(isinstance(p, list | tuple) and len(p) == 2 for p in pairs) or not pairs:
+                raise InputError(
+                    "pairs: give (prompt_a, prompt_b) tuples, a DataFrame or a file with those columns"
+                )
             pairs = pd.DataFrame(list(pairs), columns=["prompt_a", "prompt_b"])
         config = _pairs.PairsConfig(model=self.options, pairs=pairs, seed=seed)
         return _pairs.run_pairs(config, session=self.session)
@@ -207,7 +219,7 @@ class Probe:
         `suite`: a bundled suite name or file with a pair map (XSTest's, or `pair_map` with safe_id,
         unsafe_id); `types`: the safe types to pair (all by default)."""
         config = _contrast.ContrastConfig(
-            model=self.options, suite=SuiteOptions(suite=str(suite), types=_listed(types)), pair_map=pair_map,
+            model=self.options, suite=SuiteOptions(suite=str(suite), types=listed(types) or []), pair_map=pair_map,
             inv=inv, inv_per_prompt=inv_per_prompt, min_similarity=min_similarity, seed=seed,
         )  # fmt: skip
         return _contrast.run(config, session=self.session)
@@ -233,7 +245,7 @@ class Probe:
         settings.setdefault("batch_size", self.options.batch_size)
         config = _diagnose.DiagnoseConfig(
             model=self.options,
-            methods=list(methods) if attribution else [],
+            methods=listed(methods) if attribution else [],
             attribution=attribution,
             faithfulness=faithfulness,
             perturb=perturb,
@@ -249,11 +261,45 @@ def classify(completions, *, classifier: str = "default"):
     `CompletionsResult`, a DataFrame with `completion` (and `prompt`), a file, or a bundled set."""
     if hasattr(completions, "to_frame"):
         completions = completions.to_frame()
+    if not isinstance(completions, str | Path | pd.DataFrame):
+        raise InputError(
+            f"completions of type {type(completions).__name__}: give a CompletionsResult, a DataFrame with a "
+            "`completion` column, a file or a bundled set"
+        )
+    completions = str(completions) if isinstance(completions, Path) else completions
     return _evaluate.run_classify(_evaluate.ClassifyConfig(completions=completions, classifier=classifier))
 
 
-def _listed(values) -> list[str]:
-    return [values] if isinstance(values, str) else list(values or [])
+def result_types() -> tuple[type, ...]:
+    """Every kind of result, in the order `load_result` tries them (a validity directory also holds a
+    summary.json, so it goes before diagnose's)."""
+    from lexprobe.analyses.margin_validity import ValidityResult
+    from lexprobe.analyses.plausibility import PlausibilityResult
+    from lexprobe.analyses.transplant import TransplantResult
+    from lexprobe.toolkit.attribution.result import AttributionResult
+
+    return (
+        ValidityResult, _diagnose.DiagnoseResult, _score.ScoreResult, _generate.CompletionsResult,
+        _evaluate.ClassifiedResult, _evaluate.EvaluationResult, AttributionResult, _pairs.PerturbResult,
+        _pairs.PairsResult, _contrast.ContrastResult, TransplantResult, PlausibilityResult,
+    )  # fmt: skip
 
 
-__all__ = ["Probe", "classify", "load"]
+def load_result(directory: str | Path):
+    """The result saved in `directory` (by `save` or by a `lexprobe` command), whichever study made it."""
+    out = Path(directory).expanduser()
+    for kind in result_types():
+        if (out / kind.filename).exists():
+            return kind.load(out)
+    names = ", ".join(sorted({k.filename for k in result_types()}))
+    raise InputError(
+        f"'{out}' holds no lexprobe result (none of {names}): give a directory a result was saved to"
+    )
+
+
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a whole number of at least 1, not {batch_size!r}")
+
+
+__all__ = ["Probe", "classify", "load", "load_result", "result_types"]

@@ -24,7 +24,7 @@ class Registry(Generic[T]):
 
         def decorate(obj: T) -> T:
             if name in self._items and not replace:
-                raise ValueError(f"{self.kind} '{name}' is registered twice: pass replace=True to replace it")
+                raise InputError(f"{self.kind} '{name}' is registered twice: pass replace=True to replace it")
             self._items[name] = obj
             return obj
 

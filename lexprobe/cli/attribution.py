@@ -9,6 +9,7 @@ from lexprobe.cli.options import (
     add_model_args,
     add_out_args,
     add_suite_args,
+    out_dir,
     positive_int,
 )
 
@@ -87,7 +88,9 @@ def register(sub) -> None:
     )
     p.add_argument("--faithfulness", action="store_true", help="also measure faithfulness (slower)")
     add_attribution_args(p, ["integrated_gradients"])
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (rerun to continue)")
+    p.add_argument(
+        "--out", type=out_dir, required=True, metavar="DIR", help="output directory (rerun to continue)"
+    )
     p.set_defaults(func=cmd_plausibility)
 
     p = sub.add_parser("heatmap", help="redraw the heatmaps of a `lexprobe attribute` output directory")

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from lexprobe.cli.options import ListAction, add_model_args, add_out_args, add_suite_args, positive_int
+from lexprobe.cli.options import (
+    ListAction,
+    add_model_args,
+    add_out_args,
+    add_suite_args,
+    out_dir,
+    positive_int,
+)
 
 
 def cmd_classify(a) -> None:
@@ -84,6 +91,10 @@ def register(sub) -> None:
         "--no-save", dest="save", action="store_false", help="don't store the threshold for later studies"
     )
     p.add_argument(
-        "--out", required=True, metavar="DIR", help="output directory (its score and generate steps resume)"
+        "--out",
+        type=out_dir,
+        required=True,
+        metavar="DIR",
+        help="output directory (its score and generate steps resume)",
     )
     p.set_defaults(func=cmd_validate_margin)

@@ -34,6 +34,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return text
         if action.required:
             return text
+        if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+            return f"{text} (default: off)"  # the switch is not given unless you give it
         if isinstance(action, argparse._VersionAction | argparse._HelpAction):
             return text
         default = action.default
@@ -124,8 +126,22 @@ def add_suite_args(p: argparse.ArgumentParser, required: bool = True, default: s
     g.add_argument("--label-column", default="label", metavar="C", help="a suite file's safe/unsafe column")
 
 
+def out_dir(text: str) -> str:
+    """--out: a directory that can be made or used, checked before any model loads."""
+    from lexprobe.toolkit.errors import OutputError
+    from lexprobe.toolkit.io.results import check_out_dir
+
+    try:
+        check_out_dir(text)
+    except OutputError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--out ")) from err  # "--out 'x' is a file..."
+    return text
+
+
 def add_out_args(p: argparse.ArgumentParser, required: bool = True, resume: bool = True) -> None:
-    p.add_argument("--out", required=required, default=None, metavar="DIR", help="output directory")
+    p.add_argument(
+        "--out", type=out_dir, required=required, default=None, metavar="DIR", help="output directory"
+    )
     if resume:
         p.add_argument("--resume", action="store_true", help="keep the rows already in --out and do the rest")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")

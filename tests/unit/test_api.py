@@ -68,10 +68,19 @@ def test_every_kind_of_prompts_gives_the_same_margins(probe, tmp_path):
     assert len(one) == 1 and one["margin"].iloc[0] == pytest.approx(base["margin"].iloc[1], abs=1e-5)
     homonyms = probe.score("xstest", types="homonyms", limit=3).to_frame()
     assert homonyms["type"].eq("homonyms").all() and len(homonyms) == 3
-    with pytest.raises(lexprobe.InputError, match="give a string, a list of strings"):
+    with pytest.raises(lexprobe.InputError, match="give a string, a non-empty list of strings"):
         probe.score(42)
-    with pytest.raises(lexprobe.InputError, match="neither a bundled suite"):
-        probe.score("no_such_file.csv")
+    for typo in ("no_such_file.csv", "xstset"):  # a name or path that is not there is an error, not a prompt
+        with pytest.raises(lexprobe.InputError, match="neither a bundled suite"):
+            probe.score(typo)
+    assert probe.score(["xstset"]).to_frame()["prompt"].tolist() == ["xstset"]  # in a list: a prompt
+    ids = [probe.score("xstest", ids=v).to_frame()["id"].tolist() for v in (["1", "2"], "1,2", [1, 2])]
+    assert ids == [["1", "2"]] * 3
+    with pytest.raises(lexprobe.InputError, match="prompt 2 of a DataFrame is (None|nan), not text"):
+        probe.score(pd.DataFrame({"prompt": [PROMPTS[0], None]}))
+    for bad in ({"limit": "3"}, {"limit": 2.5}):
+        with pytest.raises(lexprobe.InputError, match="limit must be a whole number"):
+            probe.score("xstest", **bad)
 
 
 def test_api_and_cli_agree_and_the_api_writes_nothing(probe, empty_cwd, tiny_readout_file):
@@ -87,7 +96,8 @@ def test_api_and_cli_agree_and_the_api_writes_nothing(probe, empty_cwd, tiny_rea
 def test_results_round_trip_and_refuse_to_overwrite(probe, tmp_path):
     result = probe.score(PROMPTS)
     saved = result.save(tmp_path / "s")
-    again = type(result).load(saved)
+    again = lexprobe.load_result(saved)
+    assert type(again) is type(result) and "3 rows" in repr(again) and "details" not in repr(again)
     pd.testing.assert_frame_equal(again.to_frame(), result.to_frame(), check_dtype=False)
     assert again.run["weights_sha256"] == result.run["weights_sha256"]
     with pytest.raises(lexprobe.OutputError, match="already holds scores.csv"):
@@ -95,6 +105,11 @@ def test_results_round_trip_and_refuse_to_overwrite(probe, tmp_path):
     result.save(tmp_path / "s", overwrite=True)
     with pytest.raises(lexprobe.InputError, match="holds no scores.csv"):
         type(result).load(tmp_path / "nothing")
+    with pytest.raises(lexprobe.InputError, match="holds no lexprobe result"):
+        lexprobe.load_result(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(lexprobe.OutputError, match="is a file"):
+        result.save(tmp_path / "file")
     html = result._repr_html_()
     assert "<style>" in html and "ScoreResult" in html and "mean_margin" in html
 
@@ -151,7 +166,7 @@ def test_a_user_registered_attribution_method_runs(probe):
             7,
             1,
         ]  # How do I kill a Python process ?
-        with pytest.raises(ValueError, match="registered twice"):
+        with pytest.raises(lexprobe.InputError, match="registered twice"):
             lexprobe.register_attribution_method(name)(word_length)
         lexprobe.register_attribution_method(name, replace=True)(word_length)  # a notebook cell run again
     finally:
@@ -183,6 +198,36 @@ def test_diagnose_in_memory_then_saved(probe, tmp_path):
     again = type(result).load(saved)
     assert again.verdict == result.verdict
     assert "Why does" in result._repr_html_()
+
+
+def test_bad_python_arguments_are_lexprobe_errors(probe):
+    from lexprobe.toolkit.attribution.core import MethodOutput
+
+    with pytest.raises(lexprobe.InputError, match="model spec is a non-empty string"):
+        lexprobe.load(123)
+    with pytest.raises(lexprobe.InputError, match="not a sha256"):
+        lexprobe.load("tiny-random", weights_sha256="zzz")
+    with pytest.raises(lexprobe.ModelError, match="expected 0000"):
+        lexprobe.load("tiny-random", weights_sha256="0" * 64)
+    with pytest.raises(lexprobe.InputError, match="batch_size must be"):
+        lexprobe.load("tiny-random", batch_size=0)
+    with pytest.raises(lexprobe.InputError, match="takes a transformers"):
+        lexprobe.Probe.from_hf(None, None)
+    with pytest.raises(lexprobe.InputError, match="completions of type list"):
+        lexprobe.classify([])
+    with pytest.raises(lexprobe.InputError, match="prompt_a, prompt_b"):
+        probe.pairs([("only one",)])
+    with pytest.raises(lexprobe.InputError, match="max-new-tokens"):
+        probe.generate(PROMPTS[0], max_new_tokens="x")
+    swept = probe.perturb("xstest", ids="1", strategies="lexicon", rewrites="kill=stop")
+    assert set(swept.to_frame()["strategy"]) <= {"lexicon", "user"}
+    name = f"broken_{os.getpid()}"
+    lexprobe.register_attribution_method(name)(lambda target, settings: MethodOutput(np.zeros(2)))
+    try:
+        with pytest.raises(lexprobe.InputError, match="one score per word"):
+            probe.attribute(PROMPTS[:1], methods=name, faithfulness=False)
+    finally:
+        lexprobe.toolkit.attribution.ATTRIBUTION_METHODS.remove(name)
 
 
 def test_classify_takes_a_frame():

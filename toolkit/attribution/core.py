@@ -182,6 +182,14 @@ def attribute(target: PromptTarget, method: str) -> MethodOutput:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(target.settings.seed)
             np.random.seed(target.settings.seed)
-            return fn(target, target.settings)
+            out = fn(target, target.settings)
     finally:
         np.random.set_state(state)
+    scores = getattr(out, "word_scores", None)
+    if scores is None or np.shape(scores) != (len(target.words),):
+        got = f"word_scores of shape {np.shape(scores)}" if scores is not None else repr(out)[:60]
+        raise InputError(
+            f"attribution method '{method}' returned {got}: it must return a MethodOutput with one score "
+            f"per word ({len(target.words)} here)"
+        )
+    return out

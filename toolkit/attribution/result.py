@@ -36,7 +36,7 @@ FILES = {
 }
 
 
-@dataclass
+@dataclass(repr=False)
 class AttributionResult(Result):
     attributions: pd.DataFrame  # ATTRIBUTION_COLUMNS: one row per (prompt, method, word)
     prompts: pd.DataFrame  # PROMPT_COLUMNS: one row per prompt (margin = the decision margin)

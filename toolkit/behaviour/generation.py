@@ -49,7 +49,7 @@ def generate(
 ) -> list[Completion]:
     """Greedy completions of `texts`, in order. `forced_prefix` token ids are appended to every prompt
     (and included in the returned ids). `on_batch(indices, completions)` is called as batches finish."""
-    if max_new_tokens < 1:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     forced = list(forced_prefix or [])
     inputs = []

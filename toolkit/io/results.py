@@ -91,9 +91,7 @@ class Result:
     def save(self, out_dir: str | Path, overwrite: bool = False, figures: bool = True) -> Path:
         """Write the tables, run.json and (unless `figures=False`) the figures to `out_dir` (made if
         needed). A directory that already holds this kind of result is refused unless `overwrite`."""
-        out = Path(out_dir).expanduser()
-        if out.exists() and not out.is_dir():
-            raise OutputError(f"'{out}' is a file, not a directory: give a directory to save into")
+        out = check_out_dir(out_dir)
         if (out / self.filename).exists() and not overwrite:
             raise OutputError(
                 f"'{out}' already holds {self.filename}: save into another directory or pass overwrite=True"
@@ -132,16 +130,18 @@ class Result:
         )
 
     def describe(self) -> str:
-        """One line: model, dtype, system prompt, rows."""
+        """One line: model, dtype, system prompt."""
         run = self.run or {}
         system = run.get("system_prompt")
         parts = [
             run.get("model_spec"),
             run.get("dtype"),
             f"system prompt {system.get('name') if isinstance(system, dict) else system}" if system else None,
-            f"{len(self.to_frame())} rows",
         ]
         return ", ".join(str(p) for p in parts if p)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.describe()}; {len(self.to_frame())} rows in to_frame())"
 
     def _repr_html_(self) -> str:
         return html_block(type(self).__name__, self.describe(), frame_html(self.overview()))
@@ -173,7 +173,7 @@ def frame_html(frame: pd.DataFrame, rows: int = 20, digits: int = 3) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
 
 
-@dataclass
+@dataclass(repr=False)
 class TableResult(Result):
     """One table plus its provenance. Subclasses set `filename`."""
 
@@ -265,6 +265,20 @@ class RowWriter:
             writer = csv.DictWriter(fh, fieldnames=self.columns)
             writer.writerows(rows)
         self.done.update(str(r["id"]) for r in rows)
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """An output directory that can be made or used: not a file, not under a file. Raises OutputError."""
+    out = Path(out).expanduser()
+    if str(out).strip() == "":
+        raise OutputError("--out is empty: give an output directory")
+    for place in (out, *out.parents):
+        if place.exists():
+            if not place.is_dir():
+                what = "is a file" if place == out else f"is under '{place}', which is a file"
+                raise OutputError(f"--out '{out}' {what}: give a directory")
+            break
+    return out
 
 
 def check_resumable(out_dir: Path, run: dict, keys: tuple[str, ...]) -> None:

@@ -194,10 +194,10 @@ Prompts = Union[str, Path, Sequence[str], pd.DataFrame, Suite]  # noqa: UP007  (
 
 def as_suite(prompts: Prompts, types=None, ids=None, limit: int | None = None) -> Suite:
     """What the Python API takes as prompts, as a suite: a `Suite`; a DataFrame with a `prompt` column
-    (`id`, `type`, `label` optional); a bundled suite name; a `Path`, or a string naming a table file
-    (it ends in .csv, .tsv, .jsonl, .json or .parquet and has no spaces); any other string is one
-    prompt; a list of strings is one prompt each (ids 1..n). `types`, `ids`, `limit` select as
-    `--type`, `--ids`, `--limit` do."""
+    (`id`, `type`, `label` optional); a `Path` or a string naming a bundled suite or a table file; any
+    other string with a space in it is one prompt (a one-word prompt goes in a list); a list of
+    strings is one prompt each (ids 1..n). `types`, `ids`, `limit` select as `--type`, `--ids`,
+    `--limit` do: one value, a list, or values separated by commas."""
     if isinstance(prompts, Suite):
         suite = prompts
     elif isinstance(prompts, pd.DataFrame):
@@ -205,20 +205,28 @@ def as_suite(prompts: Prompts, types=None, ids=None, limit: int | None = None) -
     elif isinstance(prompts, Path):
         suite = load_suite(str(prompts))
     elif isinstance(prompts, str):
-        looks_like_file = prompts.lower().endswith(TABLE_SUFFIXES) and not any(c.isspace() for c in prompts)
-        if prompts in BUNDLED or looks_like_file:
-            suite = load_suite(prompts)
+        if prompts in BUNDLED or not any(c.isspace() for c in prompts.strip()):
+            suite = load_suite(prompts.strip())  # a name or a path: a typo must not become a prompt
         else:
             suite = suite_from_frame(pd.DataFrame({"prompt": [prompts]}), "prompts", "given in Python")
-    elif isinstance(prompts, Sequence) and all(isinstance(p, str) for p in prompts):
+    elif isinstance(prompts, Sequence) and prompts and all(isinstance(p, str) for p in prompts):
         suite = suite_from_frame(pd.DataFrame({"prompt": list(prompts)}), "prompts", "given in Python")
     else:
         raise InputError(
-            f"prompts of type {type(prompts).__name__}: give a string, a list of strings, a DataFrame with a "
-            "`prompt` column, a bundled suite name or a file path"
+            f"prompts of type {type(prompts).__name__}: give a string, a non-empty list of strings, a "
+            "DataFrame with a `prompt` column, a bundled suite name or a file path"
         )
-    as_list = lambda v: [v] if isinstance(v, str) else list(v) if v is not None else None  # noqa: E731
-    return suite.select(as_list(types), as_list(ids), limit)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise InputError(f"limit must be a whole number, not {limit!r}")
+    return suite.select(listed(types), listed(ids), limit)
+
+
+def listed(values) -> list[str] | None:
+    """None, one value, values separated by commas, or a list of them -> a list of strings."""
+    if values is None:
+        return None
+    items = [values] if isinstance(values, str | int) else list(values)
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
 
 
 def suite_from_frame(frame: pd.DataFrame, name: str, source: str) -> Suite:
@@ -228,6 +236,12 @@ def suite_from_frame(frame: pd.DataFrame, name: str, source: str) -> Suite:
             f"the prompts have no `prompt` column (columns: {', '.join(map(str, frame.columns))})"
         )
     frame = frame.reset_index(drop=True).copy()
+    not_text = ~frame["prompt"].map(lambda p: isinstance(p, str))
+    if not_text.any():
+        row = int(not_text.to_numpy().nonzero()[0][0])
+        raise InputError(
+            f"prompt {row + 1} of {source} is {frame['prompt'].iloc[row]!r}, not text: fill it in or drop the row"
+        )
     if "id" not in frame.columns:
         frame.insert(0, "id", [str(i) for i in range(1, len(frame) + 1)])
     for column, default in (("type", "prompt"), ("label", "")):

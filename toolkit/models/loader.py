@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lexprobe.toolkit.errors import ModelError
+from lexprobe.toolkit.errors import InputError, ModelError
 from lexprobe.toolkit.io.cache import atomic_dir, cache_dir, sha256_file
 from lexprobe.toolkit.models.architectures import LoadedModel, wrap_model
 from lexprobe.toolkit.models.devices import choose_dtype, resolve_device
@@ -53,7 +53,11 @@ def load_model(
     gradients: bool = False,
 ) -> LoadedModel:
     """Load (and cache) the model a spec names; `gradients`: the run will take gradients (see
-    `choose_dtype`). Raises LexprobeError with a fix for bad specs and for weights that do not fit."""
+    `choose_dtype`). Raises ModelError with a fix for bad specs and for weights that do not fit."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise InputError(f"a model spec is a non-empty string, not {spec!r}: give {describe_specs()}")
+    if weights_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", weights_sha256):
+        raise InputError(f"--weights-sha256 '{weights_sha256}' is not a sha256 (64 hexadecimal digits)")
     dev = resolve_device(device)
     chosen, why = choose_dtype(dtype, dev, gradients)
     try:
@@ -79,7 +83,10 @@ def _load_cached(
         from lexprobe.toolkit.models.tiny import build_tiny_model
 
         model, tokenizer, sha = build_tiny_model()
-        lm = wrap_model(model.to(dtype), tokenizer, spec, "built in code (toolkit/tiny.py)", sha, device)
+        _check_sha(spec, sha, weights_sha256)
+        lm = wrap_model(
+            model.to(dtype), tokenizer, spec, "built in code (toolkit/models/tiny.py)", sha, device
+        )
     elif spec == "default":
         gguf_sha = weights_sha256 or DEFAULT_GGUF_SHA256
         directory = _dequantized_cache(gguf_sha, assemble=_assemble_default_gguf)

@@ -7,12 +7,12 @@ path of the real default model is exercised in unit tests with no download.
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import torch
 
 from lexprobe import prompts
+from lexprobe.toolkit.models.architectures import state_dict_sha256
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML_TEMPLATE = (
@@ -119,8 +119,4 @@ def build_tiny_model(seed: int = 0, model_type: str = "qwen2"):
         model = AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().numpy().tobytes())
-    return model, tokenizer, digest.hexdigest()
+    return model, tokenizer, state_dict_sha256(model)  # what Probe.from_hf would record for it

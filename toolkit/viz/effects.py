@@ -86,7 +86,7 @@ def forest_figure(
         note += f"; {left_out} with n < {min_n} left out, all are in {source}"
     if len(extra):
         note += "; pooled effects in vermillion (diamonds)"
-    ax.set_title("\n".join(textwrap.fill(t, 80) for t in (title, note) if t), fontsize=9)
+    ax.set_title("\n".join(textwrap.fill(t, 60) for t in (title, note) if t), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -143,12 +143,14 @@ def paired_plot(
         ax.set_title(f"{type_name(name)} (n={len(g)})", fontsize=9)
     for ax in list(axes.flat)[len(groups) :]:
         ax.axis("off")
-    if groups:
-        axes[0][0].legend(fontsize=7, loc="best")
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
     fig.suptitle(textwrap.fill(title, 45 * cols), fontsize=9)
     fig.tight_layout()
+    if groups:  # below the panels, where it covers no line
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.45 / fig.get_figheight())
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
     return _save(fig, path)
 
 
