@@ -104,3 +104,22 @@ def test_version(capsys):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"lexprobe {metadata.version('lexprobe')}"
+
+
+@pytest.mark.parametrize(("command", "flags", "config", "values"), COMMANDS, ids=[c[0] for c in COMMANDS])
+def test_an_out_that_is_a_file_is_refused_before_any_work(
+    command, flags, config, values, tmp_path, error_line
+):
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    for out, message in ((taken, "is a file"), (taken / "sub", "which is a file")):
+        argv = [
+            command,
+            *flags[: flags.index("--out")],
+            *flags[flags.index("--out") + 2 :],
+            "--out",
+            str(out),
+        ]
+        assert main(argv) == 2
+        assert message in error_line()
+    assert taken.read_text() == "x"
