@@ -4,6 +4,7 @@ dose-response curves. Each takes a result frame and a path; nothing here compute
 from __future__ import annotations
 
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +137,10 @@ def paired_plot(
         for k, row in enumerate(values):
             one = {"label": "one prompt"} if k == 0 else {}
             ax.plot(xs, row, color=MAIN, alpha=0.35, lw=0.8, marker="o", ms=2, **one)
-        ax.plot(xs, np.nanmean(values, axis=0), color="black", lw=2, marker="o", ms=4, label="mean")
+        with warnings.catch_warnings():  # a column with no value (no content word swapped) has no mean
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(values, axis=0)
+        ax.plot(xs, mean, color="black", lw=2, marker="o", ms=4, label="mean")
         ax.axhline(threshold, color=ACCENT, lw=0.8, ls="--", label="refusal threshold")
         ax.set_xticks(xs)
         ax.set_xticklabels([t for _, t in columns], fontsize=8)
