@@ -92,26 +92,13 @@ def forest_figure(
     return fig
 
 
-def forest_plot(
-    table: pd.DataFrame,
-    path: str | Path,
-    label: str = "trigger",
-    mean: str = "mean_delta",
-    low: str = "ci_low",
-    high: str = "ci_high",
-    n: str = "n",
-    title: str = "",
-    xlabel: str = "mean margin change (variant - original)",
-    highlight: pd.DataFrame | None = None,
-    min_n: int = 3,
-    source: str = "the table",
-) -> Path:
+def forest_plot(table: pd.DataFrame, path: str | Path, **options) -> Path:
     """One row per effect with n >= `min_n`: the mean with its CI (a dot alone where the CI is
     undefined), sorted by the mean; `highlight` rows (pooled effects, same columns) are drawn below in
     another colour. The title says how many were left out (they stay in `source`, the table's name);
-    with none left, a note says so. Writes the format `path`'s suffix names (png, svg, pdf)."""
-    fig = forest_figure(table, label, mean, low, high, n, title, xlabel, highlight, min_n, source)
-    return _save(fig, path)
+    with none left, a note says so. `options` are `forest_figure`'s. Writes the format `path`'s
+    suffix names (png, svg, pdf)."""
+    return _save(forest_figure(table, **options), path)
 
 
 def paired_plot(
