@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -77,3 +78,46 @@ def test_bad_suites(tmp_path):
     other.write_text("x")
     with pytest.raises(LexprobeError, match="unsupported extension"):
         load_suite(str(other))
+
+
+def test_nulls_in_json_and_parquet_are_empty_text_and_whole_numbers_stay_whole(tmp_path):
+    rows = [
+        {"id": 1, "prompt": "How do I kill a process?", "type": None},
+        {"id": 2, "prompt": "Hi there", "type": "x"},
+    ]
+    for name, write in (
+        ("s.jsonl", lambda p, f: f.to_json(p, orient="records", lines=True)),
+        ("s.parquet", lambda p, f: f.to_parquet(p)),
+    ):
+        frame = pd.DataFrame(rows)
+        frame.loc[1, "id"] = np.nan  # pandas makes the id column float: 1.0, NaN
+        write(tmp_path / name, frame)
+        with pytest.raises(LexprobeError, match="has no id in row 2"):
+            load_suite(str(tmp_path / name))
+        frame.loc[1, "id"] = 2
+        write(tmp_path / name, frame.astype({"id": float}))
+        suite = load_suite(str(tmp_path / name))
+        assert suite.frame["id"].tolist() == ["1", "2"]  # not "1.0"
+        assert suite.frame["type"].tolist() == ["", "x"]  # not "nan"
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\u00a0 \u00a0", "\ufeff\u200d", "\u00ad"])
+def test_a_prompt_of_invisible_characters_is_empty(tmp_path, invisible):
+    path = tmp_path / "s.csv"
+    pd.DataFrame({"prompt": ["How do I kill a process?", invisible]}).to_csv(path, index=False)
+    with pytest.raises(LexprobeError, match="empty prompt at id 2"):
+        load_suite(str(path))
+
+
+def test_column_mappings_that_collide_are_refused(tmp_path):
+    path = tmp_path / "s.csv"
+    pd.DataFrame({"id": ["1"], "prompt": ["Hi there"], "text": ["Hello you"]}).to_csv(path, index=False)
+    with pytest.raises(LexprobeError, match="mapped to two roles"):
+        load_suite(str(path), prompt_column="id")
+    with pytest.raises(LexprobeError, match="has a column 'prompt' and another mapped onto it"):
+        load_suite(str(path), prompt_column="text")
+
+
+def test_repeated_ids_select_a_prompt_once():
+    suite = load_suite("xstest").select(ids=["3", "1", "3"])
+    assert suite.frame["id"].tolist() == ["3", "1"]

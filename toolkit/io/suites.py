@@ -6,11 +6,13 @@ A suite is a DataFrame with at least `id` (str), `prompt`, `type` and `label`; o
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
+import numpy as np
 import pandas as pd
 
 from lexprobe import prompts
@@ -94,7 +96,7 @@ class Suite:
                 )
             frame = frame[frame["type"].isin(types)]
         if ids:
-            ids = [str(i) for i in ids]
+            ids = list(dict.fromkeys(str(i) for i in ids))  # `--ids 1 1` is prompt 1 once
             missing = [i for i in ids if i not in set(frame["id"])]
             if missing:
                 raise InputError(f"suite '{self.name}' has no id {', '.join(missing[:5])}: check --ids")
@@ -132,6 +134,17 @@ def load_suite(
             f"suite file '{path}' has no column '{prompt_column}' (columns: {', '.join(map(str, frame.columns))}): "
             "pass --prompt-column NAME"
         )
+    sources = [c for c in (prompt_column, id_column, type_column, label_column) if c in frame.columns]
+    twice = sorted({c for c in sources if sources.count(c) > 1})
+    if twice:
+        raise InputError(
+            f"column '{twice[0]}' of '{path}' is mapped to two roles: give each --*-column its own column"
+        )
+    clash = [v for k, v in mapping.items() if k in frame.columns and k != v and v in frame.columns]
+    if clash:
+        raise InputError(
+            f"'{path}' has a column '{clash[0]}' and another mapped onto it: rename one, or map '{clash[0]}' itself"
+        )
     frame = frame.rename(columns={k: v for k, v in mapping.items() if k in frame.columns and k != v})
     if "id" not in frame.columns:
         frame.insert(0, "id", [str(i) for i in range(1, len(frame) + 1)])
@@ -153,11 +166,11 @@ def read_table(path: Path) -> pd.DataFrame:
                 encoding="utf-8",
             )
         if suffix in (".jsonl", ".ndjson"):
-            return pd.read_json(path, lines=True, dtype=False, encoding="utf-8").astype(str)
+            return as_text(pd.read_json(path, lines=True, dtype=False, encoding="utf-8"))
         if suffix == ".json":
-            return pd.read_json(path, dtype=False, encoding="utf-8").astype(str)
+            return as_text(pd.read_json(path, dtype=False, encoding="utf-8"))
         if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path).astype(str)
+            return as_text(pd.read_parquet(path))
     except UnicodeDecodeError:
         raise InputError(f"'{path}' is not UTF-8 text: re-save it as UTF-8") from None
     except (ValueError, pd.errors.ParserError, OSError) as err:
@@ -168,13 +181,36 @@ def read_table(path: Path) -> pd.DataFrame:
     )
 
 
+def as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as the text a CSV would hold: null (None, NaN) as "", a whole number as "7" even where
+    nulls made its column float (7.0), anything else as `str`."""
+
+    def text(value) -> str:
+        if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+            return ""
+        if isinstance(value, float | np.floating) and float(value).is_integer():
+            return str(int(value))
+        return str(value)
+
+    return frame.apply(lambda column: column.map(text)) if len(frame.columns) else frame
+
+
+INVISIBLE = re.compile(r"[\u200b-\u200d\u2060\ufeff\u00ad]")  # zero-width characters, soft hyphen
+
+
 def _validate(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     frame = frame.copy()
-    frame["id"] = frame["id"].astype(str)
-    frame["prompt"] = frame["prompt"].astype(str)
     if frame.empty:
         raise InputError(f"suite '{where}' has no rows: give a file with at least one prompt")
-    empty = frame[frame["prompt"].str.strip() == ""]
+    frame["id"] = frame["id"].astype(str)
+    frame["prompt"] = frame["prompt"].astype(str)
+    no_id = frame.index[frame["id"].str.strip() == ""]
+    if len(no_id):
+        rows = ", ".join(str(i + 1) for i in no_id[:5])
+        raise InputError(
+            f"suite '{where}' has no id in row {rows}: fill the ids in, or leave the id column out to number the rows"
+        )
+    empty = frame[frame["prompt"].map(lambda p: INVISIBLE.sub("", p).strip() == "")]
     if len(empty):
         raise InputError(
             f"suite '{where}' has an empty prompt at id {', '.join(empty['id'].head(5))}: fill it in or drop the row"
@@ -244,6 +280,7 @@ def suite_from_frame(frame: pd.DataFrame, name: str, source: str) -> Suite:
         )
     if "id" not in frame.columns:
         frame.insert(0, "id", [str(i) for i in range(1, len(frame) + 1)])
+    frame["id"] = as_text(frame[["id"]])["id"]  # None is no id, 7.0 is "7"
     for column, default in (("type", "prompt"), ("label", "")):
         frame[column] = frame[column].astype(str) if column in frame.columns else default
     return Suite(name, _validate(frame, source), source)
