@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,12 +39,15 @@ from lexprobe.probes.readout import (
     ReadoutSettings,
     choose_temperature,
     derive_readout,
+    load_readout_file,
     opening_sequences,
     refusal_openings,
 )
 from lexprobe.toolkit.behaviour.classify import classify, is_refusal
 from lexprobe.toolkit.behaviour.generation import generate
-from lexprobe.toolkit.io.cache import cache_dir, write_json_atomic
+from lexprobe.toolkit.errors import InputError
+from lexprobe.toolkit.io.cache import cache_dir, write_json_atomic, write_text_atomic
+from lexprobe.toolkit.io.locks import building
 from lexprobe.toolkit.io.progress import progress
 from lexprobe.toolkit.io.suites import load_suite
 from lexprobe.toolkit.scoring.scorer import Scorer
@@ -189,18 +193,27 @@ def get_readout(
     directory = cache_dir("readouts", lm.weights_sha256[:16])
     key = _cache_key(lm, fmt, settings)
     path = directory / f"{key}.json"
-    if path.exists() and not rebuild:
-        try:
-            readout = RefusalReadout.from_json(path.read_text())
-        except (ValueError, KeyError):
-            readout = None  # a corrupt cache entry is rebuilt
+    with building(path):  # one process calibrates, the others wait and then read its readout
+        readout = None if rebuild else _cached(path, len(lm.tokenizer))
         if readout is not None:
             if readout.details.get("smooth_version") != SMOOTH_VERSION:  # made before this definition
                 texts = calibration_prompts(settings.n_per_class)
                 set_smooth_temperature(lm, fmt, readout, texts, max(batch_size, 32))
                 write_json_atomic(path, json.loads(readout.to_json()))
             return readout
-    readout, table = calibrate(lm, fmt, settings, batch_size=max(batch_size, 32))
-    table.to_csv(directory / f"{key}.responses.csv", index=False)
-    write_json_atomic(path, json.loads(readout.to_json()))
+        readout, table = calibrate(lm, fmt, settings, batch_size=max(batch_size, 32))
+        write_text_atomic(directory / f"{key}.responses.csv", table.to_csv(index=False))
+        write_json_atomic(path, json.loads(readout.to_json()))
     return readout
+
+
+def _cached(path: Path, vocab_size: int) -> RefusalReadout | None:
+    """The readout cached at `path`, or None when there is none or it is unusable (not JSON, the wrong
+    shape, token ids outside the vocabulary): that one is calibrated again."""
+    if not path.exists():
+        return None
+    try:
+        return load_readout_file(str(path), vocab_size)
+    except InputError as err:
+        log.warning("the cached readout %s is unusable (%s); calibrating it again", path.name, err)
+        return None

@@ -31,6 +31,7 @@ from lexprobe.toolkit.attribution import AttributionSettings
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
 from lexprobe.toolkit.io.cache import write_text_atomic
+from lexprobe.toolkit.io.locks import user_files
 from lexprobe.toolkit.io.results import Result, Timer, read_csv_table, write_csv_atomic
 from lexprobe.toolkit.io.suites import Suite
 
@@ -240,7 +241,7 @@ def _sub(out: Path | None, name: str) -> str | None:
 
 
 def _check_out(out: Path, config: DiagnoseConfig) -> None:
-    if out.exists() and any(out.iterdir()) and not (config.resume or config.overwrite):
+    if out.exists() and user_files(out) and not (config.resume or config.overwrite):
         raise OutputError(
             f"'{out}' already holds a diagnosis: pass --resume to reuse its finished steps "
             "or --overwrite to redo them"

@@ -13,19 +13,46 @@ this one namespace: the repository's `toolkit/`, `probes/`, `analyses/` and `pro
 sub-packages (`lexprobe.toolkit`, ...), so no folder of a user's can shadow them.
 """
 
-from importlib import metadata
-
-from lexprobe.api import Probe, classify, load, load_result
-from lexprobe.toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, MethodOutput, PromptTarget
-from lexprobe.toolkit.errors import InputError, LexprobeError, ModelError, OutputError
-from lexprobe.toolkit.io.results import Result
-from lexprobe.toolkit.io.suites import list_suites, load_suite
+from importlib import import_module, metadata
 
 __version__ = metadata.version("lexprobe")
+
+# Names are imported when first used (PEP 562), so `import lexprobe.cli` and `lexprobe --help` do not
+# pay for torch and transformers.
+_EXPORTS = {
+    "Probe": "lexprobe.api",
+    "classify": "lexprobe.api",
+    "load": "lexprobe.api",
+    "load_result": "lexprobe.api",
+    "Result": "lexprobe.toolkit.io.results",
+    "AttributionSettings": "lexprobe.toolkit.attribution",
+    "MethodOutput": "lexprobe.toolkit.attribution",
+    "PromptTarget": "lexprobe.toolkit.attribution",
+    "InputError": "lexprobe.toolkit.errors",
+    "LexprobeError": "lexprobe.toolkit.errors",
+    "ModelError": "lexprobe.toolkit.errors",
+    "OutputError": "lexprobe.toolkit.errors",
+    "list_suites": "lexprobe.toolkit.io.suites",
+    "load_suite": "lexprobe.toolkit.io.suites",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lexprobe' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
 
 
 def list_attribution_methods() -> list[str]:
     """The registered attribution methods (`Probe.attribute(methods=...)`, `--method`)."""
+    from lexprobe.toolkit.attribution import ATTRIBUTION_METHODS
+
     return ATTRIBUTION_METHODS.names()
 
 
@@ -33,25 +60,9 @@ def register_attribution_method(name: str, replace: bool = False):
     """Decorator: register `fn(target: PromptTarget, settings: AttributionSettings) -> MethodOutput` as
     an attribution method under `name` (the README's "Python API" has an example); `replace=True`
     replaces a method of that name (re-running a notebook cell)."""
+    from lexprobe.toolkit.attribution import ATTRIBUTION_METHODS
+
     return ATTRIBUTION_METHODS.register(name, replace)
 
 
-__all__ = [
-    "AttributionSettings",
-    "InputError",
-    "LexprobeError",
-    "MethodOutput",
-    "ModelError",
-    "OutputError",
-    "Probe",
-    "PromptTarget",
-    "Result",
-    "__version__",
-    "classify",
-    "list_attribution_methods",
-    "list_suites",
-    "load",
-    "load_result",
-    "load_suite",
-    "register_attribution_method",
-]
+__all__ = sorted([*_EXPORTS, "__version__", "list_attribution_methods", "register_attribution_method"])

@@ -100,7 +100,9 @@ def load_readout_file(path: str, vocab_size: int) -> RefusalReadout:
         readout = RefusalReadout.from_json(Path(path).expanduser().read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"readout file '{path}' does not exist: check --readout") from None
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+    except OSError as err:  # a directory, no permission
+        raise InputError(f"cannot read readout file '{path}': {err.strerror or err}") from err
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
         raise InputError(
             f"readout file '{path}' is not a lexprobe readout ({err}): see probes/margin.py"
         ) from err

@@ -6,12 +6,14 @@ Exit codes: 0 done, 2 bad input (one line on stderr naming the problem and the f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
 from lexprobe.cli import attribution, behaviour, core, diagnose, minimal_pairs
 from lexprobe.cli.options import Parser
 from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.io.locks import exclusive
 
 GROUPS = (core, behaviour, attribution, minimal_pairs, diagnose)
 
@@ -47,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        args.func(args)
+        out = getattr(args, "out", None)
+        with exclusive(out) if out else contextlib.nullcontext():  # one run per output directory
+            args.func(args)
     except LexprobeError as err:
         NOTES.drop()  # bad input: the one line that names it, nothing else
         sys.stderr.write(f"lexprobe: error: {err}\n")

@@ -133,7 +133,8 @@ def test_gguf_file_checks(tmp_path, monkeypatch):
         load_model(str(junk), weights_sha256="11" * 32)
     with pytest.raises(LexprobeError, match="transformers cannot load this GGUF"):
         load_model(str(junk))
-    assert not list((tmp_path / "cache" / "models").iterdir())  # nothing half-built is left behind
+    left = [p.name for p in (tmp_path / "cache" / "models").iterdir()]
+    assert all(name.endswith(".lock") for name in left), left  # nothing half-built is left, only a lock
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -151,3 +152,24 @@ def test_half_precision_margins_follow_float32(tiny, tiny_readout, dtype):
     full = Scorer(tiny, fmt, tiny_readout).score(texts).margin
     got = Scorer(half, fmt, tiny_readout).score(texts).margin
     assert np.abs(got - full).max() < 0.2
+
+
+def test_the_model_cache_manifest_covers_every_file(tmp_path):
+    """A same-size edit to any cached file (a chat template, the config), or a file added beside them,
+    fails the manifest, so the cache is rebuilt rather than used."""
+    from lexprobe.toolkit.io.cache import sha256_file
+
+    directory = tmp_path / "abc"
+    directory.mkdir()
+    (directory / "config.json").write_text('{"a": 1}')
+    (directory / "tokenizer_config.json").write_text('{"chat_template": "You are helpful"}')
+    files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in directory.iterdir()}
+    (directory / models.MANIFEST).write_text(
+        json.dumps({"format": models.CACHE_FORMAT, "gguf_sha256": "abc", "files": files})
+    )
+    assert models._cache_is_valid(directory, "abc")
+    (directory / "tokenizer_config.json").write_text('{"chat_template": "You are harmful"}')  # same size
+    assert not models._cache_is_valid(directory, "abc")
+    (directory / "tokenizer_config.json").write_text('{"chat_template": "You are helpful"}')
+    (directory / "chat_template.jinja").write_text("{{ 'You are harmful' }}")
+    assert not models._cache_is_valid(directory, "abc")

@@ -81,6 +81,13 @@ def test_a_model_that_never_refuses_gets_the_refusal_openings(tiny, tmp_path, mo
     assert np.isfinite(scores.margin).all()
     again = get_readout(tiny, fmt, settings=ReadoutSettings(n_per_class=4, max_new_tokens=4))
     assert again.nodes == readout.nodes  # cached
+    [cached] = [p for p in tmp_path.rglob("*.json") if not p.name.endswith(".responses.csv")]
+    for broken in ("[1, 2]", '{"nodes": {"": [[999999, 0.5]]}}', "not json"):  # wrong shape, ids, syntax
+        cached.write_text(broken)
+        with caplog.at_level("WARNING"):
+            rebuilt = get_readout(tiny, fmt, settings=ReadoutSettings(n_per_class=4, max_new_tokens=4))
+        assert rebuilt.nodes == readout.nodes and "unusable" in caplog.text
+        caplog.clear()
 
 
 def test_refusal_openings_are_refusals_by_the_calibration_classifier():

@@ -60,7 +60,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` (UTF-8) to a temporary sibling and move it into place: a reader sees the old file or
     the whole new one, never half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)

@@ -19,6 +19,7 @@ import torch
 
 from lexprobe.toolkit.errors import InputError, ModelError
 from lexprobe.toolkit.io.cache import atomic_dir, cache_dir, sha256_file
+from lexprobe.toolkit.io.locks import building
 from lexprobe.toolkit.models.architectures import LoadedModel, wrap_model
 from lexprobe.toolkit.models.devices import choose_dtype, resolve_device
 
@@ -212,11 +213,12 @@ def _assemble_default_gguf(target: Path) -> None:
 def _dequantized_cache(gguf_sha: str, assemble) -> Path:
     """Directory of the dequantized model for a GGUF hash: reuse it if its manifest checks out, else build it."""
     directory = cache_dir("models") / gguf_sha
-    if _cache_is_valid(directory, gguf_sha):
-        return directory
-    if directory.exists():
-        log.warning("dequantized cache %s is incomplete or corrupt; rebuilding it", directory)
-    _build_dequantized_cache(directory, gguf_sha, assemble)
+    with building(directory):  # one process builds, the others wait and then use it
+        if _cache_is_valid(directory, gguf_sha):
+            return directory
+        if directory.exists():
+            log.warning("dequantized cache %s is incomplete or corrupt; rebuilding it", directory)
+        _build_dequantized_cache(directory, gguf_sha, assemble)
     return directory
 
 
@@ -227,11 +229,14 @@ def _cache_is_valid(directory: Path, gguf_sha: str) -> bool:
         return False
     if manifest.get("format") != CACHE_FORMAT or manifest.get("gguf_sha256") != gguf_sha:
         return False
+    present = {p.name for p in directory.iterdir() if p.name != MANIFEST}
+    if present != set(
+        manifest["files"]
+    ):  # a file added (a chat_template.jinja) is read as much as one edited
+        return False
     for name, meta in manifest["files"].items():
         path = directory / name
-        if not path.is_file() or path.stat().st_size != meta["size"]:
-            return False
-        if name.endswith(".safetensors") and sha256_file(path) != meta["sha256"]:
+        if not path.is_file() or path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
             return False
     return True
 
