@@ -26,13 +26,15 @@ from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
 from lexprobe.toolkit.io.cache import write_json_atomic
 from lexprobe.toolkit.io.progress import progress
-from lexprobe.toolkit.io.results import Timer, check_resumable, provenance
+from lexprobe.toolkit.io.results import Timer, provenance
+from lexprobe.toolkit.io.rows import check_resumable
 from lexprobe.toolkit.io.suites import Suite
 from lexprobe.toolkit.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
 
-RESUME_KEYS = ("model_spec", "weights_sha256", "dtype", "system_prompt", "suite", "methods", "settings")
+RESUME_KEYS = ("model_spec", "weights_sha256", "dtype", "system_prompt", "suite", "suite_sha256", "readout_sha256",
+               "methods", "settings")  # fmt: skip
 PARTS = "parts.jsonl"
 
 
@@ -219,6 +221,7 @@ def run(
     run_info = provenance(
         **session.provenance(),
         suite=suite.source,
+        suite_sha256=suite.full.sha256,
         n_prompts=len(suite),
         methods=methods,
         target=config.settings.target,
@@ -231,7 +234,7 @@ def run(
         status="running",
     )
     if config.resume and out is not None:
-        check_resumable(out, run_info, RESUME_KEYS)
+        check_resumable(out, run_info, RESUME_KEYS, PARTS)
     session.ensure_smooth_temperature(config.settings.batch_size)  # after every check: it takes a while
     run_info["readout"] = session.provenance()["readout"]
     if out is not None:

@@ -11,7 +11,8 @@ import pandas as pd
 from lexprobe.probes.margin import RefusalReadout
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.io.cache import write_json_atomic
-from lexprobe.toolkit.io.results import RowWriter, Timer, check_resumable, write_csv_atomic
+from lexprobe.toolkit.io.results import Timer, write_csv_atomic
+from lexprobe.toolkit.io.rows import RowWriter, check_resumable
 from lexprobe.toolkit.io.suites import Suite, load_suite
 from lexprobe.toolkit.models.architectures import state_dict_sha256, wrap_model
 from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
@@ -69,7 +70,18 @@ class Session:
         }
         if self.readout is not None:
             out["readout"] = self.readout.describe(self.lm.tokenizer) | {"details": self.readout.details}
+            out["readout_sha256"] = readout_sha256(self.readout)
         return out
+
+
+def readout_sha256(readout: RefusalReadout) -> str:
+    """The readout's identity for resume checks: its trie and its smooth temperature, not its notes."""
+    import hashlib
+    import json
+
+    tree = json.loads(readout.to_json())
+    key = {"nodes": tree.get("nodes"), "smooth_temperature": readout.smooth_temperature}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def open_suite(opts: SuiteOptions) -> Suite:
@@ -147,7 +159,7 @@ class ResumableRun:
         done: set[str] = set()
         if self.out is not None:
             if resume:
-                check_resumable(self.out, run_info, resume_keys)
+                check_resumable(self.out, run_info, resume_keys, result_cls.filename)
             self.writer = RowWriter(
                 self.out / result_cls.filename, columns, resume=resume, overwrite=overwrite
             )

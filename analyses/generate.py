@@ -18,7 +18,15 @@ from lexprobe.toolkit.io.results import TableResult, provenance
 from lexprobe.toolkit.io.suites import Suite
 
 COLUMNS = ["id", "type", "label", "prompt", "completion", "n_tokens", "stopped"]
-RESUME_KEYS = ("model_spec", "weights_sha256", "dtype", "system_prompt", "suite", "max_new_tokens")
+RESUME_KEYS = (
+    "model_spec",
+    "weights_sha256",
+    "dtype",
+    "system_prompt",
+    "suite",
+    "suite_sha256",
+    "max_new_tokens",
+)
 DEFAULT_MAX_NEW_TOKENS = 128
 
 
@@ -45,6 +53,7 @@ def run(
         **session.lm.provenance(),
         system_prompt=session.system.describe(),
         suite=suite.source,
+        suite_sha256=suite.full.sha256,
         n_prompts=len(suite),
         max_new_tokens=config.max_new_tokens,
         decoding="greedy",

@@ -20,7 +20,15 @@ from lexprobe.toolkit.io.suites import Suite
 from lexprobe.toolkit.scoring.scorer import Scorer
 
 COLUMNS = ["id", "type", "label", "prompt", "margin", "p_refuse", "margin_sampled", "p_refuse_sampled"]
-RESUME_KEYS = ("model_spec", "weights_sha256", "dtype", "system_prompt", "suite")
+RESUME_KEYS = (
+    "model_spec",
+    "weights_sha256",
+    "dtype",
+    "system_prompt",
+    "suite",
+    "suite_sha256",
+    "readout_sha256",
+)
 
 
 @dataclass(kw_only=True)
@@ -53,7 +61,13 @@ class ScoreResult(TableResult):
 def run(config: ScoreConfig, session: Session | None = None, suite: Suite | None = None) -> ScoreResult:
     suite = suite or open_suite(config.suite)
     session = session_for(config.model, session)
-    run_info = provenance(**session.provenance(), suite=suite.source, n_prompts=len(suite), status="running")
+    run_info = provenance(
+        **session.provenance(),
+        suite=suite.source,
+        suite_sha256=suite.full.sha256,
+        n_prompts=len(suite),
+        status="running",
+    )
     run_info["batch_size"] = config.model.batch_size
     columns = COLUMNS + (
         [f"margin_layer_{i}" for i in range(len(session.lm.layers))] if config.layers else []

@@ -48,6 +48,8 @@ def test_resume_scores_only_missing_rows_and_matches_a_fresh_run(tmp_path, tiny_
     fresh.iloc[[1, 4, 6]].to_csv(tmp_path / "partial" / "scores.csv", index=False)
     sentinel = fresh.iloc[[1, 4, 6]].assign(margin=123.0)  # rows already there must be kept, not recomputed
     sentinel.to_csv(tmp_path / "partial" / "scores.csv", index=False)
+    run_json = (tmp_path / "fresh" / "run.json").read_text()
+    (tmp_path / "partial" / "run.json").write_text(run_json)
     assert _score(tmp_path, tiny_readout_file, "--limit", "8", "--resume", out="partial") == 0
     resumed = pd.read_csv(tmp_path / "partial" / "scores.csv", dtype={"id": str})
     assert resumed["id"].tolist() == fresh["id"].tolist()

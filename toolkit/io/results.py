@@ -7,7 +7,6 @@ system prompt, seed, package versions, git commit, command line, wall time.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import html
 import json
@@ -234,39 +233,6 @@ def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
-class RowWriter:
-    """Appends result rows to a CSV as they finish, so an interrupted run keeps them.
-
-    `resume=True` keeps the rows already in the file (their ids are in `done`); without it an existing
-    file is an error rather than silently overwritten.
-    """
-
-    def __init__(self, path: Path, columns: list[str], resume: bool, overwrite: bool = False):
-        self.path, self.columns = path, columns
-        self.done: set[str] = set()
-        if path.exists() and not (resume or overwrite):
-            raise OutputError(
-                f"'{path}' already exists: pass --resume to continue that run or --overwrite to replace it"
-            )
-        if path.exists() and resume:
-            old = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
-            if list(old.columns) != columns:
-                raise OutputError(
-                    f"cannot resume '{path}': its columns differ from this run's; use --overwrite"
-                )
-            self.done = set(old["id"])
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "w", newline="") as fh:
-                csv.writer(fh).writerow(columns)
-
-    def write(self, rows: list[dict]) -> None:
-        with open(self.path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.columns)
-            writer.writerows(rows)
-        self.done.update(str(r["id"]) for r in rows)
-
-
 def check_out_dir(out: str | Path) -> Path:
     """An output directory that can be made or used: not a file, not under a file. Raises OutputError."""
     out = Path(out).expanduser()
@@ -279,20 +245,6 @@ def check_out_dir(out: str | Path) -> Path:
                 raise OutputError(f"--out '{out}' {what}: give a directory")
             break
     return out
-
-
-def check_resumable(out_dir: Path, run: dict, keys: tuple[str, ...]) -> None:
-    """Refuse to resume into a directory made under different settings (model, condition, dtype...)."""
-    path = out_dir / "run.json"
-    if not path.exists():
-        return
-    old = json.loads(path.read_text())
-    differ = [k for k in keys if k in old and old[k] != run.get(k)]
-    if differ:
-        raise OutputError(
-            f"cannot resume in '{out_dir}': it was made with a different {', '.join(differ)}; "
-            "use a new --out or --overwrite"
-        )
 
 
 class Timer:

@@ -79,6 +79,14 @@ class Suite:
         return self.whole if self.whole is not None else self
 
     @property
+    def sha256(self) -> str:
+        """The content's identity (ids, prompts, types, labels), so a resumed run can tell an edited file."""
+        import hashlib
+
+        table = self.frame[REQUIRED].to_csv(index=False, lineterminator="\n")
+        return hashlib.sha256(table.encode("utf-8")).hexdigest()
+
+    @property
     def spec(self) -> str:
         """What `--suite` would name: the bundled name, or the file."""
         return self.source.removeprefix("bundled:")

@@ -1,0 +1,143 @@
+"""Resumable row files: a study appends its result rows to a CSV as they finish, so an interrupted run
+keeps them, and `--resume` continues from what is there.
+
+What a resume can trust: a torn last row (a kill or a full disk mid-write) is cut off before anything is
+appended, a full disk stops the run with every complete row intact, and a directory made with other
+settings, another readout or another version of the suite file is refused (`check_resumable`).
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from lexprobe.toolkit.errors import OutputError
+
+log = logging.getLogger(__name__)
+
+
+class RowWriter:
+    """Appends result rows to a CSV as they finish.
+
+    `resume=True` keeps the complete rows already in the file (their ids are in `done`); without it an
+    existing file is an error rather than silently overwritten.
+    """
+
+    def __init__(self, path: Path, columns: list[str], resume: bool, overwrite: bool = False):
+        self.path, self.columns = path, columns
+        self.done: set[str] = set()
+        if path.exists() and not (resume or overwrite):
+            raise OutputError(
+                f"'{path}' already exists: pass --resume to continue that run or --overwrite to replace it"
+            )
+        if path.exists() and resume:
+            kept = repair_torn_tail(path, columns)
+            old = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+            if list(old.columns) != columns:
+                raise OutputError(
+                    f"cannot resume '{path}': its columns differ from this run's; use --overwrite"
+                )
+            self.done = set(old["id"])
+            log.debug("resuming %s: %d complete rows", path, kept)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._append(_csv_text([columns]), mode="w")
+
+    def write(self, rows: list[dict]) -> None:
+        self._append(_csv_text([[r.get(c, "") for c in self.columns] for r in rows]))
+        self.done.update(str(r["id"]) for r in rows)
+
+    def _append(self, text: str, mode: str = "a") -> None:
+        """All of `text` or none of it: on a write error (a full disk) the file is cut back to where it
+        was, so it ends on a complete row."""
+        size = self.path.stat().st_size if mode == "a" and self.path.exists() else 0
+        try:
+            with open(self.path, mode, newline="", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+        except OSError as err:
+            with open(self.path, "r+b") as fh:
+                fh.truncate(size)
+            why = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+            rows = max(_count_rows(self.path) - 1, 0) if size else 0
+            raise OutputError(
+                f"cannot write '{self.path}': {why}; the {rows} rows written so far are intact, free space "
+                "and rerun with --resume"
+            ) from err
+
+
+def repair_torn_tail(path: Path, columns: list[str]) -> int:
+    """Cut `path` back to its last complete row (all columns, ended by a newline) and return how many
+    rows it keeps. A row torn by a kill or a full disk would otherwise break every later resume, or the
+    next row would be appended onto it."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        text = fh.read()
+    consumed = 0
+
+    def feed():  # the lines csv reads (\n, \r\n or \r ends), counting what it has consumed
+        nonlocal consumed
+        for line in io.StringIO(text, newline=""):
+            consumed += len(line)
+            yield line
+
+    good_end, rows = 0, -1  # the header is row -1
+    reader = csv.reader(feed())
+    try:
+        for record in reader:
+            if len(record) != len(columns) or not text[:consumed].endswith(("\n", "\r")):
+                break
+            good_end, rows = consumed, rows + 1
+    except csv.Error:
+        pass
+    if good_end < len(text):
+        log.warning(
+            "%s ended in a torn row (%d characters after the last complete one): cut it off, kept %d rows",
+            path, len(text) - good_end, max(rows, 0),
+        )  # fmt: skip
+        with open(path, "r+b") as fh:
+            fh.truncate(len(text[:good_end].encode("utf-8")))
+    return max(rows, 0)
+
+
+def check_resumable(out_dir: Path, run: dict, keys: tuple[str, ...], table: str) -> None:
+    """Refuse to resume into a directory made under different settings (model, condition, dtype,
+    readout, suite file, ...); rows without a readable run.json beside them are refused too."""
+    path = out_dir / "run.json"
+    if not path.exists():
+        if (out_dir / table).exists():
+            raise OutputError(
+                f"cannot resume in '{out_dir}': {table} is there but its run.json is missing, so what made "
+                "those rows is unknown; use a new --out or --overwrite"
+            )
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(old, dict):
+            raise ValueError("not an object")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise OutputError(
+            f"cannot resume in '{out_dir}': its run.json is corrupt ({err}); use a new --out or --overwrite"
+        ) from err
+    differ = [k for k in keys if k in old and old[k] != run.get(k)]
+    if differ:
+        raise OutputError(
+            f"cannot resume in '{out_dir}': it was made with a different {', '.join(differ)}; "
+            "use a new --out or --overwrite"
+        )
+
+
+def _csv_text(rows) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def _count_rows(path: Path) -> int:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return sum(1 for _ in csv.reader(fh))
