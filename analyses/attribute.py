@@ -33,7 +33,7 @@ from lexprobe.toolkit.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
 
-RESUME_KEYS = ("model_spec", "weights_sha256", "dtype", "system_prompt", "suite", "suite_sha256", "readout_sha256",
+RESUME_KEYS = ("study", "model_spec", "weights_sha256", "dtype", "system_prompt", "suite", "suite_sha256", "readout_sha256",
                "methods", "settings")  # fmt: skip
 PARTS = "parts.jsonl"
 
@@ -98,19 +98,15 @@ def _selection(config: AttributeConfig, suite: Suite | None) -> tuple[Suite, dic
 
 
 def _existing(out: Path | None, config: AttributeConfig) -> set[str]:
-    if out is None:
-        return set()
-    parts = out / PARTS
-    if not parts.exists():
-        return set()
-    if config.overwrite:
-        parts.unlink()
+    """Ids already attributed in `out` (with --resume); nothing is removed here (--overwrite empties
+    parts.jsonl only once every input has been checked and the model has loaded)."""
+    if out is None or not (out / PARTS).exists() or config.overwrite:
         return set()
     if not config.resume:
         raise OutputError(
             f"'{out}' already holds attributions: pass --resume to continue that run or --overwrite to replace it"
         )
-    return {json.loads(line)["prompt"]["id"] for line in parts.read_text().splitlines() if line.strip()}
+    return {p["prompt"]["id"] for p in read_parts(out, repair=True)}
 
 
 def attribute_one(target: PromptTarget, row: dict, methods: list[str], config: AttributeConfig) -> dict:
@@ -177,8 +173,26 @@ def _curve_rows(prompt_id: str, method: str, curve: np.ndarray) -> list[dict]:
     ]
 
 
-def read_parts(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / PARTS).read_text().splitlines() if line.strip()]
+def read_parts(out: Path, repair: bool = False) -> list[dict]:
+    """The prompts finished in `out`. A last line torn by a kill or a full disk is left out, and with
+    `repair` cut from the file, so the next prompt is not appended onto it."""
+    path = out / PARTS
+    text = path.read_text(encoding="utf-8")
+    parts, good = [], 0
+    for line in text.splitlines(keepends=True):
+        try:
+            part = json.loads(line)
+        except ValueError:
+            break
+        if not line.endswith("\n") or not isinstance(part, dict) or "prompt" not in part:
+            break
+        parts.append(part)
+        good += len(line)
+    if repair and good < len(text):
+        log.warning("%s ended in a torn line: cut it off, kept %d prompts", path, len(parts))
+        with open(path, "r+b") as fh:
+            fh.truncate(len(text[:good].encode("utf-8")))
+    return parts
 
 
 def assemble(parts: list[dict], suite_order: list[str], run: dict) -> AttributionResult:
@@ -220,6 +234,7 @@ def run(
         scorer.encode(rec["prompt"], f"prompt {rec['id']}")
     run_info = provenance(
         **session.provenance(),
+        study="attribute",
         suite=suite.source,
         suite_sha256=suite.full.sha256,
         n_prompts=len(suite),
@@ -238,6 +253,8 @@ def run(
     session.ensure_smooth_temperature(config.settings.batch_size)  # after every check: it takes a while
     run_info["readout"] = session.provenance()["readout"]
     if out is not None:
+        if config.overwrite:  # every check passed: now the old run may go
+            (out / PARTS).unlink(missing_ok=True)
         write_json_atomic(out / "run.json", run_info)
     timer = Timer()
     parts = []

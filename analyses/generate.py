@@ -19,6 +19,7 @@ from lexprobe.toolkit.io.suites import Suite
 
 COLUMNS = ["id", "type", "label", "prompt", "completion", "n_tokens", "stopped"]
 RESUME_KEYS = (
+    "study",
     "model_spec",
     "weights_sha256",
     "dtype",
@@ -52,6 +53,7 @@ def run(
     run_info = provenance(
         **session.lm.provenance(),
         system_prompt=session.system.describe(),
+        study="generate",
         suite=suite.source,
         suite_sha256=suite.full.sha256,
         n_prompts=len(suite),

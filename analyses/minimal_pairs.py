@@ -44,7 +44,7 @@ COLUMNS = [
     "sense", "similarity", "fluency", "prompt",
 ]  # fmt: skip
 PAIR_COLUMNS = ["prompt_a", "prompt_b", "margin_a", "margin_b", "delta", "flipped", "id"]
-RESUME_KEYS = ("model_spec", "weights_sha256", "dtype", "system_prompt", "suite", "suite_sha256", "readout_sha256",
+RESUME_KEYS = ("study", "model_spec", "weights_sha256", "dtype", "system_prompt", "suite", "suite_sha256", "readout_sha256",
                "substitution")  # fmt: skip
 CHUNK = 8  # prompts per unit of work (rows are written, and resumable, per chunk)
 
@@ -108,6 +108,7 @@ def run(config: PerturbConfig, session: Session | None = None, suite: Suite | No
     )
     run_info = provenance(
         **session.provenance(),
+        study="perturb",
         suite=suite.source,
         suite_sha256=suite.full.sha256,
         n_prompts=len(suite),
@@ -351,6 +352,7 @@ def run_pairs(config: PairsConfig, session: Session | None = None) -> PairsResul
     threshold, source = refusal_threshold(session.lm, session.system)
     run_info = provenance(
         **session.provenance(),
+        study="pairs",
         suite=suite.source,
         suite_sha256=suite.full.sha256,
         n_pairs=len(frame),

@@ -21,6 +21,7 @@ from lexprobe.toolkit.scoring.scorer import Scorer
 
 COLUMNS = ["id", "type", "label", "prompt", "margin", "p_refuse", "margin_sampled", "p_refuse_sampled"]
 RESUME_KEYS = (
+    "study",
     "model_spec",
     "weights_sha256",
     "dtype",
@@ -63,6 +64,7 @@ def run(config: ScoreConfig, session: Session | None = None, suite: Suite | None
     session = session_for(config.model, session)
     run_info = provenance(
         **session.provenance(),
+        study="score",
         suite=suite.source,
         suite_sha256=suite.full.sha256,
         n_prompts=len(suite),

@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from pathlib import Path
 
 from lexprobe.cli import attribution, behaviour, core, diagnose, minimal_pairs
 from lexprobe.cli.options import Parser
-from lexprobe.toolkit.errors import LexprobeError
+from lexprobe.toolkit.errors import LexprobeError, OutputError
 from lexprobe.toolkit.io.locks import exclusive
 
 GROUPS = (core, behaviour, attribution, minimal_pairs, diagnose)
@@ -27,6 +28,19 @@ def build_parser() -> Parser:
     for group in GROUPS:
         group.register(sub)
     return parser
+
+
+def refuse_to_replace(args) -> None:
+    """A command that can replace its results (it has --overwrite) must not do so silently: an --out that
+    already holds an earlier run's run.json needs --resume (where the command has it) or --overwrite."""
+    out = getattr(args, "out", None)
+    replaces = out and hasattr(args, "overwrite") and not (args.overwrite or getattr(args, "resume", False))
+    if replaces and (Path(out) / "run.json").exists():
+        resume = " --resume to continue it," if hasattr(args, "resume") else ""
+        raise OutputError(
+            f"'{out}' already holds an earlier run (run.json): pass{resume} --overwrite to replace it, "
+            "or use another --out"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = getattr(args, "out", None)
         with exclusive(out) if out else contextlib.nullcontext():  # one run per output directory
+            refuse_to_replace(args)
             args.func(args)
     except LexprobeError as err:
         NOTES.drop()  # bad input: the one line that names it, nothing else

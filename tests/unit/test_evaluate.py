@@ -58,7 +58,7 @@ def test_classify_cli_writes_a_directory_and_never_overwrites_silently(tmp_path,
     assert len(frame) == 450 and "final_label" in frame.columns
     assert json.loads((out / "run.json").read_text())["classifier"] == "strmatch"
     capsys.readouterr()
-    assert main(args) == 2 and "already exists: pass --overwrite" in error_line()
+    assert main(args) == 2 and "already holds an earlier run (run.json): pass --overwrite" in error_line()
     assert main([*args, "--overwrite"]) == 0
 
 

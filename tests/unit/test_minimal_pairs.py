@@ -109,7 +109,7 @@ def test_pairs_end_to_end_and_bad_files(tmp_path, tiny_readout_file, capsys):
     )
     assert _cli("pairs", "--model", "tiny-random", "--readout", tiny_readout_file, "--pairs", pairs,
                 "--out", out) == 2  # fmt: skip
-    assert "already exists" in capsys.readouterr().err
+    assert "already holds an earlier run" in capsys.readouterr().err
 
 
 def test_perturb_bad_input_is_one_line_exit_2(tmp_path, tiny_readout_file, capsys):

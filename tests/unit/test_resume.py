@@ -110,3 +110,54 @@ def test_resume_refuses_another_readout_an_edited_suite_and_a_lost_run_json(
     assert _score(out, tiny_readout_file, "--resume", suite=suite) == 2
     assert "run.json is missing" in error_line()
     assert len(pd.read_csv(out / "scores.csv")) == 2  # nothing was lost on the way
+
+
+def test_nothing_is_replaced_without_overwrite_nor_removed_before_the_inputs_check_out(
+    tmp_path, tiny_readout_file, error_line, capsys
+):
+    out = tmp_path / "run"
+    assert _score(out, tiny_readout_file, "--limit", "2") == 0
+    capsys.readouterr()
+    score_run = (out / "run.json").read_text()
+    attr = ["attribute", "--model", "tiny-random", "--readout", str(tiny_readout_file), "--suite", "xstest",
+            "--ids", "1", "--method", "saliency", "--no-faithfulness"]  # fmt: skip
+    assert main([*attr, "--out", str(out)]) == 2  # another study's directory
+    assert "already holds an earlier run" in error_line()
+    assert main([*attr, "--out", str(out), "--resume"]) == 2
+    assert "different study" in error_line()
+    assert (out / "run.json").read_text() == score_run
+
+    done = tmp_path / "attr"
+    assert main([*attr, "--out", str(done)]) == 0
+    capsys.readouterr()
+    parts = (done / "parts.jsonl").read_text()
+    typo = [a if a != "tiny-random" else str(tmp_path / "typo") for a in attr]
+    assert main([*typo, "--out", str(done), "--overwrite"]) == 2  # the model error comes first ...
+    assert "unknown model spec" in error_line()
+    assert (done / "parts.jsonl").read_text() == parts  # ... and nothing was deleted
+    with open(done / "parts.jsonl", "a") as fh:
+        fh.write('{"prompt": {"id": "2"')  # a torn line
+    assert (
+        main(
+            [
+                *attr[:-5],
+                "--ids",
+                "1",
+                "2",
+                "--method",
+                "saliency",
+                "--no-faithfulness",
+                "--out",
+                str(done),
+                "--resume",
+            ]
+        )
+        == 0
+    )
+    assert [json_id(line) for line in (done / "parts.jsonl").read_text().splitlines()] == ["1", "2"]
+
+
+def json_id(line: str) -> str:
+    import json
+
+    return json.loads(line)["prompt"]["id"]
