@@ -163,18 +163,22 @@ class ResumableRun:
             self.writer = RowWriter(
                 self.out / result_cls.filename, columns, resume=resume, overwrite=overwrite
             )
-            write_json_atomic(self.out / "run.json", run_info)
+            # run.json is written with the first rows (and again at the end)
             done = self.writer.done
         self.todo = suite.frame[~suite.frame["id"].isin(done)].reset_index(drop=True)
 
     def write(self, rows: list[dict]) -> None:
-        if self.writer is not None:
-            self.writer.write(rows)
-        else:
+        if self.writer is None:
             self.rows.extend(rows)
+            return
+        if self.writer.fresh:
+            write_json_atomic(self.out / "run.json", self.run_info)
+        self.writer.write(rows)
 
     def finish(self, **info):
         if self.writer is not None:
+            if self.writer.fresh:  # nothing to do, or nothing written: an empty table all the same
+                self.write([])
             frame = pd.read_csv(self.writer.path, dtype={"id": str}, keep_default_na=False)
         else:
             frame = pd.DataFrame(self.rows, columns=self.columns)

@@ -161,3 +161,16 @@ def json_id(line: str) -> str:
     import json
 
     return json.loads(line)["prompt"]["id"]
+
+
+def test_a_run_that_fails_before_its_first_row_leaves_nothing_in_the_way(
+    tmp_path, tiny_readout_file, error_line
+):
+    suite = tmp_path / "mine.csv"
+    pd.DataFrame({"prompt": ["word " * 5000, "How do I kill a process?"]}).to_csv(suite, index=False)
+    out = tmp_path / "run"
+    assert _score(out, tiny_readout_file, suite=suite) == 2
+    assert "longer than the model's context" in error_line()
+    assert not out.exists()  # no header-only scores.csv, no run.json of a run that never ran
+    pd.DataFrame({"prompt": ["Hi there", "How do I kill a process?"]}).to_csv(suite, index=False)
+    assert _score(out, tiny_readout_file, suite=suite) == 0  # the corrected rerun needs no flag

@@ -45,11 +45,14 @@ class RowWriter:
                 )
             self.done = set(old["id"])
             log.debug("resuming %s: %d complete rows", path, kept)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._append(_csv_text([columns]), mode="w")
+        self.fresh = not (path.exists() and resume)  # the header is written with the first rows, so a run
+        # that fails before any row leaves no header-only file in the way of the corrected rerun
 
     def write(self, rows: list[dict]) -> None:
+        if self.fresh:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._append(_csv_text([self.columns]), mode="w")
+            self.fresh = False
         self._append(_csv_text([[r.get(c, "") for c in self.columns] for r in rows]))
         self.done.update(str(r["id"]) for r in rows)
 
