@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from lexprobe.cli import attribution, behaviour, core, diagnose, minimal_pairs
-from lexprobe.cli.options import Parser
+from lexprobe.cli.options import Parser, plain
 from lexprobe.toolkit.errors import LexprobeError, OutputError
 from lexprobe.toolkit.io.locks import exclusive
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             args.func(args)
     except LexprobeError as err:
         NOTES.drop()  # bad input: the one line that names it, nothing else
-        sys.stderr.write(f"lexprobe: error: {err}\n")
+        sys.stderr.write(f"lexprobe: error: {plain(' '.join(str(err).splitlines()))}\n")
         return 2
     except KeyboardInterrupt:
         out = getattr(args, "out", None)

@@ -10,6 +10,7 @@ from lexprobe.cli.options import (
     add_out_args,
     add_substitution_args,
     add_suite_args,
+    plain,
     positive_int,
 )
 
@@ -18,7 +19,7 @@ def cmd_diagnose(a) -> None:
     from lexprobe.analyses.diagnose import DiagnoseConfig, run
 
     result = run(DiagnoseConfig.from_cli(a))
-    print("\n".join(result.summary["verdict"]))
+    print("\n".join(plain(line) for line in result.summary["verdict"]))
     print(f"wrote {a.out}/report.html, summary.json and CSVs ({result.summary['wall_seconds']} s)")
 
 

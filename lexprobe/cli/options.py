@@ -11,6 +11,13 @@ import argparse
 import re
 import sys
 
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain(text) -> str:
+    """`text` for stdout or stderr with its control characters (escape sequences) spelled out as \\xNN."""
+    return CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
 
 class Parser(argparse.ArgumentParser):
     """argparse with every default in --help and bad flags as one line on stderr with exit code 2."""
@@ -21,7 +28,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         message = re.sub(r"^argument (--[\w-]+)(/[^:]*)?: (must|is|'|invalid)", r"\1 \3", message)
-        sys.stderr.write(f"lexprobe: error: {message} (see `{self.prog} --help`)\n")
+        sys.stderr.write(f"lexprobe: error: {plain(message)} (see `{self.prog} --help`)\n")
         sys.exit(2)
 
 

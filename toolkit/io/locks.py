@@ -31,7 +31,10 @@ def exclusive(directory: str | Path) -> Iterator[Path]:
     this made and left holding nothing but the lock is removed again, so a failed run leaves no trace."""
     directory = Path(directory).expanduser()
     made = not directory.exists()
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # read-only, no permission
+        raise OutputError(f"cannot make the output directory '{directory}': {err.strerror or err}") from err
     lock = FileLock(directory / LOCK, timeout=0)
     try:
         lock.acquire()

@@ -235,9 +235,12 @@ def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
 
 def check_out_dir(out: str | Path) -> Path:
     """An output directory that can be made or used: not a file, not under a file. Raises OutputError."""
-    out = Path(out).expanduser()
-    if str(out).strip() == "":
+    if not str(out).strip():
         raise OutputError("--out is empty: give an output directory")
+    out = Path(out).expanduser()
+    system = next((s for s in ("/proc", "/sys", "/dev") if out.resolve().is_relative_to(s)), None)
+    if system:
+        raise OutputError(f"--out '{out}' is under {system}, which holds no results: give a directory of yours")
     for place in (out, *out.parents):
         if place.exists():
             if not place.is_dir():

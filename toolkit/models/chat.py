@@ -50,7 +50,7 @@ class SystemPrompt:
         if value.startswith("@"):
             path = Path(value[1:]).expanduser()
             try:
-                return cls("custom", path.read_text(encoding="utf-8").strip())
+                text = path.read_text(encoding="utf-8").strip()
             except FileNotFoundError:
                 raise InputError(
                     f"system prompt file '{path}' does not exist: check the path after '@'"
@@ -59,6 +59,13 @@ class SystemPrompt:
                 raise InputError(
                     f"system prompt file '{path}' is not UTF-8 text: re-save it as UTF-8"
                 ) from None
+            except OSError as err:  # a directory, no permission
+                raise InputError(f"cannot read system prompt file '{path}': {err.strerror or err}") from err
+            if not text:
+                raise InputError(
+                    f"system prompt file '{path}' is empty: use --system-prompt none for no system turn"
+                )
+            return cls("custom", text)
         if not value.strip():
             raise InputError("--system-prompt is empty: use 'none' for no system turn")
         if " " not in value.strip():

@@ -125,8 +125,8 @@ def _load_hf_dir(directory: Path, spec: str, source: str, sha: str, dtype, devic
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load a causal LM from '{directory}': {_first_line(err)}") from err
+    except Exception as err:  # noqa: BLE001  (corrupt weights raise whatever their reader raises)
+        raise ModelError(f"cannot load a causal LM from '{spec}': {_first_line(err)}") from err
     return wrap_model(model, tokenizer, spec, source, sha, device)
 
 
@@ -254,8 +254,9 @@ def _build_dequantized_cache(directory: Path, gguf_sha: str, assemble) -> None:
         try:
             tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
-            raise ModelError(f"transformers cannot load this GGUF: {_first_line(err)}") from err
+        except Exception as err:  # noqa: BLE001  (a truncated or foreign GGUF raises whatever its reader raises)
+            why = _first_line(err).replace(str(tmp), "").replace(str(gguf), "")  # no temporary path
+            raise ModelError(f"transformers cannot load this GGUF: {why}") from err
         gguf.unlink()
         # save_model drops a tied duplicate (lm_head = embed_tokens); from_pretrained ties it again
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "gguf_sha256": gguf_sha})

@@ -1,0 +1,80 @@
+"""Hostile input gets one line and exit code 2, and suite text reaches the terminal as text."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from lexprobe.cli import main
+
+
+def _score(readout, suite, out, *extra):
+    argv = [
+        "score",
+        "--model",
+        "tiny-random",
+        "--readout",
+        str(readout),
+        "--suite",
+        str(suite),
+        "--out",
+        str(out),
+    ]
+    return main([*argv, *extra])
+
+
+def test_markup_and_escape_sequences_in_a_suite_are_printed_as_text(tmp_path, tiny_readout_file, capsys):
+    suite = tmp_path / "s.csv"
+    pd.DataFrame(
+        {"prompt": ["How do I kill a process?", "Hi there you"], "type": ["[/red]", "\x1b[31mred"]}
+    ).to_csv(suite, index=False)
+    assert _score(tiny_readout_file, suite, tmp_path / "o") == 0
+    out = capsys.readouterr().out
+    assert "[/red]" in out and "\\x1b[31mred" in out and "\x1b[31m" not in out
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        (["--system-prompt", "@{dir}"], "cannot read system prompt file"),
+        (["--system-prompt", "@{empty}"], "is empty"),
+        (["--readout", "{dir}"], "cannot read readout file"),
+        (["--out", ""], "--out is empty"),
+        (["--out", "/proc/lexprobe"], "is under /proc"),
+        (["--out", "/dev/null"], "is under /dev"),
+    ],
+)
+def test_files_and_folders_of_the_wrong_kind_are_one_line(
+    tmp_path, tiny_readout_file, flag, message, error_line
+):
+    (tmp_path / "empty.txt").write_text("  \n")
+    flag = [f.format(dir=tmp_path, empty=tmp_path / "empty.txt") for f in flag]
+    argv = ["score", "--model", "tiny-random", "--readout", str(tiny_readout_file), "--suite", "xstest"]
+    argv += ["--limit", "1"] + ([] if "--out" in flag else ["--out", str(tmp_path / "o")])
+    assert main([*argv, *flag]) == 2
+    assert message in error_line()
+
+
+def test_random_bytes_as_weights_are_a_model_error(tiny, tmp_path, error_line):
+    model_dir = tmp_path / "broken"
+    tiny.model.save_pretrained(model_dir)
+    tiny.tokenizer.save_pretrained(model_dir)
+    (model_dir / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(model_dir),
+                "--suite",
+                "xstest",
+                "--limit",
+                "1",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+    line = error_line()
+    assert "cannot load a causal LM from" in line and str(model_dir) in line
