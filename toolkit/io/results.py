@@ -240,7 +240,9 @@ def check_out_dir(out: str | Path) -> Path:
     out = Path(out).expanduser()
     system = next((s for s in ("/proc", "/sys", "/dev") if out.resolve().is_relative_to(s)), None)
     if system:
-        raise OutputError(f"--out '{out}' is under {system}, which holds no results: give a directory of yours")
+        raise OutputError(
+            f"--out '{out}' is under {system}, which holds no results: give a directory of yours"
+        )
     for place in (out, *out.parents):
         if place.exists():
             if not place.is_dir():
