@@ -78,3 +78,10 @@ def test_random_bytes_as_weights_are_a_model_error(tiny, tmp_path, error_line):
     )
     line = error_line()
     assert "cannot load a causal LM from" in line and str(model_dir) in line
+
+
+def test_a_ragged_csv_names_its_line(tmp_path, error_line):
+    suite = tmp_path / "ragged.csv"
+    suite.write_text("id,prompt\n1,hello there\n2,a,b\n")
+    assert main(["score", "--model", "tiny-random", "--suite", str(suite), "--out", str(tmp_path / "o")]) == 2
+    assert "line 3" in error_line()

@@ -38,3 +38,30 @@ def test_a_builder_clears_what_a_killed_build_left(tmp_path):
     with building(entry):
         left = sorted(p.name for p in (tmp_path / "models").iterdir() if not p.name.startswith("."))
     assert left == ["other.tmp-1"]  # only this entry's leftovers go
+
+
+def test_two_processes_calibrate_a_readout_once(tmp_path):
+    """Started together, one process calibrates while the other waits for the lock and reads the result."""
+    script = (
+        "from lexprobe.analyses.calibrate import get_readout\n"
+        "from lexprobe.probes.readout import ReadoutSettings\n"
+        "from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt\n"
+        "from lexprobe.toolkit.models.loader import load_model\n"
+        "lm = load_model('tiny-random', dtype='float32')\n"
+        "fmt = ChatFormat(lm.tokenizer, SystemPrompt.parse('model-default'))\n"
+        "r = get_readout(lm, fmt, settings=ReadoutSettings(n_per_class=4, max_new_tokens=4))\n"
+        "print(len(r.nodes))\n"
+    )
+    env = {**os.environ, "LEXPROBE_CACHE": str(tmp_path), "LEXPROBE_QUIET": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-500:] for _, err in results]
+    assert len({out for out, _ in results}) == 1  # the same readout
+    calibrated = [err for _, err in results if "calibration prompts" in err]  # the fallback warning
+    assert len(calibrated) == 1
+    assert not list(tmp_path.rglob("*.tmp-*"))

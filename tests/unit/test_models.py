@@ -131,8 +131,9 @@ def test_gguf_file_checks(tmp_path, monkeypatch):
     junk.write_bytes(b"GGUF" + b"\0" * 60)
     with pytest.raises(LexprobeError, match="have sha256 .* expected 11"):
         load_model(str(junk), weights_sha256="11" * 32)
-    with pytest.raises(LexprobeError, match="transformers cannot load this GGUF"):
+    with pytest.raises(LexprobeError, match="transformers cannot load this GGUF") as err:
         load_model(str(junk))
+    assert ".tmp-" not in str(err.value)  # the message names no temporary path
     left = [p.name for p in (tmp_path / "cache" / "models").iterdir()]
     assert all(name.endswith(".lock") for name in left), left  # nothing half-built is left, only a lock
 
