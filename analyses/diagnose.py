@@ -32,7 +32,7 @@ from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
 from lexprobe.toolkit.io.cache import write_text_atomic
 from lexprobe.toolkit.io.locks import user_files
-from lexprobe.toolkit.io.results import Result, Timer, read_csv_table, write_csv_atomic
+from lexprobe.toolkit.io.results import Result, Timer, read_csv_table, read_json_file, write_csv_atomic
 from lexprobe.toolkit.io.suites import Suite
 
 FEW_PROMPTS = 5  # below this many, the verdict says the numbers are anecdotes
@@ -147,7 +147,7 @@ class DiagnoseResult(Result):
         from lexprobe.analyses.score import ScoreResult
         from lexprobe.toolkit.attribution.result import AttributionResult
 
-        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        summary = read_json_file(out / "summary.json")
         tables = {
             name: read_csv_table(out / f"{name}.csv") for name in TABLES if (out / f"{name}.csv").exists()
         }

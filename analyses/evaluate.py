@@ -9,7 +9,6 @@ agreement and confusion matrix.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from lexprobe.toolkit.behaviour.classify import (
 )
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
-from lexprobe.toolkit.io.results import TableResult, Timer, provenance
+from lexprobe.toolkit.io.results import TableResult, Timer, provenance, read_run
 from lexprobe.toolkit.io.suites import read_table
 
 BUNDLED_COMPLETIONS = {
@@ -59,7 +58,7 @@ def read_completions(spec: str | pd.DataFrame) -> tuple[str, pd.DataFrame]:
     name = path.stem
     run_json = path.parent / "run.json"
     if run_json.exists():  # a `lexprobe generate` output: name it after its model and condition
-        run = json.loads(run_json.read_text())
+        run = read_run(path.parent)
         if "model_spec" in run:
             name = f"{run['model_spec']} ({(run.get('system_prompt') or {}).get('name', '?')})"
     if "completion" not in frame.columns:

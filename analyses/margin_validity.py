@@ -27,7 +27,7 @@ from lexprobe.toolkit.behaviour.classify import classify, is_refusal
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.io.cache import write_text_atomic
-from lexprobe.toolkit.io.results import TableResult, Timer, provenance
+from lexprobe.toolkit.io.results import TableResult, Timer, provenance, read_json_file
 from lexprobe.toolkit.io.suites import Suite
 from lexprobe.toolkit.scoring.thresholds import save_threshold
 from lexprobe.toolkit.stats import auroc, bootstrap_ci
@@ -65,8 +65,7 @@ class ValidityResult(TableResult):
     @classmethod
     def _read(cls, out: Path):
         result = super()._read(out)
-        if (out / "summary.json").exists():
-            result.summary = json.loads((out / "summary.json").read_text())
+        result.summary = read_json_file(out / "summary.json", {})
         return result
 
     def _figures(self, out: Path) -> None:

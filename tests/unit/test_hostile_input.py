@@ -85,3 +85,25 @@ def test_a_ragged_csv_names_its_line(tmp_path, error_line):
     suite.write_text("id,prompt\n1,hello there\n2,a,b\n")
     assert main(["score", "--model", "tiny-random", "--suite", str(suite), "--out", str(tmp_path / "o")]) == 2
     assert "line 3" in error_line()
+
+
+def test_damaged_saved_results_are_one_line(tmp_path, tiny_readout_file, error_line, capsys):
+    import lexprobe
+
+    src = tmp_path / "att"
+    argv = ["attribute", "--model", "tiny-random", "--readout", str(tiny_readout_file), "--suite", "xstest",
+            "--ids", "1", "2", "--method", "saliency", "--no-faithfulness", "--out", str(src)]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    with open(src / "attributions.csv", "a") as fh:
+        fh.write('1,0,"How')  # a torn quoted field
+    assert main(["heatmap", "--from", str(src), "--out", str(tmp_path / "h")]) == 2
+    assert "attributions.csv' is damaged" in error_line()
+    with pytest.raises(lexprobe.InputError, match="is damaged"):
+        lexprobe.load_result(src)
+    (src / "attributions.csv").unlink()
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "scores.csv").write_text("id,margin\n1,0.5\n")
+    (tmp_path / "s" / "run.json").write_text("[1, 2")
+    with pytest.raises(lexprobe.InputError, match="run.json' is damaged"):
+        lexprobe.load_result(tmp_path / "s")

@@ -13,7 +13,7 @@ from scipy import stats
 
 from lexprobe.toolkit.attribution.faithfulness import summarize
 from lexprobe.toolkit.io.cache import write_json_atomic
-from lexprobe.toolkit.io.results import Result, read_run, write_csv_atomic
+from lexprobe.toolkit.io.results import Result, read_csv_table, read_run, write_csv_atomic
 
 ATTRIBUTION_COLUMNS = ["id", "word_index", "word", "char_start", "char_end", "score", "method"]
 PROMPT_COLUMNS = [
@@ -147,12 +147,9 @@ class AttributionResult(Result):
         frames = {}
         for attr, name in FILES.items():
             path = out / name
-            try:
-                frames[attr] = pd.read_csv(
-                    path, dtype={"id": str, "pair_id": str, "word": str}, keep_default_na=False
-                )
-            except (FileNotFoundError, pd.errors.EmptyDataError):
-                frames[attr] = pd.DataFrame()
+            frames[attr] = (
+                read_csv_table(path, ("id", "pair_id", "word")) if path.exists() else pd.DataFrame()
+            )
         return cls(**frames, run=read_run(out))
 
     def show(self, console=None, rows: int = 30) -> None:

@@ -217,14 +217,33 @@ class MultiTableResult(TableResult):
         return result
 
 
-def read_csv_table(path: Path) -> pd.DataFrame:
-    """A table lexprobe wrote: ids stay text, empty cells stay empty strings."""
-    return pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+def read_csv_table(path: Path, text_columns: tuple[str, ...] = ("id",)) -> pd.DataFrame:
+    """A table lexprobe wrote: ids (and `text_columns`) stay text, empty cells stay empty strings. A
+    damaged file is an InputError naming it."""
+    try:
+        return pd.read_csv(path, dtype=dict.fromkeys(text_columns, str), keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"'{path}' is damaged ({first}): rerun the command that wrote it") from err
+
+
+def read_json_file(path: Path, default=None):
+    """A JSON file lexprobe wrote (`default` when it is not there); a damaged one is an InputError."""
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"'{path}' is damaged ({err}): rerun the command that wrote it") from err
 
 
 def read_run(out: Path) -> dict:
-    path = out / "run.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    run = read_json_file(out / "run.json", {})
+    if not isinstance(run, dict):
+        raise InputError(f"'{out / 'run.json'}' is damaged (not an object): rerun the command that wrote it")
+    return run
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 from lexprobe.toolkit.io.cache import cache_dir, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = (
     "0: the decision margin's sign (no validate-margin result saved for this model and condition)"
@@ -32,7 +35,10 @@ def save_threshold(lm, system, value: float, details: dict) -> None:
 def refusal_threshold(lm, system) -> tuple[float, str]:
     """(threshold, where it comes from)."""
     path = _path(lm, system)
-    if path.exists():
-        data = json.loads(path.read_text())
-        return float(data["threshold"]), f"validate-margin ({path})"
+    try:
+        data = json.loads(path.read_text()) if path.exists() else None
+        if data is not None:
+            return float(data["threshold"]), f"validate-margin ({path})"
+    except (ValueError, KeyError, TypeError) as err:  # a damaged saved threshold is not used
+        log.warning("the saved refusal threshold %s is damaged (%s): using 0", path, err)
     return 0.0, DEFAULT_SOURCE
