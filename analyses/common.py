@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from lexprobe.toolkit.io.suites import Suite, load_suite
 from lexprobe.toolkit.models.architectures import state_dict_sha256, wrap_model
 from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
 from lexprobe.toolkit.models.loader import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -158,11 +161,12 @@ class ResumableRun:
         self.writer = None
         done: set[str] = set()
         if self.out is not None:
-            if resume:
-                check_resumable(self.out, run_info, resume_keys, result_cls.filename)
+            old = check_resumable(self.out, run_info, resume_keys, result_cls.filename) if resume else {}
+            recorded = old.get("rows_written")
             self.writer = RowWriter(
-                self.out / result_cls.filename, columns, resume=resume, overwrite=overwrite
-            )
+                self.out / result_cls.filename, columns, resume=resume, overwrite=overwrite,
+                recorded=recorded if isinstance(recorded, int) else None,
+            )  # fmt: skip
             # run.json is written with the first rows (and again at the end)
             done = self.writer.done
         self.todo = suite.frame[~suite.frame["id"].isin(done)].reset_index(drop=True)
@@ -171,9 +175,9 @@ class ResumableRun:
         if self.writer is None:
             self.rows.extend(rows)
             return
-        if self.writer.fresh:
-            write_json_atomic(self.out / "run.json", self.run_info)
         self.writer.write(rows)
+        self.run_info["rows_written"] = self.writer.count  # rows first: a kill between the two leaves
+        write_json_atomic(self.out / "run.json", self.run_info)  # more rows than recorded, never fewer
 
     def finish(self, **info):
         if self.writer is not None:
@@ -183,14 +187,17 @@ class ResumableRun:
         else:
             frame = pd.DataFrame(self.rows, columns=self.columns)
         order = {i: k for k, i in enumerate(self.suite.frame["id"])}
-        frame = (
-            frame[frame["id"].isin(order)]
-            .sort_values("id", key=lambda s: s.map(order), kind="stable")
-            .reset_index(drop=True)
-        )
+        earlier = int((~frame["id"].isin(order)).sum())  # rows a resumed run with a narrower selection
+        if earlier:  # (--limit, --ids, --type) did not ask for: kept, after this run's, never dropped
+            log.info("kept %d rows of an earlier run outside this selection", earlier)
+            self.run_info["n_prompts"] = int(frame["id"].nunique())
+        frame = frame.sort_values(
+            "id", key=lambda s: s.map(order).fillna(len(order)), kind="stable"
+        ).reset_index(drop=True)
         self.run_info.update(status="complete", wall_seconds=self.timer.seconds, **info)
         result = self.result_cls(frame, self.run_info)
         if self.out is not None:
+            self.run_info["rows_written"] = len(frame)
             write_csv_atomic(frame, self.writer.path)
             result.save(self.out, overwrite=True, figures=False)  # a study that adds tables saves again
         return result

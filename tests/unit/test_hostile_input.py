@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+
 import pandas as pd
 import pytest
 
@@ -55,11 +58,30 @@ def test_files_and_folders_of_the_wrong_kind_are_one_line(
     assert message in error_line()
 
 
-def test_random_bytes_as_weights_are_a_model_error(tiny, tmp_path, error_line):
+class _RunsCode:  # a pickle that would run code when loaded: torch.load(weights_only=True) must refuse it
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("weights", ["random-safetensors", "random-bin", "code-bin"])
+def test_bad_weights_files_are_a_model_error_and_run_no_code(tiny, tmp_path, error_line, capsys, weights):
     model_dir = tmp_path / "broken"
     tiny.model.save_pretrained(model_dir)
     tiny.tokenizer.save_pretrained(model_dir)
-    (model_dir / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+    marker = tmp_path / "code-ran"
+    if weights == "random-safetensors":
+        (model_dir / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+    else:
+        (model_dir / "model.safetensors").unlink()
+        with open(model_dir / "pytorch_model.bin", "wb") as fh:
+            if weights == "code-bin":
+                pickle.dump(_RunsCode(marker), fh)
+            else:
+                fh.write(os.urandom(4096))
+    capsys.readouterr()  # what saving the model printed
     assert (
         main(
             [
@@ -78,6 +100,7 @@ def test_random_bytes_as_weights_are_a_model_error(tiny, tmp_path, error_line):
     )
     line = error_line()
     assert "cannot load a causal LM from" in line and str(model_dir) in line
+    assert not marker.exists()
 
 
 def test_a_ragged_csv_names_its_line(tmp_path, error_line):

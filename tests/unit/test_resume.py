@@ -4,6 +4,7 @@ made with another readout, another suite file or no readable run.json is refused
 from __future__ import annotations
 
 import errno
+import json
 
 import pandas as pd
 import pytest
@@ -44,6 +45,37 @@ def test_a_torn_last_row_is_cut_off_and_the_rerun_matches_a_fresh_one(tmp_path, 
     resumed = pd.read_csv(path, dtype={"id": str})
     assert resumed["id"].tolist() == fresh["id"].tolist()
     pd.testing.assert_series_equal(resumed["margin"], fresh["margin"], atol=1e-5)
+
+
+def test_rows_past_what_run_json_records_are_redone_and_rows_lost_are_named(
+    tmp_path, tiny_readout_file, caplog
+):
+    out = tmp_path / "run"
+    assert _score(out, tiny_readout_file, "--limit", "6") == 0
+    path = out / "scores.csv"
+    fresh = pd.read_csv(path, dtype={"id": str})
+    lines = path.read_text().splitlines(keepends=True)
+    # a write that was cut short between the rows and run.json: rows 5-6 are there, run.json says 4
+    run = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**run, "rows_written": 4}))
+    path.write_text("".join(lines[:5]) + lines[5].replace(lines[5].split(",")[2], "99.0", 1) + lines[6])
+    assert _score(out, tiny_readout_file, "--limit", "6", "--resume") == 0
+    pd.testing.assert_frame_equal(pd.read_csv(path, dtype={"id": str}), fresh, atol=1e-5)  # 5-6 redone
+
+    path.write_text("".join(lines[:3]) + "".join(lines[4:]))  # row 3 deleted by hand: 5 rows, 6 recorded
+    caplog.clear()
+    assert _score(out, tiny_readout_file, "--limit", "6", "--resume") == 0
+    assert "has 5 complete rows but run.json records 6 written" in caplog.text
+    assert sorted(pd.read_csv(path, dtype={"id": str})["id"]) == sorted(fresh["id"])
+
+
+def test_a_resume_with_a_narrower_selection_keeps_the_rows_it_did_not_ask_for(tmp_path, tiny_readout_file):
+    out = tmp_path / "run"
+    assert _score(out, tiny_readout_file, "--limit", "6") == 0
+    before = pd.read_csv(out / "scores.csv", dtype={"id": str})
+    assert _score(out, tiny_readout_file, "--limit", "2", "--resume") == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "scores.csv", dtype={"id": str}), before)
+    assert json.loads((out / "run.json").read_text())["n_prompts"] == 6
 
 
 def test_a_full_disk_stops_with_every_complete_row_intact(tmp_path, monkeypatch):

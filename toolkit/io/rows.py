@@ -26,24 +26,41 @@ class RowWriter:
     """Appends result rows to a CSV as they finish.
 
     `resume=True` keeps the complete rows already in the file (their ids are in `done`); without it an
-    existing file is an error rather than silently overwritten.
+    existing file is an error rather than silently overwritten. `recorded` is the row count run.json
+    gives (it is updated after each write): rows past it belong to a write that may not have finished
+    (part of a prompt's rows), so they are cut off and done again; fewer rows than recorded is a loss
+    the user is told of.
     """
 
-    def __init__(self, path: Path, columns: list[str], resume: bool, overwrite: bool = False):
+    def __init__(
+        self,
+        path: Path,
+        columns: list[str],
+        resume: bool,
+        overwrite: bool = False,
+        recorded: int | None = None,
+    ):
         self.path, self.columns = path, columns
         self.done: set[str] = set()
+        self.count = 0  # complete rows in the file
         if path.exists() and not (resume or overwrite):
             raise OutputError(
                 f"'{path}' already exists: pass --resume to continue that run or --overwrite to replace it"
             )
         if path.exists() and resume:
-            kept = repair_torn_tail(path, columns)
+            kept = repair_torn_tail(path, columns, recorded)
+            if recorded is not None and kept < recorded:
+                log.warning(
+                    "%s has %d complete rows but run.json records %d written, so rows were lost after "
+                    "they were written (an edit, a copy cut short?): the missing ones are computed again",
+                    path, kept, recorded,
+                )  # fmt: skip
             old = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
             if list(old.columns) != columns:
                 raise OutputError(
                     f"cannot resume '{path}': its columns differ from this run's; use --overwrite"
                 )
-            self.done = set(old["id"])
+            self.done, self.count = set(old["id"]), kept
             log.debug("resuming %s: %d complete rows", path, kept)
         self.fresh = not (path.exists() and resume)  # the header is written with the first rows, so a run
         # that fails before any row leaves no header-only file in the way of the corrected rerun
@@ -55,6 +72,7 @@ class RowWriter:
             self.fresh = False
         self._append(_csv_text([[r.get(c, "") for c in self.columns] for r in rows]))
         self.done.update(str(r["id"]) for r in rows)
+        self.count += len(rows)
 
     def _append(self, text: str, mode: str = "a") -> None:
         """All of `text` or none of it: on a write error (a full disk) the file is cut back to where it
@@ -75,10 +93,10 @@ class RowWriter:
             ) from err
 
 
-def repair_torn_tail(path: Path, columns: list[str]) -> int:
-    """Cut `path` back to its last complete row (all columns, ended by a newline) and return how many
-    rows it keeps. A row torn by a kill or a full disk would otherwise break every later resume, or the
-    next row would be appended onto it."""
+def repair_torn_tail(path: Path, columns: list[str], at_most: int | None = None) -> int:
+    """Cut `path` back to its last complete row (all columns, ended by a newline), or to its first
+    `at_most` rows, and return how many rows it keeps. A row torn by a kill or a full disk would
+    otherwise break every later resume, or the next row would be appended onto it."""
     with open(path, encoding="utf-8", newline="") as fh:
         text = fh.read()
     consumed = 0
@@ -93,14 +111,15 @@ def repair_torn_tail(path: Path, columns: list[str]) -> int:
     reader = csv.reader(feed())
     try:
         for record in reader:
-            if len(record) != len(columns) or not text[:consumed].endswith(("\n", "\r")):
+            if rows == at_most or len(record) != len(columns) or not text[:consumed].endswith(("\n", "\r")):
                 break
             good_end, rows = consumed, rows + 1
     except csv.Error:
         pass
     if good_end < len(text):
         log.warning(
-            "%s ended in a torn row (%d characters after the last complete one): cut it off, kept %d rows",
+            "%s ended in an unfinished write (%d characters after the last complete row): cut it off, "
+            "kept %d rows",
             path, len(text) - good_end, max(rows, 0),
         )  # fmt: skip
         with open(path, "r+b") as fh:
@@ -108,9 +127,10 @@ def repair_torn_tail(path: Path, columns: list[str]) -> int:
     return max(rows, 0)
 
 
-def check_resumable(out_dir: Path, run: dict, keys: tuple[str, ...], table: str) -> None:
+def check_resumable(out_dir: Path, run: dict, keys: tuple[str, ...], table: str) -> dict:
     """Refuse to resume into a directory made under different settings (model, condition, dtype,
-    readout, suite file, ...); rows without a readable run.json beside them are refused too."""
+    readout, suite file, ...); rows without a readable run.json beside them are refused too. Returns
+    the old run.json ({} when there is none)."""
     path = out_dir / "run.json"
     if not path.exists():
         if (out_dir / table).exists():
@@ -118,7 +138,7 @@ def check_resumable(out_dir: Path, run: dict, keys: tuple[str, ...], table: str)
                 f"cannot resume in '{out_dir}': {table} is there but its run.json is missing, so what made "
                 "those rows is unknown; use a new --out or --overwrite"
             )
-        return
+        return {}
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(old, dict):
@@ -133,6 +153,7 @@ def check_resumable(out_dir: Path, run: dict, keys: tuple[str, ...], table: str)
             f"cannot resume in '{out_dir}': it was made with a different {', '.join(differ)}; "
             "use a new --out or --overwrite"
         )
+    return old
 
 
 def _csv_text(rows) -> str:
