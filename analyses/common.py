@@ -29,8 +29,10 @@ class ModelOptions(Options):
     dtype: str = "auto"
     device: str = "auto"
     weights_sha256: str | None = None
+    verify_weights: bool = False  # hash the weights again rather than trust the record of their hash
     batch_size: int = 16
     readout: str | Path | RefusalReadout | None = None  # a readout (or its JSON file) instead of calibrating
+    recalibrate: bool = False  # calibrate the readout here even where one is cached or shipped
     gradients: bool = False  # the run attributes: --dtype auto loads float32 (toolkit.models.devices)
 
 
@@ -96,7 +98,9 @@ def open_session(opts: ModelOptions, need_readout: bool = True) -> Session:
     """The model, chat format and readout of `opts` (models are cached per process: a second session
     of the same model under another condition does not load it again)."""
     system = SystemPrompt.parse(opts.system_prompt)  # validate before the (slow) model load
-    lm = load_model(opts.model, opts.dtype, opts.device, opts.weights_sha256, opts.gradients)
+    lm = load_model(
+        opts.model, opts.dtype, opts.device, opts.weights_sha256, opts.gradients, opts.verify_weights
+    )
     return _session(lm, system, opts, need_readout)
 
 
@@ -124,7 +128,7 @@ def _session(lm: LoadedModel, system: SystemPrompt, opts: ModelOptions, need_rea
         elif opts.readout:
             readout = load_readout_file(str(opts.readout), vocab_size=len(lm.tokenizer))
         else:
-            readout = get_readout(lm, fmt, batch_size=opts.batch_size)
+            readout = get_readout(lm, fmt, batch_size=opts.batch_size, rebuild=opts.recalibrate)
     return Session(lm, system, fmt, readout)
 
 

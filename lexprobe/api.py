@@ -43,11 +43,16 @@ def load(
     weights_sha256: str | None = None,
     batch_size: int = 16,
     attribution: bool = False,
+    recalibrate: bool = False,
+    verify_weights: bool = False,
 ) -> Probe:
     """A model spec (`default`, `smollm2`, `tiny-random`, a Hugging Face directory, a cached hub id or a
-    `.gguf` file) under one system-prompt condition, with its refusal readout (calibrated once per model,
-    dtype and condition, then cached; or `readout`, a file or a `RefusalReadout`). `dtype="auto"` is
-    float32 on a CPU and bfloat16 on CUDA, or float32 there too with `attribution=True`."""
+    `.gguf` file) under one system-prompt condition, with its refusal readout (shipped with lexprobe for
+    the default model's preset conditions, else calibrated once per model, dtype and condition, then
+    cached; `recalibrate=True` calibrates it here all the same; or `readout`, a file or a
+    `RefusalReadout`). `dtype="auto"` is float32 on a CPU and bfloat16 on CUDA, or float32 there too
+    with `attribution=True`. Weights files are hashed once and again when they change, or every time
+    with `verify_weights=True`."""
     _check_batch_size(batch_size)
     options = ModelOptions(
         model=model,
@@ -58,6 +63,8 @@ def load(
         batch_size=batch_size,
         readout=readout,
         gradients=attribution,
+        recalibrate=recalibrate,
+        verify_weights=verify_weights,
     )
     return Probe(open_session(options), options)
 

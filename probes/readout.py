@@ -31,7 +31,7 @@ SMOOTH_VERSION = 2  # the definition of the smooth margin (probes/margin.py); a 
 @dataclass(frozen=True)
 class ReadoutSettings:
     n_per_class: int = 128
-    max_new_tokens: int = 32
+    max_new_tokens: int = 16  # labels need no more: `rules` reads the opening (see calibrate.py)
     max_depth: int = 8
     min_count: int = 2
     prior: float = 1.0

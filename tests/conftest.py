@@ -12,6 +12,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LEXPROBE_QUIET", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _hash_records(tmp_path_factory):
+    """Tests record the hashes of the files they write in a store of their own, not the user's."""
+    from lexprobe.toolkit.io import hashes
+
+    store = tmp_path_factory.mktemp("hashes") / hashes.STORE
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hashes, "store_path", lambda: store)
+        yield store
+
+
 @pytest.fixture(scope="session")
 def tiny():
     from lexprobe.toolkit.models.loader import load_model

@@ -107,10 +107,20 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--weights-sha256", default=None, metavar="HEX", help="refuse weights whose sha256 differs"
     )
     g.add_argument(
+        "--verify-weights",
+        action="store_true",
+        help="hash the weights files again (by default a file is hashed once, and again when its size or mtime change)",
+    )
+    g.add_argument(
         "--readout",
         default=None,
         metavar="FILE",
         help="a refusal readout JSON to use instead of the calibrated one",
+    )
+    g.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="calibrate the readout on this machine even where one is cached or shipped with lexprobe",
     )
 
 

@@ -1,8 +1,10 @@
+import pytest
 import torch
 from transformers import GenerationConfig
 
 from lexprobe.toolkit.behaviour.generation import generate, greedy, left_pad
 from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.models.prefix import SharedPrefix
 
 TEXTS = [
     "How can I kill a Python process?",
@@ -12,11 +14,14 @@ TEXTS = [
 ]
 
 
-def test_greedy_matches_transformers_generate(tiny):
+@pytest.mark.parametrize("share", [False, True])
+def test_greedy_matches_transformers_generate(tiny, share):
     fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("model-default"))
     rows = [fmt.format(t).input_ids for t in TEXTS]
     stop = set(tiny.stop_token_ids)
-    ours = greedy(rows, tiny, 12, stop)
+    shared = SharedPrefix(tiny, fmt.prefix_ids) if share else None
+    assert not share or len(shared) > 5  # the template head and system prompt: run once, not per row
+    ours = greedy(rows, tiny, 12, stop, shared)
     for row, (new, _stopped) in zip(rows, ours):
         ids, mask = left_pad([row], tiny.pad_token_id)
         cfg = GenerationConfig(

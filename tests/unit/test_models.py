@@ -1,4 +1,6 @@
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -198,3 +200,28 @@ def test_weights_sha256_is_enforced_for_every_spec(spec, error_line, tmp_path):
         ]
         assert main(argv) == 2
         assert message in error_line()
+
+
+def test_weights_are_hashed_once_and_again_when_they_change(tmp_path, monkeypatch):
+    from lexprobe.toolkit.io import hashes
+
+    calls = []
+    real = hashes.sha256_file
+    monkeypatch.setattr(hashes, "sha256_file", lambda p: calls.append(p) or real(p))
+    weights = tmp_path / "model.safetensors"
+    save_file({"w": torch.arange(64, dtype=torch.float32)}, weights)
+    sha = hashes.file_sha256(weights)
+    assert sha == real(weights) and len(calls) == 1
+    assert hashes.file_sha256(weights) == sha and len(calls) == 2  # just written: not trusted yet
+
+    old = time.time_ns() - 10 * hashes.SETTLED_NS  # a file that has not changed for a while
+    os.utime(weights, ns=(old, old))
+    hashes.file_sha256(weights)
+    assert hashes.file_sha256(weights) == sha and len(calls) == 3  # the second start reads the record
+    assert hashes.file_sha256(weights, verify=True) == sha and len(calls) == 4  # --verify-weights
+
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # an edit of the same size, its mtime set back: the inode is the same, the mtime not
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(old, old + 1))
+    assert hashes.file_sha256(weights) == real(weights) != sha

@@ -1,8 +1,10 @@
 """Batched greedy generation with a KV cache and left padding.
 
-The loop is transformers' greedy search with one change: rows that have stopped leave the batch (their
-KV cache rows are dropped with `Cache.batch_select_indices`), so a batch of short refusals and long
-answers costs what its long answers cost, not batch size x longest answer. Token-for-token equal to
+The loop is transformers' greedy search with two changes: the prefix every prompt shares (template
+head and system prompt) runs once and its KV cache is expanded over each batch (`SharedPrefix`), and
+rows that have stopped leave the batch (their KV cache rows are dropped with
+`Cache.batch_select_indices`), so a batch of short refusals and long answers costs what its long
+answers cost, not batch size x longest answer. Token-for-token equal to
 `model.generate(do_sample=False)` (tests/unit/test_generate.py).
 """
 
@@ -15,6 +17,7 @@ import torch
 from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.io.progress import progress
 from lexprobe.toolkit.models.chat import ChatFormat
+from lexprobe.toolkit.models.prefix import SharedPrefix
 
 
 @dataclass
@@ -54,21 +57,25 @@ def generate(
     forced = list(forced_prefix or [])
     inputs = []
     for i, text in enumerate(texts):
-        ids = fmt.format(text).input_ids + forced
-        if len(ids) + max_new_tokens > lm.context_length:
+        row = fmt.format(text).input_ids + forced
+        if len(row) + max_new_tokens > lm.context_length:
             name = f"prompt id {ids[i]}" if ids is not None else f"prompt {i + 1}"
             raise InputError(
                 f"{name} plus {max_new_tokens} new tokens exceeds the model's context of "
                 f"{lm.context_length}: shorten it or lower --max-new-tokens"
             )
-        inputs.append(ids)
+        inputs.append(row)
     stop = set(lm.stop_token_ids)
+    head = fmt.prefix_ids
+    shared = SharedPrefix(lm, head if all(r[: len(head)] == head for r in inputs) else [])
     order = sorted(range(len(texts)), key=lambda i: len(inputs[i]))
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     results: list[Completion | None] = [None] * len(texts)
     for chunk in progress(chunks, desc=desc, unit="batch"):
         done = []
-        for i, (new, stopped) in zip(chunk, greedy([inputs[i] for i in chunk], lm, max_new_tokens, stop)):
+        for i, (new, stopped) in zip(
+            chunk, greedy([inputs[i] for i in chunk], lm, max_new_tokens, stop, shared)
+        ):
             kept = forced + new
             results[i] = Completion(lm.tokenizer.decode(kept, skip_special_tokens=True), kept, stopped)
             done.append(results[i])
@@ -78,13 +85,24 @@ def generate(
 
 
 @torch.no_grad()
-def greedy(rows: list[list[int]], lm, max_new_tokens: int, stop: set[int]) -> list[tuple[list[int], bool]]:
-    """Greedy continuations of token rows: (new ids without the stop token, whether a stop token came)."""
-    ids, mask = left_pad(rows, lm.pad_token_id)
+def greedy(
+    rows: list[list[int]], lm, max_new_tokens: int, stop: set[int], shared: SharedPrefix | None = None
+) -> list[tuple[list[int], bool]]:
+    """Greedy continuations of token rows: (new ids without the stop token, whether a stop token came).
+    Every row starts with `shared.ids` when `shared` is given; that prefix is not run again."""
+    p = len(shared) if shared is not None else 0
+    ids, mask = left_pad([r[p:] for r in rows], lm.pad_token_id)
     ids, mask = ids.to(lm.device), mask.to(lm.device)
-    positions = (mask.cumsum(dim=1) - 1).clamp_min(0)  # [batch, seq]
+    positions = p + (mask.cumsum(dim=1) - 1).clamp_min(0)  # [batch, seq]
+    cache = shared.cache(len(rows)) if p else None
+    mask = torch.cat([mask.new_ones((len(rows), p)), mask], dim=1)  # the prefix, then the left-padded rest
     out = lm.model(
-        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
     )
     cache, logits = out.cache, out.logits[:, -1]
     live = list(range(len(rows)))  # original row of each batch row still generating

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import re
 
 import torch
@@ -34,6 +35,20 @@ def resolve_device(name: str) -> torch.device:
 def cpu_has_fast_bf16() -> bool:
     """True where oneDNN has native bf16 kernels (AVX512-BF16 / AMX); without them bf16 is emulated."""
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def describe_machine(device: torch.device) -> str:
+    """The hardware a number was measured on, in words: a timing or a calibration is a figure of it."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            name = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), name)
+    except OSError:
+        pass
+    bf16 = "native bf16" if cpu_has_fast_bf16() else "no native bf16"
+    return f"{name}, {torch.get_num_threads()} threads, {bf16}"
 
 
 # What `--dtype auto` picks, from benchmarks/gpu_check.py on the default model over XSTest (README,

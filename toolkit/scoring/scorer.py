@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
 from lexprobe.probes.hooks import hooks
 from lexprobe.probes.margin import MarginProbe, Margins, RefusalReadout
 from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.io.progress import progress
 from lexprobe.toolkit.models.chat import ChatFormat, ChatPrompt
+from lexprobe.toolkit.models.prefix import SharedPrefix
 
 
 @dataclass
@@ -56,8 +56,8 @@ class Scorer:
         if batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {batch_size}")
         self.lm, self.fmt, self.readout, self.batch_size = lm, fmt, readout, batch_size
-        self.prefix_len = len(fmt.prefix_ids)
-        self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.prefix = SharedPrefix(lm, fmt.prefix_ids)
+        self.prefix_len = len(self.prefix)
 
     # ----------------------------------------------------------------------------- inputs
     def encode(self, text: str, name: str = "prompt") -> ChatPrompt:
@@ -111,23 +111,10 @@ class Scorer:
         return Batch(ids.to(dev), mask[:, None].to(dev), positions.to(dev))
 
     # ----------------------------------------------------------------------------- model
-    @torch.no_grad()
-    def _prefix_cache(self, batch_size: int) -> DynamicCache | None:
-        if self.prefix_len == 0:
-            return None
-        if self._prefix_kv is None:
-            ids = torch.tensor([self.fmt.prefix_ids], device=self.lm.device)
-            out = self.lm.base(input_ids=ids, use_cache=True)
-            self._prefix_kv = [(layer.keys, layer.values) for layer in out.cache.layers]
-        cache = DynamicCache()
-        for i, (k, v) in enumerate(self._prefix_kv):
-            cache.update(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1), i)
-        return cache
-
     def forward(self, batch: Batch, inputs_embeds: torch.Tensor | None = None, hook_pairs=()) -> None:
         """Run the decoder stack on a batch (token ids, or embeddings [batch, seq, d_model] for gradients),
         with forward hooks registered for this pass only (not for the prefix's)."""
-        cache = self._prefix_cache(batch.ids.shape[0])
+        cache = self.prefix.cache(batch.ids.shape[0])
         with hooks(hook_pairs):
             self.lm.base(
                 input_ids=None if inputs_embeds is not None else batch.ids,
