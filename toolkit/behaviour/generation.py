@@ -10,6 +10,7 @@ answers cost, not batch size x longest answer. Token-for-token equal to
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -96,14 +97,15 @@ def greedy(
     positions = p + (mask.cumsum(dim=1) - 1).clamp_min(0)  # [batch, seq]
     cache = shared.cache(len(rows)) if p else None
     mask = torch.cat([mask.new_ones((len(rows), p)), mask], dim=1)  # the prefix, then the left-padded rest
-    out = lm.model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions,
-        cache=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
+    with _contiguous_head_input(lm.model):
+        out = lm.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
     cache, logits = out.cache, out.logits[:, -1]
     live = list(range(len(rows)))  # original row of each batch row still generating
     new: list[list[int]] = [[] for _ in rows]
@@ -138,3 +140,21 @@ def greedy(
         )
         cache, logits = out.cache, out.logits[:, -1]
     return [(new[r], stopped[r]) for r in range(len(rows))]
+
+
+@contextmanager
+def _contiguous_head_input(model):
+    """`logits_to_keep=1` hands the output layer a strided slice [batch, 1, d] of the hidden states. For
+    such an input and weights that need no gradient, torch 2.13 on CPU expands the weight to [batch, d,
+    vocab] and copies it before a bmm: 38.6 s instead of 0.045 s for 32 rows of the default model's
+    head in bf16, 0.86 s instead of 0.17 s in float32 (measured on this project's 2-core EPYC). A
+    contiguous input takes the plain matmul."""
+    head = model.get_output_embeddings()
+    if head is None:
+        yield
+        return
+    handle = head.register_forward_pre_hook(lambda _m, args: (args[0].contiguous(), *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
