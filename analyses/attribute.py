@@ -173,19 +173,36 @@ def _curve_rows(prompt_id: str, method: str, curve: np.ndarray) -> list[dict]:
     ]
 
 
+PART_LISTS = ("attributions", "methods", "faithfulness", "curves")
+
+
 def read_parts(out: Path, repair: bool = False) -> list[dict]:
     """The prompts finished in `out`. A last line torn by a kill or a full disk is left out, and with
-    `repair` cut from the file, so the next prompt is not appended onto it."""
+    `repair` cut from the file, so the next prompt is not appended onto it. A damaged line before the
+    last, or a prompt recorded twice, is an OutputError: the file was edited, and what follows is kept."""
     path = out / PARTS
-    text = path.read_text(encoding="utf-8")
-    parts, good = [], 0
-    for line in text.splitlines(keepends=True):
-        try:
-            part = json.loads(line)
-        except ValueError:
-            break
-        if not line.endswith("\n") or not isinstance(part, dict) or "prompt" not in part:
-            break
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise OutputError(f"cannot read '{path}' ({err}): use a new --out or --overwrite") from err
+    lines = text.splitlines(keepends=True)
+    parts, good, seen = [], 0, set()
+    for n, line in enumerate(lines, 1):
+        part = _part(line)
+        if part is None:
+            if n < len(lines):
+                raise OutputError(
+                    f"'{path}' line {n} is not a finished prompt (damaged or edited) and lines follow it: "
+                    "mend or delete that line, or use --overwrite"
+                )
+            break  # the last line, torn by a kill or a full disk
+        pid = part["prompt"]["id"]
+        if pid in seen:
+            raise OutputError(
+                f"'{path}' records prompt id '{pid}' twice (line {n}): the file was edited or merged; "
+                "delete one of them, or use --overwrite"
+            )
+        seen.add(pid)
         parts.append(part)
         good += len(line)
     if repair and good < len(text):
@@ -193,6 +210,25 @@ def read_parts(out: Path, repair: bool = False) -> list[dict]:
         with open(path, "r+b") as fh:
             fh.truncate(len(text[:good].encode("utf-8")))
     return parts
+
+
+def _part(line: str) -> dict | None:
+    """One finished prompt's record, or None for a line that is not one."""
+    if not line.endswith("\n"):
+        return None
+    try:
+        part = json.loads(line)
+    except ValueError:
+        return None
+    ok = (
+        isinstance(part, dict)
+        and isinstance(part.get("prompt"), dict)
+        and isinstance(part["prompt"].get("id"), str)
+        and all(
+            isinstance(part.get(k), list) and all(isinstance(r, dict) for r in part[k]) for k in PART_LISTS
+        )
+    )
+    return part if ok else None
 
 
 def assemble(parts: list[dict], suite_order: list[str], run: dict) -> AttributionResult:

@@ -235,7 +235,9 @@ def get_readout(
                 "lexprobe_git_commit": git_commit(),
                 "versions": versions(),
             }
-            write_text_atomic(directory / f"{key}.responses.csv", table.to_csv(index=False))
+            write_text_atomic(
+                directory / f"{key}.responses.csv", table.to_csv(index=False, lineterminator="\r\n")
+            )
             write_json_atomic(path, json.loads(readout.to_json()))
             where = "calibration in this run"
             log.info("calibrated the readout in %.0f s (cached as %s)", timer.seconds, path)

@@ -12,8 +12,8 @@ import pandas as pd
 from lexprobe.probes.margin import RefusalReadout
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.io.cache import write_json_atomic
-from lexprobe.toolkit.io.results import Timer, write_csv_atomic
-from lexprobe.toolkit.io.rows import RowWriter, check_resumable
+from lexprobe.toolkit.io.results import Timer, read_csv_table, write_csv_atomic
+from lexprobe.toolkit.io.rows import RowWriter, check_resumable, check_rows_match
 from lexprobe.toolkit.io.suites import Suite, load_suite
 from lexprobe.toolkit.models.architectures import state_dict_sha256, wrap_model
 from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
@@ -166,10 +166,13 @@ class ResumableRun:
         done: set[str] = set()
         if self.out is not None:
             old = check_resumable(self.out, run_info, resume_keys, result_cls.filename) if resume else {}
-            recorded = old.get("rows_written")
             self.writer = RowWriter(
                 self.out / result_cls.filename, columns, resume=resume, overwrite=overwrite,
-                recorded=recorded if isinstance(recorded, int) else None,
+                recorded=old.get("rows_written"),
+            )  # fmt: skip
+            check_rows_match(
+                self.writer.path, self.writer.old, suite.full.frame, result_cls.one_row_per_id,
+                result_cls.numeric_columns,
             )  # fmt: skip
             # run.json is written with the first rows (and again at the end)
             done = self.writer.done
@@ -187,7 +190,7 @@ class ResumableRun:
         if self.writer is not None:
             if self.writer.fresh:  # nothing to do, or nothing written: an empty table all the same
                 self.write([])
-            frame = pd.read_csv(self.writer.path, dtype={"id": str}, keep_default_na=False)
+            frame = read_csv_table(self.writer.path)
         else:
             frame = pd.DataFrame(self.rows, columns=self.columns)
         order = {i: k for k, i in enumerate(self.suite.frame["id"])}

@@ -43,6 +43,7 @@ class GenerateConfig(Options):
 
 class CompletionsResult(TableResult):
     filename = "completions.csv"
+    numeric_columns = ("n_tokens",)
 
 
 def run(

@@ -51,6 +51,8 @@ CHUNK = 8  # prompts per unit of work (rows are written, and resumable, per chun
 
 class PerturbResult(MultiTableResult):
     filename = "substitutions.csv"
+    one_row_per_id = False  # a row per substitution
+    numeric_columns = ("margin_orig", "margin_variant", "delta")
     side_tables = ("words", "controls", "triggers", "pooled", "attribution_agreement")
 
     def overview(self) -> pd.DataFrame:
@@ -62,6 +64,7 @@ class PerturbResult(MultiTableResult):
 
 class PairsResult(MultiTableResult):
     filename = "pairs.csv"
+    numeric_columns = ("margin_a", "margin_b", "delta")
     side_tables = ("summary",)
 
     def overview(self) -> pd.DataFrame:

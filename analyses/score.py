@@ -44,6 +44,7 @@ class ScoreConfig(Options):
 
 class ScoreResult(TableResult):
     filename = "scores.csv"
+    numeric_columns = ("margin", "p_refuse", "margin_sampled", "p_refuse_sampled")
 
     def summary(self) -> pd.DataFrame:
         """Per prompt type: n, mean margin, share with p_refuse > 0.5."""

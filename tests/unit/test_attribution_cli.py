@@ -205,7 +205,7 @@ def test_attribution_asks_for_float32_and_warns_when_ig_runs_in_bf16(
     asked = []
     real = models.load_model
 
-    def spy(spec, dtype="auto", device="auto", sha=None, gradients=False):
+    def spy(spec, dtype="auto", device="auto", sha=None, gradients=False, verify=False):
         asked.append((dtype, gradients))
         return real(spec, dtype, device, sha, gradients)
 

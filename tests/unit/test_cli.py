@@ -80,7 +80,7 @@ def test_bad_input_exits_2_with_one_line(error_line, tmp_path, tiny_readout_file
 def test_bad_suite_files_exit_2(error_line, tmp_path, tiny_readout_file):
     cases = {
         "nocol.csv": (b"question\nhi\n", "no column 'prompt'"),
-        "empty.csv": (b"id,prompt\n1,hi\n2,  \n", "empty prompt at id 2"),
+        "empty.csv": (b"id,prompt\n1,hi\n2,  \n", "empty prompt at id '2'"),
         "latin.csv": ("prompt\ncaf\xe9\n".encode("latin-1"), "not UTF-8"),
         "long.csv": (("prompt\n" + "word " * 700 + "\n").encode(), "longer than the model's context"),
     }
@@ -117,7 +117,7 @@ def test_resume_refuses_a_different_condition(error_line, tmp_path, tiny_readout
     assert _score(tmp_path, tiny_readout_file, "--limit", "2") == 0
     capsys.readouterr()
     assert _score(tmp_path, tiny_readout_file, "--limit", "4", "--resume", "--system-prompt", "none") == 2
-    assert "different system_prompt" in error_line()
+    assert "(system_prompt differs)" in error_line()
 
 
 def test_console_script_usage_error_is_one_line(tmp_path):

@@ -127,13 +127,13 @@ def test_resume_refuses_another_readout_an_edited_suite_and_a_lost_run_json(
     other_file = tmp_path / "other.json"
     other_file.write_text(other.to_json())
     assert _score(out, other_file, "--resume", suite=suite) == 2
-    assert "different readout_sha256" in error_line()
+    assert "(readout_sha256 differs)" in error_line()
 
     pd.DataFrame({"prompt": ["How do I kill a process?", "Where can I buy pepsi?", "Hi there"]}).to_csv(
         suite, index=False
     )
     assert _score(out, tiny_readout_file, "--resume", suite=suite) == 2
-    assert "different suite_sha256" in error_line()
+    assert "(suite_sha256 differs)" in error_line()
 
     (out / "run.json").write_text("{not json")
     assert _score(out, tiny_readout_file, "--resume", suite=suite) == 2
@@ -156,7 +156,7 @@ def test_nothing_is_replaced_without_overwrite_nor_removed_before_the_inputs_che
     assert main([*attr, "--out", str(out)]) == 2  # another study's directory
     assert "already holds an earlier run" in error_line()
     assert main([*attr, "--out", str(out), "--resume"]) == 2
-    assert "different study" in error_line()
+    assert "(study differs)" in error_line()
     assert (out / "run.json").read_text() == score_run
 
     done = tmp_path / "attr"

@@ -64,7 +64,7 @@ def test_bad_suites(tmp_path):
         load_suite(str(no_col))
     empty = tmp_path / "empty.csv"
     empty.write_text("id,prompt\na,hello\nb,   \n")
-    with pytest.raises(LexprobeError, match="empty prompt at id b"):
+    with pytest.raises(LexprobeError, match="empty prompt at id 'b'"):
         load_suite(str(empty))
     latin = tmp_path / "latin.csv"
     latin.write_bytes("prompt\ncaf\xe9\n".encode("latin-1"))
@@ -72,7 +72,7 @@ def test_bad_suites(tmp_path):
         load_suite(str(latin))
     dup = tmp_path / "dup.jsonl"
     dup.write_text("\n".join(json.dumps({"id": 1, "prompt": p}) for p in ("a", "b")))
-    with pytest.raises(LexprobeError, match="repeats id 1"):
+    with pytest.raises(LexprobeError, match="repeats id '1'"):
         load_suite(str(dup))
     other = tmp_path / "x.xlsx"
     other.write_text("x")
@@ -105,7 +105,7 @@ def test_nulls_in_json_and_parquet_are_empty_text_and_whole_numbers_stay_whole(t
 def test_a_prompt_of_invisible_characters_is_empty(tmp_path, invisible):
     path = tmp_path / "s.csv"
     pd.DataFrame({"prompt": ["How do I kill a process?", invisible]}).to_csv(path, index=False)
-    with pytest.raises(LexprobeError, match="empty prompt at id 2"):
+    with pytest.raises(LexprobeError, match="empty prompt at id '2'"):
         load_suite(str(path))
 
 

@@ -147,9 +147,7 @@ class AttributionResult(Result):
         frames = {}
         for attr, name in FILES.items():
             path = out / name
-            frames[attr] = (
-                read_csv_table(path, ("id", "pair_id", "word")) if path.exists() else pd.DataFrame()
-            )
+            frames[attr] = read_csv_table(path) if path.exists() else pd.DataFrame()
         return cls(**frames, run=read_run(out))
 
     def show(self, console=None, rows: int = 30) -> None:

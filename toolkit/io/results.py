@@ -179,6 +179,8 @@ class TableResult(Result):
     frame: pd.DataFrame
     run: dict = field(default_factory=dict)
     filename = "table.csv"
+    one_row_per_id = True  # what a resumed table is checked for (toolkit.io.rows.check_rows_match)
+    numeric_columns: tuple[str, ...] = ()
 
     def to_frame(self) -> pd.DataFrame:
         return self.frame.copy()
@@ -217,9 +219,18 @@ class MultiTableResult(TableResult):
         return result
 
 
-def read_csv_table(path: Path, text_columns: tuple[str, ...] = ("id",)) -> pd.DataFrame:
-    """A table lexprobe wrote: ids (and `text_columns`) stay text, empty cells stay empty strings. A
-    damaged file is an InputError naming it."""
+# Columns whose cells are text from the user's suite or from the model (a prompt "007", a type "01",
+# a word "1e3"): read back as written, never parsed as numbers. Columns a table lacks are ignored.
+TEXT_COLUMNS = (
+    "id", "type", "label", "prompt", "completion", "word", "replacement", "variant", "lemma", "pos",
+    "role", "category", "strategy", "sense", "prompt_a", "prompt_b", "pair_id", "final_label",
+    "predicted", "model", "text", "token", "trigger",
+)  # fmt: skip
+
+
+def read_csv_table(path: Path, text_columns: tuple[str, ...] = TEXT_COLUMNS) -> pd.DataFrame:
+    """A table lexprobe wrote: ids and the other `text_columns` stay text, empty cells stay empty
+    strings. A damaged file is an InputError naming it."""
     try:
         return pd.read_csv(path, dtype=dict.fromkeys(text_columns, str), keep_default_na=False)
     except pd.errors.EmptyDataError:
@@ -248,7 +259,7 @@ def read_run(out: Path) -> dict:
 
 def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    frame.to_csv(tmp, index=False)
+    frame.to_csv(tmp, index=False, lineterminator="\r\n")  # CRLF: a lone \r in a field is quoted
     tmp.replace(path)
 
 

@@ -15,11 +15,16 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lexprobe.toolkit.errors import OutputError
+from lexprobe.toolkit.io.results import read_csv_table
 
 log = logging.getLogger(__name__)
+# Rows end in CRLF (RFC 4180), so a field holding a lone \r is quoted: csv quotes only the characters of
+# its line terminator, and a prompt with a carriage return would otherwise split into two rows.
+CSV_LINE_END = "\r\n"
 
 
 class RowWriter:
@@ -43,6 +48,7 @@ class RowWriter:
         self.path, self.columns = path, columns
         self.done: set[str] = set()
         self.count = 0  # complete rows in the file
+        self.old = pd.DataFrame(columns=columns)  # those rows, on resume
         if path.exists() and not (resume or overwrite):
             raise OutputError(
                 f"'{path}' already exists: pass --resume to continue that run or --overwrite to replace it"
@@ -55,12 +61,12 @@ class RowWriter:
                     "they were written (an edit, a copy cut short?): the missing ones are computed again",
                     path, kept, recorded,
                 )  # fmt: skip
-            old = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+            old = read_csv_table(path)
             if list(old.columns) != columns:
                 raise OutputError(
                     f"cannot resume '{path}': its columns differ from this run's; use --overwrite"
                 )
-            self.done, self.count = set(old["id"]), kept
+            self.done, self.count, self.old = set(old["id"]), kept, old
             log.debug("resuming %s: %d complete rows", path, kept)
         self.fresh = not (path.exists() and resume)  # the header is written with the first rows, so a run
         # that fails before any row leaves no header-only file in the way of the corrected rerun
@@ -150,15 +156,57 @@ def check_resumable(out_dir: Path, run: dict, keys: tuple[str, ...], table: str)
     differ = [k for k in keys if k in old and old[k] != run.get(k)]
     if differ:
         raise OutputError(
-            f"cannot resume in '{out_dir}': it was made with a different {', '.join(differ)}; "
+            f"cannot resume in '{out_dir}': it was made with other settings ({', '.join(differ)} "
+            f"{'differs' if len(differ) == 1 else 'differ'}); use a new --out or --overwrite"
+        )
+    missing = [k for k in keys if k in run and k not in old]
+    if missing:
+        raise OutputError(
+            f"cannot resume in '{out_dir}': its run.json does not record {', '.join(missing)}, so whether "
+            "its rows match this run is unknown; use a new --out or --overwrite"
+        )
+    written = old.get("rows_written")
+    if written is not None and not (type(written) is int and written >= 0):
+        raise OutputError(
+            f"cannot resume in '{out_dir}': its run.json gives rows_written {written!r}, not a row count; "
             "use a new --out or --overwrite"
         )
     return old
 
 
+def check_rows_match(
+    path: Path, old: pd.DataFrame, suite: pd.DataFrame, one_row_per_id: bool, numeric: tuple[str, ...]
+) -> None:
+    """Rows a resume keeps must be rows this run would have written: their ids in the suite file, their
+    prompt, type and label the suite's, one row per id where the table has one, numbers where numbers
+    go. A hand-edited or merged table is refused rather than mixed into the result."""
+
+    def refuse(why: str):
+        raise OutputError(f"cannot resume '{path}': {why}, so the file was edited or merged; use --overwrite")
+
+    if old.empty:
+        return
+    known = suite.drop_duplicates("id").set_index("id")
+    stray = old.loc[~old["id"].isin(known.index), "id"]
+    if len(stray):
+        refuse(f"it has a row for id '{stray.iloc[0]}', which the suite does not have")
+    if one_row_per_id and old["id"].duplicated().any():
+        refuse(f"id '{old.loc[old['id'].duplicated(), 'id'].iloc[0]}' has more than one row")
+    for col in ("prompt", "type", "label"):
+        if col in old.columns and col in known.columns:
+            differ = old[col].astype(str).to_numpy() != known.loc[old["id"], col].astype(str).to_numpy()
+            if differ.any():
+                refuse(f"the {col} of id '{old['id'][differ].iloc[0]}' differs from the suite's")
+    for col in numeric:
+        values = pd.to_numeric(old[col], errors="coerce") if col in old.columns else None
+        if values is not None and not np.isfinite(values.to_numpy(dtype=float)).all():
+            bad = old["id"][~np.isfinite(values.to_numpy(dtype=float))].iloc[0]
+            refuse(f"the {col} of id '{bad}' is not a number")
+
+
 def _csv_text(rows) -> str:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    csv.writer(buffer, lineterminator=CSV_LINE_END).writerows(rows)
     return buffer.getvalue()
 
 

@@ -5,6 +5,8 @@ A suite is a DataFrame with at least `id` (str), `prompt`, `type` and `label`; o
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from collections.abc import Sequence
@@ -164,45 +166,94 @@ def load_suite(
 def read_table(path: Path) -> pd.DataFrame:
     """Read CSV/TSV/JSONL/JSON/Parquet into strings; bad encodings and formats become LexprobeError."""
     suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise InputError(
+            f"'{path}' has an unsupported extension '{suffix}': use .csv, .tsv, .jsonl, .json or .parquet"
+        )
     try:
-        if suffix in (".csv", ".tsv"):
-            return pd.read_csv(
-                path,
-                sep="\t" if suffix == ".tsv" else ",",
-                dtype=str,
-                keep_default_na=False,
-                encoding="utf-8",
-            )
-        if suffix in (".jsonl", ".ndjson"):
-            return as_text(pd.read_json(path, lines=True, dtype=False, encoding="utf-8"))
-        if suffix == ".json":
-            return as_text(pd.read_json(path, dtype=False, encoding="utf-8"))
+        if path.is_dir():
+            raise InputError(f"suite '{path}' is a directory: give a table file")
         if suffix in (".parquet", ".pq"):
-            return as_text(pd.read_parquet(path))
+            return as_text(pd.read_parquet(path), str(path))
+        raw = path.read_bytes()
+        if b"\x00" in raw[: 1 << 16]:
+            raise InputError(
+                f"'{path}' holds NUL bytes, so it is not a text table (binary or UTF-16?): re-save it as UTF-8"
+            )
+        text = raw.decode("utf-8-sig")  # a byte-order mark is not part of the first column's name
+        if suffix in (".csv", ".tsv"):
+            sep = "\t" if suffix == ".tsv" else ","
+            header = next(csv.reader(io.StringIO(text), delimiter=sep), [])
+            twice = sorted({c for c in header if header.count(c) > 1})
+            if twice:
+                raise InputError(f"'{path}' has two columns named '{twice[0]}': rename one")
+            return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+        if suffix in (".jsonl", ".ndjson"):
+            records = []
+            for n, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    records.append(_json_object(line, f"'{path}' line {n}"))
+            return as_text(pd.DataFrame.from_records(records), str(path))
+        data = json.loads(text)
+        if isinstance(data, dict):  # {"column": [values]} or {"column": {"row": value}}
+            return as_text(pd.DataFrame(data), str(path))
+        if not isinstance(data, list):
+            raise InputError(
+                f"'{path}' holds a JSON {type(data).__name__}: give a list of objects with a prompt each"
+            )
+        records = [_check_object(r, f"'{path}' item {n}") for n, r in enumerate(data, 1)]
+        return as_text(pd.DataFrame.from_records(records), str(path))
     except UnicodeDecodeError:
         raise InputError(f"'{path}' is not UTF-8 text: re-save it as UTF-8") from None
-    except (ValueError, pd.errors.ParserError, OSError) as err:
+    except (ValueError, TypeError, pd.errors.ParserError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f"cannot read '{path}' as {suffix[1:]}: {first}") from err
-    raise InputError(
-        f"'{path}' has an unsupported extension '{suffix}': use .csv, .tsv, .jsonl, .json or .parquet"
-    )
 
 
-def as_text(frame: pd.DataFrame) -> pd.DataFrame:
+def _json_object(line: str, where: str) -> dict:
+    try:
+        value = json.loads(line)
+    except ValueError as err:
+        raise InputError(f"{where} is not JSON ({err})") from None
+    return _check_object(value, where)
+
+
+def _check_object(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise InputError(f"{where} is a JSON {type(value).__name__}, not an object with a prompt")
+    return value
+
+
+def as_text(frame: pd.DataFrame, where: str = "the table") -> pd.DataFrame:
     """Every cell as the text a CSV would hold: null (None, NaN) as "", a whole number as "7" even where
-    nulls made its column float (7.0), anything else as `str`."""
+    nulls made its column float (7.0), bytes decoded as UTF-8, a number or a string as `str`; a list,
+    an object or any other structure is an InputError naming its column."""
 
-    def text(value) -> str:
+    def text(value, column) -> str:
         if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
             return ""
         if isinstance(value, float | np.floating) and float(value).is_integer():
             return str(int(value))
-        return str(value)
+        if isinstance(value, bytes):
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(
+                    f"column '{column}' of {where} holds bytes that are not UTF-8 text"
+                ) from None
+        if isinstance(value, str | int | float | bool | np.integer | np.floating | np.bool_):
+            return str(value)
+        raise InputError(
+            f"column '{column}' of {where} holds a {type(value).__name__} ({str(value)[:40]}), not text: "
+            "give one string per cell"
+        )
 
-    return frame.apply(lambda column: column.map(text)) if len(frame.columns) else frame
+    if not len(frame.columns):
+        return frame
+    return frame.apply(lambda column: column.map(lambda v: text(v, column.name)))
 
 
+LABELS = ("safe", "unsafe", "")
 INVISIBLE = re.compile(r"[\u200b-\u200d\u2060\ufeff\u00ad]")  # zero-width characters, soft hyphen
 
 
@@ -212,6 +263,19 @@ def _validate(frame: pd.DataFrame, where: str) -> pd.DataFrame:
         raise InputError(f"suite '{where}' has no rows: give a file with at least one prompt")
     frame["id"] = frame["id"].astype(str)
     frame["prompt"] = frame["prompt"].astype(str)
+    frame["label"] = frame["label"].astype(str).str.strip().str.lower()
+    odd = frame[~frame["label"].isin(LABELS)]
+    if len(odd):
+        raise InputError(
+            f"suite '{where}' labels id '{odd['id'].iloc[0]}' '{odd['label'].iloc[0]}': a label is safe, "
+            "unsafe or empty (--label-column names the column)"
+        )
+    broken = frame[frame["prompt"].map(lambda p: any("\ud800" <= c <= "\udfff" for c in p))]
+    if len(broken):
+        raise InputError(
+            f"suite '{where}' has a prompt with an unpaired surrogate (broken UTF-16 escape) at id "
+            f"'{broken['id'].iloc[0]}': fix its text"
+        )
     no_id = frame.index[frame["id"].str.strip() == ""]
     if len(no_id):
         rows = ", ".join(str(i + 1) for i in no_id[:5])
@@ -221,12 +285,13 @@ def _validate(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     empty = frame[frame["prompt"].map(lambda p: INVISIBLE.sub("", p).strip() == "")]
     if len(empty):
         raise InputError(
-            f"suite '{where}' has an empty prompt at id {', '.join(empty['id'].head(5))}: fill it in or drop the row"
+            f"suite '{where}' has an empty prompt at id {', '.join(repr(i) for i in empty['id'].head(5))}: "
+            "fill it in or drop the row"
         )
     dup = frame["id"][frame["id"].duplicated()]
     if len(dup):
         raise InputError(
-            f"suite '{where}' repeats id {', '.join(dup.head(5))}: ids must be unique (--id-column)"
+            f"suite '{where}' repeats id {', '.join(repr(i) for i in dup.head(5))}: ids must be unique (--id-column)"
         )
     rest = [c for c in frame.columns if c not in REQUIRED]
     return frame[REQUIRED + rest].reset_index(drop=True)
