@@ -193,10 +193,24 @@ def run_evaluate(config: EvaluateConfig) -> EvaluationResult:
     if config.out:
         check_out_dir(Path(config.out), EvaluationResult.filename, config.overwrite)
     tables, agreements = [], {}
-    for spec in config.completions:
-        model, frame = read_completions(spec)
+    loaded = [read_completions(spec) for spec in config.completions]
+    names = _model_names(config.completions, [name for name, _ in loaded])
+    for spec, model, (_, frame) in zip(config.completions, names, loaded):
+        if frame.empty:
+            raise InputError(f"'{spec}' has no rows: give a completions file with at least one")
         if config.types:
-            frame = frame[frame["type"].isin(config.types)]
+            kept = frame[frame["type"].isin(config.types)]
+            if kept.empty:
+                have = ", ".join(sorted(map(str, frame["type"].unique()))[:8])
+                raise InputError(f"'{spec}' has no prompt of type {', '.join(config.types)} (types: {have})")
+            frame = kept
+        if "label" in frame.columns:
+            frame = frame.assign(label=frame["label"].astype(str).str.strip().str.lower())
+            odd = sorted(set(frame["label"]) - {"safe", "unsafe"})
+            if odd:
+                raise InputError(
+                    f"'{spec}' has a prompt labelled {odd[0]!r}: the label column says safe or unsafe for each prompt"
+                )
         if config.label_column not in frame.columns:
             raise InputError(
                 f"'{spec}' has no column '{config.label_column}' (columns: {', '.join(frame.columns)}): "
@@ -218,6 +232,20 @@ def run_evaluate(config: EvaluateConfig) -> EvaluationResult:
     if config.out:
         result.save(config.out, overwrite=True)
     return result
+
+
+def _model_names(specs, first: list[str]) -> list[str]:
+    """The name each completions set goes by in the table: its model (and condition) where its run.json
+    says, else its file (`first`); names that repeat (two `DIR/classified.csv`) get their folder, then
+    a number."""
+    names = list(first)
+    for i, spec in enumerate(specs):
+        if first.count(first[i]) > 1 and isinstance(spec, str | Path) and Path(spec).exists():
+            names[i] = f"{names[i]} [{Path(spec).expanduser().resolve().parent.name}]"
+    for i in range(len(names)):
+        if names[:i].count(names[i]):
+            names[i] = f"{names[i]} #{names[:i].count(names[i]) + 1}"
+    return names
 
 
 def _slug(text: str) -> str:

@@ -94,6 +94,10 @@ def run(config: PerturbConfig, session: Session | None = None, suite: Suite | No
     suite = suite or open_suite(config.suite)
     attributions = _read_attributions(config.attributions) if config.attributions is not None else None
     rewrites = parse_rewrites(config.rewrites)
+    if "user" in config.strategies and not rewrites:
+        raise InputError(
+            "--strategy user substitutes only the words --rewrite names: give --rewrite WORD=NEW"
+        )
     lexicon = Lexicon.load(config.lexicon)
     session = session_for(config.model, session)
     threshold, source = refusal_threshold(session.lm, session.system)
@@ -223,7 +227,7 @@ def word_summary(units: pd.DataFrame, suite: Suite, sub: Substituter) -> pd.Data
     if words.empty:
         return words
     keep = [*effects.UNIT_KEYS, "replacement", "n_variants", "margin_orig", "delta", "flip_share"]
-    words = words.merge(units[keep], on=effects.UNIT_KEYS, how="left")
+    words = words.merge(units.reindex(columns=keep), on=effects.UNIT_KEYS, how="left")  # none: no swap
     words["n_variants"] = words["n_variants"].fillna(0).astype(int)
     words.loc[words["n_variants"] > 0, "note"] = ""
     return words

@@ -15,6 +15,7 @@ from lexprobe.cli import attribution, behaviour, core, diagnose, minimal_pairs
 from lexprobe.cli.options import Parser, plain
 from lexprobe.toolkit.errors import LexprobeError, OutputError
 from lexprobe.toolkit.io.locks import exclusive
+from lexprobe.toolkit.io.results import read_run
 
 GROUPS = (core, behaviour, attribution, minimal_pairs, diagnose)
 
@@ -30,12 +31,42 @@ def build_parser() -> Parser:
     return parser
 
 
+STUDIES = (
+    "score",
+    "generate",
+    "attribute",
+    "perturb",
+    "pairs",
+    "contrast",
+)  # commands whose run.json says so
+
+
 def refuse_to_replace(args) -> None:
     """A command that can replace its results (it has --overwrite) must not do so silently: an --out that
-    already holds an earlier run's run.json needs --resume (where the command has it) or --overwrite."""
+    already holds an earlier run's run.json needs --resume (where the command has it) or --overwrite,
+    and --overwrite replaces a run of the same command only, never another command's files or a
+    folder that holds no lexprobe run."""
     out = getattr(args, "out", None)
-    replaces = out and hasattr(args, "overwrite") and not (args.overwrite or getattr(args, "resume", False))
-    if replaces and (Path(out) / "run.json").exists():
+    if not out or not hasattr(args, "overwrite") or not Path(out).is_dir():
+        return
+    out = Path(out)
+    run_json = out / "run.json"
+    if args.command in STUDIES:
+        resuming = getattr(args, "resume", False)  # rows without their run.json: the resume check says so
+        if not (run_json.exists() or resuming) and any(
+            not p.name.startswith(".lexprobe") for p in out.iterdir()
+        ):
+            raise OutputError(
+                f"'{out}' holds files but no lexprobe run.json: give a new or empty --out, so nothing "
+                "of yours is mixed with or replaced by this run"
+            )
+        study = read_run(out).get("study") if run_json.exists() else None
+        if study and study != args.command:
+            raise OutputError(
+                f"'{out}' holds a `{study}` run: this `{args.command}` run needs a directory of its own "
+                "(--overwrite replaces a run of the same command only)"
+            )
+    if run_json.exists() and not (args.overwrite or getattr(args, "resume", False)):
         resume = " --resume to continue it," if hasattr(args, "resume") else ""
         raise OutputError(
             f"'{out}' already holds an earlier run (run.json): pass{resume} --overwrite to replace it, "

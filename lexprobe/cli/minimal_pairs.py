@@ -9,6 +9,8 @@ from lexprobe.cli.options import (
     add_substitution_args,
     add_suite_args,
     positive_int,
+    seed,
+    similarity,
 )
 
 
@@ -98,7 +100,7 @@ def register(sub) -> None:
     add_out_args(p)
     add_substitution_args(p)
     p.add_argument("--attributions", default=None, metavar="FILE", help="attributions.csv to correlate with")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--seed", type=seed, default=0, help="bootstrap seed")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
     p.set_defaults(func=cmd_perturb)
 
@@ -107,7 +109,7 @@ def register(sub) -> None:
     p.add_argument(
         "--pairs", required=True, metavar="FILE", help="CSV/TSV/JSONL/Parquet with prompt_a, prompt_b"
     )
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--seed", type=seed, default=0, help="bootstrap seed")
     add_out_args(p)
     p.set_defaults(func=cmd_pairs)
 
@@ -120,9 +122,9 @@ def register(sub) -> None:
     p.add_argument("--no-inv", dest="inv", action="store_false", help="skip the INV synonym-swap test")
     p.add_argument("--inv-per-prompt", type=positive_int, default=1, help="INV swaps per safe prompt")
     p.add_argument(
-        "--min-similarity", type=float, default=0.7, help="MiniLM similarity an INV swap must keep"
+        "--min-similarity", type=similarity, default=0.7, help="MiniLM similarity an INV swap must keep"
     )
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--seed", type=seed, default=0, help="bootstrap seed")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
     add_out_args(p, resume=False)
     p.set_defaults(func=cmd_contrast)
@@ -140,7 +142,7 @@ def register(sub) -> None:
     p.add_argument(
         "--lexicon", default=None, metavar="FILE", help="a trigger lexicon JSON instead of the bundled one"
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=seed, default=0, help="random seed")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
     add_out_args(p, resume=False)
     p.set_defaults(func=cmd_transplant)

@@ -8,6 +8,8 @@ List flags take values separated by spaces or commas, and may be repeated: `--id
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import re
 import sys
 
@@ -69,6 +71,48 @@ class ListAction(argparse.Action):
         setattr(namespace, self.dest, before + items)
 
 
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def similarity(text: str) -> float:
+    value = _number(text)
+    if not -1 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"is a cosine similarity, from -1 to 1, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**32 - 1, got {value}")
+    return value
+
+
+def thread_count(text: str) -> int:
+    value = positive_int(text)
+    cores = os.cpu_count() or 1
+    if value > cores:
+        raise argparse.ArgumentTypeError(f"is more than this machine's {cores} CPUs, got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -99,7 +143,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=positive_int, default=16, help="prompts per forward pass")
     g.add_argument(
         "--threads",
-        type=positive_int,
+        type=thread_count,
         default=None,
         help="CPU threads for torch (none: all cores; 1 is faster when other jobs share the CPU)",
     )
@@ -189,7 +233,10 @@ def add_attribution_args(p: argparse.ArgumentParser, methods: list[str]) -> None
         help="integrated gradients: refine up to this many steps",
     )
     g.add_argument(
-        "--tolerance", type=float, default=0.05, help="integrated gradients: completeness error to reach"
+        "--tolerance",
+        type=positive_float,
+        default=0.05,
+        help="integrated gradients: completeness error to reach",
     )
     g.add_argument(
         "--ig-rule", dest="rule", default="adaptive",
@@ -207,7 +254,7 @@ def add_attribution_args(p: argparse.ArgumentParser, methods: list[str]) -> None
     )
     g.add_argument("--group-phrases", action="store_true", help='treat "blow up" as one word')
     g.add_argument(
-        "--seed", type=int, default=0, help="random seed (sampling methods, random rankings, bootstrap)"
+        "--seed", type=seed, default=0, help="random seed (sampling methods, random rankings, bootstrap)"
     )
 
 
@@ -238,7 +285,9 @@ def add_substitution_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--lexicon", default=None, metavar="FILE", help="a trigger lexicon JSON instead of the bundled one"
     )
-    g.add_argument("--min-similarity", type=float, default=0.7, help="MiniLM similarity a variant must keep")
+    g.add_argument(
+        "--min-similarity", type=similarity, default=0.7, help="MiniLM similarity a variant must keep"
+    )
     g.add_argument("--per-word", type=positive_int, default=1, help="substitutes kept per word")
     g.add_argument(
         "--content-words", type=int, default=None, metavar="N",

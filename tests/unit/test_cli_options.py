@@ -92,7 +92,10 @@ def test_one_list_syntax_for_every_list_flag():
     assert parse_rewrites(rewrites.rewrites) == {"kill": ["stop", "end"], "shoot": ["film"]}
 
 
-@pytest.mark.parametrize("flag", [["--ids", ","], ["--type", ""], ["--limit", "0"], ["--threads", "0"]])
+@pytest.mark.parametrize(
+    "flag",
+    [["--ids", ","], ["--type", ""], ["--limit", "0"], ["--threads", "0"], ["--threads", "100000"]],
+)
 def test_empty_lists_and_non_positive_counts_are_one_line_errors(flag, error_line):
     assert main(["score", "--suite", "xstest", "--out", "d", *flag]) == 2
     line = error_line()
@@ -123,3 +126,22 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(
         assert main(argv) == 2
         assert message in error_line()
     assert taken.read_text() == "x"
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "value", "message"),
+    [
+        ("attribute", "--tolerance", "nan", "finite"),
+        ("attribute", "--tolerance", "inf", "finite"),
+        ("attribute", "--tolerance", "-1", "above 0"),
+        ("attribute", "--seed", "-1", "from 0"),
+        ("perturb", "--seed", "-1", "from 0"),
+        ("perturb", "--min-similarity", "2", "from -1 to 1"),
+        ("perturb", "--min-similarity", "nan", "finite"),
+    ],
+)
+def test_numbers_that_cannot_be_settings_are_one_line_errors(command, flag, value, message, error_line):
+    """NaN would also break resume: it is not JSON, and never equals itself."""
+    assert main([command, "--suite", "xstest", "--out", "d", f"{flag}={value}"]) == 2
+    line = error_line()
+    assert flag in line and message in line

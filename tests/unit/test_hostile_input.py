@@ -130,3 +130,57 @@ def test_damaged_saved_results_are_one_line(tmp_path, tiny_readout_file, error_l
     (tmp_path / "s" / "run.json").write_text("[1, 2")
     with pytest.raises(lexprobe.InputError, match="run.json' is damaged"):
         lexprobe.load_result(tmp_path / "s")
+
+
+def _attribute(readout, out, *extra):
+    argv = ["attribute", "--model", "tiny-random", "--readout", str(readout), "--suite", "xstest",
+            "--method", "saliency", "--no-faithfulness", "--out", str(out)]  # fmt: skip
+    return main([*argv, *extra])
+
+
+@pytest.mark.parametrize("damage", ["middle-line", "twice", "not-a-list"])
+def test_an_edited_parts_file_is_refused_not_cut(tmp_path, tiny_readout_file, error_line, capsys, damage):
+    out = tmp_path / "attr"
+    assert _attribute(tiny_readout_file, out, "--limit", "3") == 0
+    capsys.readouterr()
+    path = out / "parts.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    if damage == "middle-line":
+        lines[1] = "garbage\n"
+    elif damage == "twice":
+        lines.append(lines[0])
+    else:
+        lines[1] = lines[1].replace('"attributions": [', '"attributions": 7, "x": [', 1)
+    path.write_text("".join(lines))
+    assert _attribute(tiny_readout_file, out, "--limit", "4", "--resume") == 2
+    line = error_line()
+    assert {"middle-line": "line 2 is not a finished prompt", "twice": "twice (line 4)",
+            "not-a-list": "line 2 is not a finished prompt"}[damage] in line  # fmt: skip
+    assert path.read_text() == "".join(lines)  # nothing after the damage was thrown away
+
+
+def test_evaluate_and_perturb_inputs_that_select_nothing(tmp_path, tiny_readout_file, error_line, capsys):
+    assert main(["evaluate", "--completions", "xstest-llama2orig", "--type", "nonexistent",
+                 "--out", str(tmp_path / "e")]) == 2  # fmt: skip
+    assert "has no prompt of type nonexistent (types: contrast_" in error_line()
+    perturb = ["perturb", "--model", "tiny-random", "--readout", str(tiny_readout_file), "--suite", "xstest",
+               "--limit", "2", "--strategy", "user"]  # fmt: skip
+    assert main([*perturb, "--out", str(tmp_path / "p1")]) == 2
+    assert "--strategy user substitutes only the words --rewrite names" in error_line()
+    assert not (tmp_path / "p1").exists()
+    assert main([*perturb, "--rewrite", "zebra=horse", "--out", str(tmp_path / "p2")]) == 0  # no swap: empty
+    assert len(pd.read_csv(tmp_path / "p2" / "substitutions.csv")) == 0
+
+
+def test_two_completion_files_of_one_name_are_told_apart(tmp_path):
+    from lexprobe.analyses.evaluate import EvaluateConfig, run_evaluate
+
+    table = pd.read_csv("prompts/xstest_completions_llama2orig.csv", dtype=str, keep_default_na=False).head(
+        20
+    )
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        table.to_csv(tmp_path / name / "classified.csv", index=False)
+    specs = [str(tmp_path / n / "classified.csv") for n in ("a", "b")]
+    result = run_evaluate(EvaluateConfig(completions=specs, label_column="final_label"))
+    assert sorted(result.frame["model"].unique()) == ["classified [a]", "classified [b]"]

@@ -137,7 +137,7 @@ def test_resume_refuses_another_readout_an_edited_suite_and_a_lost_run_json(
 
     (out / "run.json").write_text("{not json")
     assert _score(out, tiny_readout_file, "--resume", suite=suite) == 2
-    assert "run.json is corrupt" in error_line()
+    assert "run.json' is damaged" in error_line()
     (out / "run.json").unlink()
     assert _score(out, tiny_readout_file, "--resume", suite=suite) == 2
     assert "run.json is missing" in error_line()
@@ -153,11 +153,12 @@ def test_nothing_is_replaced_without_overwrite_nor_removed_before_the_inputs_che
     score_run = (out / "run.json").read_text()
     attr = ["attribute", "--model", "tiny-random", "--readout", str(tiny_readout_file), "--suite", "xstest",
             "--ids", "1", "--method", "saliency", "--no-faithfulness"]  # fmt: skip
-    assert main([*attr, "--out", str(out)]) == 2  # another study's directory
-    assert "already holds an earlier run" in error_line()
-    assert main([*attr, "--out", str(out), "--resume"]) == 2
-    assert "(study differs)" in error_line()
+    for how in ([], ["--resume"], ["--overwrite"]):  # another command's directory: never
+        assert main([*attr, "--out", str(out), *how]) == 2
+        assert "holds a `score` run: this `attribute` run needs a directory of its own" in error_line()
     assert (out / "run.json").read_text() == score_run
+    assert main([*attr, "--out", str(tmp_path)]) == 2  # files of the user's, no run.json
+    assert "holds files but no lexprobe run.json" in error_line()
 
     done = tmp_path / "attr"
     assert main([*attr, "--out", str(done)]) == 0
@@ -206,3 +207,81 @@ def test_a_run_that_fails_before_its_first_row_leaves_nothing_in_the_way(
     assert not out.exists()  # no header-only scores.csv, no run.json of a run that never ran
     pd.DataFrame({"prompt": ["Hi there", "How do I kill a process?"]}).to_csv(suite, index=False)
     assert _score(out, tiny_readout_file, suite=suite) == 0  # the corrected rerun needs no flag
+
+
+def test_text_survives_the_table_round_trip(tmp_path, tiny_readout_file):
+    """A carriage return, a number-like prompt or type: written, resumed and read back as they were."""
+    suite = tmp_path / "odd.csv"
+    prompts = ["cr\rinside", "007", "1e3", 'quote " and, comma', "line\nbreak"]
+    pd.DataFrame(
+        {"id": ["1", "2", "3", "4", "5"], "prompt": prompts, "type": ["01", "x", "3", "x", "x"]}
+    ).to_csv(
+        suite, index=False, lineterminator="\r\n"
+    )  # CRLF, so the lone \r is quoted in the suite file too
+    out = tmp_path / "run"
+    assert _score(out, tiny_readout_file, "--limit", "3", suite=suite) == 0
+    assert _score(out, tiny_readout_file, "--resume", suite=suite) == 0
+    table = pd.read_csv(out / "scores.csv", dtype=str, keep_default_na=False)
+    assert table["prompt"].tolist() == prompts and table["type"].tolist()[:3] == ["01", "x", "3"]
+
+
+@pytest.mark.parametrize("written", [-1, True, "6", 2.5])
+def test_a_run_json_with_a_bad_row_count_is_refused_and_nothing_is_cut(
+    tmp_path, tiny_readout_file, error_line, capsys, written
+):
+    out = tmp_path / "run"
+    assert _score(out, tiny_readout_file, "--limit", "6") == 0
+    capsys.readouterr()
+    before = (out / "scores.csv").read_bytes()
+    run = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**run, "rows_written": written}))
+    assert _score(out, tiny_readout_file, "--limit", "6", "--resume") == 2
+    assert "rows_written" in error_line()
+    assert (out / "scores.csv").read_bytes() == before
+
+
+def test_resume_refuses_a_run_json_that_does_not_record_a_setting(
+    tmp_path, tiny_readout_file, error_line, capsys
+):
+    out = tmp_path / "run"
+    assert _score(out, tiny_readout_file, "--limit", "2") == 0
+    capsys.readouterr()
+    run = json.loads((out / "run.json").read_text())
+    del run["system_prompt"], run["suite_sha256"]
+    (out / "run.json").write_text(json.dumps(run))
+    assert _score(out, tiny_readout_file, "--limit", "4", "--resume", "--system-prompt", "none") == 2
+    assert "does not record system_prompt, suite_sha256" in error_line()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace("\n2,", "\n1,", 1), "id '1' has more than one row"),
+        (lambda t: t.replace("kill a Python process", "kill a human being"), "the prompt of id '1' differs"),
+        (lambda t: t.replace("\n3,", "\n999,", 1), "id '999', which the suite does not have"),
+    ],
+)
+def test_resume_refuses_rows_that_contradict_the_suite(
+    tmp_path, tiny_readout_file, error_line, capsys, edit, message
+):
+    out = tmp_path / "run"
+    assert _score(out, tiny_readout_file, "--limit", "4") == 0
+    capsys.readouterr()
+    path = out / "scores.csv"
+    edited = edit(path.read_text())
+    assert edited != path.read_text()
+    path.write_text(edited)
+    assert _score(out, tiny_readout_file, "--limit", "6", "--resume") == 2
+    assert message in error_line()
+    assert path.read_text() == edited  # refused, not rewritten
+
+
+def test_resume_refuses_a_margin_that_is_not_a_number(tmp_path, tiny_readout_file, error_line, capsys):
+    out = tmp_path / "run"
+    assert _score(out, tiny_readout_file, "--limit", "4") == 0
+    capsys.readouterr()
+    table = pd.read_csv(out / "scores.csv", dtype=str, keep_default_na=False)
+    table.loc[1, "margin"] = "nan"
+    table.to_csv(out / "scores.csv", index=False)
+    assert _score(out, tiny_readout_file, "--limit", "6", "--resume") == 2
+    assert "the margin of id '2' is not a number" in error_line()

@@ -121,3 +121,32 @@ def test_column_mappings_that_collide_are_refused(tmp_path):
 def test_repeated_ids_select_a_prompt_once():
     suite = load_suite("xstest").select(ids=["3", "1", "3"])
     assert suite.frame["id"].tolist() == ["3", "1"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("mixed.json", b'[{"id": 1, "prompt": "a"}, [1, 2]]', "item 2 is a JSON list"),
+        ("num.jsonl", b'{"prompt": "a"}\n5\n', "line 2 is a JSON int"),
+        ("str.json", b'"str"', "holds a JSON str"),
+        ("nested.jsonl", b'{"prompt": {"text": "a"}}\n', "column 'prompt'.*holds a dict"),
+        ("twice.csv", b"id,prompt,prompt\n1,a,b\n", "two columns named 'prompt'"),
+        ("binary.csv", b"prompt\n\x00\x01\x02", "NUL bytes"),
+        ("labels.csv", b"prompt,label\na,maybe\n", "labels id '1' 'maybe'"),
+        ("surrogate.jsonl", b'{"prompt": "a\\ud800b"}\n', "unpaired surrogate"),
+    ],
+)
+def test_hostile_suite_files_are_one_line_errors(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(LexprobeError, match=message):
+        load_suite(str(path))
+
+
+def test_bytes_cells_are_text_and_a_bom_is_not_part_of_a_name(tmp_path):
+    pd.DataFrame({"prompt": [b"caf\xc3\xa9", b"b"]}).to_parquet(tmp_path / "b.parquet")
+    assert load_suite(str(tmp_path / "b.parquet")).frame["prompt"].tolist() == ["caf\u00e9", "b"]
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\n')
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfprompt,label\nx,SAFE\n")
+    assert load_suite(str(tmp_path / "bom.jsonl")).frame["prompt"].tolist() == ["a"]
+    assert load_suite(str(tmp_path / "bom.csv")).frame["label"].tolist() == ["safe"]  # case folded

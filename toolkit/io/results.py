@@ -235,7 +235,7 @@ def read_csv_table(path: Path, text_columns: tuple[str, ...] = TEXT_COLUMNS) -> 
         return pd.read_csv(path, dtype=dict.fromkeys(text_columns, str), keep_default_na=False)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f"'{path}' is damaged ({first}): rerun the command that wrote it") from err
 
@@ -246,7 +246,7 @@ def read_json_file(path: Path, default=None):
         return default
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, OSError) as err:
         raise InputError(f"'{path}' is damaged ({err}): rerun the command that wrote it") from err
 
 

@@ -49,6 +49,8 @@ class RowWriter:
         self.done: set[str] = set()
         self.count = 0  # complete rows in the file
         self.old = pd.DataFrame(columns=columns)  # those rows, on resume
+        if path.is_dir():
+            raise OutputError(f"'{path}' is a directory, where this run writes its table: move it away")
         if path.exists() and not (resume or overwrite):
             raise OutputError(
                 f"'{path}' already exists: pass --resume to continue that run or --overwrite to replace it"
@@ -149,7 +151,7 @@ def check_resumable(out_dir: Path, run: dict, keys: tuple[str, ...], table: str)
         old = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(old, dict):
             raise ValueError("not an object")
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, OSError) as err:
         raise OutputError(
             f"cannot resume in '{out_dir}': its run.json is corrupt ({err}); use a new --out or --overwrite"
         ) from err

@@ -221,6 +221,12 @@ def _json_object(line: str, where: str) -> dict:
 def _check_object(value, where: str) -> dict:
     if not isinstance(value, dict):
         raise InputError(f"{where} is a JSON {type(value).__name__}, not an object with a prompt")
+    for key, cell in value.items():
+        if isinstance(cell, str) and SURROGATE.search(cell):
+            raise InputError(
+                f"{where} has text with an unpaired surrogate in '{key}' (a broken UTF-16 escape such as "
+                "\\ud800): fix its text"
+            )
     return value
 
 
@@ -254,6 +260,7 @@ def as_text(frame: pd.DataFrame, where: str = "the table") -> pd.DataFrame:
 
 
 LABELS = ("safe", "unsafe", "")
+SURROGATE = re.compile("[\ud800-\udfff]")
 INVISIBLE = re.compile(r"[\u200b-\u200d\u2060\ufeff\u00ad]")  # zero-width characters, soft hyphen
 
 
@@ -269,12 +276,6 @@ def _validate(frame: pd.DataFrame, where: str) -> pd.DataFrame:
         raise InputError(
             f"suite '{where}' labels id '{odd['id'].iloc[0]}' '{odd['label'].iloc[0]}': a label is safe, "
             "unsafe or empty (--label-column names the column)"
-        )
-    broken = frame[frame["prompt"].map(lambda p: any("\ud800" <= c <= "\udfff" for c in p))]
-    if len(broken):
-        raise InputError(
-            f"suite '{where}' has a prompt with an unpaired surrogate (broken UTF-16 escape) at id "
-            f"'{broken['id'].iloc[0]}': fix its text"
         )
     no_id = frame.index[frame["id"].str.strip() == ""]
     if len(no_id):
