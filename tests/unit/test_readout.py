@@ -1,3 +1,6 @@
+import json
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
@@ -108,3 +111,58 @@ def test_temperature_is_the_largest_that_keeps_the_sign():
     }
     t, agreement = choose_temperature(decision, smooth)
     assert t == 0.1 and agreement[1.0] == 0.5 and agreement[0.1] == 1.0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("condition", ["none", "model-default", "llama2-original", "mistral-guardrail"])
+def test_the_default_models_readouts_ship_for_every_preset_condition(condition, dtype):
+    """A cold start finds the shipped readout under the key it would calibrate (no model load here)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from lexprobe import prompts
+    from lexprobe.analyses.calibrate import SHIPPED, _cache_key
+    from lexprobe.probes.readout import load_readout_file
+    from lexprobe.toolkit.models.chat import SystemPrompt
+    from lexprobe.toolkit.models.loader import DEFAULT_GGUF_SHA256
+
+    lm = SimpleNamespace(weights_sha256=DEFAULT_GGUF_SHA256, dtype=getattr(torch, dtype))
+    fmt = SimpleNamespace(system=SystemPrompt.parse(condition))
+    key = _cache_key(lm, fmt, ReadoutSettings())
+    readout = load_readout_file(str(prompts.path(SHIPPED) / f"{key}.json"), 151_665)
+    details = readout.details
+    assert details["settings"] == asdict(ReadoutSettings()) and details["val_auroc"] > 0.95
+    assert details["calibrated"]["versions"]["torch"] and "loaded_from" not in details
+    index = json.loads((prompts.path(SHIPPED) / "index.json").read_text())
+    assert index[key]["system_prompt"] == condition and index[key]["dtype"] == dtype
+
+
+def test_a_shipped_readout_is_used_and_recalibrate_calibrates_all_the_same(tiny, tmp_path, monkeypatch):
+    from lexprobe.analyses import calibrate
+    from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+
+    monkeypatch.setenv("LEXPROBE_CACHE", str(tmp_path / "cache"))
+    fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("none"))
+    settings = ReadoutSettings(n_per_class=4, max_new_tokens=4)
+    made = calibrate.get_readout(tiny, fmt, settings=settings)  # calibrated here, cached
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    key = calibrate._cache_key(tiny, fmt, settings)
+    (shipped / f"{key}.json").write_text(made.to_json())
+    monkeypatch.setenv("LEXPROBE_CACHE", str(tmp_path / "empty-cache"))
+    bundled = calibrate.prompts.path
+    monkeypatch.setattr(
+        calibrate.prompts, "path", lambda name: shipped if name == calibrate.SHIPPED else bundled(name)
+    )
+    calls = []
+    real = calibrate.calibrate
+    monkeypatch.setattr(calibrate, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    used = calibrate.get_readout(tiny, fmt, settings=settings)
+    assert used.nodes == made.nodes and not calls and used.details["loaded_from"].startswith("shipped")
+    again = calibrate.get_readout(tiny, fmt, settings=settings, rebuild=True)
+    assert (
+        calls == [1]
+        and again.nodes == made.nodes
+        and again.details["loaded_from"] == "calibration in this run"
+    )

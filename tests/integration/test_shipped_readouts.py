@@ -1,0 +1,25 @@
+"""The readouts shipped for the default model are what calibration makes: one condition recalibrated
+here (float32, no system prompt: about 3 minutes on 2 cores) gives the shipped trie and temperature."""
+
+from __future__ import annotations
+
+import pytest
+
+from lexprobe import prompts
+from lexprobe.analyses.calibrate import SHIPPED, _cache_key, calibrate
+from lexprobe.analyses.common import readout_sha256
+from lexprobe.probes.readout import ReadoutSettings, load_readout_file
+from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+
+pytestmark = pytest.mark.slow
+
+
+def test_calibrating_here_reproduces_the_shipped_readout(default_lm):
+    fmt = ChatFormat(default_lm.tokenizer, SystemPrompt.parse("none"))
+    settings = ReadoutSettings()
+    path = prompts.path(SHIPPED) / f"{_cache_key(default_lm, fmt, settings)}.json"
+    shipped = load_readout_file(str(path), len(default_lm.tokenizer))
+    made, table = calibrate(default_lm, fmt, settings)
+    assert made.details["train_refusal_rate"] == shipped.details["train_refusal_rate"]
+    assert made.details["val_auroc"] == shipped.details["val_auroc"]
+    assert readout_sha256(made) == readout_sha256(shipped)  # the same trie and smooth temperature
