@@ -95,6 +95,11 @@ class ClassifiedResult(TableResult):
 def run_classify(config: ClassifyConfig) -> ClassifiedResult:
     timer = Timer()
     _, frame = read_completions(config.completions)
+    if frame.empty:
+        raise InputError(f"'{config.completions}' has no rows: give a completions file with at least one")
+    if "id" in frame.columns and frame["id"].duplicated().any():
+        twice = frame.loc[frame["id"].duplicated(), "id"].iloc[0]
+        raise InputError(f"'{config.completions}' has id {twice!r} twice: one completion per prompt id")
     out = Path(config.out) if config.out else None
     if out is not None:
         check_out_dir(out, ClassifiedResult.filename, config.overwrite)

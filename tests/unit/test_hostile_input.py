@@ -184,3 +184,16 @@ def test_two_completion_files_of_one_name_are_told_apart(tmp_path):
     specs = [str(tmp_path / n / "classified.csv") for n in ("a", "b")]
     result = run_evaluate(EvaluateConfig(completions=specs, label_column="final_label"))
     assert sorted(result.frame["model"].unique()) == ["classified [a]", "classified [b]"]
+
+
+def test_column_flags_on_a_bundled_suite_and_odd_completions_files(tmp_path, error_line):
+    from lexprobe.toolkit.behaviour.classify import FULL_REFUSAL, classify
+
+    assert main(["score", "--model", "tiny-random", "--suite", "xstest", "--prompt-column", "id",
+                 "--out", str(tmp_path / "s")]) == 2  # fmt: skip
+    assert "--prompt-column id maps a suite file's columns" in error_line()
+    for name, rows in (("none.csv", []), ("twice.csv", [("1", "a"), ("1", "b")])):
+        pd.DataFrame(rows, columns=["id", "completion"]).to_csv(tmp_path / name, index=False)
+        assert main(["classify", "--completions", str(tmp_path / name), "--out", str(tmp_path / name[:-4])]) == 2
+        assert ("has no rows" if not rows else "has id '1' twice") in error_line()
+    assert classify(["\u200b\u200b", ""], name="strmatch") == [FULL_REFUSAL, FULL_REFUSAL]  # blank either way

@@ -13,6 +13,7 @@ from functools import cache, cached_property
 import numpy as np
 
 from lexprobe import prompts
+from lexprobe.toolkit.io.suites import INVISIBLE
 from lexprobe.toolkit.registry import Registry
 
 FULL_COMPLIANCE, FULL_REFUSAL, PARTIAL_REFUSAL = "full_compliance", "full_refusal", "partial_refusal"
@@ -51,6 +52,9 @@ def classify(completions: list[str], prompts_: list[str] | None = None, name: st
     """
     fn = CLASSIFIERS.get(name)
     prompts_ = list(prompts_) if prompts_ is not None else [None] * len(completions)
+    # a completion of only zero-width characters is as blank as an empty one
+    completions = [INVISIBLE.sub("", c) if isinstance(c, str) and not INVISIBLE.sub("", c).strip() else c
+                   for c in completions]  # fmt: skip
     if len(prompts_) != len(completions):
         raise ValueError(f"{len(completions)} completions but {len(prompts_)} prompts")
     if hasattr(fn, "classify_many"):

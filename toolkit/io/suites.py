@@ -131,6 +131,15 @@ def load_suite(
 ) -> Suite:
     """A bundled suite by name, or a user file with a column mapping."""
     if spec in BUNDLED:
+        mapped = [
+            f"--{r}-column {c}"
+            for r, c in zip(ROLES, (prompt_column, id_column, type_column, label_column))
+            if c != r
+        ]
+        if mapped:
+            raise InputError(
+                f"{mapped[0]} maps a suite file's columns; the bundled suite '{spec}' has its own (drop the flag)"
+            )
         return Suite(spec, _validate(BUNDLED[spec].loader(), spec), f"bundled:{spec}")
     path = Path(spec).expanduser()
     if not path.exists():
@@ -260,6 +269,7 @@ def as_text(frame: pd.DataFrame, where: str = "the table") -> pd.DataFrame:
 
 
 LABELS = ("safe", "unsafe", "")
+ROLES = ("prompt", "id", "type", "label")
 SURROGATE = re.compile("[\ud800-\udfff]")
 INVISIBLE = re.compile(r"[\u200b-\u200d\u2060\ufeff\u00ad]")  # zero-width characters, soft hyphen
 
