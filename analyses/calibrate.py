@@ -222,9 +222,7 @@ def get_readout(
                 set_smooth_temperature(lm, fmt, readout, texts, max(batch_size, 32))
                 write_json_atomic(path, json.loads(readout.to_json()))
             made = readout.details.get("calibrated", {})
-            log.info(
-                "readout from the %s (calibrated on %s)", where, made.get("machine", "an unrecorded machine")
-            )
+            log.info("readout: %s (calibrated on %s)", where, made.get("machine", "an unrecorded machine"))
         else:
             timer = Timer()
             readout, table = calibrate(lm, fmt, settings, batch_size=max(batch_size, 32))

@@ -194,6 +194,8 @@ def test_column_flags_on_a_bundled_suite_and_odd_completions_files(tmp_path, err
     assert "--prompt-column id maps a suite file's columns" in error_line()
     for name, rows in (("none.csv", []), ("twice.csv", [("1", "a"), ("1", "b")])):
         pd.DataFrame(rows, columns=["id", "completion"]).to_csv(tmp_path / name, index=False)
-        assert main(["classify", "--completions", str(tmp_path / name), "--out", str(tmp_path / name[:-4])]) == 2
+        assert (
+            main(["classify", "--completions", str(tmp_path / name), "--out", str(tmp_path / name[:-4])]) == 2
+        )
         assert ("has no rows" if not rows else "has id '1' twice") in error_line()
     assert classify(["\u200b\u200b", ""], name="strmatch") == [FULL_REFUSAL, FULL_REFUSAL]  # blank either way

@@ -228,7 +228,13 @@ def _dequantized_cache(gguf_sha: str, assemble, verify: bool = False) -> Path:
             return directory
         if directory.exists():
             log.warning("dequantized cache %s is incomplete or corrupt; rebuilding it", directory)
+        start = time.perf_counter()
         _build_dequantized_cache(directory, gguf_sha, assemble)
+        log.info(
+            "dequantized GGUF %s in %.0f s; later loads read the cache",
+            gguf_sha[:12],
+            time.perf_counter() - start,
+        )
     return directory
 
 
