@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from lexprobe.analyses import contrast
-from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_suite, session_for
+from lexprobe.analyses.common import RUN_KEYS, ModelOptions, Session, SuiteOptions, open_suite, session_for
 from lexprobe.toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, PromptTarget, attribute
 from lexprobe.toolkit.attribution import faithfulness as faith
 from lexprobe.toolkit.attribution.result import ATTRIBUTION_COLUMNS, PROMPT_COLUMNS, AttributionResult
@@ -33,8 +33,7 @@ from lexprobe.toolkit.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
 
-RESUME_KEYS = ("study", "model_spec", "weights_sha256", "dtype", "system_prompt", "suite", "suite_sha256", "readout_sha256",
-               "methods", "settings")  # fmt: skip
+RESUME_KEYS = (*RUN_KEYS, "readout_sha256", "methods", "settings")
 PARTS = "parts.jsonl"
 
 

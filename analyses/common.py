@@ -20,6 +20,8 @@ from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
 from lexprobe.toolkit.models.loader import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
+# What every resumed run must share with the one it continues (each study adds its own settings)
+RUN_KEYS = ("study", "model_spec", "weights_sha256", "dtype", "system_prompt", "suite", "suite_sha256")
 
 
 @dataclass(kw_only=True)

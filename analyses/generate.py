@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lexprobe.analyses.common import (
+    RUN_KEYS,
     ModelOptions,
     ResumableRun,
     Session,
@@ -18,16 +19,7 @@ from lexprobe.toolkit.io.results import TableResult, provenance
 from lexprobe.toolkit.io.suites import Suite
 
 COLUMNS = ["id", "type", "label", "prompt", "completion", "n_tokens", "stopped"]
-RESUME_KEYS = (
-    "study",
-    "model_spec",
-    "weights_sha256",
-    "dtype",
-    "system_prompt",
-    "suite",
-    "suite_sha256",
-    "max_new_tokens",
-)
+RESUME_KEYS = (*RUN_KEYS, "max_new_tokens")
 DEFAULT_MAX_NEW_TOKENS = 128
 
 

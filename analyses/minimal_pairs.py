@@ -19,6 +19,7 @@ import pandas as pd
 
 from lexprobe.analyses import effects
 from lexprobe.analyses.common import (
+    RUN_KEYS,
     ModelOptions,
     ResumableRun,
     Session,
@@ -44,8 +45,7 @@ COLUMNS = [
     "sense", "similarity", "fluency", "prompt",
 ]  # fmt: skip
 PAIR_COLUMNS = ["prompt_a", "prompt_b", "margin_a", "margin_b", "delta", "flipped", "id"]
-RESUME_KEYS = ("study", "model_spec", "weights_sha256", "dtype", "system_prompt", "suite", "suite_sha256", "readout_sha256",
-               "substitution")  # fmt: skip
+RESUME_KEYS = (*RUN_KEYS, "readout_sha256", "substitution")
 CHUNK = 8  # prompts per unit of work (rows are written, and resumable, per chunk)
 
 
@@ -369,7 +369,7 @@ def run_pairs(config: PairsConfig, session: Session | None = None) -> PairsResul
     )
     out = ResumableRun(
         config.out, PairsResult, PAIR_COLUMNS + extra, run_info, suite, config.resume, config.overwrite,
-        RESUME_KEYS[:-1],
+        (*RUN_KEYS, "readout_sha256"),
     )  # fmt: skip
     scorer = VariantScorer(Scorer(session.lm, session.fmt, session.readout, config.model.batch_size))
     todo = out.todo

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from lexprobe.analyses.common import (
+    RUN_KEYS,
     ModelOptions,
     ResumableRun,
     Session,
@@ -20,16 +21,7 @@ from lexprobe.toolkit.io.suites import Suite
 from lexprobe.toolkit.scoring.scorer import Scorer
 
 COLUMNS = ["id", "type", "label", "prompt", "margin", "p_refuse", "margin_sampled", "p_refuse_sampled"]
-RESUME_KEYS = (
-    "study",
-    "model_spec",
-    "weights_sha256",
-    "dtype",
-    "system_prompt",
-    "suite",
-    "suite_sha256",
-    "readout_sha256",
-)
+RESUME_KEYS = (*RUN_KEYS, "readout_sha256")
 
 
 @dataclass(kw_only=True)
