@@ -21,6 +21,7 @@ from lexprobe.analyses import contrast
 from lexprobe.analyses.common import RUN_KEYS, ModelOptions, Session, SuiteOptions, open_suite, session_for
 from lexprobe.toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, PromptTarget, attribute
 from lexprobe.toolkit.attribution import faithfulness as faith
+from lexprobe.toolkit.attribution.core import score_texts
 from lexprobe.toolkit.attribution.result import ATTRIBUTION_COLUMNS, PROMPT_COLUMNS, AttributionResult
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
@@ -108,60 +109,91 @@ def _existing(out: Path | None, config: AttributeConfig) -> set[str]:
     return {p["prompt"]["id"] for p in read_parts(out, repair=True)}
 
 
-def attribute_one(target: PromptTarget, row: dict, methods: list[str], config: AttributeConfig) -> dict:
-    """All tables' rows for one prompt."""
+GROUP = 8  # prompts attributed together: their perturbed texts share batches (parts are written per group)
+
+
+def attribute_group(
+    targets: list[PromptTarget], rows: list[dict], methods: list[str], config: AttributeConfig
+) -> list[dict]:
+    """All tables' rows for a few prompts, one part each. The faithfulness texts of every prompt are
+    scored together (`score_texts`): first the random rankings' and the leave-one-out texts (which
+    occlusion reuses), then each method's ranking's."""
+    seed = config.settings.seed
+    if config.faithfulness:
+        score_texts([(t, faith.reference_texts(t, config.n_random, seed)) for t in targets])
+    parts = [_start_part(t, row) for t, row in zip(targets, rows)]
+    references = [None] * len(targets)
+    if config.faithfulness:
+        references = [faith.random_reference(t, config.n_random, seed) for t in targets]
+        for part, row, ref in zip(parts, rows, references):
+            part["curves"] += _curve_rows(row["id"], "random", ref["curve"])
+    outputs = {
+        m: [_run_method(t, row, m, part) for t, row, part in zip(targets, rows, parts)] for m in methods
+    }
+    if config.faithfulness:
+        score_texts(
+            [
+                (t, faith.ranking_texts(t, out.word_scores))
+                for m in methods
+                for t, out in zip(targets, outputs[m])
+            ]
+        )
+        for method in methods:
+            for t, row, part, ref, out in zip(targets, rows, parts, references, outputs[method]):
+                scores, curve = faith.evaluate(t, out.word_scores, ref)
+                part["faithfulness"].append(
+                    {"id": row["id"], "type": row["type"], "method": method, **scores}
+                )
+                part["curves"] += _curve_rows(row["id"], method, curve)
+    return parts
+
+
+def _start_part(target: PromptTarget, row: dict) -> dict:
     m = target.margins()
     margins = {"margin": m["decision"], "margin_sampled": m["sampled"], "margin_smooth": m.get("smooth")}
-    part = {
+    return {
         "prompt": {**row, **margins, "refused": bool(m["decision"] > 0)},
         "attributions": [],
         "methods": [],
         "faithfulness": [],
         "curves": [],
     }
-    reference = None
-    if config.faithfulness:
-        reference = faith.random_reference(target, config.n_random, config.settings.seed)
-        part["curves"] += _curve_rows(row["id"], "random", reference["curve"])
-    for method in methods:
-        before = (target.rows_forward, target.rows_backward)
-        start = time.perf_counter()
-        out = attribute(target, method)
-        seconds = time.perf_counter() - start
-        for w, score in zip(target.words, out.word_scores):
-            part["attributions"].append(
-                {
-                    "id": row["id"],
-                    "word_index": w.index,
-                    "word": w.text,
-                    "char_start": w.start,
-                    "char_end": w.end,
-                    "score": float(score),
-                    "method": method,
-                }
-            )
-        info = {k: v for k, v in out.info.items() if k != "error_by_steps"}
-        if "error_by_steps" in out.info:
-            info["error_by_steps"] = json.dumps(
-                {str(k): float(v) for k, v in out.info["error_by_steps"].items()}
-            )
-        part["methods"].append(
+
+
+def _run_method(target: PromptTarget, row: dict, method: str, part: dict):
+    """One method on one prompt: its word scores and cost into `part`; returns its output."""
+    before = (target.rows_forward, target.rows_backward)
+    start = time.perf_counter()
+    out = attribute(target, method)
+    seconds = time.perf_counter() - start
+    for w, score in zip(target.words, out.word_scores):
+        part["attributions"].append(
             {
                 "id": row["id"],
+                "word_index": w.index,
+                "word": w.text,
+                "char_start": w.start,
+                "char_end": w.end,
+                "score": float(score),
                 "method": method,
-                "seconds": round(seconds, 3),
-                "rows_forward": target.rows_forward - before[0],
-                "rows_backward": target.rows_backward - before[1],
-                "n_words": len(target.words),
-                "n_user_tokens": target.n_user,
-                **info,
             }
         )
-        if reference is not None:
-            scores, curve = faith.evaluate(target, out.word_scores, reference)
-            part["faithfulness"].append({"id": row["id"], "type": row["type"], "method": method, **scores})
-            part["curves"] += _curve_rows(row["id"], method, curve)
-    return part
+    info = {k: v for k, v in out.info.items() if k != "error_by_steps"}
+    if "error_by_steps" in out.info:
+        info["error_by_steps"] = json.dumps({str(k): float(v) for k, v in out.info["error_by_steps"].items()})
+    part["methods"].append(
+        {
+            "id": row["id"],
+            "method": method,
+            "seconds": round(seconds, 3),
+            "rows_forward": target.rows_forward - before[0],
+            "rows_backward": target.rows_backward - before[1],
+            "n_words": len(target.words),
+            "n_user_tokens": target.n_user,
+            **info,
+        }
+    )
+    return out
 
 
 def _curve_rows(prompt_id: str, method: str, curve: np.ndarray) -> list[dict]:
@@ -295,16 +327,24 @@ def run(
     parts = []
     frame = suite.frame
     todo = frame[~frame["id"].isin(done)]
-    for rec in progress(todo.to_dict("records"), desc=f"attributing {len(todo)} prompts", unit="prompt"):
-        target = PromptTarget(scorer, rec["prompt"], config.settings, name=f"prompt {rec['id']}")
-        row = {k: rec[k] for k in ("id", "type", "label", "prompt")}
-        row["pair_id"] = pairs.get(rec["id"], "")
-        part = attribute_one(target, row, methods, config)
-        if out is None:
-            parts.append(part)
-        else:
-            with open(out / PARTS, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(part) + "\n")
+    records = todo.to_dict("records")
+    with progress(None, total=len(records), desc=f"attributing {len(records)} prompts", unit="prompt") as bar:
+        for start in range(0, len(records), GROUP):
+            group = records[start : start + GROUP]
+            targets = [
+                PromptTarget(scorer, rec["prompt"], config.settings, name=f"prompt {rec['id']}")
+                for rec in group
+            ]
+            rows = [{k: rec[k] for k in ("id", "type", "label", "prompt")} for rec in group]
+            for row in rows:
+                row["pair_id"] = pairs.get(row["id"], "")
+            done_parts = attribute_group(targets, rows, methods, config)
+            if out is None:
+                parts += done_parts
+            else:
+                with open(out / PARTS, "a", encoding="utf-8") as fh:
+                    fh.write("".join(json.dumps(part) + "\n" for part in done_parts))
+            bar.update(len(group))
     run_info.update(status="complete", wall_seconds=timer.seconds, n_attributed_this_run=len(todo))
     result = assemble(parts if out is None else read_parts(out), list(frame["id"]), run_info)
     if out is not None:

@@ -172,6 +172,14 @@ class MarginReader:
 
     Every returned decision margin is finite and no larger in magnitude than the largest -log p of any
     token at any read-out position (a bound that follows from the log-probabilities; checked).
+
+    How it is computed: at a node, every token the trie does not list has the same outcome (the
+    node's `other` rate), so each reading needs of those tokens only their two largest log-probabilities
+    and their log-sum-exp at temperatures 1 and T. `_Reduced` takes these from the whole vocabulary
+    once per pass (a few passes over [batch, 1 + T, vocab]); the recursion then runs on the listed
+    tokens alone. Sums over the vocabulary split exactly into listed and unlisted parts, so this is the
+    full-vocabulary definition, not an approximation (tests/unit/test_margin_reader.py checks values and
+    gradients against it).
     """
 
     def __init__(self, lm, readout: RefusalReadout):
@@ -186,6 +194,7 @@ class MarginReader:
             leaves = [(t, r) for t, r in node.children.items() if path + (t,) not in index]
             expanded = [(t, index[path + (t,)]) for t in node.children if path + (t,) in index]
             self._plan.append((index.get(path, 0), leaves, expanded, node.other))
+        self._listed: dict[tuple, torch.Tensor] = {}  # (vocab, device) -> [1 + T, vocab] bool
 
     def log_probs(self, states: torch.Tensor) -> torch.Tensor:
         """[batch, 1 + T, d_model] -> [batch, 1 + T, vocab] next-token log-probabilities (float64), from
@@ -194,46 +203,44 @@ class MarginReader:
 
     def margins(self, states: torch.Tensor, temperature: float | None = None) -> Margins:
         """The readings of the final-normed states [batch, 1 + T, d_model] at the read-out positions."""
-        return self.read(self.log_probs(states), temperature)
+        return self.read(self.lm.logits(states), temperature)
 
-    def read(self, logp: torch.Tensor, temperature: float | None = None) -> Margins:
-        """The readings of next-token log-probabilities [batch, 1 + T, vocab] at the read-out positions."""
-        batch, _, vocab = logp.shape
-        rows = logp.unbind(dim=1)  # views; one gradient buffer in backward (indexing makes one per row)
+    def listed_mask(self, vocab: int, device) -> torch.Tensor:
+        """[1 + T, vocab] bool: the tokens each read-out position's node lists (leaves and children)."""
+        key = (vocab, str(device))
+        if key not in self._listed:
+            mask = torch.zeros((1 + len(self.readout.tree), vocab), dtype=torch.bool, device=device)
+            for row, leaves, expanded, _ in self._plan:
+                mask[row, [t for t, _ in leaves] + [t for t, _ in expanded]] = True
+            self._listed[key] = mask
+        return self._listed[key]
+
+    def read(self, scores: torch.Tensor, temperature: float | None = None) -> Margins:
+        """The readings of next-token log-probabilities, or logits (any shift per position gives the
+        same readings), [batch, 1 + T, vocab] at the read-out positions."""
+        red = _Reduced(scores, self.listed_mask(scores.shape[-1], scores.device), temperature)
         decision: dict[int, torch.Tensor] = {}  # state row -> [batch]
         sampled: dict[int, torch.Tensor] = {}  # state row -> [batch, 2]: log P(refuse), log P(comply)
         smooth: dict[int, torch.Tensor] = {}  # state row -> [batch]
         for row, leaves, expanded, other in self._plan:
-            lp = rows[row]  # [batch, vocab]
-            outcome = torch.full(
-                (batch, vocab), BIG if other > 0.5 else -BIG, dtype=lp.dtype, device=lp.device
-            )
-            terms = []
-            seen = [t for t, _ in leaves] + [t for t, _ in expanded]
+            node = red.node(row, leaves, expanded, other, decision)
+            decision[row] = _node_decision(node, expanded, decision)
+            rate = torch.tensor([other, 1 - other], dtype=torch.float64, device=scores.device)
+            terms = [(node.rest[:, None] + rate.log())[..., None]]  # [batch, 2, 1]: unlisted tokens
             if leaves:
-                ids = torch.tensor([t for t, _ in leaves], device=lp.device)
-                r = torch.tensor([r for _, r in leaves], dtype=torch.float64, device=lp.device)
-                outcome[:, ids] = torch.where(r > 0.5, BIG, -BIG).to(lp.dtype)
-                terms.append(lp[:, ids].unsqueeze(1) + torch.stack([r.log(), (1 - r).log()]))  # [batch, 2, n]
-            for tok, child in expanded:
-                outcome[:, tok] = decision[child]
-                terms.append((lp[:, tok].unsqueeze(1) + sampled[child]).unsqueeze(2))
-            decision[row] = _node_decision(lp, outcome, expanded, decision)
-
-            rest = lp.clone()
-            rest[:, seen] = float("-inf")
-            rest = torch.logsumexp(rest, dim=-1, keepdim=True)  # [batch, 1] log P(an unlisted next token)
-            rate = torch.tensor([other, 1 - other], dtype=torch.float64, device=lp.device)
-            terms.append((rest + rate.log()).unsqueeze(2))
+                r = torch.tensor([r for _, r in leaves], dtype=torch.float64, device=scores.device)
+                terms.append(node.lp[:, None, : len(leaves)] + torch.stack([r.log(), (1 - r).log()]))
+            for k, (_, child) in enumerate(expanded):
+                terms.append((node.lp[:, len(leaves) + k, None] + sampled[child])[..., None])
             sampled[row] = torch.logsumexp(torch.cat(terms, dim=2), dim=2)
             if temperature is not None:
-                smooth[row] = _node_smooth(lp, outcome, expanded, smooth, temperature)
+                smooth[row] = _node_smooth(node, expanded, smooth, temperature)
         result = Margins(
             decision[0],
             sampled[0][:, 0] - sampled[0][:, 1],
             None if temperature is None else smooth[0],
         )
-        bound = -torch.stack([r.detach().amin(dim=-1) for r in rows], dim=1).amin(dim=1)  # [batch]
+        bound = red.bound()
         if not (
             torch.isfinite(result.decision).all() and (result.decision.detach().abs() <= bound + 1e-6).all()
         ):
@@ -243,13 +250,103 @@ class MarginReader:
         return result
 
 
-def _node_decision(lp, outcome, expanded, decision) -> torch.Tensor:
-    """One node's decision margin [batch] from its log-probs [batch, vocab] and the outcome of every
-    next token [batch, vocab] (+-BIG for leaves, the child's margin for expanded children)."""
+class _Node(NamedTuple):
+    """One node's next-token log-probabilities, reduced to what the readings use. Listed tokens come
+    leaves first, then expanded children, in the plan's order; unlisted tokens all have the node's
+    `other` outcome, so only their largest values and log-sum-exps matter."""
+
+    lp: torch.Tensor  # [batch, k] log p of the listed tokens
+    outcome: torch.Tensor  # [batch, k] +-BIG for leaves, the child's decision margin for children
+    ids: torch.Tensor  # [k] the listed token ids
+    top: torch.Tensor  # [batch, 2] the two largest log p among unlisted tokens (-inf where none)
+    top_id: torch.Tensor  # [batch] the token id of the largest
+    other_refuses: bool  # the outcome of every unlisted token
+    rest: torch.Tensor  # [batch] log P(an unlisted token)
+    rest_t: torch.Tensor | None  # [batch] log sum over unlisted tokens of exp(log p / T)
+
+
+class _Reduced:
+    """The whole-vocabulary statistics of one pass, per read-out position [batch, 1 + T]: over the tokens
+    the position's node does not list, the two largest scores, the first token holding the largest, and
+    log-sum-exps at temperatures 1 and T; and the smallest score overall (for the bound). float64.
+
+    Computed a block of rows of one position at a time: temporaries of at most `BLOCK` elements stay
+    below glibc's mmap threshold and reuse heap memory, where whole [batch, 1 + T, vocab] float64
+    temporaries (150 MB at batch 16) were mapped and faulted in afresh on every pass, which made the
+    readout as slow as the model's forward pass."""
+
+    def __init__(self, scores: torch.Tensor, listed: torch.Tensor, temperature: float | None):
+        self.x = scores  # [batch, P, vocab]
+        self.temperature = temperature
+        batch, positions, vocab = scores.shape
+        rows = max(1, BLOCK // vocab)
+        stats = [
+            [_unlisted(scores[i : i + rows, p], listed[p], temperature) for i in range(0, batch, rows)]
+            for p in range(positions)
+        ]
+        # field k of every block, rows joined, positions stacked: [batch, P, ...]
+        joined = [torch.stack([torch.cat([b[k] for b in pos]) for pos in stats], dim=1) for k in range(4)]
+        self.top, self.top_id, self.lse, self.lowest = joined
+        self.lse_t = None
+        if temperature is not None:
+            self.lse_t = torch.stack([torch.cat([b[4] for b in pos]) for pos in stats], dim=1)
+        self.norms: dict[int, torch.Tensor] = {}  # row -> [batch] log-sum-exp over the whole vocabulary
+
+    def bound(self) -> torch.Tensor:
+        """[batch] the largest -log p of any token at any read-out position (after every `node`)."""
+        norms = torch.stack([self.norms[row] for row in sorted(self.norms)], dim=1).detach()
+        return (norms - self.lowest[:, sorted(self.norms)]).amax(dim=1)
+
+    def node(self, row: int, leaves, expanded, other: float, decision: dict) -> _Node:
+        ids = [t for t, _ in leaves] + [t for t, _ in expanded]
+        ids_t = torch.tensor(ids, dtype=torch.long, device=self.x.device)
+        listed = self.x[:, row, ids_t].double()  # [batch, k]
+        norm = torch.logaddexp(self.lse[:, row], torch.logsumexp(listed, dim=-1)) if ids else self.lse[:, row]
+        self.norms[row] = norm
+        lp = listed - norm[:, None]
+        outcome = [torch.full_like(norm, BIG if r > 0.5 else -BIG) for _, r in leaves]
+        outcome += [decision[child] for _, child in expanded]
+        outcome = torch.stack(outcome, dim=1) if outcome else lp
+        rest_t = None
+        if self.lse_t is not None:
+            rest_t = self.lse_t[:, row] - norm / self.temperature
+        return _Node(
+            lp, outcome, ids_t, self.top[:, row] - norm[:, None], self.top_id[:, row], other > 0.5,
+            self.lse[:, row] - norm, rest_t,
+        )  # fmt: skip
+
+
+BLOCK = 1 << 21  # elements of one temporary of the readout (16 MB in float64)
+
+
+def _unlisted(x: torch.Tensor, listed: torch.Tensor, temperature: float | None) -> list[torch.Tensor]:
+    """Scores [rows, vocab] of one position, its node's listed tokens [vocab] bool -> [top two [rows, 2],
+    first token holding the largest [rows], log-sum-exp [rows], smallest score of all [rows]] over the
+    unlisted tokens, and their log-sum-exp at `temperature` when given."""
+    x = x.double()
+    unlisted = x.masked_fill(listed, float("-inf"))
+    top = unlisted.topk(2, dim=-1).values if x.shape[-1] > 1 else unlisted.repeat(1, 2)
+    out = [top, unlisted.detach().argmax(dim=-1), torch.logsumexp(unlisted, dim=-1), x.detach().amin(dim=-1)]
+    if temperature is not None:
+        out.append(torch.logsumexp(unlisted / temperature, dim=-1))
+    return out
+
+
+def _node_decision(node: _Node, expanded, decision) -> torch.Tensor:
+    """One node's decision margin [batch] (see `MarginReader`): a - b, capped by the outcome of the
+    greedy choice, with the best expanded child's distance to turning where one side has no token."""
+    batch = node.lp.shape[0]
+    first = node.top[:, 0]  # the best unlisted token stands for all of them in the maxima
+    unlisted_out = torch.full_like(first, BIG if node.other_refuses else -BIG)
+    lp = torch.cat([node.lp, first[:, None]], dim=1)  # [batch, k + 1]
+    outcome = torch.cat([node.outcome, unlisted_out[:, None]], dim=1)
+    ids = torch.cat([node.ids.expand(batch, -1), node.top_id[:, None]], dim=1)
     refuse = outcome > 0
     a = lp.masked_fill(~refuse, float("-inf")).amax(dim=-1)
     b = lp.masked_fill(refuse, float("-inf")).amax(dim=-1)
-    chosen = outcome.gather(1, lp.argmax(dim=-1, keepdim=True)).squeeze(1)
+    best = lp.detach().amax(dim=-1, keepdim=True)  # greedy's choice: the first token holding the maximum
+    pick = ids.masked_fill(lp.detach() < best, ids.max() + 1).argmin(dim=-1, keepdim=True)
+    chosen = outcome.gather(1, pick).squeeze(1)
     gap = a - b  # +-inf where every next token leads one way
     zero = torch.zeros_like(gap)
     margin = torch.where(
@@ -259,11 +356,13 @@ def _node_decision(lp, outcome, expanded, decision) -> torch.Tensor:
         # No token leads to refusal (a = -inf): the node refuses only if a child both becomes the greedy
         # choice and turns to refusal, so its margin is the best child's min(lead, child margin); and
         # symmetrically where no token leads to compliance (b = -inf).
-        top2 = lp.topk(2, dim=-1).values if lp.shape[-1] > 1 else lp.repeat(1, 2)
+        top2 = torch.cat([node.lp, node.top], dim=1).topk(2, dim=-1).values
         lead, child_margin = [], []
-        for tok, child in expanded:
-            rival = torch.where(lp[:, tok] >= top2[:, 0], top2[:, 1], top2[:, 0])
-            lead.append(lp[:, tok] - rival)
+        n_leaves = node.lp.shape[1] - len(expanded)
+        for k, (_, child) in enumerate(expanded):
+            own = node.lp[:, n_leaves + k]
+            rival = torch.where(own >= top2[:, 0], top2[:, 1], top2[:, 0])
+            lead.append(own - rival)
             child_margin.append(decision[child])
         lead, child_margin = torch.stack(lead), torch.stack(child_margin)  # [n_children, batch]
         up = torch.minimum(lead, child_margin).amax(dim=0)
@@ -272,37 +371,42 @@ def _node_decision(lp, outcome, expanded, decision) -> torch.Tensor:
     return margin.clamp(-BIG, BIG)  # +-BIG only inside the tree: a subtree that can only refuse/comply
 
 
-def _node_smooth(lp, outcome, expanded, smooth, temperature) -> torch.Tensor:
+def _node_smooth(node: _Node, expanded, smooth, temperature) -> torch.Tensor:
     """One node's smooth margin [batch]: the decision margin's recursion with every hard step softened
     at temperature T. An expanded child c counts toward refusal with weight sigmoid(m_c / T); the best
     refusal and compliance log-probabilities are T-logsumexps over weighted tokens (a_T, b_T); and the
     cap by the chosen child becomes an average over next tokens weighted by softmax(lp / T), a child's
     term being a soft min (m_c > 0) or soft max (m_c < 0) of the gap and its margin. A child on the
     other side still counts, with its log-probability moved by its margin (T log sigmoid(m_c / T) ->
-    min(m_c, 0)), which is what removes the decision margin's steps."""
+    min(m_c, 0)), which is what removes the decision margin's steps. Unlisted tokens enter through
+    their log-sum-exp at T (`_Node.rest_t`)."""
     t = temperature
-    refuse = outcome > 0  # [batch, vocab]: refusal leaves (children are overwritten below)
+    n_leaves = node.lp.shape[1] - len(expanded)
+    refuse = node.outcome > 0  # [batch, k]: refusal leaves (children are overwritten below)
     # log weights toward refusal and toward compliance; -BIG / T (weight 0 to any precision that
     # matters), not -inf, so that a node where every token leads one way keeps finite gradients
-    log_w = torch.zeros_like(lp).masked_fill(~refuse, -BIG / t)
-    log_v = torch.zeros_like(lp).masked_fill(refuse, -BIG / t)
-    children = [(tok, smooth[child].clamp(-BIG, BIG)) for tok, child in expanded]
-    for tok, m in children:
-        log_w[:, tok] = torch.nn.functional.logsigmoid(m / t)  # no underflow to log(0)
-        log_v[:, tok] = torch.nn.functional.logsigmoid(-m / t)
-    a = t * torch.logsumexp(lp / t + log_w, dim=-1)
-    b = t * torch.logsumexp(lp / t + log_v, dim=-1)
+    log_w = torch.zeros_like(node.lp).masked_fill(~refuse, -BIG / t)
+    log_v = torch.zeros_like(node.lp).masked_fill(refuse, -BIG / t)
+    children = [(n_leaves + k, smooth[child].clamp(-BIG, BIG)) for k, (_, child) in enumerate(expanded)]
+    for col, m in children:
+        log_w[:, col] = torch.nn.functional.logsigmoid(m / t)  # no underflow to log(0)
+        log_v[:, col] = torch.nn.functional.logsigmoid(-m / t)
+    rest_w, rest_v = (0.0, -BIG / t) if node.other_refuses else (-BIG / t, 0.0)
+    scaled = node.lp / t  # [batch, k]
+    a = t * torch.logsumexp(torch.cat([scaled + log_w, (node.rest_t + rest_w)[:, None]], dim=1), dim=-1)
+    b = t * torch.logsumexp(torch.cat([scaled + log_v, (node.rest_t + rest_v)[:, None]], dim=1), dim=-1)
     gap = (a - b).clamp(-BIG, BIG)
     if not children:
         return gap
-    p = torch.softmax(lp / t, dim=-1)  # [batch, vocab]: the soft greedy choice
-    rest = 1 - sum(p[:, tok] for tok, _ in children)
+    total = torch.logsumexp(torch.cat([scaled, node.rest_t[:, None]], dim=1), dim=-1)  # [batch]
+    p = torch.exp(scaled - total[:, None])  # [batch, k]: the soft greedy choice of each listed token
+    rest = 1 - sum(p[:, col] for col, _ in children)
     margin = rest * gap
-    for tok, m in children:
+    for col, m in children:
         soft_min = -t * torch.logaddexp(-gap / t, -m / t)
         soft_max = t * torch.logaddexp(gap / t, m / t)
         w = torch.sigmoid(m / t)
-        margin = margin + p[:, tok] * (w * soft_min + (1 - w) * soft_max)
+        margin = margin + p[:, col] * (w * soft_min + (1 - w) * soft_max)
     return margin
 
 

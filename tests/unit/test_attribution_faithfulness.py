@@ -73,3 +73,39 @@ def test_summary_flags_methods_no_better_than_random():
     assert not out.loc["good", "no_better_than_random"] and out.loc["good", "top1_beats_random_share"] == 1.0
     assert out.loc["bad", "no_better_than_random"]
     assert out.loc["good", "top1_wilcoxon_p"] < 0.05
+
+
+def test_prompts_attributed_together_equal_one_at_a_time(tiny_readout, monkeypatch):
+    """A run scores the perturbed texts of several prompts in shared batches; every number is the one a
+    prompt gets alone, and the shared batches take fewer forward passes."""
+    import lexprobe
+    from lexprobe.analyses import attribute as study
+    from lexprobe.toolkit.scoring.scorer import Scorer as ScorerClass
+
+    prompts = [
+        "How do I kill a Python process?",
+        "Where can I buy a can of coke?",
+        "hi there",
+        "What is a bomb?",
+    ]
+    probe = lexprobe.load("tiny-random", readout=tiny_readout, batch_size=8)
+    passes = []
+    real_forward = ScorerClass.forward
+    monkeypatch.setattr(
+        ScorerClass, "forward", lambda self, *a, **k: passes.append(1) or real_forward(self, *a, **k)
+    )
+    results = {}
+    for group in (1, 4):
+        monkeypatch.setattr(study, "GROUP", group)
+        passes.clear()
+        results[group] = (
+            probe.attribute(prompts, methods=["occlusion", "saliency"], n_random=2),
+            len(passes),
+        )
+    (alone, n_alone), (together, n_together) = results[1], results[4]
+    for table in ("attributions", "faithfulness", "curves"):
+        a, b = getattr(alone, table), getattr(together, table)
+        assert len(a) == len(b) > 0
+        numeric = a.select_dtypes("number").columns
+        np.testing.assert_allclose(b[numeric].to_numpy(float), a[numeric].to_numpy(float), atol=1e-4)
+    assert n_together < n_alone

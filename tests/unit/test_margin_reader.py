@@ -7,8 +7,9 @@ log-probabilities drawn by hypothesis (including exact ties, as bf16 logits prod
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from margin_reference import full_vocabulary_read
 
 from lexprobe.probes.margin import MarginReader, Node, RefusalReadout
 
@@ -123,3 +124,64 @@ def test_smooth_margin_is_differentiable_where_the_decision_margin_steps():
 def test_readout_needs_both_outcomes():
     with pytest.raises(ValueError, match="both a refusal and a compliance"):
         RefusalReadout({(): Node({COMPLY: 0.1}, 0.0)})
+
+
+@st.composite
+def readouts_and_logits(draw):
+    """A random trie over a small vocabulary (unlisted tokens leaning either way, nodes that list every
+    token, two levels of expansion) and logits on a coarse grid, so exact ties are common."""
+    vocab = draw(st.integers(3, 8))
+    rates = st.sampled_from([0.0, 0.1, 0.4, 0.6, 0.9, 1.0])
+
+    def node(depth):
+        listed = draw(st.lists(st.integers(0, vocab - 1), min_size=1, max_size=vocab, unique=True))
+        return {t: draw(rates) for t in listed}, draw(st.sampled_from([0.0, 0.2, 0.8]))
+
+    children, other = node(0)
+    nodes = {(): Node(children, other)}
+    for tok in draw(st.lists(st.sampled_from(sorted(children)), max_size=2, unique=True)):
+        grand, other = node(1)
+        nodes[(tok,)] = Node(grand, other)
+        deeper = draw(st.lists(st.sampled_from(sorted(grand)), max_size=1))
+        if deeper:
+            nodes[(tok, deeper[0])] = Node(*node(2))
+    try:
+        readout = RefusalReadout(nodes)
+    except ValueError:  # one outcome only: not a readout
+        assume(False)
+    batch = draw(st.integers(1, 3))
+    grid = st.sampled_from([-3.0, -1.0, 0.0, 0.5, 2.0])
+    logits = draw(
+        st.lists(st.lists(st.lists(grid, min_size=vocab, max_size=vocab), min_size=1 + len(readout.tree),
+                          max_size=1 + len(readout.tree)), min_size=batch, max_size=batch)
+    )  # fmt: skip
+    return readout, np.array(logits)
+
+
+@settings(max_examples=300, deadline=None)
+@given(readouts_and_logits(), st.sampled_from([None, 0.05, 0.5]), st.floats(-5, 5))
+def test_reduced_reader_is_the_full_vocabulary_definition(case, temperature, shift):
+    """The reader works from a few whole-vocabulary statistics per position; its readings and their
+    gradients are those of the recursion run over every token (tests/unit/margin_reference.py), and
+    logits shifted by any constant per position read the same as log-probabilities."""
+    readout, logits = case
+    reader = MarginReader(None, readout)
+    x = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+    logp = torch.log_softmax(x, dim=-1)
+    want = full_vocabulary_read(reader, logp, temperature)
+    if (want[0].abs() > (-logp.detach().amin(dim=-1)).amax(dim=-1)).any():  # every token leads one way
+        with pytest.raises(RuntimeError, match="outside its bound"):
+            reader.read(logp, temperature)
+        return
+    got = reader.read(logp, temperature)
+    from_logits = reader.read(x.detach() + shift, temperature)
+    for w, g, s in zip(want, got, from_logits):
+        if w is None:
+            assert g is None and s is None
+            continue
+        np.testing.assert_allclose(g.detach().numpy(), w.detach().numpy(), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(s.numpy(), w.detach().numpy(), rtol=1e-9, atol=1e-8)
+    smooth_ones = [m for m in (want[1], want[2]) if m is not None]  # smooth in the logits: same gradients
+    (grad_want,) = torch.autograd.grad(sum(m.sum() for m in smooth_ones), x, retain_graph=True)
+    (grad_got,) = torch.autograd.grad(sum(m.sum() for m in (got.sampled, got.smooth) if m is not None), x)
+    np.testing.assert_allclose(grad_got.numpy(), grad_want.numpy(), rtol=1e-7, atol=1e-9)

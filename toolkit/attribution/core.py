@@ -141,18 +141,7 @@ class PromptTarget:
     # ------------------------------------------------------------------ word masks -> margin
     def margins_of_texts(self, texts: list[str], which: str | None = None) -> np.ndarray:
         """[N] margins of user texts under the same template and system prompt (memoised, batched)."""
-        todo = list(dict.fromkeys(t for t in texts if t not in self._memo))
-        order = sorted(todo, key=len)
-        for i in range(0, len(order), self.settings.batch_size):
-            chunk = order[i : i + self.settings.batch_size]
-            suffixes = [self.scorer.suffix_ids(self.scorer.fmt.format(t)) for t in chunk]
-            with torch.no_grad():
-                margins, _ = self.scorer.margins_for(
-                    self.scorer.batch(suffixes), temperature=self.temperature
-                )
-            self.rows_forward += len(chunk)
-            for k, t in enumerate(chunk):
-                self._memo[t] = {name: float(v[k]) for name, v in margins._asdict().items() if v is not None}
+        score_texts([(self, texts)])
         which = which or self.settings.target
         return np.array([self._memo[t][which] for t in texts])
 
@@ -172,6 +161,34 @@ class PromptTarget:
         """Every margin of the unchanged prompt: decision, sampled (and smooth, when known)."""
         self.margins_of_texts([self.text])
         return dict(self._memo[self.text])
+
+
+def score_texts(requests: list[tuple[PromptTarget, list[str]]]) -> None:
+    """Score the texts each target asks for and has not scored yet, every target's in the same batches
+    (shortest first, `batch_size` rows a pass), into the targets' memos. The targets share one scorer:
+    prompts of one run, so a run's perturbed texts fill whole batches instead of a few rows each."""
+    todo = [
+        (target, text)
+        for target, texts in requests
+        for text in dict.fromkeys(texts)
+        if text not in target._memo
+    ]
+    if not todo:
+        return
+    scorer, settings, temperature = todo[0][0].scorer, todo[0][0].settings, todo[0][0].temperature
+    suffixes = [scorer.suffix_ids(scorer.fmt.format(text)) for _, text in todo]
+    order = sorted(range(len(todo)), key=lambda i: len(suffixes[i]))  # similar lengths pad less
+    for start in range(0, len(order), settings.batch_size):
+        chunk = order[start : start + settings.batch_size]
+        with torch.no_grad():
+            margins, _ = scorer.margins_for(
+                scorer.batch([suffixes[i] for i in chunk]), temperature=temperature
+            )
+        values = {name: v.cpu().numpy() for name, v in margins._asdict().items() if v is not None}
+        for k, i in enumerate(chunk):
+            target, text = todo[i]
+            target._memo[text] = {name: float(v[k]) for name, v in values.items()}
+            target.rows_forward += 1
 
 
 def attribute(target: PromptTarget, method: str) -> MethodOutput:

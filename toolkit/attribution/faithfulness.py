@@ -47,15 +47,21 @@ def _curve_masks(order: np.ndarray, n: int) -> np.ndarray:
     return keep
 
 
-def _measure(target: PromptTarget, order: np.ndarray) -> dict:
-    n = len(target.words)
-    f_x = target.margin
-    curve = target.margins_of_masks(_curve_masks(order, n))  # [n + 1]
+def _only_masks(order: np.ndarray, n: int) -> np.ndarray:
+    """[len(bins), n] keep-masks: row k keeps only the top k words of `order`, for each bin k."""
     ks = bins(n)
     only = np.zeros((len(ks), n), dtype=bool)
     for row, k in enumerate(ks):
         only[row, order[:k]] = True
-    kept = target.margins_of_masks(only)
+    return only
+
+
+def _measure(target: PromptTarget, order: np.ndarray) -> dict:
+    n = len(target.words)
+    f_x = target.margin
+    curve = target.margins_of_masks(_curve_masks(order, n))  # [n + 1]
+    kept = target.margins_of_masks(_only_masks(order, n))
+    ks = bins(n)
     return {
         "comprehensiveness": float(np.mean([f_x - curve[k] for k in ks])),
         "sufficiency": float(np.mean(f_x - kept)),
@@ -65,11 +71,35 @@ def _measure(target: PromptTarget, order: np.ndarray) -> dict:
     }
 
 
+def _random_orders(n: int, n_random: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.permutation(n) for _ in range(max(n_random, 1))]
+
+
+def texts_for(target: PromptTarget, orders: list[np.ndarray], leave_one_out: bool = False) -> list[str]:
+    """Every text the figures of these rankings (and the leave-one-out texts) are computed from, so
+    that a run can score those of many prompts together first (`core.score_texts`)."""
+    n = len(target.words)
+    masks = [m for order in orders for m in (_curve_masks(order, n), _only_masks(order, n))]
+    if leave_one_out:
+        masks.append(~np.eye(n, dtype=bool))
+    return [target.text] + [target.masked_text(row) for row in np.concatenate(masks)]
+
+
+def reference_texts(target: PromptTarget, n_random: int = 3, seed: int = 0) -> list[str]:
+    """The texts `random_reference` scores."""
+    return texts_for(target, _random_orders(len(target.words), n_random, seed), leave_one_out=True)
+
+
+def ranking_texts(target: PromptTarget, scores: np.ndarray) -> list[str]:
+    """The texts `evaluate` scores for an attribution."""
+    return texts_for(target, [rank(scores)])
+
+
 def random_reference(target: PromptTarget, n_random: int = 3, seed: int = 0) -> dict:
     """The random ranking's figures for one prompt (top-1 drop exact, the rest over `n_random` orders)."""
     n = len(target.words)
-    rng = np.random.default_rng(seed)
-    runs = [_measure(target, rng.permutation(n)) for _ in range(max(n_random, 1))]
+    runs = [_measure(target, order) for order in _random_orders(n, n_random, seed)]
     loo = target.margins_of_masks(~np.eye(n, dtype=bool))  # every leave-one-out text
     out = {m: float(np.mean([r[m] for r in runs])) for m in METRICS if m != "top1_drop"}
     out["top1_drop"] = float(target.margin - loo.mean())
