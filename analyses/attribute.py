@@ -19,9 +19,9 @@ import torch
 
 from lexprobe.analyses import contrast
 from lexprobe.analyses.common import RUN_KEYS, ModelOptions, Session, SuiteOptions, open_suite, session_for
-from lexprobe.toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, PromptTarget, attribute
+from lexprobe.toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, PromptTarget
 from lexprobe.toolkit.attribution import faithfulness as faith
-from lexprobe.toolkit.attribution.core import score_texts
+from lexprobe.toolkit.attribution.core import attribute_together, score_texts
 from lexprobe.toolkit.attribution.result import ATTRIBUTION_COLUMNS, PROMPT_COLUMNS, AttributionResult
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
@@ -127,9 +127,7 @@ def attribute_group(
         references = [faith.random_reference(t, config.n_random, seed) for t in targets]
         for part, row, ref in zip(parts, rows, references):
             part["curves"] += _curve_rows(row["id"], "random", ref["curve"])
-    outputs = {
-        m: [_run_method(t, row, m, part) for t, row, part in zip(targets, rows, parts)] for m in methods
-    }
+    outputs = {m: _run_method(targets, rows, m, parts) for m in methods}
     if config.faithfulness:
         score_texts(
             [
@@ -160,40 +158,45 @@ def _start_part(target: PromptTarget, row: dict) -> dict:
     }
 
 
-def _run_method(target: PromptTarget, row: dict, method: str, part: dict):
-    """One method on one prompt: its word scores and cost into `part`; returns its output."""
-    before = (target.rows_forward, target.rows_backward)
+def _run_method(targets: list[PromptTarget], rows: list[dict], method: str, parts: list[dict]) -> list:
+    """One method on a group of prompts (side by side where it can): word scores and cost into each
+    part. `seconds` is the prompt's share of the method's time on the group, by the rows it ran."""
+    before = [(t.rows_forward, t.rows_backward) for t in targets]
     start = time.perf_counter()
-    out = attribute(target, method)
+    outs = attribute_together(targets, method)
     seconds = time.perf_counter() - start
-    for w, score in zip(target.words, out.word_scores):
-        part["attributions"].append(
+    ran = [t.rows_forward + t.rows_backward - f - b for t, (f, b) in zip(targets, before)]
+    for target, row, part, out, (f, b), n in zip(targets, rows, parts, outs, before, ran):
+        for w, score in zip(target.words, out.word_scores):
+            part["attributions"].append(
+                {
+                    "id": row["id"],
+                    "word_index": w.index,
+                    "word": w.text,
+                    "char_start": w.start,
+                    "char_end": w.end,
+                    "score": float(score),
+                    "method": method,
+                }
+            )
+        info = {k: v for k, v in out.info.items() if k != "error_by_steps"}
+        if "error_by_steps" in out.info:
+            info["error_by_steps"] = json.dumps(
+                {str(k): float(v) for k, v in out.info["error_by_steps"].items()}
+            )
+        part["methods"].append(
             {
                 "id": row["id"],
-                "word_index": w.index,
-                "word": w.text,
-                "char_start": w.start,
-                "char_end": w.end,
-                "score": float(score),
                 "method": method,
+                "seconds": round(seconds * (n / sum(ran) if sum(ran) else 1 / len(targets)), 3),
+                "rows_forward": target.rows_forward - f,
+                "rows_backward": target.rows_backward - b,
+                "n_words": len(target.words),
+                "n_user_tokens": target.n_user,
+                **info,
             }
         )
-    info = {k: v for k, v in out.info.items() if k != "error_by_steps"}
-    if "error_by_steps" in out.info:
-        info["error_by_steps"] = json.dumps({str(k): float(v) for k, v in out.info["error_by_steps"].items()})
-    part["methods"].append(
-        {
-            "id": row["id"],
-            "method": method,
-            "seconds": round(seconds, 3),
-            "rows_forward": target.rows_forward - before[0],
-            "rows_backward": target.rows_backward - before[1],
-            "n_words": len(target.words),
-            "n_user_tokens": target.n_user,
-            **info,
-        }
-    )
-    return out
+    return outs
 
 
 def _curve_rows(prompt_id: str, method: str, curve: np.ndarray) -> list[dict]:

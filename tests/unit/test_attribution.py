@@ -134,25 +134,22 @@ def test_unknown_method_and_bad_settings_are_bad_input(scorer):
         _target(scorer, "   ")
 
 
-class StepTarget:
-    """f(x) = sum(x) + 3 [sum(x) > 1]: smooth but for one step, which no gradient sees."""
-
-    user_embeds = torch.ones(2, 3)  # sum 6 at the input, 0 at the zero reference
-
-    def baseline_embeds(self, kind=None):
-        return torch.zeros(2, 3)
-
-    def gradients(self, points):
-        s = points.sum(dim=(1, 2)).double()
-        return (s + 3 * (s > 1)).numpy(), torch.ones_like(points)
+def _step_margin(alphas):
+    """f(b + a (x - b)) = 6a + 3 [6a > 1] with x - b of ones [2 tokens, 3 dims]: smooth but for one
+    step, which no gradient sees; each token's gradient . (x - b) is 3."""
+    a = np.asarray(alphas, dtype=float)
+    return 6 * a + 3 * (6 * a > 1), np.full((len(a), 2), 3.0)
 
 
 def test_a_step_in_the_margin_ends_refinement_and_is_reported():
     from lexprobe.toolkit.attribution.gradient import _trapezoid
 
-    attr, info = _trapezoid(
-        StepTarget(), torch.zeros(2, 3), AttributionSettings(max_steps=256), adaptive=True
-    )
+    plan = _trapezoid(AttributionSettings(max_steps=256), adaptive=True)
+    alphas = next(plan)
+    with pytest.raises(StopIteration) as finished:
+        while True:
+            alphas = plan.send(_step_margin(alphas))
+    attr, info = finished.value.value
     assert info["steps"] < 256  # stopped at the step instead of bisecting it forever
     assert attr.sum() == pytest.approx(6.0)  # the gradient part is exact ...
     assert info["jump_error"] == pytest.approx(3 / 9) and info["completeness_error"] == pytest.approx(3 / 9)

@@ -76,8 +76,8 @@ def test_summary_flags_methods_no_better_than_random():
 
 
 def test_prompts_attributed_together_equal_one_at_a_time(tiny_readout, monkeypatch):
-    """A run scores the perturbed texts of several prompts in shared batches; every number is the one a
-    prompt gets alone, and the shared batches take fewer forward passes."""
+    """A run scores the perturbed texts of several prompts in shared batches and integrates their
+    gradients side by side; every number is the one a prompt gets alone, in fewer forward passes."""
     import lexprobe
     from lexprobe.analyses import attribute as study
     from lexprobe.toolkit.scoring.scorer import Scorer as ScorerClass

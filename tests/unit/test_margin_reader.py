@@ -185,3 +185,23 @@ def test_reduced_reader_is_the_full_vocabulary_definition(case, temperature, shi
     (grad_want,) = torch.autograd.grad(sum(m.sum() for m in smooth_ones), x, retain_graph=True)
     (grad_got,) = torch.autograd.grad(sum(m.sum() for m in (got.sampled, got.smooth) if m is not None), x)
     np.testing.assert_allclose(grad_got.numpy(), grad_want.numpy(), rtol=1e-7, atol=1e-9)
+
+
+def test_float32_gradients_have_no_subnormal_values():
+    """Unlikely tokens' softmax weights at a low temperature underflow float32's normal range; their
+    gradient comes back as 0, not as subnormal numbers that slow every later CPU matmul, and the rest
+    equals the gradient computed in float64."""
+    readout = _readout()
+    logits = torch.zeros((2, 2, 5000), dtype=torch.float64)
+    logits[:, :, :VOCAB] = torch.tensor([3.0, 1.0, 2.5, 0.5, 0.2, 0.0, 0.1], dtype=torch.float64)
+    logits[:, :, VOCAB:] = torch.linspace(-200, 0, 5000 - VOCAB, dtype=torch.float64)
+    grads = {}
+    for dtype in (torch.float32, torch.float64):
+        x = logits.to(dtype).requires_grad_(True)
+        m = MarginReader(None, readout).read(x, temperature=0.05)
+        (grads[dtype],) = torch.autograd.grad(m.smooth.sum(), x)
+    g32 = grads[torch.float32]
+    tiny = torch.finfo(torch.float32).tiny
+    assert not ((g32 != 0) & (g32.abs() < tiny)).any()
+    assert ((grads[torch.float64].abs() < tiny) & (grads[torch.float64] != 0)).any()  # there were some
+    np.testing.assert_allclose(g32.double().numpy(), grads[torch.float64].numpy(), atol=1e-6)

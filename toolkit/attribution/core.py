@@ -86,7 +86,8 @@ class PromptTarget:
             raise RuntimeError(
                 "user tokens must directly follow the shared prefix"
             )  # ChatFormat guarantees it
-        self._batch = scorer.batch([scorer.suffix_ids(self.prompt)])  # one row: no padding
+        self.suffix = scorer.suffix_ids(self.prompt)  # user tokens, template tail
+        self._batch = scorer.batch([self.suffix])  # one row: no padding
         with torch.no_grad():
             embeds = self.lm.embed(self._batch.ids)[0]  # [q, d_model]: user tokens, template tail, tree
         self.user_embeds = embeds[: self.n_user]  # [n_user, d_model]
@@ -128,15 +129,7 @@ class PromptTarget:
     def gradients(self, points: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """Margins [N] and their gradients [N, n_user, d_model] at `points` [N, n_user, d_model],
         in chunks of `batch_size` rows."""
-        values, grads = [], []
-        for chunk in points.split(self.settings.batch_size):
-            x = chunk.detach().clone().requires_grad_(True)
-            out = self.margin_of_embeds(x)
-            (grad,) = torch.autograd.grad(out.sum(), x)
-            self.rows_backward += len(chunk)
-            values.append(out.detach().cpu().numpy())
-            grads.append(grad.detach())
-        return np.concatenate(values), torch.cat(grads)
+        return gradients_together([(self, points)])[0]
 
     # ------------------------------------------------------------------ word masks -> margin
     def margins_of_texts(self, texts: list[str], which: str | None = None) -> np.ndarray:
@@ -191,17 +184,79 @@ def score_texts(requests: list[tuple[PromptTarget, list[str]]]) -> None:
             target.rows_forward += 1
 
 
-def attribute(target: PromptTarget, method: str) -> MethodOutput:
-    """Run one registered method on one prompt, seeded so repeated runs agree."""
-    fn = ATTRIBUTION_METHODS.get(method)
-    state = np.random.get_state()  # captum draws from both torch's and numpy's global generators
+def gradients_together(
+    requests: list[tuple[PromptTarget, torch.Tensor]],
+) -> list[tuple[np.ndarray, torch.Tensor]]:
+    """For each (target, points [k, n_user, d_model]): the margins [k] and their gradients [k, n_user,
+    d_model] there. Rows of every target share batches of `batch_size` (left-padded suffixes, as the
+    scorer pads: a row sees what it would see alone); each row's user-token embeddings are its point."""
+    rows = sorted(
+        ((i, j) for i, (_, points) in enumerate(requests) for j in range(len(points))),
+        key=lambda ij: len(requests[ij[0]][0].suffix),
+    )  # similar lengths pad less
+    values = [np.zeros(len(points)) for _, points in requests]
+    grads = [torch.zeros_like(points) for _, points in requests]
+    if not rows:
+        return list(zip(values, grads))
+    first = requests[0][0]
+    scorer, lm = first.scorer, first.lm
+    for start in range(0, len(rows), first.settings.batch_size):
+        chunk = rows[start : start + first.settings.batch_size]
+        targets = [requests[i][0] for i, _ in chunk]
+        batch = scorer.batch([t.suffix for t in targets])
+        with torch.no_grad():
+            embeds = lm.embed(batch.ids)  # [rows, q, d_model]
+        width = max(len(t.suffix) for t in targets)
+        xs = [requests[i][1][j].detach().clone().requires_grad_(True) for i, j in chunk]
+        stacked = []
+        for r, (t, x) in enumerate(zip(targets, xs)):
+            at = width - len(t.suffix)  # the row's first user token
+            stacked.append(torch.cat([embeds[r, :at], x.to(embeds.dtype), embeds[r, at + t.n_user :]]))
+        margins, _ = scorer.margins_for(
+            batch, inputs_embeds=torch.stack(stacked), temperature=first.temperature
+        )
+        out = getattr(margins, first.settings.target)
+        row_grads = torch.autograd.grad(out.sum(), xs)
+        out = out.detach()
+        for k, ((i, j), t) in enumerate(zip(chunk, targets)):
+            values[i][j] = float(out[k])
+            grads[i][j] = row_grads[k]
+            t.rows_forward += 1
+            t.rows_backward += 1
+    return list(zip(values, grads))
+
+
+def _seeded(settings: AttributionSettings, fn, *args):
+    """fn(*args) with torch's and numpy's global generators seeded (captum draws from both), restored after."""
+    state = np.random.get_state()
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(target.settings.seed)
-            np.random.seed(target.settings.seed)
-            out = fn(target, target.settings)
+            torch.manual_seed(settings.seed)
+            np.random.seed(settings.seed)
+            return fn(*args)
     finally:
         np.random.set_state(state)
+
+
+def attribute(target: PromptTarget, method: str) -> MethodOutput:
+    """Run one registered method on one prompt, seeded so repeated runs agree."""
+    return _checked(
+        _seeded(target.settings, ATTRIBUTION_METHODS.get(method), target, target.settings), target, method
+    )
+
+
+def attribute_together(targets: list[PromptTarget], method: str) -> list[MethodOutput]:
+    """Run one method on several prompts: side by side where the method can (a `together` attribute of
+    the registered function, taking the targets and settings), else one prompt after another."""
+    fn = ATTRIBUTION_METHODS.get(method)
+    together = getattr(fn, "together", None)
+    if together is None or len(targets) == 1:
+        return [attribute(t, method) for t in targets]
+    outs = _seeded(targets[0].settings, together, targets, targets[0].settings)
+    return [_checked(out, t, method) for out, t in zip(outs, targets)]
+
+
+def _checked(out, target: PromptTarget, method: str) -> MethodOutput:
     scores = getattr(out, "word_scores", None)
     if scores is None or np.shape(scores) != (len(target.words),):
         got = f"word_scores of shape {np.shape(scores)}" if scores is not None else repr(out)[:60]

@@ -32,6 +32,7 @@ from lexprobe.toolkit.attribution.core import (
     AttributionSettings,
     MethodOutput,
     PromptTarget,
+    gradients_together,
 )
 from lexprobe.toolkit.attribution.words import to_words
 
@@ -49,32 +50,52 @@ def _path_points(target: PromptTarget, base: torch.Tensor, alphas: list[float]) 
 
 
 def _projected(
-    target: PromptTarget, base: torch.Tensor, alphas: list[float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Margins [k] and per-token gradient . (x - b) [k, n_user] at the path points `alphas`."""
-    values, grads = target.gradients(_path_points(target, base, alphas))
-    delta = (target.user_embeds.float() - base.float())[None]  # [1, n_user, d_model]
-    return values, (grads.float() * delta).sum(-1).double().cpu().numpy()
+    requests: list[tuple[PromptTarget, torch.Tensor, list[float]]],
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each (target, reference, alphas): margins [k] and per-token gradient . (x - b) [k, n_user] at
+    those path points; the rows of every target run in shared batches (`core.gradients_together`)."""
+    answers = gradients_together([(t, _path_points(t, base, alphas)) for t, base, alphas in requests])
+    out = []
+    for (t, base, _), (values, grads) in zip(requests, answers):
+        delta = (t.user_embeds.float() - base.float())[None]  # [1, n_user, d_model]
+        out.append((values, (grads.float() * delta).sum(-1).double().cpu().numpy()))
+    return out
 
 
 def integrated_gradients_tokens(
-    target: PromptTarget, settings: AttributionSettings
-) -> tuple[np.ndarray, dict]:
-    """Token attributions [n_user] and the integration record (steps, rule, f(x), f(b), error)."""
-    base = target.baseline_embeds()
+    targets: list[PromptTarget], settings: AttributionSettings
+) -> list[tuple[np.ndarray, dict]]:
+    """For each target: token attributions [n_user] and the integration record (steps, rule, f(x), f(b),
+    error). The prompts' integrations run side by side: each round, the points every unfinished one asks
+    for are evaluated in shared batches, so the small rounds of the adaptive rule fill whole batches."""
+    bases = [t.baseline_embeds() for t in targets]
     if settings.rule == "gausslegendre":
-        attr, info = _gauss_legendre(target, base, settings)
+        plans = [_gauss_legendre(settings) for _ in targets]
     else:
-        attr, info = _trapezoid(target, base, settings, adaptive=settings.rule == "adaptive")
-    info["converged"] = bool(info["completeness_error"] <= settings.tolerance)
-    return attr, {"rule": settings.rule, **info}
+        plans = [_trapezoid(settings, adaptive=settings.rule == "adaptive") for _ in targets]
+    asked = {i: next(plan) for i, plan in enumerate(plans)}  # target index -> alphas it needs next
+    done: dict[int, tuple[np.ndarray, dict]] = {}
+    while asked:
+        answers = _projected([(targets[i], bases[i], alphas) for i, alphas in asked.items()])
+        following = {}
+        for i, answer in zip(asked, answers):
+            try:
+                following[i] = plans[i].send(answer)
+            except StopIteration as finished:
+                attr, info = finished.value
+                info["converged"] = bool(info["completeness_error"] <= settings.tolerance)
+                done[i] = attr, {"rule": settings.rule, **info}
+        asked = following
+    return [done[i] for i in range(len(targets))]
 
 
 MIN_WIDTH = 2.0**-30  # the adaptive rule never splits a path interval narrower than this (1e-9)
 
 
-def _trapezoid(target, base, settings, adaptive: bool) -> tuple[np.ndarray, dict]:
-    """Trapezoid rule on a grid that only ever gains points: every evaluated point is reused.
+def _trapezoid(settings, adaptive: bool):
+    """Trapezoid rule on a grid that only ever gains points: every evaluated point is reused. A plan:
+    yields the path points (alphas) it needs next, is sent back (margins [k], projected gradients
+    [k, n_user]) for them, and returns (token attributions, record).
 
     Each interval [a, a'] has its own completeness gap: its trapezoid estimate of the token attributions,
     summed over tokens, minus f(a') - f(a), which the same forward passes give. `adaptive` bisects the
@@ -88,14 +109,9 @@ def _trapezoid(target, base, settings, adaptive: bool) -> tuple[np.ndarray, dict
     n = settings.n_steps
     seen: dict[float, tuple[float, np.ndarray]] = {}  # alpha -> (f, g [n_user])
 
-    def evaluate(alphas):
-        alphas = [a for a in alphas if a not in seen]
-        if not alphas:
-            return
-        values, g = _projected(target, base, alphas)
-        seen.update({a: (v, row) for a, v, row in zip(alphas, values, g)})
-
-    evaluate([j / n for j in range(n + 1)])
+    alphas = [j / n for j in range(n + 1)]
+    values, g = yield alphas
+    seen.update({a: (v, row) for a, v, row in zip(alphas, values, g)})
     f_b, f_x = seen[0.0][0], seen[1.0][0]
     history: dict[int, float] = {}  # intervals -> completeness error
     while True:
@@ -126,7 +142,11 @@ def _trapezoid(target, base, settings, adaptive: bool) -> tuple[np.ndarray, dict
             if room < len(grid) - 1:
                 break
             split = range(len(grid) - 1)
-        evaluate([(grid[i] + grid[i + 1]) / 2 for i in split])
+        alphas = [a for a in ((grid[i] + grid[i + 1]) / 2 for i in split) if a not in seen]
+        if not alphas:
+            break
+        values, g = yield alphas
+        seen.update({a: (v, row) for a, v, row in zip(alphas, values, g)})
     narrow = np.diff(grid) <= MIN_WIDTH
     info = {
         "steps": len(grid) - 1,
@@ -140,14 +160,14 @@ def _trapezoid(target, base, settings, adaptive: bool) -> tuple[np.ndarray, dict
     return attr, info
 
 
-def _gauss_legendre(target, base, settings) -> tuple[np.ndarray, dict]:
-    """captum's Gauss-Legendre points and weights; the steps double (all points anew) until converged."""
+def _gauss_legendre(settings):
+    """captum's Gauss-Legendre points and weights; the steps double (all points anew) until converged.
+    A plan, as `_trapezoid`; f(b) and f(x) come from a first request of the two ends."""
     step_sizes, alpha_fn = approximation_parameters("gausslegendre")
-    with torch.no_grad():
-        f_b, f_x = target.margin_of_embeds(torch.stack([base, target.user_embeds])).tolist()
+    (f_b, f_x), _ = yield [0.0, 1.0]
     n, points, history = settings.n_steps, 2, {}
     while True:
-        _, g = _projected(target, base, list(alpha_fn(n)))
+        _, g = yield list(alpha_fn(n))
         points += n
         attr = (np.asarray(step_sizes(n))[:, None] * g).sum(0)
         err = completeness_error(float(attr.sum()), f_x, f_b)
@@ -168,8 +188,21 @@ def _gauss_legendre(target, base, settings) -> tuple[np.ndarray, dict]:
 
 @ATTRIBUTION_METHODS.register("integrated_gradients")
 def integrated_gradients(target: PromptTarget, settings: AttributionSettings) -> MethodOutput:
-    tokens, info = integrated_gradients_tokens(target, settings)
-    return MethodOutput(to_words(tokens, target.weights), tokens, info)
+    return _integrated_gradients_together([target], settings)[0]
+
+
+def _integrated_gradients_together(
+    targets: list[PromptTarget], settings: AttributionSettings
+) -> list[MethodOutput]:
+    return [
+        MethodOutput(to_words(tokens, t.weights), tokens, info)
+        for t, (tokens, info) in zip(targets, integrated_gradients_tokens(targets, settings))
+    ]
+
+
+integrated_gradients.together = (
+    _integrated_gradients_together  # `core.attribute_together` runs prompts side by side
+)
 
 
 # --------------------------------------------------------------------------- captum methods
