@@ -1,8 +1,9 @@
 """`lexprobe attribute`: which of the user's words push a prompt toward refusal, by one or more methods,
 with faithfulness on the margin (vs a random ranking), heatmaps (HTML, PNG) and figures.
 
-Resumable: each finished prompt is appended to `DIR/parts.jsonl`; `--resume` skips those ids. The
-tables, heatmaps and figures are (re)written from all parts at the end.
+Resumable: prompts are attributed `GROUP` at a time, side by side, and each finished group's prompts
+are appended to `DIR/parts.jsonl`; `--resume` skips those ids. The tables, heatmaps and figures are
+(re)written from all parts at the end.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ a function of (a) the user-token embeddings and (b) a keep/drop mask over the us
 Both functions leave the chat template and the system prompt untouched: the shared prefix comes from
 the scorer's KV cache, the template tail and the readout tree keep their real embeddings, and only the
 user's tokens (or words) move. That is also where the speed comes from: a batch of interpolation steps
-is one batch of identical suffixes whose first `n_user` embeddings differ; logits are computed only at
-the readout positions (`probes/margin.py`).
+is a batch of suffixes whose user-token embeddings are the path points; logits are computed only at
+the readout positions (`probes/margin.py`). Several prompts of one run share batches
+(`score_texts`, `gradients_together`), so small requests of many prompts fill whole passes.
 """
 
 from __future__ import annotations
