@@ -283,7 +283,7 @@ class _Reduced:
     readout as slow as the model's forward pass."""
 
     def __init__(
-        self, scores: torch.Tensor, listed: torch.Tensor, ids: torch.Tensor, temperature: float | None
+        self, scores: torch.Tensor, listed_mask: torch.Tensor, ids: torch.Tensor, temperature: float | None
     ):
         self.temperature = temperature
         batch, _, vocab = scores.shape
@@ -291,7 +291,7 @@ class _Reduced:
         # [batch, P, vocab] zero-filled gradient buffer to the backward pass
         self.listed = _widen(scores.gather(2, ids.expand(batch, -1, -1)))  # [batch, P, K]
         blocks = [pos.split(max(1, BLOCK // vocab)) for pos in scores.unbind(dim=1)]
-        stats = [[_unlisted(b, listed[p], temperature) for b in pos] for p, pos in enumerate(blocks)]
+        stats = [[_unlisted(b, listed_mask[p], temperature) for b in pos] for p, pos in enumerate(blocks)]
         # field k of every block, rows joined, positions stacked: [batch, P, ...]
         joined = [
             torch.stack([torch.cat([b[k] for b in pos]) for pos in stats], dim=1)
