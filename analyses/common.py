@@ -39,6 +39,38 @@ class ModelOptions(Options):
 
 
 @dataclass(kw_only=True)
+class ParallelOptions(Options):
+    """Sharding over Ray (`toolkit.distributed`): off unless `workers` or `ray_address` is given."""
+
+    workers: int | None = None  # model replicas (Ray actors); 2 when only ray_address is given
+    ray_address: str | None = None  # join this Ray cluster instead of starting one on this machine
+    num_gpus: float | None = None  # GPUs per replica (none: 1 where the cluster has GPUs, else 0)
+
+    @property
+    def active(self) -> bool:
+        return self.workers is not None or self.ray_address is not None
+
+    def check(self) -> None:
+        """Ray is installed and the address answers (before the model loads); nothing when inactive."""
+        if self.active:
+            from lexprobe.toolkit.distributed import check
+
+            check(self.ray_address)
+
+    def cluster(self, session: Session, batch_size: int):
+        """The Ray cluster of these options, its actors replicas of `session` (a context manager)."""
+        from lexprobe.toolkit.distributed import Cluster, Replica
+
+        lm = session.lm
+        replica = Replica(
+            model=lm.spec, dtype=str(lm.dtype).removeprefix("torch."), device=str(lm.device),
+            weights_sha256=lm.weights_sha256, system=session.system,
+            readout_json=session.readout.to_json(), batch_size=batch_size,
+        )  # fmt: skip
+        return Cluster(replica, self.workers or 2, self.ray_address, self.num_gpus)
+
+
+@dataclass(kw_only=True)
 class SuiteOptions(Options):
     suite: str = "xstest"
     types: list[str] = field(default_factory=list)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
 from lexprobe.analyses.common import (
     RUN_KEYS,
     ModelOptions,
+    ParallelOptions,
     ResumableRun,
     Session,
     SuiteOptions,
@@ -30,6 +31,7 @@ class ScoreConfig(Options):
     model: ModelOptions = field(default_factory=ModelOptions)
     suite: SuiteOptions = field(default_factory=SuiteOptions)
     layers: bool = False  # also write the logit-lens margin of every layer
+    parallel: ParallelOptions = field(default_factory=ParallelOptions)  # shard over Ray
     resume: bool = False
     overwrite: bool = False
 
@@ -54,6 +56,7 @@ class ScoreResult(TableResult):
 
 def run(config: ScoreConfig, session: Session | None = None, suite: Suite | None = None) -> ScoreResult:
     suite = suite or open_suite(config.suite)
+    config.parallel.check()  # a wrong --ray-address fails here, not after the model loads
     session = session_for(config.model, session)
     run_info = provenance(
         **session.provenance(),
@@ -64,6 +67,11 @@ def run(config: ScoreConfig, session: Session | None = None, suite: Suite | None
         status="running",
     )
     run_info["batch_size"] = config.model.batch_size
+    if config.parallel.active:  # not a resume key: single-process and sharded runs continue each other
+        run_info["sharding"] = {
+            **asdict(config.parallel),
+            "shard_prompts": SHARD_BATCHES * config.model.batch_size,
+        }
     columns = COLUMNS + (
         [f"margin_layer_{i}" for i in range(len(session.lm.layers))] if config.layers else []
     )
@@ -87,7 +95,9 @@ def run(config: ScoreConfig, session: Session | None = None, suite: Suite | None
             rows.append(rec)
         out.write(rows)
 
-    if len(todo):
+    if len(todo) and config.parallel.active:
+        _score_sharded(config, session, todo, write)
+    elif len(todo):
         scorer = Scorer(session.lm, session.fmt, session.readout, batch_size=config.model.batch_size)
         scorer.score(
             todo["prompt"].tolist(),
@@ -97,3 +107,24 @@ def run(config: ScoreConfig, session: Session | None = None, suite: Suite | None
             ids=todo["id"].tolist(),
         )
     return out.finish(n_scored_this_run=len(todo))
+
+
+SHARD_BATCHES = 4  # batches in one shard of a sharded run (its unit of work and of retry)
+
+
+def _score_sharded(config: ScoreConfig, session: Session, todo: pd.DataFrame, write) -> None:
+    """Score `todo` on Ray actors, shard by shard, writing each shard's rows as it comes back."""
+    import numpy as np
+
+    from lexprobe.toolkit.io.progress import progress
+
+    size = SHARD_BATCHES * config.model.batch_size
+    shards = [np.arange(i, min(i + size, len(todo))) for i in range(0, len(todo), size)]
+    texts, ids = todo["prompt"].tolist(), todo["id"].tolist()
+    with config.parallel.cluster(session, config.model.batch_size) as cluster:
+        jobs = [([texts[i] for i in s], [ids[i] for i in s]) for s in shards]
+        desc = f"scoring {len(todo)} prompts on {cluster.workers} Ray workers"
+        for k, scores in progress(
+            cluster.score(jobs, config.layers), desc=desc, total=len(shards), unit="shard"
+        ):
+            write(list(shards[k]), scores)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lexprobe.cli.options import add_model_args, add_out_args, add_suite_args, positive_int
+from lexprobe.cli.options import add_model_args, add_out_args, add_parallel_args, add_suite_args, positive_int
 
 
 def cmd_score(a) -> None:
@@ -52,6 +52,7 @@ def register(sub) -> None:
     add_suite_args(p)
     add_out_args(p)
     p.add_argument("--layers", action="store_true", help="also write the per-layer (logit lens) margin")
+    add_parallel_args(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("generate", help="greedy completions for a suite (resumable)")

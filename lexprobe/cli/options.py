@@ -169,6 +169,29 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def non_negative_float(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def add_parallel_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("distributed (Ray)")
+    g.add_argument(
+        "--workers", type=positive_int, default=None, metavar="N",
+        help="shard the prompts over N model replicas on Ray (a local cluster unless --ray-address)",
+    )  # fmt: skip
+    g.add_argument(
+        "--ray-address", default=None, metavar="A",
+        help="join the Ray cluster at A (e.g. auto, or host:6379) instead of starting one here",
+    )  # fmt: skip
+    g.add_argument(
+        "--num-gpus", type=non_negative_float, default=None, metavar="G",
+        help="GPUs per replica (none: 1 where the cluster has GPUs, else 0)",
+    )  # fmt: skip
+
+
 def add_suite_args(p: argparse.ArgumentParser, required: bool = True, default: str | None = None) -> None:
     g = p.add_argument_group("suite")
     g.add_argument(

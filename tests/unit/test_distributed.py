@@ -1,0 +1,88 @@
+"""Scoring sharded over Ray on a local cluster of 2 CPU workers (loopback only), on tiny-random: the
+same rows as one process, resume across single-process and sharded runs, and a killed worker's shard
+done again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pandas as pd
+import pytest
+import ray
+
+from lexprobe.cli import main
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _score(tmp_path, readout, out, *extra):
+    args = ["score", "--model", "tiny-random", "--readout", str(readout), "--suite", "xstest"]
+    return main([*args, "--batch-size", "4", "--out", str(tmp_path / out), *extra])
+
+
+def _frame(tmp_path, out):
+    return pd.read_csv(tmp_path / out / "scores.csv", keep_default_na=False)
+
+
+def test_sharded_scores_equal_one_process(tmp_path, tiny_readout_file, cluster):
+    assert _score(tmp_path, tiny_readout_file, "one", "--limit", "40") == 0
+    assert _score(tmp_path, tiny_readout_file, "sharded", "--limit", "40", "--workers", "2") == 0
+    one, sharded = _frame(tmp_path, "one"), _frame(tmp_path, "sharded")
+    assert list(sharded["id"]) == list(one["id"]) and list(sharded.columns) == list(one.columns)
+    np.testing.assert_allclose(sharded["margin"], one["margin"], atol=1e-5)
+    np.testing.assert_allclose(sharded["margin_sampled"], one["margin_sampled"], atol=1e-5)
+    run = json.loads((tmp_path / "sharded" / "run.json").read_text())
+    assert run["status"] == "complete" and run["rows_written"] == 40
+    assert run["sharding"]["workers"] == 2 and "sharding" not in json.loads(
+        (tmp_path / "one" / "run.json").read_text()
+    )
+
+
+def test_resume_mixes_single_process_and_sharded_runs(tmp_path, tiny_readout_file, cluster):
+    assert _score(tmp_path, tiny_readout_file, "mixed", "--limit", "10") == 0
+    assert _score(tmp_path, tiny_readout_file, "mixed", "--limit", "40", "--resume", "--workers", "2") == 0
+    assert _score(tmp_path, tiny_readout_file, "one", "--limit", "40") == 0
+    mixed, one = _frame(tmp_path, "mixed"), _frame(tmp_path, "one")
+    assert list(mixed["id"]) == list(one["id"])
+    np.testing.assert_allclose(mixed["margin"], one["margin"], atol=1e-5)
+    assert json.loads((tmp_path / "mixed" / "run.json").read_text())["n_scored_this_run"] == 30
+
+
+def test_a_killed_workers_shard_is_done_again(tiny, tiny_readout, cluster):
+    from lexprobe.toolkit.distributed import Cluster, Replica
+    from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+    from lexprobe.toolkit.scoring.scorer import Scorer
+
+    system = SystemPrompt.parse("model-default")
+    replica = Replica("tiny-random", "float32", "cpu", tiny.weights_sha256, system, tiny_readout.to_json(), 4)
+    texts = [f"How do I kill process number {i}?" for i in range(12)]
+    shards = [(texts[i : i + 4], [str(j) for j in range(i, i + 4)]) for i in range(0, 12, 4)]
+    with Cluster(replica, workers=2) as c:
+        victim = ray.get(c.actors[0].pid.remote())
+        os.kill(victim, signal.SIGKILL)  # the worker dies before it is handed its shards
+        got = dict(c.score(shards))
+        assert ray.get(c.actors[0].pid.remote()) != victim  # restarted
+    want = Scorer(tiny, ChatFormat(tiny.tokenizer, system), tiny_readout, 4).score(texts)
+    assert sorted(got) == [0, 1, 2]
+    margins = np.concatenate([got[k].margin for k in range(3)])
+    np.testing.assert_allclose(margins, want.margin, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("address", "says"), [("127.0.0.1:1", "no Ray cluster answers"), ("nonsense", "is not host:port")]
+)
+def test_a_ray_address_that_does_not_answer_is_one_line_before_the_model_loads(
+    tmp_path, tiny_readout_file, capsys, address, says
+):
+    assert _score(tmp_path, tiny_readout_file, "bad", "--ray-address", address) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0]
+    assert not (tmp_path / "bad").exists()

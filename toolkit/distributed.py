@@ -1,0 +1,159 @@
+"""Sharded runs on Ray: each actor holds one model replica under one condition and scores the shards it
+is handed, while the driver streams their rows into the same resumable output a single process writes.
+
+`Cluster(replica, workers, address, num_gpus)` starts a local Ray cluster (or joins the one at
+`address`) and `workers` actors, one CPU (or `num_gpus` GPUs) each. The driver's readout travels to the
+actors as JSON, so nothing is calibrated twice. An actor whose process dies is restarted and the shard
+it held is run again (Ray's `max_restarts` / `max_task_retries`): a killed worker costs its shard, not
+the run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from lexprobe.toolkit.errors import InputError
+
+RESTARTS = 2  # times a dead actor is restarted (and its shard retried) before the run fails
+
+
+@dataclass(frozen=True)
+class Replica:
+    """What an actor needs to build the driver's session again. `dtype` and `device` are what the
+    driver resolved (a GPU actor uses its own GPU); the readout is the driver's, as JSON."""
+
+    model: str
+    dtype: str
+    device: str
+    weights_sha256: str | None
+    system: object  # the driver's SystemPrompt
+    readout_json: str
+    batch_size: int
+
+
+class Worker:
+    """One model replica (a Ray actor): the scorer of the driver's condition."""
+
+    def __init__(self, replica: Replica, threads: int):
+        import torch
+
+        from lexprobe.probes.margin import RefusalReadout
+        from lexprobe.toolkit.models.chat import ChatFormat
+        from lexprobe.toolkit.models.loader import load_model
+        from lexprobe.toolkit.scoring.scorer import Scorer
+
+        torch.set_num_threads(threads)
+        device = (
+            "cuda" if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES") else replica.device
+        )
+        lm = load_model(replica.model, replica.dtype, device, replica.weights_sha256)
+        fmt = ChatFormat(lm.tokenizer, replica.system)
+        self.scorer = Scorer(lm, fmt, RefusalReadout.from_json(replica.readout_json), replica.batch_size)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def score(self, texts: list[str], ids: list[str], layers: bool):
+        return self.scorer.score(texts, layers=layers, desc="worker", ids=ids)
+
+
+def check(address: str | None, timeout: float = 5.0) -> None:
+    """Ray can be imported and a `host:port` address answers, before any model loads: Ray itself
+    retries a wrong address for minutes. ("auto" and ray:// addresses are left to Ray.)"""
+    import socket
+
+    try:
+        import ray  # noqa: F401
+    except ImportError as err:
+        raise InputError("--workers and --ray-address need Ray: pip install 'lexprobe[distributed]'") from err
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--ray-address '{address}' is not host:port (or auto, or ray://host:port)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise InputError(
+            f"no Ray cluster answers at --ray-address {address} ({err.strerror or err}): "
+            "start one with `ray start --head`, or leave the flag out to start one here"
+        ) from err
+
+
+class Cluster:
+    """A context manager: Ray and `workers` actors of `Worker`; `score` runs shards on them."""
+
+    def __init__(
+        self, replica: Replica, workers: int, address: str | None = None, num_gpus: float | None = None
+    ):
+        if workers < 1:
+            raise InputError(f"--workers must be at least 1, got {workers}")
+        self.replica, self.workers, self.address, self.num_gpus = replica, workers, address, num_gpus
+        self.actors: list = []
+        self._started = False
+
+    def __enter__(self) -> Cluster:
+        try:
+            import ray
+        except ImportError as err:
+            raise InputError(
+                "--workers and --ray-address need Ray: pip install 'lexprobe[distributed]'"
+            ) from err
+        self.ray = ray
+        if not ray.is_initialized():
+            try:
+                if self.address:
+                    ray.init(address=self.address, log_to_driver=False)
+                else:
+                    ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                raise InputError(
+                    f"cannot start or join a Ray cluster at {self.address or 'this machine'}: {err}"
+                ) from err
+            self._started = True
+        gpus = self.num_gpus
+        if gpus is None:  # one GPU an actor where the cluster has GPUs
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        actor = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=RESTARTS, max_task_retries=RESTARTS)(
+            Worker
+        )
+        self.actors = [actor.remote(self.replica, 1) for _ in range(self.workers)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
+        self.actors = []
+        if self._started:
+            self.ray.shutdown()
+
+    def score(
+        self, shards: list[tuple[list[str], list[str]]], layers: bool = False
+    ) -> Iterator[tuple[int, object]]:
+        """(shard index, MarginScores) as shards finish; shards are (texts, ids). Each actor has at most
+        two shards in hand, and takes the next when one is done."""
+        ray = self.ray
+        queue = list(range(len(shards)))[::-1]
+        running: dict = {}  # object ref -> (shard index, actor)
+
+        def submit(actor):
+            if queue:
+                k = queue.pop()
+                running[actor.score.remote(*shards[k], layers)] = (k, actor)
+
+        for _ in range(2):
+            for a in self.actors:
+                submit(a)
+        while running:
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            k, actor = running.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayError as err:
+                raise RuntimeError(
+                    f"shard {k} failed on a Ray worker after {RESTARTS} retries: {err}"
+                ) from err
+            submit(actor)
+            yield k, result
