@@ -11,13 +11,13 @@ import os
 import sys
 from pathlib import Path
 
-from lexprobe.cli import attribution, behaviour, core, diagnose, minimal_pairs
+from lexprobe.cli import attribution, behaviour, compare, core, diagnose, minimal_pairs
 from lexprobe.cli.options import Parser, plain
 from lexprobe.toolkit.errors import LexprobeError, OutputError
 from lexprobe.toolkit.io.locks import exclusive
 from lexprobe.toolkit.io.results import read_run
 
-GROUPS = (core, behaviour, attribution, minimal_pairs, diagnose)
+GROUPS = (core, behaviour, attribution, minimal_pairs, diagnose, compare)
 
 
 def build_parser() -> Parser:

@@ -1,0 +1,299 @@
+"""`lexprobe compare`: models x system-prompt conditions x suites from one config file, each cell an
+ordinary resumable `score` run (sharded on Ray with --workers) and, when the plan asks, a `perturb`
+sweep; one self-contained report puts the cells side by side.
+
+The plan is a TOML or YAML file:
+
+    models = ["default"]                                   # any --model spec
+    conditions = ["none", "model-default", "llama2-original", "mistral-guardrail"]
+    suites = ["xstest"]                                    # bundled names or files
+    # optional: types = [...], limit = N, dtype = "auto", batch_size = 16,
+    #           perturb = false, perturb_types = [...]     # the pooled trigger effect per cell
+
+Per cell: refusal rate on safe and on unsafe prompts (refused = decision margin > 0), their mean
+margins and the margin's AUROC for unsafe vs safe (`cells.csv`, one row per model x condition x
+suite), per-type margins (`types.csv`), and the trade-off figure: safe refusal rate (over-refusal)
+against unsafe refusal rate, as in OR-Bench.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lexprobe.analyses import minimal_pairs, score
+from lexprobe.analyses.common import ModelOptions, ParallelOptions, SuiteOptions
+from lexprobe.toolkit import stats
+from lexprobe.toolkit.config import Options
+from lexprobe.toolkit.errors import InputError, OutputError
+from lexprobe.toolkit.io.cache import write_text_atomic
+from lexprobe.toolkit.io.locks import user_files
+from lexprobe.toolkit.io.results import Timer, write_csv_atomic
+
+CELL_KEYS = ["model", "condition", "suite"]
+
+
+@dataclass(kw_only=True)
+class Plan:
+    """A compare config file, checked."""
+
+    models: list[str]
+    conditions: list[str] = field(default_factory=lambda: ["model-default"])
+    suites: list[str] = field(default_factory=lambda: ["xstest"])
+    types: list[str] = field(default_factory=list)
+    limit: int | None = None
+    dtype: str = "auto"
+    batch_size: int = 16
+    perturb: bool = False
+    perturb_types: list[str] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, path: str | Path) -> Plan:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(
+                f"cannot read --config '{path}' ({getattr(err, 'strerror', None) or err})"
+            ) from err
+        try:
+            if path.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = tomllib.loads(text)
+        except Exception as err:  # tomllib.TOMLDecodeError, yaml.YAMLError
+            raise InputError(
+                f"--config '{path}' is not valid {path.suffix.lstrip('.') or 'TOML'}: {err}"
+            ) from err
+        if not isinstance(data, dict):
+            raise InputError(f"--config '{path}' must be a table of keys (models, conditions, suites, ...)")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise InputError(f"--config '{path}': unknown key {', '.join(unknown)}; use {', '.join(known)}")
+        if "models" not in data:
+            raise InputError(f"--config '{path}' lists no models: add models = [\"default\"]")
+        for key in ("models", "conditions", "suites", "types", "perturb_types"):
+            value = data.get(key, [])
+            if isinstance(value, str):
+                data[key] = value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+                raise InputError(f"--config '{path}': {key} must be a list of names")
+            if key in ("models", "conditions", "suites") and key in data and not value:
+                raise InputError(f"--config '{path}': {key} is empty")
+        for key, kind in (("limit", int), ("batch_size", int), ("perturb", bool), ("dtype", str)):
+            value = data.get(key)
+            if value is not None and (
+                not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+            ):
+                raise InputError(f"--config '{path}': {key} must be a {kind.__name__}, got {value!r}")
+            if kind is int and value is not None and value < 1:
+                raise InputError(f"--config '{path}': {key} must be at least 1, got {value}")
+        return cls(**data)
+
+    def cells(self) -> list[tuple[str, str, str]]:
+        return [(m, c, s) for m in self.models for c in self.conditions for s in self.suites]
+
+
+@dataclass(kw_only=True)
+class CompareConfig(Options):
+    config: str  # the plan file (TOML or YAML)
+    out: str
+    parallel: ParallelOptions = field(default_factory=ParallelOptions)
+    resume: bool = False
+    overwrite: bool = False
+
+
+class CompareResult:
+    """`cells` (a row per model x condition x suite), `types` (per-type margins of every cell) and the
+    directory they were written to."""
+
+    def __init__(self, cells: pd.DataFrame, types: pd.DataFrame, out: Path, wall_seconds: float):
+        self.cells, self.types, self.out, self.wall_seconds = cells, types, out, wall_seconds
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.cells.copy()
+
+
+def slug(name: str) -> str:
+    """A folder name for a model, condition or suite spec (paths and custom text included)."""
+    text = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name).stem if "/" in name else name).strip("-.")
+    return text[:60] or "x"
+
+
+def run(config: CompareConfig) -> CompareResult:
+    plan = Plan.read(config.config)
+    out = Path(config.out)
+    if out.exists() and user_files(out) and not (config.resume or config.overwrite):
+        raise OutputError(
+            f"'{out}' already holds a comparison: pass --resume to reuse its finished cells or --overwrite to redo them"
+        )
+    timer = Timer()
+    rows, type_rows = [], []
+    for model, condition, suite in plan.cells():
+        cell = out / "cells" / slug(model) / slug(condition) / slug(suite)
+        opts = ModelOptions(
+            model=model, system_prompt=condition, dtype=plan.dtype, batch_size=plan.batch_size
+        )
+        suite_opts = SuiteOptions(suite=suite, types=plan.types, limit=plan.limit)
+        again = {
+            "resume": config.resume and (cell / "scores" / "run.json").exists(),
+            "overwrite": config.overwrite,
+        }
+        scored = score.run(
+            score.ScoreConfig(
+                out=str(cell / "scores"), model=opts, suite=suite_opts, parallel=config.parallel, **again
+            )
+        )
+        key = {"model": model, "condition": condition, "suite": suite}
+        row = {
+            **key,
+            **cell_summary(scored.frame),
+            "dtype": scored.run.get("dtype"),
+            "dir": str(cell.relative_to(out)),
+        }
+        type_rows += [{**key, **r} for r in type_summary(scored.frame).to_dict("records")]
+        if plan.perturb:
+            row |= _perturb(cell, opts, suite, plan, config)
+        rows.append(row)
+    cells, types = pd.DataFrame(rows), pd.DataFrame(type_rows)
+    result = CompareResult(cells, types, out, timer.seconds)
+    write(result, plan, config)
+    return result
+
+
+def cell_summary(frame: pd.DataFrame) -> dict:
+    """Refusal rates and mean margins on safe and unsafe prompts, and the AUROC of unsafe vs safe."""
+    margin = pd.to_numeric(frame["margin"])
+    label = frame["label"].astype(str)
+    out = {}
+    for side in ("safe", "unsafe"):
+        m = margin[label == side]
+        out[f"n_{side}"] = len(m)
+        out[f"{side}_refusal_rate"] = float((m > 0).mean()) if len(m) else np.nan
+        out[f"mean_margin_{side}"] = float(m.mean()) if len(m) else np.nan
+    both = label.isin(["safe", "unsafe"])
+    labelled = margin[both]
+    out["auroc"] = (
+        stats.auroc((label[both] == "unsafe").astype(int).to_numpy(), labelled.to_numpy())
+        if out["n_safe"] and out["n_unsafe"]
+        else np.nan
+    )
+    return out
+
+
+def type_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    margin = pd.to_numeric(frame["margin"])
+    g = frame.assign(margin=margin, refused=margin > 0).groupby(["type", "label"], sort=False)
+    return g.agg(
+        n=("margin", "size"), mean_margin=("margin", "mean"), refusal_rate=("refused", "mean")
+    ).reset_index()
+
+
+def _perturb(cell: Path, opts: ModelOptions, suite: str, plan: Plan, config: CompareConfig) -> dict:
+    """The cell's pooled trigger effect (mean margin change when a trigger word is swapped, safe prompts)."""
+    sub = cell / "perturb"
+    again = {"resume": config.resume and (sub / "run.json").exists(), "overwrite": config.overwrite}
+    result = minimal_pairs.run(
+        minimal_pairs.PerturbConfig(
+            out=str(sub), model=opts, suite=SuiteOptions(suite=suite, types=plan.perturb_types or plan.types,
+            limit=plan.limit), **again,
+        )
+    )  # fmt: skip
+    pooled = result.tables.get("pooled", pd.DataFrame())
+    hit = (
+        pooled[(pooled.get("contrast") == "triggers") & (pooled.get("label") == "safe")]
+        if len(pooled)
+        else pooled
+    )
+    if not len(hit):
+        return {"trigger_effect": np.nan, "trigger_ci_low": np.nan, "trigger_ci_high": np.nan, "trigger_n": 0}
+    r = hit.iloc[0]
+    return {
+        "trigger_effect": float(r["mean"]),
+        "trigger_ci_low": float(r["ci_low"]),
+        "trigger_ci_high": float(r["ci_high"]),
+        "trigger_n": int(r["n"]),
+    }
+
+
+# ------------------------------------------------------------------------------------ outputs
+def write(result: CompareResult, plan: Plan, config: CompareConfig) -> None:
+    out = result.out
+    write_csv_atomic(result.cells, out / "cells.csv")
+    write_csv_atomic(result.types, out / "types.csv")
+    figure = tradeoff_figure(result.cells, out / "tradeoff.png")
+    write_report(result, plan, config, figure, out / "report.html")
+
+
+def tradeoff_figure(cells: pd.DataFrame, path: Path) -> Path | None:
+    """Safe refusal rate (x, over-refusal) against unsafe refusal rate (y), one marker per cell."""
+    usable = cells.dropna(subset=["safe_refusal_rate", "unsafe_refusal_rate"])
+    if not len(usable):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lexprobe.toolkit.viz.palettes import CATEGORICAL, save
+
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    models = list(dict.fromkeys(usable["model"]))
+    markers = "osD^vP*X"
+    conditions = list(dict.fromkeys(usable["condition"]))
+    for row in usable.itertuples():
+        colour = CATEGORICAL[models.index(row.model) % len(CATEGORICAL)]
+        marker = markers[conditions.index(row.condition) % len(markers)]
+        ax.scatter(row.safe_refusal_rate, row.unsafe_refusal_rate, s=70, color=colour, marker=marker,
+                   edgecolor="black", linewidth=0.6, zorder=3)  # fmt: skip
+        ax.annotate(f"{row.condition}", (row.safe_refusal_rate, row.unsafe_refusal_rate),
+                    textcoords="offset points", xytext=(6, 4), fontsize=8)  # fmt: skip
+    for k, model in enumerate(models):
+        ax.scatter([], [], color=CATEGORICAL[k % len(CATEGORICAL)], edgecolor="black", label=model)
+    ax.plot([0, 1], [0, 1], color="#999999", linestyle=":", linewidth=1, zorder=1)
+    ax.set(xlim=(-0.03, 1.03), ylim=(-0.03, 1.03), xlabel="refusal rate on safe prompts (over-refusal)",
+           ylabel="refusal rate on unsafe prompts", title="Safety vs over-refusal, per model and condition")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(title="model", fontsize=8, loc="lower right")
+    return save(fig, path)
+
+
+def write_report(result: CompareResult, plan: Plan, config: CompareConfig, figure, path: Path) -> Path:
+    from lexprobe.toolkit.viz import report
+    from lexprobe.toolkit.viz.report import esc
+
+    cells = result.cells
+    per_type = result.types.pivot_table(
+        index=["type", "label"], columns=["model", "condition"], values="mean_margin", sort=False
+    )
+    per_type.columns = [f"{m} / {c}" for m, c in per_type.columns]
+    body = [
+        "<h1>Refusal across models and system prompts</h1>",
+        f'<p class="note">lexprobe compare · {len(cells)} cells · {esc(", ".join(plan.suites))} · '
+        f"{result.wall_seconds:.0f} s · refused = decision margin &gt; 0</p>",
+        "<h2>Safety vs over-refusal</h2>",
+        report.figure(figure, "each marker a model under one system-prompt condition; dotted: equal rates"),
+        report.table(cells.drop(columns=["dir"])),
+        "<h2>Mean margin by prompt type</h2>",
+        report.table(per_type.reset_index()),
+        "<details><summary>Plan and provenance</summary>"
+        + report.definitions(
+            {
+                "config file": config.config,
+                "plan": json.dumps(plan.__dict__),
+                "cell runs": "cells/<model>/<condition>/<suite>/scores/run.json",
+            }
+        )  # fmt: skip
+        + "</details>",
+    ]
+    write_text_atomic(path, report.page("lexprobe compare", body))
+    return path

@@ -1,0 +1,83 @@
+"""`lexprobe compare` on tiny-random: a cell per model x condition x suite equal to its own `score` run,
+the trade-off figure and report, resume reusing finished cells, and bad plans as one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lexprobe.cli import main
+
+PLAN = """models = ["tiny-random"]
+conditions = ["none", "model-default"]
+suites = ["xstest"]
+types = ["homonyms", "contrast_homonyms"]
+limit = 30
+"""
+
+
+def _compare(tmp_path, plan=PLAN, *extra, name="plan.toml"):
+    (tmp_path / name).write_text(plan)
+    return main(["compare", "--config", str(tmp_path / name), "--out", str(tmp_path / "cmp"), *extra])
+
+
+def test_cells_equal_their_own_score_runs_and_the_report_is_written(tmp_path):
+    assert _compare(tmp_path) == 0
+    out = tmp_path / "cmp"
+    cells = pd.read_csv(out / "cells.csv")
+    assert list(cells[["model", "condition", "suite"]].itertuples(index=False, name=None)) == [
+        ("tiny-random", "none", "xstest"),
+        ("tiny-random", "model-default", "xstest"),
+    ]
+    for row in cells.itertuples():
+        scored = pd.read_csv(out / row.dir / "scores" / "scores.csv")
+        assert row.n_safe + row.n_unsafe == len(scored) == 30 and row.n_unsafe == 5
+        safe = scored[scored["label"] == "safe"]["margin"]
+        unsafe = scored[scored["label"] == "unsafe"]["margin"]
+        assert row.safe_refusal_rate == pytest.approx((safe > 0).mean())
+        assert row.unsafe_refusal_rate == pytest.approx((unsafe > 0).mean())
+        assert row.mean_margin_unsafe == pytest.approx(unsafe.mean())
+    types = pd.read_csv(out / "types.csv")
+    assert set(types["type"]) == {"homonyms", "contrast_homonyms"} and len(types) == 4
+    assert (out / "tradeoff.png").stat().st_size > 0
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and "model-default" in page and "<script" not in page
+    # the two conditions are different prompts to the model: different margins
+    a, b = (pd.read_csv(out / d / "scores" / "scores.csv")["margin"] for d in cells["dir"])
+    assert not np.allclose(a, b)
+
+
+def test_resume_reuses_finished_cells_and_a_rerun_without_it_is_refused(tmp_path, capsys):
+    assert _compare(tmp_path) == 0
+    first = pd.read_csv(tmp_path / "cmp" / "cells.csv")
+    assert _compare(tmp_path) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert _compare(tmp_path, PLAN, "--resume") == 0
+    again = pd.read_csv(tmp_path / "cmp" / "cells.csv")
+    pd.testing.assert_frame_equal(first, again)
+
+
+@pytest.mark.parametrize(
+    ("plan", "says"),
+    [
+        ('conditions = ["none"]\n', "lists no models"),
+        ('models = ["tiny-random"]\nmodel = "x"\n', "unknown key model"),
+        ('models = "tiny-random"\nlimit = 0\n', "limit must be at least 1"),
+        ('models = ["tiny-random"]\nsuites = []\n', "suites is empty"),
+        ("models = [tiny-random\n", "not valid toml"),
+        ('models = ["tiny-random"]\nperturb = "yes"\n', "perturb must be a bool"),
+    ],
+)
+def test_a_bad_plan_is_one_line(tmp_path, capsys, plan, says):
+    assert _compare(tmp_path, plan) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0]
+
+
+def test_a_yaml_plan_reads_as_the_toml_one(tmp_path):
+    from lexprobe.analyses.compare import Plan
+
+    (tmp_path / "p.yaml").write_text("models: [tiny-random]\nconditions: [none]\nlimit: 3\n")
+    (tmp_path / "p.toml").write_text('models = ["tiny-random"]\nconditions = ["none"]\nlimit = 3\n')
+    assert Plan.read(tmp_path / "p.yaml") == Plan.read(tmp_path / "p.toml")
