@@ -81,3 +81,16 @@ def test_a_yaml_plan_reads_as_the_toml_one(tmp_path):
     (tmp_path / "p.yaml").write_text("models: [tiny-random]\nconditions: [none]\nlimit: 3\n")
     (tmp_path / "p.toml").write_text('models = ["tiny-random"]\nconditions = ["none"]\nlimit = 3\n')
     assert Plan.read(tmp_path / "p.yaml") == Plan.read(tmp_path / "p.toml")
+
+
+def test_perturb_adds_each_cells_pooled_trigger_effect(tmp_path):
+    plan = (
+        'models = ["tiny-random"]\nconditions = ["none"]\ntypes = ["homonyms"]\nlimit = 6\nperturb = true\n'
+    )
+    assert _compare(tmp_path, plan) == 0
+    cell = pd.read_csv(tmp_path / "cmp" / "cells.csv").iloc[0]
+    pooled = pd.read_csv(tmp_path / "cmp" / cell["dir"] / "perturb" / "pooled.csv")
+    trig = pooled[(pooled["contrast"] == "triggers") & (pooled["label"] == "safe")].iloc[0]
+    assert cell["trigger_n"] == trig["n"] > 0
+    assert cell["trigger_effect"] == pytest.approx(trig["mean"])
+    assert cell["trigger_ci_low"] <= cell["trigger_effect"] <= cell["trigger_ci_high"]
