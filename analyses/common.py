@@ -38,6 +38,9 @@ class ModelOptions(Options):
     gradients: bool = False  # the run attributes: --dtype auto loads float32 (toolkit.models.devices)
 
 
+SHARD_BATCHES = 4  # batches in one shard of a sharded run (its unit of work and of retry)
+
+
 @dataclass(kw_only=True)
 class ParallelOptions(Options):
     """Sharding over Ray (`toolkit.distributed`): off unless `workers` or `ray_address` is given."""
@@ -65,9 +68,35 @@ class ParallelOptions(Options):
         replica = Replica(
             model=lm.spec, dtype=str(lm.dtype).removeprefix("torch."), device=str(lm.device),
             weights_sha256=lm.weights_sha256, system=session.system,
-            readout_json=session.readout.to_json(), batch_size=batch_size,
+            readout_json=session.readout.to_json() if session.readout is not None else None,
+            batch_size=batch_size,
         )  # fmt: skip
         return Cluster(replica, self.workers or 2, self.ray_address, self.num_gpus)
+
+    def run(
+        self,
+        session: Session,
+        batch_size: int,
+        todo: pd.DataFrame,
+        fn,
+        extra: tuple,
+        write,
+        desc: str,
+    ):
+        """`todo`'s prompts in shards of SHARD_BATCHES batches, each `fn(worker, texts, ids, *extra)` on an
+        actor (`toolkit.distributed.Worker`); `write(todo indices, result)` as each shard comes back."""
+        import numpy as np
+
+        from lexprobe.toolkit.io.progress import progress
+
+        size = SHARD_BATCHES * batch_size
+        shards = [np.arange(i, min(i + size, len(todo))) for i in range(0, len(todo), size)]
+        texts, ids = todo["prompt"].tolist(), todo["id"].tolist()
+        jobs = [([texts[i] for i in s], [ids[i] for i in s], *extra) for s in shards]
+        with self.cluster(session, batch_size) as cluster:
+            bar = f"{desc} on {cluster.workers} Ray workers"
+            for k, result in progress(cluster.run(fn, jobs), desc=bar, total=len(shards), unit="shard"):
+                write(list(shards[k]), result)
 
 
 @dataclass(kw_only=True)

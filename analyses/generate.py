@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from lexprobe.analyses.common import (
     RUN_KEYS,
     ModelOptions,
+    ParallelOptions,
     ResumableRun,
     Session,
     SuiteOptions,
@@ -29,6 +30,7 @@ class GenerateConfig(Options):
     model: ModelOptions = field(default_factory=ModelOptions)
     suite: SuiteOptions = field(default_factory=SuiteOptions)
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    parallel: ParallelOptions = field(default_factory=ParallelOptions)  # shard over Ray
     resume: bool = False
     overwrite: bool = False
 
@@ -42,6 +44,7 @@ def run(
     config: GenerateConfig, session: Session | None = None, suite: Suite | None = None
 ) -> CompletionsResult:
     suite = suite or open_suite(config.suite)
+    config.parallel.check()  # a wrong --ray-address fails here, not after the model loads
     session = session_for(config.model, session, need_readout=False)
     run_info = provenance(
         **session.lm.provenance(),
@@ -54,6 +57,8 @@ def run(
         decoding="greedy",
         status="running",
     )
+    if config.parallel.active:  # not a resume key: single-process and sharded runs continue each other
+        run_info["sharding"] = asdict(config.parallel)
     out = ResumableRun(
         config.out, CompletionsResult, COLUMNS, run_info, suite, config.resume, config.overwrite, RESUME_KEYS
     )
@@ -72,7 +77,12 @@ def run(
             ]
         )
 
-    if len(todo):
+    if len(todo) and config.parallel.active:
+        desc = f"generating {len(todo)} completions"
+        config.parallel.run(
+            session, config.model.batch_size, todo, generate_shard, (config.max_new_tokens,), write, desc
+        )
+    elif len(todo):
         texts = todo["prompt"].tolist()
         desc = f"generating {len(todo)} completions"
         generate(
@@ -85,3 +95,8 @@ def run(
             on_batch=write,
         )
     return out.finish(n_generated_this_run=len(todo))
+
+
+def generate_shard(worker, texts: list[str], ids: list[str], max_new_tokens: int):
+    """A shard's greedy completions on a Ray worker (`toolkit.distributed.Worker`)."""
+    return generate(worker.lm, worker.fmt, texts, max_new_tokens, worker.batch_size, desc="worker", ids=ids)

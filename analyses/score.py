@@ -8,6 +8,7 @@ import pandas as pd
 
 from lexprobe.analyses.common import (
     RUN_KEYS,
+    SHARD_BATCHES,
     ModelOptions,
     ParallelOptions,
     ResumableRun,
@@ -96,7 +97,10 @@ def run(config: ScoreConfig, session: Session | None = None, suite: Suite | None
         out.write(rows)
 
     if len(todo) and config.parallel.active:
-        _score_sharded(config, session, todo, write)
+        desc = f"scoring {len(todo)} prompts"
+        config.parallel.run(
+            session, config.model.batch_size, todo, score_shard, (config.layers,), write, desc
+        )
     elif len(todo):
         scorer = Scorer(session.lm, session.fmt, session.readout, batch_size=config.model.batch_size)
         scorer.score(
@@ -109,22 +113,6 @@ def run(config: ScoreConfig, session: Session | None = None, suite: Suite | None
     return out.finish(n_scored_this_run=len(todo))
 
 
-SHARD_BATCHES = 4  # batches in one shard of a sharded run (its unit of work and of retry)
-
-
-def _score_sharded(config: ScoreConfig, session: Session, todo: pd.DataFrame, write) -> None:
-    """Score `todo` on Ray actors, shard by shard, writing each shard's rows as it comes back."""
-    import numpy as np
-
-    from lexprobe.toolkit.io.progress import progress
-
-    size = SHARD_BATCHES * config.model.batch_size
-    shards = [np.arange(i, min(i + size, len(todo))) for i in range(0, len(todo), size)]
-    texts, ids = todo["prompt"].tolist(), todo["id"].tolist()
-    with config.parallel.cluster(session, config.model.batch_size) as cluster:
-        jobs = [([texts[i] for i in s], [ids[i] for i in s]) for s in shards]
-        desc = f"scoring {len(todo)} prompts on {cluster.workers} Ray workers"
-        for k, scores in progress(
-            cluster.score(jobs, config.layers), desc=desc, total=len(shards), unit="shard"
-        ):
-            write(list(shards[k]), scores)
+def score_shard(worker, texts: list[str], ids: list[str], layers: bool):
+    """A shard's MarginScores on a Ray worker (`toolkit.distributed.Worker`)."""
+    return worker.scorer.score(texts, layers=layers, desc="worker", ids=ids)

@@ -29,12 +29,14 @@ class Replica:
     device: str
     weights_sha256: str | None
     system: object  # the driver's SystemPrompt
-    readout_json: str
+    readout_json: str | None  # None: a study that reads no margins (generate)
     batch_size: int
 
 
 class Worker:
-    """One model replica (a Ray actor): the scorer of the driver's condition."""
+    """One model replica (a Ray actor) under the driver's condition. A study hands it work as a
+    function of the worker and a shard (`call`), defined in the study's own module: the functions
+    travel by reference, so an actor runs the same code as the driver."""
 
     def __init__(self, replica: Replica, threads: int):
         import torch
@@ -42,21 +44,33 @@ class Worker:
         from lexprobe.probes.margin import RefusalReadout
         from lexprobe.toolkit.models.chat import ChatFormat
         from lexprobe.toolkit.models.loader import load_model
-        from lexprobe.toolkit.scoring.scorer import Scorer
 
         torch.set_num_threads(threads)
         device = (
             "cuda" if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES") else replica.device
         )
-        lm = load_model(replica.model, replica.dtype, device, replica.weights_sha256)
-        fmt = ChatFormat(lm.tokenizer, replica.system)
-        self.scorer = Scorer(lm, fmt, RefusalReadout.from_json(replica.readout_json), replica.batch_size)
+        self.lm = load_model(replica.model, replica.dtype, device, replica.weights_sha256)
+        self.fmt = ChatFormat(self.lm.tokenizer, replica.system)
+        self.batch_size = replica.batch_size
+        self.readout = (
+            None if replica.readout_json is None else RefusalReadout.from_json(replica.readout_json)
+        )
+        self._scorer = None
+
+    @property
+    def scorer(self):
+        """The replica's `Scorer` (its shared-prefix cache built once)."""
+        if self._scorer is None:
+            from lexprobe.toolkit.scoring.scorer import Scorer
+
+            self._scorer = Scorer(self.lm, self.fmt, self.readout, self.batch_size)
+        return self._scorer
 
     def pid(self) -> int:
         return os.getpid()
 
-    def score(self, texts: list[str], ids: list[str], layers: bool):
-        return self.scorer.score(texts, layers=layers, desc="worker", ids=ids)
+    def call(self, fn, *args):
+        return fn(self, *args)
 
 
 def check(address: str | None, timeout: float = 5.0) -> None:
@@ -129,19 +143,17 @@ class Cluster:
         if self._started:
             self.ray.shutdown()
 
-    def score(
-        self, shards: list[tuple[list[str], list[str]]], layers: bool = False
-    ) -> Iterator[tuple[int, object]]:
-        """(shard index, MarginScores) as shards finish; shards are (texts, ids). Each actor has at most
-        two shards in hand, and takes the next when one is done."""
+    def run(self, fn, jobs: list[tuple]) -> Iterator[tuple[int, object]]:
+        """(job index, fn(worker, *job) on an actor) as jobs finish. Each actor has at most two jobs in
+        hand, and takes the next when one is done."""
         ray = self.ray
-        queue = list(range(len(shards)))[::-1]
-        running: dict = {}  # object ref -> (shard index, actor)
+        queue = list(range(len(jobs)))[::-1]
+        running: dict = {}  # object ref -> (job index, actor)
 
         def submit(actor):
             if queue:
                 k = queue.pop()
-                running[actor.score.remote(*shards[k], layers)] = (k, actor)
+                running[actor.call.remote(fn, *jobs[k])] = (k, actor)
 
         for _ in range(2):
             for a in self.actors:

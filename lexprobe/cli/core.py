@@ -62,6 +62,7 @@ def register(sub) -> None:
     p.add_argument(
         "--max-new-tokens", type=positive_int, default=128, metavar="N", help="tokens per completion"
     )
+    add_parallel_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("suites", help="list the bundled prompt suites")

@@ -57,6 +57,7 @@ def test_resume_mixes_single_process_and_sharded_runs(tmp_path, tiny_readout_fil
 
 
 def test_a_killed_workers_shard_is_done_again(tiny, tiny_readout, cluster):
+    from lexprobe.analyses.score import score_shard
     from lexprobe.toolkit.distributed import Cluster, Replica
     from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
     from lexprobe.toolkit.scoring.scorer import Scorer
@@ -68,7 +69,7 @@ def test_a_killed_workers_shard_is_done_again(tiny, tiny_readout, cluster):
     with Cluster(replica, workers=2) as c:
         victim = ray.get(c.actors[0].pid.remote())
         os.kill(victim, signal.SIGKILL)  # the worker dies before it is handed its shards
-        got = dict(c.score(shards))
+        got = dict(c.run(score_shard, [(*shard, False) for shard in shards]))
         assert ray.get(c.actors[0].pid.remote()) != victim  # restarted
     want = Scorer(tiny, ChatFormat(tiny.tokenizer, system), tiny_readout, 4).score(texts)
     assert sorted(got) == [0, 1, 2]
@@ -86,3 +87,23 @@ def test_a_ray_address_that_does_not_answer_is_one_line_before_the_model_loads(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0]
     assert not (tmp_path / "bad").exists()
+
+
+def test_sharded_generation_equals_one_process(tmp_path, cluster):
+    base = [
+        "generate",
+        "--model",
+        "tiny-random",
+        "--suite",
+        "xstest",
+        "--limit",
+        "10",
+        "--max-new-tokens",
+        "6",
+    ]
+    assert main([*base, "--batch-size", "4", "--out", str(tmp_path / "one")]) == 0
+    assert main([*base, "--batch-size", "4", "--workers", "2", "--out", str(tmp_path / "sharded")]) == 0
+    one, sharded = (
+        pd.read_csv(tmp_path / d / "completions.csv", keep_default_na=False) for d in ("one", "sharded")
+    )
+    pd.testing.assert_frame_equal(one, sharded)
