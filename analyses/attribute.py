@@ -19,7 +19,15 @@ import pandas as pd
 import torch
 
 from lexprobe.analyses import contrast
-from lexprobe.analyses.common import RUN_KEYS, ModelOptions, Session, SuiteOptions, open_suite, session_for
+from lexprobe.analyses.common import (
+    RUN_KEYS,
+    ModelOptions,
+    ParallelOptions,
+    Session,
+    SuiteOptions,
+    open_suite,
+    session_for,
+)
 from lexprobe.toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, PromptTarget
 from lexprobe.toolkit.attribution import faithfulness as faith
 from lexprobe.toolkit.attribution.core import attribute_together, score_texts
@@ -54,6 +62,7 @@ class AttributeConfig(Options):
     resume: bool = False
     overwrite: bool = False
     pair_map: str | None = None  # safe_id, unsafe_id (default: XSTest's, for the bundled xstest suite)
+    parallel: ParallelOptions = field(default_factory=ParallelOptions)  # shard over Ray
 
 
 def parse_methods(value: str | list[str]) -> list[str]:
@@ -145,6 +154,29 @@ def attribute_group(
                 )
                 part["curves"] += _curve_rows(row["id"], method, curve)
     return parts
+
+
+def attribute_records(
+    scorer: Scorer, records: list[dict], methods: list[str], config: AttributeConfig
+) -> list[dict]:
+    """The parts of a group of suite records (id, type, label, prompt, pair_id), side by side."""
+    targets = [PromptTarget(scorer, r["prompt"], config.settings, name=f"prompt {r['id']}") for r in records]
+    rows = [{k: r[k] for k in ("id", "type", "label", "prompt", "pair_id")} for r in records]
+    return attribute_group(targets, rows, methods, config)
+
+
+def attribute_shard(worker, records: list[dict], methods: list[str], config: AttributeConfig) -> list[dict]:
+    """A group's parts on a Ray worker (`toolkit.distributed.Worker`)."""
+    return attribute_records(worker.scorer, records, methods, config)
+
+
+def _keep(out: Path | None, parts: list[dict]) -> list[dict]:
+    """Finished parts: appended to parts.jsonl (returns none), or kept in memory without an `out`."""
+    if out is None:
+        return parts
+    with open(out / PARTS, "a", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps(part) + "\n" for part in parts))
+    return []
 
 
 def _start_part(target: PromptTarget, row: dict) -> dict:
@@ -292,6 +324,7 @@ def run(
     suite, pairs = _selection(config, suite)
     out = Path(config.out) if config.out else None
     done = _existing(out, config)  # before the (slow) model load
+    config.parallel.check()
     session = session_for(replace(config.model, gradients=True), session)
     if session.lm.dtype != torch.float32 and "integrated_gradients" in methods:
         log.warning(
@@ -319,6 +352,8 @@ def run(
         },
         status="running",
     )
+    if config.parallel.active:  # not a resume key: single-process and sharded runs continue each other
+        run_info["sharding"] = asdict(config.parallel) | {"group_prompts": GROUP}
     if config.resume and out is not None:
         check_resumable(out, run_info, RESUME_KEYS, PARTS)
     session.ensure_smooth_temperature(config.settings.batch_size)  # after every check: it takes a while
@@ -332,23 +367,22 @@ def run(
     frame = suite.frame
     todo = frame[~frame["id"].isin(done)]
     records = todo.to_dict("records")
-    with progress(None, total=len(records), desc=f"attributing {len(records)} prompts", unit="prompt") as bar:
-        for start in range(0, len(records), GROUP):
-            group = records[start : start + GROUP]
-            targets = [
-                PromptTarget(scorer, rec["prompt"], config.settings, name=f"prompt {rec['id']}")
-                for rec in group
-            ]
-            rows = [{k: rec[k] for k in ("id", "type", "label", "prompt")} for rec in group]
-            for row in rows:
-                row["pair_id"] = pairs.get(row["id"], "")
-            done_parts = attribute_group(targets, rows, methods, config)
-            if out is None:
-                parts += done_parts
-            else:
-                with open(out / PARTS, "a", encoding="utf-8") as fh:
-                    fh.write("".join(json.dumps(part) + "\n" for part in done_parts))
-            bar.update(len(group))
+    for rec in records:
+        rec["pair_id"] = pairs.get(rec["id"], "")
+    groups = [records[i : i + GROUP] for i in range(0, len(records), GROUP)]
+    if config.parallel.active and groups:
+        with config.parallel.cluster(session, config.settings.batch_size) as cluster:
+            done_groups = cluster.run(attribute_shard, [(g, methods, config) for g in groups])
+            bar = f"attributing {len(records)} prompts on {cluster.workers} Ray workers"
+            for _, done_parts in progress(done_groups, desc=bar, total=len(groups), unit="group"):
+                parts += _keep(out, done_parts)
+    else:
+        with progress(
+            None, total=len(records), desc=f"attributing {len(records)} prompts", unit="prompt"
+        ) as bar:
+            for group in groups:
+                parts += _keep(out, attribute_records(scorer, group, methods, config))
+                bar.update(len(group))
     run_info.update(status="complete", wall_seconds=timer.seconds, n_attributed_this_run=len(todo))
     result = assemble(parts if out is None else read_parts(out), list(frame["id"]), run_info)
     if out is not None:

@@ -8,6 +8,7 @@ from lexprobe.cli.options import (
     add_faithfulness_args,
     add_model_args,
     add_out_args,
+    add_parallel_args,
     add_suite_args,
     out_dir,
     positive_int,
@@ -68,6 +69,7 @@ def register(sub) -> None:
     p.add_argument("--prompt", default=None, help="one prompt to attribute, instead of --suite")
     add_attribution_args(p, ["integrated_gradients"])
     add_faithfulness_args(p)
+    add_parallel_args(p)
     p.add_argument(
         "--contrasts", action="store_true", help="add the paired unsafe contrast of each safe prompt"
     )

@@ -107,3 +107,25 @@ def test_sharded_generation_equals_one_process(tmp_path, cluster):
         pd.read_csv(tmp_path / d / "completions.csv", keep_default_na=False) for d in ("one", "sharded")
     )
     pd.testing.assert_frame_equal(one, sharded)
+
+
+def test_sharded_attribution_equals_one_process(tmp_path, tiny_readout_file, cluster):
+    base = ["attribute", "--model", "tiny-random", "--readout", str(tiny_readout_file), "--suite", "xstest"]
+    base += [
+        "--limit",
+        "10",
+        "--method",
+        "integrated_gradients,occlusion",
+        "--steps",
+        "4",
+        "--max-steps",
+        "8",
+    ]
+    assert main([*base, "--out", str(tmp_path / "one")]) == 0
+    assert main([*base, "--workers", "2", "--out", str(tmp_path / "sharded")]) == 0
+    for table in ("attributions.csv", "faithfulness.csv", "prompts.csv"):
+        one, sharded = (pd.read_csv(tmp_path / d / table, keep_default_na=False) for d in ("one", "sharded"))
+        assert list(one["id"]) == list(sharded["id"]) and len(one) > 0, table
+        numeric = one.select_dtypes("number").columns
+        np.testing.assert_allclose(sharded[numeric].to_numpy(float), one[numeric].to_numpy(float), atol=1e-5)
+    assert json.loads((tmp_path / "sharded" / "run.json").read_text())["sharding"]["workers"] == 2
