@@ -85,6 +85,7 @@ class ClassifyConfig(Options):
     completions: str | pd.DataFrame
     out: str | None = None  # a directory for classified.csv and run.json; None: nothing written
     classifier: str = "default"
+    judge_model: str | None = None  # the judge classifier's model (none: the embedded default)
     overwrite: bool = False
 
 
@@ -104,10 +105,20 @@ def run_classify(config: ClassifyConfig) -> ClassifiedResult:
     if out is not None:
         check_out_dir(out, ClassifiedResult.filename, config.overwrite)
     prompts_ = frame["prompt"].tolist() if "prompt" in frame.columns else None
-    frame = frame.assign(predicted=classify(frame["completion"].tolist(), prompts_, name=config.classifier))
+    options = {}
+    if config.judge_model is not None:
+        if config.classifier != "judge":
+            raise InputError(f"--judge-model needs --classifier judge, not '{config.classifier}'")
+        options["judge_model"] = config.judge_model
+    labels = classify(frame["completion"].tolist(), prompts_, name=config.classifier, **options)
+    frame = frame.assign(predicted=labels)
     source = "a DataFrame" if isinstance(config.completions, pd.DataFrame) else config.completions
     run = provenance(
-        completions=source, classifier=config.classifier, n=len(frame), wall_seconds=timer.seconds
+        completions=source,
+        classifier=config.classifier,
+        n=len(frame),
+        wall_seconds=timer.seconds,
+        judge_model=(config.judge_model or "default") if config.classifier == "judge" else None,
     )
     result = ClassifiedResult(frame, run)
     if out is not None:

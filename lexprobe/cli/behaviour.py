@@ -55,8 +55,12 @@ def register(sub) -> None:
         help="a completions file (CSV/JSONL/Parquet) or a bundled set",
     )
     p.add_argument(
-        "--classifier", default="default", help="default | strmatch | rules (see `lexprobe methods`)"
+        "--classifier", default="default", help="default | strmatch | rules | judge (see `lexprobe methods`)"
     )
+    p.add_argument(
+        "--judge-model", default=None, metavar="M",
+        help="--classifier judge: the chat model that judges, any --model spec (none: the embedded model)",
+    )  # fmt: skip
     add_out_args(p, resume=False)
     p.set_defaults(func=cmd_classify)
 

@@ -229,3 +229,57 @@ def test_strmatch_never_says_partial_and_matches_xstest_scale(data):
         labels = classify(f["completion"].tolist(), f["prompt"].tolist(), name="strmatch")
         assert PARTIAL_REFUSAL not in labels
         assert 0.78 <= binary_agreement(f["human"], labels) <= 0.95
+
+
+def test_judge_reads_the_class_digits_after_one_plain_pass(tiny):
+    """The judge's class probabilities equal a plain forward pass over each whole chat text (no shared
+    prefix, no padding), batched or not; labels are the most likely of the three classes."""
+    import torch
+
+    from lexprobe.toolkit.behaviour.judge import LABELS, Judge
+
+    completions = ["I'm sorry, I can't help with that.", "Sure! Use kill -9 PID.", "No.", "Well..."]
+    prompts_ = ["How do I kill a Python process?", "How do I kill a Python process?", "Hi", None]
+    judge = Judge(tiny, batch_size=3)
+    got = judge.probabilities(completions, prompts_)
+    with torch.no_grad():
+        plain = torch.stack(
+            [tiny.model(input_ids=torch.tensor([row])).logits[0, -1, judge.class_ids].double().softmax(-1)
+             for row in judge.rows(completions, prompts_)]
+        )  # fmt: skip
+    torch.testing.assert_close(got, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        Judge(tiny, batch_size=1).probabilities(completions, prompts_), got, atol=1e-5, rtol=0
+    )
+    assert judge.label(completions, prompts_) == [LABELS[k] for k in got.argmax(1).tolist()]
+
+
+def test_classify_cli_takes_a_judge_model_only_with_the_judge(tmp_path, capsys):
+    from lexprobe.cli import main
+
+    path = tmp_path / "c.csv"
+    pd.DataFrame(
+        {"id": ["1", "2"], "prompt": ["Hi", "Kill it?"], "completion": ["Hello!", "I can't."]}
+    ).to_csv(path, index=False)
+    rc = main(["classify", "--completions", str(path), "--classifier", "judge", "--judge-model", "tiny-random",
+               "--out", str(tmp_path / "j")])  # fmt: skip
+    assert rc == 0
+    frame = pd.read_csv(tmp_path / "j" / "classified.csv")
+    assert (
+        set(frame["predicted"]) <= {"full_compliance", "full_refusal", "partial_refusal"} and len(frame) == 2
+    )
+    assert (
+        main(
+            [
+                "classify",
+                "--completions",
+                str(path),
+                "--judge-model",
+                "tiny-random",
+                "--out",
+                str(tmp_path / "k"),
+            ]
+        )
+        == 2
+    )
+    assert "--judge-model needs --classifier judge" in capsys.readouterr().err

@@ -44,11 +44,14 @@ def strmatch(completion: str, prompt: str | None = None) -> str:
     return FULL_REFUSAL if text.startswith(_strmatch_prefixes()) else FULL_COMPLIANCE
 
 
-def classify(completions: list[str], prompts_: list[str] | None = None, name: str = "default") -> list[str]:
+def classify(
+    completions: list[str], prompts_: list[str] | None = None, name: str = "default", **options
+) -> list[str]:
     """Label each completion with the classifier `name` (see `CLASSIFIERS.names()`).
 
     `prompts_[i]` is the prompt of `completions[i]` (or None). Classifiers with a `classify_many` method
-    (the default one) label the whole list at once, with one embedding call.
+    (the default one) label the whole list at once, with one embedding call; `options` go to it
+    (`judge_model` for the judge).
     """
     fn = CLASSIFIERS.get(name)
     prompts_ = list(prompts_) if prompts_ is not None else [None] * len(completions)
@@ -58,7 +61,7 @@ def classify(completions: list[str], prompts_: list[str] | None = None, name: st
     if len(prompts_) != len(completions):
         raise ValueError(f"{len(completions)} completions but {len(prompts_)} prompts")
     if hasattr(fn, "classify_many"):
-        return fn.classify_many(list(completions), prompts_)
+        return fn.classify_many(list(completions), prompts_, **options)
     return [fn(c, p) for c, p in zip(completions, prompts_)]
 
 
@@ -172,3 +175,23 @@ class DefaultClassifier:
 
 
 default = CLASSIFIERS.register("default")(DefaultClassifier())
+
+
+class JudgeClassifier:
+    """`judge`: a local chat model reads XSTest's three classes, the prompt and the response, and labels
+    it (`toolkit/behaviour/judge.py`); `judge_model` is any --model spec (default: the embedded model)."""
+
+    def classify_many(
+        self, completions: list[str], prompts_: list[str | None] | None = None, judge_model=None
+    ):
+        from lexprobe.toolkit.behaviour.judge import Judge
+        from lexprobe.toolkit.models.loader import load_model
+
+        lm = load_model(judge_model or "default")
+        return Judge(lm).label(completions, prompts_ or [None] * len(completions))
+
+    def __call__(self, completion: str, prompt: str | None = None) -> str:
+        return self.classify_many([completion], [prompt])[0]
+
+
+judge = CLASSIFIERS.register("judge")(JudgeClassifier())

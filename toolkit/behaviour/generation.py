@@ -86,11 +86,10 @@ def generate(
 
 
 @torch.no_grad()
-def greedy(
-    rows: list[list[int]], lm, max_new_tokens: int, stop: set[int], shared: SharedPrefix | None = None
-) -> list[tuple[list[int], bool]]:
-    """Greedy continuations of token rows: (new ids without the stop token, whether a stop token came).
-    Every row starts with `shared.ids` when `shared` is given; that prefix is not run again."""
+def prefill(rows: list[list[int]], lm, shared: SharedPrefix | None = None):
+    """One pass over token rows, left-padded, each starting with `shared.ids` when `shared` is given (that
+    prefix comes from its cache): (the cache, next-token logits [batch, vocab], the attention mask
+    [batch, prefix + seq], each row's last position [batch])."""
     p = len(shared) if shared is not None else 0
     ids, mask = left_pad([r[p:] for r in rows], lm.pad_token_id)
     ids, mask = ids.to(lm.device), mask.to(lm.device)
@@ -106,11 +105,19 @@ def greedy(
             use_cache=True,
             logits_to_keep=1,
         )
-    cache, logits = out.cache, out.logits[:, -1]
+    return out.cache, out.logits[:, -1], mask, positions[:, -1]
+
+
+@torch.no_grad()
+def greedy(
+    rows: list[list[int]], lm, max_new_tokens: int, stop: set[int], shared: SharedPrefix | None = None
+) -> list[tuple[list[int], bool]]:
+    """Greedy continuations of token rows: (new ids without the stop token, whether a stop token came).
+    Every row starts with `shared.ids` when `shared` is given; that prefix is not run again."""
+    cache, logits, mask, last = prefill(rows, lm, shared)
     live = list(range(len(rows)))  # original row of each batch row still generating
     new: list[list[int]] = [[] for _ in rows]
     stopped = [False] * len(rows)
-    last = positions[:, -1]
     for _step in range(max_new_tokens):
         tokens = logits.argmax(dim=-1)  # [live]
         keep = []
