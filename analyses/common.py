@@ -11,6 +11,7 @@ import pandas as pd
 
 from lexprobe.probes.margin import RefusalReadout
 from lexprobe.toolkit.config import Options
+from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.io.cache import write_json_atomic
 from lexprobe.toolkit.io.results import Timer, read_csv_table, write_csv_atomic
 from lexprobe.toolkit.io.rows import RowWriter, check_resumable, check_rows_match
@@ -55,6 +56,10 @@ class ParallelOptions(Options):
 
     def check(self) -> None:
         """Ray is installed and the address answers (before the model loads); nothing when inactive."""
+        if self.ray_address is not None and not self.ray_address.strip():
+            raise InputError("--ray-address is empty: give host:port, auto, or leave the flag out")
+        if self.num_gpus is not None and not self.active:
+            raise InputError("--num-gpus needs --workers or --ray-address (a single process uses --device)")
         if self.active:
             from lexprobe.toolkit.distributed import check
 

@@ -62,16 +62,17 @@ class Plan:
             raise InputError(
                 f"cannot read --config '{path}' ({getattr(err, 'strerror', None) or err})"
             ) from err
+        kind = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}.get(path.suffix.lower(), "TOML")
         try:
-            if path.suffix.lower() in (".yaml", ".yml"):
+            if kind == "YAML":
                 import yaml
 
                 data = yaml.safe_load(text)
             else:
-                data = tomllib.loads(text)
-        except Exception as err:  # tomllib.TOMLDecodeError, yaml.YAMLError
+                data = json.loads(text) if kind == "JSON" else tomllib.loads(text)
+        except Exception as err:  # tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError
             raise InputError(
-                f"--config '{path}' is not valid {path.suffix.lstrip('.') or 'TOML'}: {err}"
+                f"--config '{path}' is not valid {kind} (read as {kind} by its name): {err}"
             ) from err
         if not isinstance(data, dict):
             raise InputError(f"--config '{path}' must be a table of keys (models, conditions, suites, ...)")
@@ -89,15 +90,34 @@ class Plan:
                 raise InputError(f"--config '{path}': {key} must be a list of names")
             if key in ("models", "conditions", "suites") and key in data and not value:
                 raise InputError(f"--config '{path}': {key} is empty")
+            twice = sorted({v for v in value if value.count(v) > 1})
+            if twice:
+                raise InputError(f"--config '{path}': {key} lists {', '.join(twice)} twice")
         for key, kind in (("limit", int), ("batch_size", int), ("perturb", bool), ("dtype", str)):
             value = data.get(key)
             if value is not None and (
                 not isinstance(value, kind) or (kind is int and isinstance(value, bool))
             ):
-                raise InputError(f"--config '{path}': {key} must be a {kind.__name__}, got {value!r}")
+                kind_name = {int: "whole number", bool: "true or false", str: "text"}[kind]
+                raise InputError(f"--config '{path}': {key} must be {kind_name}, got {value!r}")
             if kind is int and value is not None and value < 1:
                 raise InputError(f"--config '{path}': {key} must be at least 1, got {value}")
         return cls(**data)
+
+    def check(self) -> None:
+        """Every model spec, condition and suite of the plan, before the first model loads."""
+        from lexprobe.analyses.common import open_suite
+        from lexprobe.toolkit.models.chat import SystemPrompt
+        from lexprobe.toolkit.models.loader import check_spec
+
+        for model in self.models:
+            check_spec(model)
+        for condition in self.conditions:
+            SystemPrompt.parse(condition)
+        for suite in self.suites:
+            open_suite(SuiteOptions(suite=suite, types=self.types, limit=self.limit))
+            if self.perturb and self.perturb_types:
+                open_suite(SuiteOptions(suite=suite, types=self.perturb_types))
 
     def cells(self) -> list[tuple[str, str, str]]:
         return [(m, c, s) for m in self.models for c in self.conditions for s in self.suites]
@@ -131,11 +151,17 @@ def slug(name: str) -> str:
 
 def run(config: CompareConfig) -> CompareResult:
     plan = Plan.read(config.config)
+    plan.check()
+    config.parallel.check()
     out = Path(config.out)
     if out.exists() and user_files(out) and not (config.resume or config.overwrite):
         raise OutputError(
             f"'{out}' already holds a comparison: pass --resume to reuse its finished cells or --overwrite to redo them"
         )
+    if config.overwrite and (out / "cells").is_dir() and (out / "run.json").exists():
+        import shutil
+
+        shutil.rmtree(out / "cells")  # an earlier comparison's cells, which this plan may not list
     timer = Timer()
     rows, type_rows = [], []
     for model, condition, suite in plan.cells():
@@ -227,7 +253,15 @@ def _perturb(cell: Path, opts: ModelOptions, suite: str, plan: Plan, config: Com
 
 # ------------------------------------------------------------------------------------ outputs
 def write(result: CompareResult, plan: Plan, config: CompareConfig) -> None:
+    from lexprobe.toolkit.io.cache import write_json_atomic
+    from lexprobe.toolkit.io.results import provenance
+
     out = result.out
+    write_json_atomic(
+        out / "run.json",
+        provenance(study="compare", config_file=str(config.config), plan=plan.__dict__, n_cells=len(result.cells),
+                   wall_seconds=result.wall_seconds, status="complete"),
+    )  # fmt: skip
     write_csv_atomic(result.cells, out / "cells.csv")
     write_csv_atomic(result.types, out / "types.csv")
     figure = tradeoff_figure(result.cells, out / "tradeoff.png")

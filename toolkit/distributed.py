@@ -10,6 +10,7 @@ the run.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -118,18 +119,31 @@ class Cluster:
         self.ray = ray
         if not ray.is_initialized():
             try:
+                quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
                 if self.address:
-                    ray.init(address=self.address, log_to_driver=False)
+                    ray.init(address=self.address, **quiet)
                 else:
-                    ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False)
+                    ray.init(num_cpus=self.workers, include_dashboard=False, **quiet)
             except (ConnectionError, RuntimeError, ValueError) as err:
                 raise InputError(
                     f"cannot start or join a Ray cluster at {self.address or 'this machine'}: {err}"
                 ) from err
             self._started = True
+        have = ray.cluster_resources()
         gpus = self.num_gpus
         if gpus is None:  # one GPU an actor where the cluster has GPUs
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+            gpus = 1.0 if have.get("GPU", 0) >= 1 else 0.0
+        if gpus * self.workers > have.get("GPU", 0):  # Ray would wait for them forever
+            self.__exit__()
+            raise InputError(
+                f"{self.workers} workers x {gpus:g} GPUs need {gpus * self.workers:g} GPUs and the Ray cluster "
+                f"has {have.get('GPU', 0):g}: lower --num-gpus or --workers"
+            )
+        if self.workers > have.get("CPU", 0):
+            self.__exit__()
+            raise InputError(
+                f"{self.workers} workers need a CPU each and the Ray cluster has {have.get('CPU', 0):g}: lower --workers"
+            )
         actor = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=RESTARTS, max_task_retries=RESTARTS)(
             Worker
         )

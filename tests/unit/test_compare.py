@@ -65,22 +65,27 @@ def test_resume_reuses_finished_cells_and_a_rerun_without_it_is_refused(tmp_path
         ('models = ["tiny-random"]\nmodel = "x"\n', "unknown key model"),
         ('models = "tiny-random"\nlimit = 0\n', "limit must be at least 1"),
         ('models = ["tiny-random"]\nsuites = []\n', "suites is empty"),
-        ("models = [tiny-random\n", "not valid toml"),
-        ('models = ["tiny-random"]\nperturb = "yes"\n', "perturb must be a bool"),
+        ("models = [tiny-random\n", "not valid TOML"),
+        ('models = ["tiny-random"]\nperturb = "yes"\n', "perturb must be true or false"),
+        ('models = ["tiny-random", "tiny-random"]\n', "models lists tiny-random twice"),
+        ('models = ["tiny-random", "no-such-model"]\n', "unknown model spec 'no-such-model'"),
+        ('models = ["tiny-random"]\nsuites = ["xstest", "xstset"]\n', "xstset"),
     ],
 )
-def test_a_bad_plan_is_one_line(tmp_path, capsys, plan, says):
+def test_a_bad_plan_is_one_line_before_any_cell_runs(tmp_path, capsys, plan, says):
     assert _compare(tmp_path, plan) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0]
+    assert not (tmp_path / "cmp").exists()
 
 
-def test_a_yaml_plan_reads_as_the_toml_one(tmp_path):
+def test_yaml_and_json_plans_read_as_the_toml_one(tmp_path):
     from lexprobe.analyses.compare import Plan
 
     (tmp_path / "p.yaml").write_text("models: [tiny-random]\nconditions: [none]\nlimit: 3\n")
     (tmp_path / "p.toml").write_text('models = ["tiny-random"]\nconditions = ["none"]\nlimit = 3\n')
-    assert Plan.read(tmp_path / "p.yaml") == Plan.read(tmp_path / "p.toml")
+    (tmp_path / "p.json").write_text('{"models": ["tiny-random"], "conditions": ["none"], "limit": 3}')
+    assert Plan.read(tmp_path / "p.yaml") == Plan.read(tmp_path / "p.toml") == Plan.read(tmp_path / "p.json")
 
 
 def test_perturb_adds_each_cells_pooled_trigger_effect(tmp_path):

@@ -78,12 +78,18 @@ def test_a_killed_workers_shard_is_done_again(tiny, tiny_readout, cluster):
 
 
 @pytest.mark.parametrize(
-    ("address", "says"), [("127.0.0.1:1", "no Ray cluster answers"), ("nonsense", "is not host:port")]
+    ("address", "says"),
+    [
+        (["--ray-address", "127.0.0.1:1"], "no Ray cluster answers"),
+        (["--ray-address", "nonsense"], "is not host:port"),
+        (["--ray-address", ""], "--ray-address is empty"),
+        (["--num-gpus", "1"], "--num-gpus needs --workers"),
+    ],
 )
 def test_a_ray_address_that_does_not_answer_is_one_line_before_the_model_loads(
     tmp_path, tiny_readout_file, capsys, address, says
 ):
-    assert _score(tmp_path, tiny_readout_file, "bad", "--ray-address", address) == 2
+    assert _score(tmp_path, tiny_readout_file, "bad", *address) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0]
     assert not (tmp_path / "bad").exists()
@@ -129,3 +135,11 @@ def test_sharded_attribution_equals_one_process(tmp_path, tiny_readout_file, clu
         numeric = one.select_dtypes("number").columns
         np.testing.assert_allclose(sharded[numeric].to_numpy(float), one[numeric].to_numpy(float), atol=1e-5)
     assert json.loads((tmp_path / "sharded" / "run.json").read_text())["sharding"]["workers"] == 2
+
+
+def test_more_gpus_than_the_cluster_has_is_one_line_not_a_wait(tmp_path, tiny_readout_file, capsys, cluster):
+    assert (
+        _score(tmp_path, tiny_readout_file, "gpu", "--limit", "4", "--workers", "1", "--num-gpus", "1") == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the Ray cluster has 0" in err[0]

@@ -81,6 +81,22 @@ def load_model(
 
 
 @functools.lru_cache(maxsize=2)
+def check_spec(spec: str) -> None:
+    """A ModelError for a spec that cannot name a loadable model, checked without loading it (a plan of
+    many models is checked whole before the first loads)."""
+    if spec in ("tiny-random", "default", "smollm2"):
+        return
+    path = Path(spec).expanduser()
+    if path.exists():
+        return
+    if spec.endswith(".gguf"):
+        raise ModelError(f"model file '{spec}' does not exist: check the path")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+        _hub_dir(spec)
+        return
+    raise ModelError(f"unknown model spec '{spec}': give {describe_specs()}")
+
+
 def _load_cached(
     spec: str, dtype: torch.dtype, device: torch.device, weights_sha256: str | None, verify: bool = False
 ) -> LoadedModel:
@@ -138,16 +154,20 @@ def _load_hf_dir(directory: Path, spec: str, source: str, sha: str, dtype, devic
     return wrap_model(model, tokenizer, spec, source, sha, device)
 
 
-def _load_hub_cache(spec: str, dtype, device, expected_sha: str | None, verify: bool) -> LoadedModel:
+def _hub_dir(spec: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        directory = Path(snapshot_download(spec, local_files_only=True))
+        return Path(snapshot_download(spec, local_files_only=True))
     except Exception:  # noqa: BLE001 - any failure means "not in the local cache"
         raise ModelError(
             f"model '{spec}' is not in the local Hugging Face cache and lexprobe never downloads: "
             f"copy it there, or pass a local directory or .gguf file"
         ) from None
+
+
+def _load_hub_cache(spec: str, dtype, device, expected_sha: str | None, verify: bool) -> LoadedModel:
+    directory = _hub_dir(spec)
     sha = _hash_weights_dir(directory, verify)
     _check_sha(spec, sha, expected_sha)
     return _load_hf_dir(directory, spec, f"hf-cache:{spec}", sha, dtype, device)
