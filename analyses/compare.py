@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,15 +29,13 @@ import numpy as np
 import pandas as pd
 
 from lexprobe.analyses import minimal_pairs, score
-from lexprobe.analyses.common import ModelOptions, ParallelOptions, SuiteOptions
+from lexprobe.analyses.common import ModelOptions, ParallelOptions, SuiteOptions, open_suite
 from lexprobe.toolkit import stats
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
-from lexprobe.toolkit.io.cache import write_text_atomic
+from lexprobe.toolkit.io.cache import write_json_atomic, write_text_atomic
 from lexprobe.toolkit.io.locks import user_files
-from lexprobe.toolkit.io.results import Timer, write_csv_atomic
-
-CELL_KEYS = ["model", "condition", "suite"]
+from lexprobe.toolkit.io.results import Timer, provenance, write_csv_atomic
 
 
 @dataclass(kw_only=True)
@@ -106,7 +105,6 @@ class Plan:
 
     def check(self) -> None:
         """Every model spec, condition and suite of the plan, before the first model loads."""
-        from lexprobe.analyses.common import open_suite
         from lexprobe.toolkit.models.chat import SystemPrompt
         from lexprobe.toolkit.models.loader import check_spec
 
@@ -159,8 +157,6 @@ def run(config: CompareConfig) -> CompareResult:
             f"'{out}' already holds a comparison: pass --resume to reuse its finished cells or --overwrite to redo them"
         )
     if config.overwrite and (out / "cells").is_dir() and (out / "run.json").exists():
-        import shutil
-
         shutil.rmtree(out / "cells")  # an earlier comparison's cells, which this plan may not list
     timer = Timer()
     rows, type_rows = [], []
@@ -186,7 +182,10 @@ def run(config: CompareConfig) -> CompareResult:
             "dtype": scored.run.get("dtype"),
             "dir": str(cell.relative_to(out)),
         }
-        type_rows += [{**key, **r} for r in type_summary(scored.frame).to_dict("records")]
+        per_type = scored.summary().rename(
+            columns={"refuse_share": "refusal_rate"}
+        )  # p_refuse > 0.5: margin > 0
+        type_rows += [{**key, **r} for r in per_type.to_dict("records")]
         if plan.perturb:
             row |= _perturb(cell, opts, suite, plan, config)
         rows.append(row)
@@ -214,14 +213,6 @@ def cell_summary(frame: pd.DataFrame) -> dict:
         else np.nan
     )
     return out
-
-
-def type_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    margin = pd.to_numeric(frame["margin"])
-    g = frame.assign(margin=margin, refused=margin > 0).groupby(["type", "label"], sort=False)
-    return g.agg(
-        n=("margin", "size"), mean_margin=("margin", "mean"), refusal_rate=("refused", "mean")
-    ).reset_index()
 
 
 def _perturb(cell: Path, opts: ModelOptions, suite: str, plan: Plan, config: CompareConfig) -> dict:
@@ -253,9 +244,6 @@ def _perturb(cell: Path, opts: ModelOptions, suite: str, plan: Plan, config: Com
 
 # ------------------------------------------------------------------------------------ outputs
 def write(result: CompareResult, plan: Plan, config: CompareConfig) -> None:
-    from lexprobe.toolkit.io.cache import write_json_atomic
-    from lexprobe.toolkit.io.results import provenance
-
     out = result.out
     write_json_atomic(
         out / "run.json",

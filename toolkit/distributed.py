@@ -1,5 +1,6 @@
-"""Sharded runs on Ray: each actor holds one model replica under one condition and scores the shards it
-is handed, while the driver streams their rows into the same resumable output a single process writes.
+"""Sharded runs on Ray: each actor holds one model replica under one condition and runs the shards of a
+study it is handed (scoring, generation, attribution), while the driver streams their rows into the
+same resumable output a single process writes.
 
 `Cluster(replica, workers, address, num_gpus)` starts a local Ray cluster (or joins the one at
 `address`) and `workers` actors, one CPU (or `num_gpus` GPUs) each. The driver's readout travels to the
@@ -74,15 +75,20 @@ class Worker:
         return fn(self, *args)
 
 
+def _ray():
+    try:
+        import ray
+    except ImportError as err:
+        raise InputError("--workers and --ray-address need Ray: pip install 'lexprobe[distributed]'") from err
+    return ray
+
+
 def check(address: str | None, timeout: float = 5.0) -> None:
     """Ray can be imported and a `host:port` address answers, before any model loads: Ray itself
     retries a wrong address for minutes. ("auto" and ray:// addresses are left to Ray.)"""
     import socket
 
-    try:
-        import ray  # noqa: F401
-    except ImportError as err:
-        raise InputError("--workers and --ray-address need Ray: pip install 'lexprobe[distributed]'") from err
+    _ray()
     if not address or address == "auto" or "://" in address:
         return
     host, _, port = address.rpartition(":")
@@ -98,7 +104,7 @@ def check(address: str | None, timeout: float = 5.0) -> None:
 
 
 class Cluster:
-    """A context manager: Ray and `workers` actors of `Worker`; `score` runs shards on them."""
+    """A context manager: Ray and `workers` actors of `Worker`; `run` hands them a study's jobs."""
 
     def __init__(
         self, replica: Replica, workers: int, address: str | None = None, num_gpus: float | None = None
@@ -110,13 +116,7 @@ class Cluster:
         self._started = False
 
     def __enter__(self) -> Cluster:
-        try:
-            import ray
-        except ImportError as err:
-            raise InputError(
-                "--workers and --ray-address need Ray: pip install 'lexprobe[distributed]'"
-            ) from err
-        self.ray = ray
+        self.ray = ray = _ray()
         if not ray.is_initialized():
             try:
                 quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
