@@ -12,7 +12,7 @@ attribution method with the substitution effects.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +21,7 @@ from lexprobe.analyses import effects
 from lexprobe.analyses.common import (
     RUN_KEYS,
     ModelOptions,
+    ParallelOptions,
     ResumableRun,
     Session,
     SuiteOptions,
@@ -86,6 +87,7 @@ class PerturbConfig(Options):
     content_words: int | None = None  # at most this many non-trigger words per prompt (None: all)
     figures: bool = True
     seed: int = 0
+    parallel: ParallelOptions = field(default_factory=ParallelOptions)  # shard over Ray
     resume: bool = False
     overwrite: bool = False
 
@@ -99,20 +101,10 @@ def run(config: PerturbConfig, session: Session | None = None, suite: Suite | No
             "--strategy user substitutes only the words --rewrite names: give --rewrite WORD=NEW"
         )
     lexicon = Lexicon.load(config.lexicon)
+    config.parallel.check()  # a wrong --ray-address fails here, not after the model loads
     session = session_for(config.model, session)
     threshold, source = refusal_threshold(session.lm, session.system)
-    scorer = VariantScorer(Scorer(session.lm, session.fmt, session.readout, config.model.batch_size))
-    sub = Substituter(
-        lexicon,
-        tuple(config.strategies),
-        session.lm,
-        rewrites,
-        config.min_similarity,
-        config.per_word,
-        batch_size=config.model.batch_size,
-        fluency=scorer.fluency,
-        max_content_words=config.content_words,
-    )
+    sub, scorer = _engine(session.lm, session.fmt, session.readout, config, lexicon, rewrites)
     run_info = provenance(
         **session.provenance(),
         study="perturb",
@@ -126,18 +118,62 @@ def run(config: PerturbConfig, session: Session | None = None, suite: Suite | No
         batch_size=config.model.batch_size,
         seed=config.seed,
     )
+    if config.parallel.active:  # not a resume key: single-process and sharded runs continue each other
+        run_info["sharding"] = asdict(config.parallel) | {"shard_prompts": CHUNK}
     out = ResumableRun(
         config.out, PerturbResult, COLUMNS, run_info, suite, config.resume, config.overwrite, RESUME_KEYS
     )
     todo = out.todo
     chunks = [todo.iloc[i : i + CHUNK] for i in range(0, len(todo), CHUNK)]
-    for chunk in progress(chunks, desc=f"perturbing {len(todo)} prompts", unit="chunk"):
-        out.write(_sweep(chunk, sub, scorer, threshold))
-    result = out.finish(n_perturbed_this_run=len(todo), n_texts_scored_this_run=len(scorer.cache))
+    scored = 0
+    if config.parallel.active and chunks:
+        shipped = replace(config, attributions=None, parallel=ParallelOptions())  # what a shard needs
+        jobs = [(c.to_dict("records"), shipped, lexicon, rewrites, threshold) for c in chunks]
+        with config.parallel.cluster(session, config.model.batch_size) as cluster:
+            bar = f"perturbing {len(todo)} prompts on {cluster.workers} Ray workers"
+            for _, (rows, n) in progress(
+                cluster.run(perturb_shard, jobs), desc=bar, total=len(chunks), unit="chunk"
+            ):
+                out.write(rows)
+                scored += n
+    else:
+        for chunk in progress(chunks, desc=f"perturbing {len(todo)} prompts", unit="chunk"):
+            out.write(_sweep(chunk, sub, scorer, threshold))
+        scored = len(scorer.cache)
+    result = out.finish(n_perturbed_this_run=len(todo), n_texts_scored_this_run=scored)
     result.tables = analyse(result.frame, suite, sub, attributions, config.seed)
     if config.out:
         result.save(config.out, overwrite=True, figures=config.figures)
     return result
+
+
+def _engine(lm, fmt, readout, config: PerturbConfig, lexicon: Lexicon, rewrites: dict):
+    """The substitution engine of a sweep and the variant scorer it ranks candidates with."""
+    scorer = VariantScorer(Scorer(lm, fmt, readout, config.model.batch_size))
+    sub = Substituter(
+        lexicon,
+        tuple(config.strategies),
+        lm,
+        rewrites,
+        config.min_similarity,
+        config.per_word,
+        batch_size=config.model.batch_size,
+        fluency=scorer.fluency,
+        max_content_words=config.content_words,
+    )
+    return sub, scorer
+
+
+def perturb_shard(worker, records: list[dict], config: PerturbConfig, lexicon, rewrites, threshold: float):
+    """A chunk's substitution rows on a Ray worker (`toolkit.distributed.Worker`), and the texts it
+    scored. The engine is built once per replica and its variant cache kept over the chunks."""
+    sub, scorer = worker.memo(
+        ("perturb", repr(config), repr(rewrites)),
+        lambda: _engine(worker.lm, worker.fmt, worker.readout, config, lexicon, rewrites),
+    )
+    before = len(scorer.cache)
+    rows = _sweep(pd.DataFrame(records), sub, scorer, threshold)
+    return rows, len(scorer.cache) - before
 
 
 def _sweep(chunk: pd.DataFrame, sub: Substituter, scorer: VariantScorer, threshold: float) -> list[dict]:

@@ -58,6 +58,7 @@ class Worker:
             None if replica.readout_json is None else RefusalReadout.from_json(replica.readout_json)
         )
         self._scorer = None
+        self._built: dict = {}
 
     @property
     def scorer(self):
@@ -67,6 +68,13 @@ class Worker:
 
             self._scorer = Scorer(self.lm, self.fmt, self.readout, self.batch_size)
         return self._scorer
+
+    def memo(self, key, build):
+        """What a study builds once per replica and reuses over its shards (perturb's substitution
+        engine), under `key`: `build()` the first time."""
+        if key not in self._built:
+            self._built[key] = build()
+        return self._built[key]
 
     def pid(self) -> int:
         return os.getpid()

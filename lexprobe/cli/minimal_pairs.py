@@ -6,6 +6,7 @@ from lexprobe.cli.options import (
     ListAction,
     add_model_args,
     add_out_args,
+    add_parallel_args,
     add_substitution_args,
     add_suite_args,
     positive_int,
@@ -102,6 +103,7 @@ def register(sub) -> None:
     p.add_argument("--attributions", default=None, metavar="FILE", help="attributions.csv to correlate with")
     p.add_argument("--seed", type=seed, default=0, help="bootstrap seed")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
+    add_parallel_args(p)
     p.set_defaults(func=cmd_perturb)
 
     p = sub.add_parser("pairs", help="margins of user-given prompt pairs (a file with prompt_a, prompt_b)")

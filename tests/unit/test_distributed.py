@@ -137,6 +137,22 @@ def test_sharded_attribution_equals_one_process(tmp_path, tiny_readout_file, clu
     assert json.loads((tmp_path / "sharded" / "run.json").read_text())["sharding"]["workers"] == 2
 
 
+def test_sharded_perturbation_equals_one_process(tmp_path, tiny_readout_file, cluster):
+    base = ["perturb", "--model", "tiny-random", "--readout", str(tiny_readout_file), "--suite", "xstest"]
+    base += ["--limit", "12", "--strategy", "lexicon", "--no-figures", "--batch-size", "4"]
+    assert main([*base, "--out", str(tmp_path / "one")]) == 0
+    assert main([*base, "--workers", "2", "--out", str(tmp_path / "sharded")]) == 0
+    one, sharded = (
+        pd.read_csv(tmp_path / d / "substitutions.csv", keep_default_na=False) for d in ("one", "sharded")
+    )
+    assert len(one) >= 12 and list(one["variant"]) == list(sharded["variant"])
+    np.testing.assert_allclose(sharded["margin_variant"], one["margin_variant"], atol=1e-5)
+    np.testing.assert_allclose(sharded["delta"], one["delta"], atol=1e-5)
+    runs = [json.loads((tmp_path / d / "run.json").read_text()) for d in ("one", "sharded")]
+    assert runs[1]["sharding"]["workers"] == 2
+    assert runs[0]["n_texts_scored_this_run"] == runs[1]["n_texts_scored_this_run"]
+
+
 def test_more_gpus_than_the_cluster_has_is_one_line_not_a_wait(tmp_path, tiny_readout_file, capsys, cluster):
     assert (
         _score(tmp_path, tiny_readout_file, "gpu", "--limit", "4", "--workers", "1", "--num-gpus", "1") == 2
