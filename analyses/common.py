@@ -31,6 +31,7 @@ class ModelOptions(Options):
     system_prompt: str = "model-default"
     dtype: str = "auto"
     device: str = "auto"
+    device_map: str | dict | None = None  # spread the model over devices (toolkit.models.placement)
     weights_sha256: str | None = None
     verify_weights: bool = False  # hash the weights again rather than trust the record of their hash
     batch_size: int = 16
@@ -72,7 +73,7 @@ class ParallelOptions(Options):
         lm = session.lm
         replica = Replica(
             model=lm.spec, dtype=str(lm.dtype).removeprefix("torch."), device=str(lm.device),
-            weights_sha256=lm.weights_sha256, system=session.system,
+            weights_sha256=lm.weights_sha256, system=session.system, device_map=lm.extra.get("placement"),
             readout_json=session.readout.to_json() if session.readout is not None else None,
             batch_size=batch_size,
         )  # fmt: skip
@@ -167,8 +168,9 @@ def open_session(opts: ModelOptions, need_readout: bool = True) -> Session:
     of the same model under another condition does not load it again)."""
     system = SystemPrompt.parse(opts.system_prompt)  # validate before the (slow) model load
     lm = load_model(
-        opts.model, opts.dtype, opts.device, opts.weights_sha256, opts.gradients, opts.verify_weights
-    )
+        opts.model, opts.dtype, opts.device, opts.weights_sha256, opts.gradients, opts.verify_weights,
+        opts.device_map,
+    )  # fmt: skip
     return _session(lm, system, opts, need_readout)
 
 
@@ -176,7 +178,8 @@ def session_from_model(model, tokenizer, opts: ModelOptions, weights_sha256: str
     """A session over a `*ForCausalLM` the caller loaded, on its device and in its dtype; its weights are
     hashed (for provenance and the readout cache) unless `weights_sha256` is given."""
     system = SystemPrompt.parse(opts.system_prompt)
-    device = next(model.parameters()).device
+    spread = len(set(getattr(model, "hf_device_map", {}).values())) > 1  # accelerate placed it
+    device = None if spread else next(model.parameters()).device
     sha = weights_sha256 or state_dict_sha256(model)
     source = f"a {type(model).__name__} loaded by the caller ({getattr(model.config, 'name_or_path', '') or 'no path'})"
     lm = wrap_model(model, tokenizer, opts.model, source, sha, device)

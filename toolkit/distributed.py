@@ -33,6 +33,7 @@ class Replica:
     system: object  # the driver's SystemPrompt
     readout_json: str | None  # None: a study that reads no margins (generate)
     batch_size: int
+    device_map: str | dict | None = None  # the driver's --device-map: each replica spreads over its GPUs
 
 
 class Worker:
@@ -51,7 +52,11 @@ class Worker:
         device = (
             "cuda" if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES") else replica.device
         )
-        self.lm = load_model(replica.model, replica.dtype, device, replica.weights_sha256)
+        if replica.device_map is not None:
+            device = "auto"
+        self.lm = load_model(
+            replica.model, replica.dtype, device, replica.weights_sha256, device_map=replica.device_map
+        )
         self.fmt = ChatFormat(self.lm.tokenizer, replica.system)
         self.batch_size = replica.batch_size
         self.readout = (

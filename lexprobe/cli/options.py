@@ -141,6 +141,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="auto | float32 | bfloat16 | float16; auto: float32 on CPU, on CUDA bf16 (float32 for runs that attribute)",
     )
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    g.add_argument(
+        "--device-map", default=None, metavar="M",
+        help="spread the model over devices (accelerate): auto | balanced | sequential | a JSON file of module -> device",
+    )  # fmt: skip
     g.add_argument("--batch-size", type=positive_int, default=16, help="prompts per forward pass")
     g.add_argument(
         "--threads",

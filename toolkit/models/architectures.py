@@ -85,7 +85,9 @@ class LoadedModel:
         them (bias, soft-capping, scaling), but always in float32: a bf16 or float16 model's logits would
         otherwise come in steps of its resolution (0.125 at 16 in bf16) and tie where they should not."""
         weight, bias = self._unembed_float32()
-        flat = states.float().reshape(-1, states.shape[-1])  # one 2D matmul (see probes/margin.py)
+        flat = (
+            states.to(weight.device).float().reshape(-1, states.shape[-1])
+        )  # one 2D matmul (see probes/margin.py)
         logits = (flat @ weight.T).view(*states.shape[:-1], -1)
         if bias is not None:
             logits = logits + bias
@@ -149,28 +151,51 @@ class LoadedModel:
             "dtype": str(self.dtype).removeprefix("torch."),
             "dtype_reason": self.extra.get("dtype_reason", ""),
             "device": str(self.device),
+            **({"device_map": self.extra["device_map"]} if "device_map" in self.extra else {}),
             "load_seconds": round(self.load_seconds, 2),
         }
 
 
-def wrap_model(model, tokenizer, spec: str, source: str, sha: str, device: torch.device) -> LoadedModel:
-    """A loaded `*ForCausalLM` and its tokenizer as a LoadedModel on `device`, frozen and in eval mode.
-    Its dtype is the weights' own; its architecture row must be in ARCHITECTURES."""
-    model_type = model.config.model_type
+def architecture(model_type: str) -> Arch:
     if model_type not in ARCHITECTURES:
         raise ModelError(
             f"model type '{model_type}' is not in lexprobe's architecture table (toolkit/models/architectures.py "
             f"ARCHITECTURES: {', '.join(sorted(ARCHITECTURES))}): add a row for it"
         )
+    return ARCHITECTURES[model_type]
+
+
+def wrap_model(
+    model, tokenizer, spec: str, source: str, sha: str, device: torch.device | None
+) -> LoadedModel:
+    """A loaded `*ForCausalLM` and its tokenizer as a LoadedModel on `device`, frozen and in eval mode.
+    Its dtype is the weights' own; its architecture row must be in ARCHITECTURES. `device` None: the
+    model is spread over devices already (`toolkit.models.placement`), and its inputs go where its
+    embedding is."""
+    arch = architecture(model.config.model_type)
     if getattr(tokenizer, "chat_template", None) is None:
         raise ModelError(
             f"model '{spec}' has no chat template: lexprobe studies chat models; use an instruct model"
         )
-    model.to(device).eval()
+    extra = {}
+    if device is None:  # inputs go where the embedding is; provenance counts map entries per device
+        device = model.get_submodule(arch.embed).weight.device
+        if device.type == "meta":
+            raise ModelError(
+                f"{arch.embed} is offloaded in this model's device map: lexprobe reads it outside forward "
+                "passes; keep it, the final norm and the unembedding on a device"
+            )
+        extra["device_map"] = {}
+        for d in model.hf_device_map.values():
+            name = f"cuda:{d}" if isinstance(d, int) else str(d)
+            extra["device_map"][name] = extra["device_map"].get(name, 0) + 1
+    else:
+        model.to(device)
+    model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     dtype = next(model.parameters()).dtype
-    return LoadedModel(model, tokenizer, spec, source, sha, dtype, device, ARCHITECTURES[model_type])
+    return LoadedModel(model, tokenizer, spec, source, sha, dtype, device, arch, extra=extra)
 
 
 def state_dict_sha256(model) -> str:

@@ -24,6 +24,7 @@ from lexprobe.toolkit.io.hashes import file_sha256
 from lexprobe.toolkit.io.locks import building
 from lexprobe.toolkit.models.architectures import LoadedModel, wrap_model
 from lexprobe.toolkit.models.devices import choose_dtype, resolve_device
+from lexprobe.toolkit.models.placement import parse_device_map
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +56,24 @@ def load_model(
     weights_sha256: str | None = None,
     gradients: bool = False,
     verify_weights: bool = False,
+    device_map: str | dict | None = None,
 ) -> LoadedModel:
     """Load (and cache) the model a spec names; `gradients`: the run will take gradients (see
     `choose_dtype`); `verify_weights`: hash every weights file again rather than trust the record of
-    its hash (`toolkit.io.hashes`). Raises ModelError with a fix for bad specs and for weights that do
+    its hash (`toolkit.io.hashes`); `device_map`: spread it over several devices instead of `device`
+    (`toolkit.models.placement`). Raises ModelError with a fix for bad specs and for weights that do
     not fit."""
     if not isinstance(spec, str) or not spec.strip():
         raise InputError(f"a model spec is a non-empty string, not {spec!r}: give {describe_specs()}")
     if weights_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", weights_sha256):
         raise InputError(f"--weights-sha256 '{weights_sha256}' is not a sha256 (64 hexadecimal digits)")
+    placement = parse_device_map(device_map)
+    if placement is not None and device != "auto":
+        raise InputError(f"give --device {device} or --device-map, not both")
     dev = resolve_device(device)
     chosen, why = choose_dtype(dtype, dev, gradients)
     try:
-        lm = _load_cached(spec, chosen, dev, weights_sha256, verify_weights)
+        lm = _load_cached(spec, chosen, placement or dev, weights_sha256, verify_weights)
     except torch.OutOfMemoryError as e:
         name = str(chosen).removeprefix("torch.")
         raise ModelError(
@@ -77,6 +83,8 @@ def load_model(
     if dtype == "auto":
         log.info("%s in %s on %s (%s)", spec, str(chosen).removeprefix("torch."), dev, why)
     lm.extra["dtype_reason"] = why
+    if placement is not None:
+        lm.extra["placement"] = placement  # what was asked (a replica asks the same of its own devices)
     return lm
 
 
@@ -98,17 +106,21 @@ def check_spec(spec: str) -> None:
 
 
 def _load_cached(
-    spec: str, dtype: torch.dtype, device: torch.device, weights_sha256: str | None, verify: bool = False
+    spec: str, dtype: torch.dtype, device, weights_sha256: str | None, verify: bool = False
 ) -> LoadedModel:
+    """`device`: a torch.device, or a device map (a strategy or {module: device}) to spread it over."""
     start = time.perf_counter()
     if spec == "tiny-random":
         from lexprobe.toolkit.models.tiny import build_tiny_model
 
         model, tokenizer, sha = build_tiny_model()
         _check_sha(spec, sha, weights_sha256)
-        lm = wrap_model(
-            model.to(dtype), tokenizer, spec, "built in code (toolkit/models/tiny.py)", sha, device
-        )
+        model = model.to(dtype)
+        if not isinstance(device, torch.device):
+            from lexprobe.toolkit.models.placement import dispatch
+
+            model, device = dispatch(model, device, dtype), None
+        lm = wrap_model(model, tokenizer, spec, "built in code (toolkit/models/tiny.py)", sha, device)
     elif spec == "default":  # its parts are checked to assemble to exactly this GGUF
         _check_sha(spec, DEFAULT_GGUF_SHA256, weights_sha256)
         gguf_sha = DEFAULT_GGUF_SHA256
@@ -144,11 +156,23 @@ def _check_sha(what: str, actual: str, expected: str | None) -> None:
 
 
 def _load_hf_dir(directory: Path, spec: str, source: str, sha: str, dtype, device) -> LoadedModel:
+    """`device`: a torch.device, or a device map: then the weights load straight onto the devices the
+    map gives them (a model larger than any one of them never sits whole in one place)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    placed = {}
+    if not isinstance(device, torch.device):
+        from lexprobe.toolkit.models.placement import placed_loading
+
+        placed = placed_loading(directory, device, dtype)
+        device = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True, **placed)
+        if placed and not hasattr(model, "hf_device_map"):  # a map of one device: transformers keeps none
+            model.hf_device_map = placed["device_map"]
+    except InputError:
+        raise
     except Exception as err:  # noqa: BLE001  (corrupt weights raise whatever their reader raises)
         raise ModelError(f"cannot load a causal LM from '{spec}': {_first_line(err)}") from err
     return wrap_model(model, tokenizer, spec, source, sha, device)
