@@ -7,7 +7,7 @@ The plan is a TOML or YAML file:
     models = ["default"]                                   # any --model spec
     conditions = ["none", "model-default", "llama2-original", "mistral-guardrail"]
     suites = ["xstest"]                                    # bundled names or files
-    # optional: types = [...], limit = N, dtype = "auto", batch_size = 16,
+    # optional: types = [...], limit = N, dtype = "auto", batch_size = 16, device_map = "auto",
     #           perturb = false, perturb_types = [...]     # the pooled trigger effect per cell
 
 Per cell: refusal rate on safe and on unsafe prompts (refused = decision margin > 0), their mean
@@ -49,6 +49,7 @@ class Plan:
     limit: int | None = None
     dtype: str = "auto"
     batch_size: int = 16
+    device_map: str | None = None  # every model spread over the visible devices (--device-map)
     perturb: bool = False
     perturb_types: list[str] = field(default_factory=list)
 
@@ -92,7 +93,13 @@ class Plan:
             twice = sorted({v for v in value if value.count(v) > 1})
             if twice:
                 raise InputError(f"--config '{path}': {key} lists {', '.join(twice)} twice")
-        for key, kind in (("limit", int), ("batch_size", int), ("perturb", bool), ("dtype", str)):
+        for key, kind in (
+            ("limit", int),
+            ("batch_size", int),
+            ("perturb", bool),
+            ("dtype", str),
+            ("device_map", str),
+        ):
             value = data.get(key)
             if value is not None and (
                 not isinstance(value, kind) or (kind is int and isinstance(value, bool))
@@ -107,7 +114,9 @@ class Plan:
         """Every model spec, condition and suite of the plan, before the first model loads."""
         from lexprobe.toolkit.models.chat import SystemPrompt
         from lexprobe.toolkit.models.loader import check_spec
+        from lexprobe.toolkit.models.placement import parse_device_map
 
+        parse_device_map(self.device_map)
         for model in self.models:
             check_spec(model)
         for condition in self.conditions:
@@ -163,8 +172,9 @@ def run(config: CompareConfig) -> CompareResult:
     for model, condition, suite in plan.cells():
         cell = out / "cells" / slug(model) / slug(condition) / slug(suite)
         opts = ModelOptions(
-            model=model, system_prompt=condition, dtype=plan.dtype, batch_size=plan.batch_size
-        )
+            model=model, system_prompt=condition, dtype=plan.dtype, batch_size=plan.batch_size,
+            device_map=plan.device_map,
+        )  # fmt: skip
         suite_opts = SuiteOptions(suite=suite, types=plan.types, limit=plan.limit)
         again = {
             "resume": config.resume and (cell / "scores" / "run.json").exists(),

@@ -70,6 +70,7 @@ def test_resume_reuses_finished_cells_and_a_rerun_without_it_is_refused(tmp_path
         ('models = ["tiny-random", "tiny-random"]\n', "models lists tiny-random twice"),
         ('models = ["tiny-random", "no-such-model"]\n', "unknown model spec 'no-such-model'"),
         ('models = ["tiny-random"]\nsuites = ["xstest", "xstset"]\n', "xstset"),
+        ('models = ["tiny-random"]\ndevice_map = "evenly"\n', "--device-map 'evenly' is neither"),
     ],
 )
 def test_a_bad_plan_is_one_line_before_any_cell_runs(tmp_path, capsys, plan, says):
