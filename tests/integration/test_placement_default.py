@@ -1,6 +1,9 @@
-"""The default model spread over two places with `--device-map` (on a CPU machine: the first half of
-its 24 blocks in memory, the second half offloaded to disk and run through accelerate's hooks), against
+"""The default model spread over two places with `--device-map examples/device_map_split.json` (the
+first half of its 24 blocks in memory, the second half offloaded to disk and run on the CPU through
+accelerate's hooks), against
 the model in one piece: the same margins and the same gradients (slow: loads it twice)."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,12 +16,14 @@ from lexprobe.toolkit.scoring.scorer import Scorer
 pytestmark = pytest.mark.slow
 
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "device_map_split.json"
+
+
 @pytest.fixture(scope="module")
 def split(default_session):
-    n = len(default_session.lm.layers)
-    mapping = {f"model.layers.{i}": "cpu" if i < n // 2 else "disk" for i in range(n)}
-    mapping |= dict.fromkeys(["model.embed_tokens", "model.norm", "model.rotary_emb", "lm_head"], "cpu")
-    opts = ModelOptions(model="default", dtype="float32", device_map=mapping, readout=default_session.readout)
+    opts = ModelOptions(
+        model="default", dtype="float32", device_map=str(EXAMPLE), readout=default_session.readout
+    )
     return open_session(opts)
 
 
