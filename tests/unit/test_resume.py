@@ -285,3 +285,17 @@ def test_resume_refuses_a_margin_that_is_not_a_number(tmp_path, tiny_readout_fil
     table.to_csv(out / "scores.csv", index=False)
     assert _score(out, tiny_readout_file, "--limit", "6", "--resume") == 2
     assert "the margin of id '2' is not a number" in error_line()
+
+
+def test_files_written_atomically_get_the_users_usual_permissions(tmp_path):
+    """A temporary file is private (0600); the finished one is readable as any file the user writes."""
+    import os
+
+    from lexprobe.toolkit.io.cache import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "report.html", "<html></html>")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o644

@@ -97,7 +97,7 @@ def _colourbar_html(scale: Scale) -> str:
     """One method's colour bar: the name, a CSS gradient strip, ticks at its ends and centre."""
     ticks = "".join(f"<span>{tick_label(t, scale.signed)}</span>" for t in scale.ticks())
     left, right = scale.ends()
-    how = f"{'±vmax' if scale.signed else 'vmax'} = 99th percentile of |score| over the {scale.n} words here"
+    how = f"{'±vmax' if scale.signed else 'vmax'} = {scale.rule} over the {scale.n} words here"
     if scale.clipped:
         how += f"; {scale.clipped} beyond it saturate"
     return (

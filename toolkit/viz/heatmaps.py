@@ -193,7 +193,7 @@ def print_terminal(result, console=None) -> None:
         line = Text(f"{method:>{width}}  ")
         for x in np.linspace(s.vmin, s.vmax, 9):
             line.append("  ", style=f"on {s.colour(x)[0]}")
-        line.append(f" {span}: {ends} (99th pct of |score|, {s.n} words)", style="dim")
+        line.append(f" {span}: {ends} ({s.rule}, {s.n} words)", style="dim")
         console.print(line)
     for row in result.prompts.itertuples():
         style = f"bold {REFUSAL}" if row.refused else f"bold {COMPLIANCE}"

@@ -96,14 +96,19 @@ class Scale:
         """(left, right) end labels of the colour bar."""
         return (TOWARD_COMPLIANCE, TOWARD_REFUSAL) if self.signed else ("0: insensitive", UNSIGNED)
 
+    @property
+    def rule(self) -> str:
+        """How vmax was chosen, in words: the 99th percentile is the largest |score| up to 100 words."""
+        return "the largest |score|" if self.n <= 100 else f"the {PERCENTILE}th percentile of |score|"
+
     def label(self) -> str:
         """The colour bar's caption: method, what the ends mean and how vmax was chosen."""
         what = "word score" if self.signed else "word sensitivity |gradient| (unsigned)"
         span = f"±{self.vmax:.3g}" if self.signed else f"0 to {self.vmax:.3g}"
         beyond = f"; {self.clipped} beyond it saturate" if self.clipped else ""
         return (
-            f"{display_name(self.method)}: {what}, scale {span} = {PERCENTILE}th percentile of "
-            f"|score| over the {self.n} words in this figure{beyond}"
+            f"{display_name(self.method)}: {what}, scale {span} = {self.rule} over the {self.n} words in "
+            f"this figure{beyond}"
         )
 
 
