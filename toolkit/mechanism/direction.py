@@ -1,0 +1,238 @@
+"""The refusal direction of a model under one condition, found as Arditi et al. (2024) find it.
+
+Candidates: at every block's input and every post-instruction position (the chat template's tokens
+after the user's text), the mean residual over harmful instructions minus the mean over harmless ones
+(the train split of the calibration data; never the evaluation suite).
+
+Selection, on the val split, with the refusal margin as the refusal score:
+
+    bypass   mean margin of the harmful prompts with the candidate ablated everywhere (lower: the
+             direction carries more of the refusal)
+    induce   mean margin of the harmless prompts with the candidate added at its own block's input
+             (> 0: adding it makes the model refuse on average)
+    kl       mean KL divergence of the first response token's distribution on harmless prompts,
+             ablated against as is (how much else ablation changes)
+
+The direction is the candidate with the lowest bypass among those with induce > 0, kl below a bound
+(0.1) and a block before the last 20% of the stack. Candidates are tried in bypass order and the
+filters computed only until one passes; every layer's best position gets all three numbers for the
+per-layer figure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lexprobe.probes.hooks import output_tensor
+from lexprobe.probes.margin import MarginProbe
+from lexprobe.probes.steering import Steering, steered
+from lexprobe.toolkit.errors import InputError
+from lexprobe.toolkit.io.progress import progress
+from lexprobe.toolkit.models.chat import USER
+
+KL_BOUND = 0.1  # Arditi et al.'s bound on the harmless prompts' KL under ablation
+LAST_LAYERS = 0.2  # blocks in the last 20% of the stack are not candidates
+
+
+@dataclass
+class RefusalDirection:
+    """A direction in the residual stream [d_model], found at block `layer`'s input and template
+    position `position` (counted from the template's end: -1 is its last token)."""
+
+    vector: torch.Tensor
+    layer: int
+    position: int
+    details: dict = field(default_factory=dict)  # provenance and the val figures
+
+    def steering(self, ablate: float = 0.0, add: float = 0.0, name: str = "refusal direction") -> Steering:
+        return Steering(self.vector, ablate=ablate, add=add, at=self.layer if add else None, name=name)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "layer": self.layer,
+                "position": self.position,
+                "norm": float(self.vector.norm()),
+                "vector": [float(x) for x in self.vector.double()],
+                "details": self.details,
+            },
+            indent=1,
+        )
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "direction", d_model: int | None = None) -> RefusalDirection:
+        try:
+            data = json.loads(text)
+            vector = torch.tensor(data["vector"], dtype=torch.float32)
+            direction = cls(vector, int(data["layer"]), int(data["position"]), data.get("details", {}))
+        except (ValueError, KeyError, TypeError) as err:
+            raise InputError(
+                f"{source} is not a lexprobe refusal direction ({type(err).__name__}: {err}): "
+                "write one with `lexprobe direction`"
+            ) from None
+        if vector.ndim != 1 or not torch.isfinite(vector).all() or float(vector.norm()) == 0:
+            raise InputError(f"{source}: its vector is not one finite, non-zero vector")
+        if d_model is not None and len(vector) != d_model:
+            raise InputError(
+                f"{source} is a direction of a model with d_model {len(vector)}, this one has {d_model}: "
+                "find this model's with `lexprobe direction`"
+            )
+        return direction
+
+
+# ------------------------------------------------------------------------------------------ means
+def template_positions(scorer) -> int:
+    """How many chat-template tokens follow the user's text (the post-instruction positions)."""
+    kinds = scorer.encode("hello").token_kinds
+    last_user = max(i for i, k in enumerate(kinds) if k == USER)
+    return len(kinds) - 1 - last_user
+
+
+@torch.no_grad()
+def block_input_means(scorer, texts: list[str], desc: str = "activations") -> torch.Tensor:
+    """[n_layers, n_positions, d_model] float64: the mean residual entering each block at each
+    post-instruction position over `texts` (under whatever steering is active)."""
+    lm = scorer.lm
+    n_pos, n_tree = template_positions(scorer), len(scorer.readout.tree)
+    modules = [lm.embed, *list(lm.layers)[:-1]]  # outputs: the inputs of blocks 0 .. L-1
+    total = torch.zeros(len(modules), n_pos, lm.text_config.hidden_size, dtype=torch.float64)
+    seen: list[torch.Tensor] = []
+
+    def keep(_module, _inputs, output):
+        h = output_tensor(output)
+        end = h.shape[1] - n_tree
+        seen.append(h[:, end - n_pos : end].double().sum(0).cpu())
+
+    suffixes = [
+        scorer.suffix_ids(scorer.encode(t, f"calibration prompt {i + 1}")) for i, t in enumerate(texts)
+    ]
+    order = sorted(range(len(texts)), key=lambda i: len(suffixes[i]))
+    size = scorer.batch_size
+    for chunk in progress([order[i : i + size] for i in range(0, len(order), size)], desc=desc, unit="batch"):
+        seen.clear()
+        scorer.forward(scorer.batch([suffixes[i] for i in chunk]), hook_pairs=[(m, keep) for m in modules])
+        total += torch.stack(seen)
+    return total / len(texts)
+
+
+# ------------------------------------------------------------------------------------------ scores
+@torch.no_grad()
+def first_token_scores(scorer, texts: list[str]) -> tuple[np.ndarray, torch.Tensor]:
+    """(decision margins [n], log-probabilities of the first response token [n, vocab] float32) of
+    `texts`, under whatever steering is active."""
+    suffixes = [scorer.suffix_ids(scorer.encode(t)) for t in texts]
+    margins = np.zeros(len(texts))
+    logps = torch.zeros(len(texts), scorer.lm.unembed.weight.shape[0])
+    order = sorted(range(len(texts)), key=lambda i: len(suffixes[i]))  # similar lengths pad less
+    for start in range(0, len(order), scorer.batch_size):
+        chunk = order[start : start + scorer.batch_size]
+        probe = MarginProbe(scorer.lm, scorer.readout)
+        scorer.forward(scorer.batch([suffixes[i] for i in chunk]), hook_pairs=probe.hook_pairs())
+        margins[chunk] = probe.margins().decision.cpu().numpy()
+        logps[chunk] = scorer.lm.logits(probe.final_states[:, 0]).log_softmax(-1).float().cpu()
+    return margins, logps
+
+
+def kl_divergence(base: torch.Tensor, other: torch.Tensor) -> float:
+    """Mean over rows of KL(base || other), both log-probabilities [n, vocab]."""
+    return float((base.exp() * (base - other)).sum(-1).mean())
+
+
+@dataclass
+class Selection:
+    direction: RefusalDirection
+    candidates: pd.DataFrame  # a row per (layer, position): bypass, and induce / kl where computed
+    baseline: dict  # val margins with nothing steered
+
+
+def select_direction(
+    scorer,
+    train: tuple[list[str], list[str]],
+    val: tuple[list[str], list[str]],
+    kl_bound: float = KL_BOUND,
+    last_layers: float = LAST_LAYERS,
+) -> Selection:
+    """The refusal direction from (harmful, harmless) train and val prompts (module docstring)."""
+    lm = scorer.lm
+    harmful, harmless = train
+    val_harmful, val_harmless = val
+    diff = block_input_means(scorer, harmful, "harmful activations") - block_input_means(
+        scorer, harmless, "harmless activations"
+    )  # [L, P, d]
+    n_layers, n_pos = diff.shape[:2]
+    base_harmful, _ = first_token_scores(scorer, val_harmful)
+    base_harmless, base_logp = first_token_scores(scorer, val_harmless)
+    cutoff = math.floor(n_layers * (1 - last_layers))
+
+    def vec(layer, pos):
+        return diff[layer, pos].float()
+
+    rows = []
+    cells = [(layer, pos) for layer in range(n_layers) for pos in range(n_pos)]
+    for layer, pos in progress(cells, desc="ablating candidates", unit="candidate"):
+        v = vec(layer, pos)
+        if float(v.norm()) == 0:
+            bypass = float("nan")
+        else:
+            with steered(lm, Steering(v, ablate=1.0)):
+                bypass = float(first_token_scores(scorer, val_harmful)[0].mean())
+        rows.append(
+            {"layer": layer, "position": pos - n_pos, "norm": float(v.norm()), "bypass": bypass,
+             "eligible": layer < cutoff}
+        )  # fmt: skip
+    table = pd.DataFrame(rows)
+    table["induce"] = np.nan
+    table["kl"] = np.nan
+
+    def filters(i: int) -> None:
+        if not np.isnan(table.at[i, "kl"]):
+            return
+        layer, pos = int(table.at[i, "layer"]), int(table.at[i, "position"]) + n_pos
+        v = vec(layer, pos)
+        with steered(lm, Steering(v, ablate=1.0)):
+            _, logp = first_token_scores(scorer, val_harmless)
+        with steered(lm, Steering(v, add=1.0, at=layer)):
+            induced, _ = first_token_scores(scorer, val_harmless)
+        table.at[i, "kl"] = kl_divergence(base_logp, logp)
+        table.at[i, "induce"] = float(induced.mean())
+
+    best_per_layer = table.dropna(subset=["bypass"]).groupby("layer")["bypass"].idxmin()
+    for i in progress(list(best_per_layer), desc="steering each layer's best", unit="layer"):
+        filters(i)
+    chosen = None
+    for i in table[table["eligible"]].dropna(subset=["bypass"]).sort_values("bypass").index:
+        filters(i)
+        if table.at[i, "induce"] > 0 and table.at[i, "kl"] < kl_bound:
+            chosen = i
+            break
+    if chosen is None:
+        raise InputError(
+            f"no candidate direction passes the filters (adding it induces refusal on harmless prompts, "
+            f"KL under {kl_bound}, block before {cutoff}): this model may not refuse through one direction"
+        )
+    table["selected"] = table.index == chosen
+    row = table.loc[chosen]
+    baseline = {
+        "harmful_margin": float(base_harmful.mean()),
+        "harmless_margin": float(base_harmless.mean()),
+        "harmful_refused": float((base_harmful > 0).mean()),
+        "harmless_refused": float((base_harmless > 0).mean()),
+    }
+    details = {
+        "selection": {
+            "bypass": float(row["bypass"]), "induce": float(row["induce"]), "kl": float(row["kl"]),
+            "kl_bound": kl_bound, "last_layers_excluded": n_layers - cutoff,
+            "candidates": int(len(table)), "filtered_in_order": int(table["kl"].notna().sum()),
+        },
+        "baseline": baseline,
+        "n_layers": n_layers,
+        "template_positions": n_pos,
+    }  # fmt: skip
+    layer, pos = int(row["layer"]), int(row["position"])
+    return Selection(RefusalDirection(vec(layer, pos + n_pos), layer, pos, details), table, baseline)
