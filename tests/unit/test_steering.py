@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lexprobe.probes.hooks import hooks, output_tensor
+from lexprobe.probes.hooks import output_tensor
 from lexprobe.probes.steering import Steering, steered
 from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
 from lexprobe.toolkit.scoring.scorer import Scorer
