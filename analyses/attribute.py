@@ -27,6 +27,7 @@ from lexprobe.analyses.common import (
     SuiteOptions,
     open_suite,
     session_for,
+    study,
 )
 from lexprobe.toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, PromptTarget
 from lexprobe.toolkit.attribution import faithfulness as faith
@@ -317,6 +318,7 @@ def assemble(parts: list[dict], suite_order: list[str], run: dict) -> Attributio
     )
 
 
+@study
 def run(
     config: AttributeConfig, session: Session | None = None, suite: Suite | None = None
 ) -> AttributionResult:

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from contextlib import ExitStack
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +25,9 @@ from lexprobe.toolkit.models.loader import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 # What every resumed run must share with the one it continues (each study adds its own settings)
-RUN_KEYS = ("study", "model_spec", "weights_sha256", "dtype", "system_prompt", "suite", "suite_sha256")
+RUN_KEYS = (
+    "study", "model_spec", "weights_sha256", "dtype", "system_prompt", "steering", "suite", "suite_sha256",
+)  # fmt: skip
 
 
 @dataclass(kw_only=True)
@@ -38,6 +43,14 @@ class ModelOptions(Options):
     readout: str | Path | RefusalReadout | None = None  # a readout (or its JSON file) instead of calibrating
     recalibrate: bool = False  # calibrate the readout here even where one is cached or shipped
     gradients: bool = False  # the run attributes: --dtype auto loads float32 (toolkit.models.devices)
+    # steering with the refusal direction (probes.steering) for every forward pass of the study
+    direction: str | None = None  # a direction.json of `lexprobe direction` (none: this model's, cached)
+    ablate_direction: float | None = None  # remove this share of the direction everywhere (1: all)
+    add_direction: float | None = None  # add this multiple of the direction at its own layer
+
+    @property
+    def steers(self) -> bool:
+        return bool(self.ablate_direction) or bool(self.add_direction)
 
 
 SHARD_BATCHES = 4  # batches in one shard of a sharded run (its unit of work and of retry)
@@ -74,6 +87,7 @@ class ParallelOptions(Options):
         replica = Replica(
             model=lm.spec, dtype=str(lm.dtype).removeprefix("torch."), device=str(lm.device),
             weights_sha256=lm.weights_sha256, system=session.system, device_map=lm.extra.get("placement"),
+            steering=session.steering,
             readout_json=session.readout.to_json() if session.readout is not None else None,
             batch_size=batch_size,
         )  # fmt: skip
@@ -125,6 +139,7 @@ class Session:
     system: SystemPrompt
     fmt: ChatFormat
     readout: RefusalReadout | None
+    steering: object = None  # a probes.steering.Steering every forward pass of a study runs under
 
     def ensure_smooth_temperature(self, batch_size: int = 32) -> None:
         """A readout file without the smooth margin's temperature gets one, chosen on the calibration
@@ -145,6 +160,8 @@ class Session:
         if self.readout is not None:
             out["readout"] = self.readout.describe(self.lm.tokenizer) | {"details": self.readout.details}
             out["readout_sha256"] = readout_sha256(self.readout)
+        if self.steering is not None:
+            out["steering"] = f"{self.steering.describe()} ({self.steering.key})"
         return out
 
 
@@ -200,12 +217,66 @@ def _session(lm: LoadedModel, system: SystemPrompt, opts: ModelOptions, need_rea
             readout = load_readout_file(str(opts.readout), vocab_size=len(lm.tokenizer))
         else:
             readout = get_readout(lm, fmt, batch_size=opts.batch_size, rebuild=opts.recalibrate)
-    return Session(lm, system, fmt, readout)
+    session = Session(lm, system, fmt, readout)
+    if opts.steers:
+        session.steering = steering_of(session, opts)
+    return session
+
+
+def steering_of(session: Session, opts: ModelOptions):
+    """The steering `opts` ask for: their direction file's, else this model's and condition's direction
+    (`lexprobe direction`, cached; found here the first time)."""
+    from lexprobe.analyses.direction import DirectionConfig, find
+    from lexprobe.toolkit.mechanism.direction import RefusalDirection
+
+    if opts.direction:
+        path = Path(opts.direction)
+        if not path.is_file():
+            raise InputError(
+                f"--direction '{path}' does not exist: give a direction.json of `lexprobe direction`"
+            )
+        direction = RefusalDirection.from_json(
+            path.read_text(encoding="utf-8"), str(path), session.lm.text_config.hidden_size
+        )
+    else:
+        direction, _ = find(session, DirectionConfig(model=opts))
+    return direction.steering(ablate=opts.ablate_direction or 0.0, add=opts.add_direction or 0.0)
+
+
+_STUDY: ContextVar[ExitStack | None] = ContextVar("lexprobe_study", default=None)
+
+
+def study(run):
+    """A study's `run`: the steering of the session it opens (`session_for`) is on for the whole run and
+    off after it, whatever happens. A study run inside another shares the outer one's steering."""
+
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        with ExitStack() as stack:
+            token = _STUDY.set(stack)
+            try:
+                return run(*args, **kwargs)
+            finally:
+                _STUDY.reset(token)
+
+    return wrapper
 
 
 def session_for(opts: ModelOptions, session: Session | None, need_readout: bool = True) -> Session:
-    """The session a study was handed (the Python API loads the model once per probe), else a new one."""
-    return session if session is not None else open_session(opts, need_readout)
+    """The session a study was handed (the Python API loads the model once per probe), else a new one;
+    its steering on until the study (`study`) ends."""
+    if session is None:
+        session = open_session(opts, need_readout or opts.steers)
+    if session.steering is not None:
+        from lexprobe.probes.steering import steered
+
+        stack = _STUDY.get()
+        if stack is None:
+            raise RuntimeError(
+                "a steered session is used by a study: decorate its run with analyses.common.study"
+            )
+        stack.enter_context(steered(session.lm, session.steering))
+    return session
 
 
 class ResumableRun:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from lexprobe import prompts
-from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_suite, session_for
+from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_suite, session_for, study
 from lexprobe.toolkit import stats
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
@@ -122,6 +122,7 @@ def pair_frame(suite_frame: pd.DataFrame, pair_map: pd.DataFrame, types: list[st
     return pairs.reset_index(drop=True)
 
 
+@study
 def run(config: ContrastConfig, session: Session | None = None) -> ContrastResult:
     out = Path(config.out) if config.out else None
     if out is not None and (out / ContrastResult.filename).exists() and not config.overwrite:

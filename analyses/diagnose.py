@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from lexprobe.analyses import attribute, contrast, minimal_pairs, score
-from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_suite, session_for
+from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_suite, session_for, study
 from lexprobe.toolkit import stats
 from lexprobe.toolkit.attribution import AttributionSettings
 from lexprobe.toolkit.config import Options
@@ -165,6 +165,7 @@ class DiagnoseResult(Result):
 
 
 # ------------------------------------------------------------------------------------ the run
+@study
 def run(config: DiagnoseConfig, session: Session | None = None, suite: Suite | None = None) -> DiagnoseResult:
     out = Path(config.out) if config.out else None
     methods = attribute.parse_methods(config.methods) if config.attribution else []

@@ -13,6 +13,7 @@ from lexprobe.analyses.common import (
     SuiteOptions,
     open_suite,
     session_for,
+    study,
 )
 from lexprobe.toolkit.behaviour.generation import generate
 from lexprobe.toolkit.config import Options
@@ -40,6 +41,7 @@ class CompletionsResult(TableResult):
     numeric_columns = ("n_tokens",)
 
 
+@study
 def run(
     config: GenerateConfig, session: Session | None = None, suite: Suite | None = None
 ) -> CompletionsResult:

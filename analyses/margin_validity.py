@@ -21,7 +21,7 @@ from scipy import optimize
 
 from lexprobe.analyses import generate as generate_analysis
 from lexprobe.analyses import score as score_analysis
-from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_suite, session_for
+from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_suite, session_for, study
 from lexprobe.analyses.evaluate import normalise_labels, read_completions
 from lexprobe.toolkit.behaviour.classify import classify, is_refusal
 from lexprobe.toolkit.config import Options
@@ -93,6 +93,7 @@ def fit_threshold(margin: np.ndarray, refused: np.ndarray) -> tuple[float, float
     return float(threshold), float(slope)
 
 
+@study
 def run(config: ValidityConfig, session: Session | None = None, suite: Suite | None = None) -> ValidityResult:
     timer = Timer()
     out = Path(config.out) if config.out else None

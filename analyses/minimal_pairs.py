@@ -27,6 +27,7 @@ from lexprobe.analyses.common import (
     SuiteOptions,
     open_suite,
     session_for,
+    study,
 )
 from lexprobe.toolkit import stats
 from lexprobe.toolkit.config import Options
@@ -92,6 +93,7 @@ class PerturbConfig(Options):
     overwrite: bool = False
 
 
+@study
 def run(config: PerturbConfig, session: Session | None = None, suite: Suite | None = None) -> PerturbResult:
     suite = suite or open_suite(config.suite)
     attributions = _read_attributions(config.attributions) if config.attributions is not None else None
@@ -386,6 +388,7 @@ def read_pairs(source: str | pd.DataFrame) -> pd.DataFrame:
     return frame.assign(id=frame["id"].astype(str), prompt=frame["prompt_a"], type="pairs", label="")
 
 
+@study
 def run_pairs(config: PairsConfig, session: Session | None = None) -> PairsResult:
     frame = read_pairs(config.pairs)
     extra = [c for c in frame.columns if c not in (*PAIR_COLUMNS, "prompt", "type", "label")]

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from lexprobe.analyses import attribute, score
-from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, session_for
+from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, session_for, study
 from lexprobe.toolkit.attribution import AttributionSettings
 from lexprobe.toolkit.attribution.words import content_lemmas, matches, segment
 from lexprobe.toolkit.config import Options
@@ -81,6 +81,7 @@ def hit_table(result, focus: dict[str, str], group_phrases: bool = False) -> pd.
     return pd.DataFrame(rows)
 
 
+@study
 def run(config: PlausibilityConfig, session: Session | None = None) -> PlausibilityResult:
     out = Path(config.out) if config.out else None
     methods = attribute.parse_methods(config.methods)

@@ -16,6 +16,7 @@ from lexprobe.analyses.common import (
     SuiteOptions,
     open_suite,
     session_for,
+    study,
 )
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.io.results import TableResult, provenance
@@ -55,6 +56,7 @@ class ScoreResult(TableResult):
         return self.summary()
 
 
+@study
 def run(config: ScoreConfig, session: Session | None = None, suite: Suite | None = None) -> ScoreResult:
     suite = suite or open_suite(config.suite)
     config.parallel.check()  # a wrong --ray-address fails here, not after the model loads

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from lexprobe import prompts
-from lexprobe.analyses.common import ModelOptions, Session, session_for
+from lexprobe.analyses.common import ModelOptions, Session, session_for, study
 from lexprobe.toolkit import stats
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
@@ -127,6 +127,7 @@ def design(triggers: list[str], data: dict, draws: int, word_carriers: int, seed
     )
 
 
+@study
 def run(config: TransplantConfig, session: Session | None = None) -> TransplantResult:
     out = Path(config.out) if config.out else None
     if out is not None and (out / TransplantResult.filename).exists() and not config.overwrite:

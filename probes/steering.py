@@ -93,11 +93,12 @@ def hook_pairs(lm, steerings: list[Steering]) -> list:
 def steered(lm, steering: Steering | list[Steering] | None) -> Iterator[None]:
     """Run everything inside under `steering` (none: as is); the hooks go on exit, whatever happens."""
     steerings = [] if steering is None else [steering] if isinstance(steering, Steering) else list(steering)
-    if not steerings:
+    key = "+".join(s.key for s in steerings)
+    before = lm.extra.get("steering")
+    if not steerings or key == before:  # nothing to do, or already steered so (a study inside a study)
         yield
         return
-    before = lm.extra.get("steering")
-    lm.extra["steering"] = "+".join(s.key for s in steerings)
+    lm.extra["steering"] = key
     try:
         with hooks(hook_pairs(lm, steerings)):
             yield

@@ -34,6 +34,7 @@ class Replica:
     readout_json: str | None  # None: a study that reads no margins (generate)
     batch_size: int
     device_map: str | dict | None = None  # the driver's --device-map: each replica spreads over its GPUs
+    steering: object = None  # the driver's probes.steering.Steering, on for every shard
 
 
 class Worker:
@@ -64,6 +65,7 @@ class Worker:
         )
         self._scorer = None
         self._built: dict = {}
+        self.steering = replica.steering
 
     @property
     def scorer(self):
@@ -85,7 +87,10 @@ class Worker:
         return os.getpid()
 
     def call(self, fn, *args):
-        return fn(self, *args)
+        from lexprobe.probes.steering import steered
+
+        with steered(self.lm, self.steering):
+            return fn(self, *args)
 
 
 def _ray():

@@ -11,13 +11,13 @@ import os
 import sys
 from pathlib import Path
 
-from lexprobe.cli import attribution, behaviour, compare, core, diagnose, minimal_pairs
+from lexprobe.cli import attribution, behaviour, compare, core, diagnose, mechanism, minimal_pairs
 from lexprobe.cli.options import Parser, plain
 from lexprobe.toolkit.errors import LexprobeError, OutputError
 from lexprobe.toolkit.io.locks import exclusive
 from lexprobe.toolkit.io.results import read_run
 
-GROUPS = (core, behaviour, attribution, minimal_pairs, diagnose, compare)
+GROUPS = (core, behaviour, attribution, minimal_pairs, diagnose, compare, mechanism)
 
 
 def build_parser() -> Parser:
@@ -38,6 +38,7 @@ STUDIES = (
     "perturb",
     "pairs",
     "contrast",
+    "direction",
 )  # commands whose run.json says so
 
 

@@ -161,6 +161,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="hash the weights files again (by default a file is hashed once, and again when its size or mtime change)",
     )
     g.add_argument(
+        "--direction", default=None, metavar="FILE",
+        help="a direction.json of `lexprobe direction` for --ablate/--add-direction (none: this model's, found once and cached)",
+    )  # fmt: skip
+    g.add_argument(
+        "--ablate-direction", type=positive_float, nargs="?", const=1.0, default=None, metavar="S",
+        help="project the refusal direction out of every layer, every position (S: the share removed, 1 if not given)",
+    )  # fmt: skip
+    g.add_argument(
+        "--add-direction", type=_number, default=None, metavar="ALPHA",
+        help="add ALPHA times the refusal direction at its layer, every position",
+    )  # fmt: skip
+    g.add_argument(
         "--readout",
         default=None,
         metavar="FILE",

@@ -157,8 +157,11 @@ def select_direction(
     val: tuple[list[str], list[str]],
     kl_bound: float = KL_BOUND,
     last_layers: float = LAST_LAYERS,
+    induce_min: float = 0.0,
 ) -> Selection:
-    """The refusal direction from (harmful, harmless) train and val prompts (module docstring)."""
+    """The refusal direction from (harmful, harmless) train and val prompts (module docstring):
+    candidates in blocks before the last `last_layers` share of the stack, whose addition lifts the
+    harmless mean margin above `induce_min` and whose ablation costs less than `kl_bound`."""
     lm = scorer.lm
     harmful, harmless = train
     val_harmful, val_harmless = val
@@ -208,13 +211,14 @@ def select_direction(
     chosen = None
     for i in table[table["eligible"]].dropna(subset=["bypass"]).sort_values("bypass").index:
         filters(i)
-        if table.at[i, "induce"] > 0 and table.at[i, "kl"] < kl_bound:
+        if table.at[i, "induce"] > induce_min and table.at[i, "kl"] < kl_bound:
             chosen = i
             break
     if chosen is None:
         raise InputError(
             f"no candidate direction passes the filters (adding it induces refusal on harmless prompts, "
-            f"KL under {kl_bound}, block before {cutoff}): this model may not refuse through one direction"
+            f"KL under {kl_bound:g}, a block before {cutoff}): this model may not refuse through one "
+            "direction, or the val prompts are too few"
         )
     table["selected"] = table.index == chosen
     row = table.loc[chosen]

@@ -1,0 +1,132 @@
+"""The refusal direction on tiny-random: candidates are differences of the mean block inputs at the
+template's positions (checked against one-prompt-at-a-time passes), the selection takes the
+lowest-bypass candidate that passes its filters, and the file round-trips."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lexprobe.probes.hooks import output_tensor
+from lexprobe.toolkit.errors import InputError
+from lexprobe.toolkit.io.suites import load_suite
+from lexprobe.toolkit.mechanism.direction import (
+    RefusalDirection,
+    block_input_means,
+    select_direction,
+    template_positions,
+)
+from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.scoring.scorer import Scorer
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny, tiny_readout):
+    fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("model-default"))
+    return Scorer(tiny, fmt, tiny_readout, batch_size=4)
+
+
+def _texts(name, n):
+    return load_suite(name).frame["prompt"].tolist()[:n]
+
+
+def test_block_input_means_are_the_template_positions_means(scorer):
+    texts = _texts("calibration-harmful", 6)
+    lm, n_pos = scorer.lm, template_positions(scorer)
+    assert n_pos >= 1
+    means = block_input_means(scorer, texts)
+    assert means.shape == (len(lm.layers), n_pos, lm.text_config.hidden_size)
+    rows = []
+    for text in texts:  # one prompt a pass, no padding: its last n_pos suffix tokens are the template's
+        seen = []
+        pairs = [(m, lambda _m, _i, o: seen.append(output_tensor(o)[0])) for m in [lm.embed, *lm.layers][:-1]]
+        suffix = scorer.suffix_ids(scorer.encode(text))
+        with torch.no_grad():
+            scorer.forward(scorer.batch([suffix]), hook_pairs=pairs)
+        end = len(suffix)
+        rows.append(torch.stack([h[end - n_pos : end] for h in seen]).double())
+    torch.testing.assert_close(means, torch.stack(rows).mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_the_selection_is_the_lowest_bypass_candidate_that_passes(scorer):
+    train = (_texts("calibration-harmful", 8), _texts("calibration-harmless", 8))
+    val = (_texts("calibration-harmful-val", 4), _texts("calibration-harmless-val", 4))
+    sel = select_direction(scorer, train, val, kl_bound=math.inf, last_layers=0.0, induce_min=-math.inf)
+    table = sel.candidates
+    n_layers, n_pos = len(scorer.lm.layers), template_positions(scorer)
+    assert len(table) == n_layers * n_pos and table["selected"].sum() == 1
+    ranked = table.dropna(subset=["bypass"]).sort_values("bypass")
+    assert table.loc[table["selected"], "bypass"].item() == ranked["bypass"].iloc[0]
+    assert table.loc[table["layer"] == 0, "bypass"].isna().all()  # the embedding: the same template tokens
+    d = sel.direction
+    diff = block_input_means(scorer, train[0]) - block_input_means(scorer, train[1])
+    torch.testing.assert_close(d.vector, diff[d.layer, d.position].float())
+    again = RefusalDirection.from_json(d.to_json(), "test", scorer.lm.text_config.hidden_size)
+    torch.testing.assert_close(again.vector, d.vector)
+    assert (again.layer, again.position) == (d.layer, d.position)
+    # the filters: with a KL bound below every candidate's, none passes
+    with pytest.raises(InputError, match="no candidate direction passes"):
+        select_direction(scorer, train, val, kl_bound=1e-12, last_layers=0.0, induce_min=-math.inf)
+
+
+def test_a_direction_file_of_another_model_is_refused():
+    other = RefusalDirection(torch.ones(32), 1, -1, {})
+    with pytest.raises(InputError, match="d_model 32"):
+        RefusalDirection.from_json(other.to_json(), "x.json", d_model=64)
+    with pytest.raises(InputError, match="not a lexprobe refusal direction"):
+        RefusalDirection.from_json('{"layer": 1}', "x.json")
+    assert np.isfinite(other.vector.numpy()).all()
+
+
+@pytest.fixture(scope="module")
+def direction_file(tmp_path_factory, scorer):
+    train = (_texts("calibration-harmful", 8), _texts("calibration-harmless", 8))
+    val = (_texts("calibration-harmful-val", 4), _texts("calibration-harmless-val", 4))
+    sel = select_direction(scorer, train, val, kl_bound=math.inf, last_layers=0.0, induce_min=-math.inf)
+    path = tmp_path_factory.mktemp("direction") / "direction.json"
+    path.write_text(sel.direction.to_json())
+    return path, sel.direction
+
+
+def _score(tmp_path, readout, out, *extra):
+    from lexprobe.cli import main
+
+    args = ["score", "--model", "tiny-random", "--readout", str(readout), "--suite", "xstest", "--limit", "8"]
+    return main([*args, "--out", str(tmp_path / out), *extra])
+
+
+def test_any_command_runs_steered_and_records_it(tmp_path, tiny_readout_file, direction_file, scorer):
+    import json
+
+    import pandas as pd
+
+    from lexprobe.probes.steering import steered
+
+    path, direction = direction_file
+    assert _score(tmp_path, tiny_readout_file, "plain") == 0
+    assert _score(tmp_path, tiny_readout_file, "ablated", "--direction", str(path), "--ablate-direction") == 0
+    assert _score(tmp_path, tiny_readout_file, "added", "--direction", str(path), "--add-direction", "4") == 0
+    plain, ablated, added = (pd.read_csv(tmp_path / d / "scores.csv") for d in ("plain", "ablated", "added"))
+    with steered(scorer.lm, direction.steering(ablate=1.0)):
+        expected = scorer.score(plain["prompt"].tolist()).margin
+    np.testing.assert_allclose(ablated["margin"], expected, atol=1e-5)
+    assert np.abs(ablated["margin"] - plain["margin"]).max() > 1e-3
+    assert np.abs(added["margin"] - plain["margin"]).max() > 1e-3
+    run = json.loads((tmp_path / "ablated" / "run.json").read_text())
+    assert run["steering"].startswith("ablate refusal direction")
+    assert "steering" not in json.loads((tmp_path / "plain" / "run.json").read_text())
+    assert "steering" not in scorer.lm.extra  # the hooks are gone after the run
+    # a resumed run must be steered as the one it continues
+    assert _score(tmp_path, tiny_readout_file, "ablated", "--resume", "--limit", "12") == 2
+
+
+def test_direction_on_a_model_with_no_eligible_candidate_is_one_line(tmp_path, tiny_readout_file, error_line):
+    from lexprobe.cli import main
+
+    args = ["direction", "--model", "tiny-random", "--dtype", "float32", "--readout", str(tiny_readout_file)]
+    args += ["--val-prompts", "2"]
+    assert main([*args, "--train-prompts", "4", "--out", str(tmp_path / "d")]) == 2
+    assert "no candidate direction passes the filters" in error_line()
