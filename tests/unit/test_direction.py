@@ -40,9 +40,10 @@ def test_block_input_means_are_the_template_positions_means(scorer):
     means = block_input_means(scorer, texts)
     assert means.shape == (len(lm.layers), n_pos, lm.text_config.hidden_size)
     rows = []
+    seen = []
+    pairs = [(m, lambda _m, _i, o: seen.append(output_tensor(o)[0])) for m in [lm.embed, *lm.layers][:-1]]
     for text in texts:  # one prompt a pass, no padding: its last n_pos suffix tokens are the template's
-        seen = []
-        pairs = [(m, lambda _m, _i, o: seen.append(output_tensor(o)[0])) for m in [lm.embed, *lm.layers][:-1]]
+        seen.clear()
         suffix = scorer.suffix_ids(scorer.encode(text))
         with torch.no_grad():
             scorer.forward(scorer.batch([suffix]), hook_pairs=pairs)
