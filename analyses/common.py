@@ -159,20 +159,10 @@ class Session:
         }
         if self.readout is not None:
             out["readout"] = self.readout.describe(self.lm.tokenizer) | {"details": self.readout.details}
-            out["readout_sha256"] = readout_sha256(self.readout)
+            out["readout_sha256"] = self.readout.sha256()
         if self.steering is not None:
             out["steering"] = f"{self.steering.describe()} ({self.steering.key})"
         return out
-
-
-def readout_sha256(readout: RefusalReadout) -> str:
-    """The readout's identity for resume checks: its trie and its smooth temperature, not its notes."""
-    import hashlib
-    import json
-
-    tree = json.loads(readout.to_json())
-    key = {"nodes": tree.get("nodes"), "smooth_temperature": readout.smooth_temperature}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def open_suite(opts: SuiteOptions) -> Suite:
@@ -226,8 +216,8 @@ def _session(lm: LoadedModel, system: SystemPrompt, opts: ModelOptions, need_rea
 def steering_of(session: Session, opts: ModelOptions):
     """The steering `opts` ask for: their direction file's, else this model's and condition's direction
     (`lexprobe direction`, cached; found here the first time)."""
-    from lexprobe.analyses.direction import DirectionConfig, find
-    from lexprobe.toolkit.mechanism.direction import RefusalDirection
+    from lexprobe.toolkit.mechanism.direction import RefusalDirection, find_direction
+    from lexprobe.toolkit.scoring.scorer import Scorer
 
     if opts.direction:
         path = Path(opts.direction)
@@ -239,7 +229,8 @@ def steering_of(session: Session, opts: ModelOptions):
             path.read_text(encoding="utf-8"), str(path), session.lm.text_config.hidden_size
         )
     else:
-        direction, _ = find(session, DirectionConfig(model=opts))
+        scorer = Scorer(session.lm, session.fmt, session.readout, opts.batch_size)
+        direction, _ = find_direction(scorer, session.system.describe(), info=session.provenance())
     return direction.steering(ablate=opts.ablate_direction or 0.0, add=opts.add_direction or 0.0)
 
 

@@ -7,25 +7,19 @@ candidates' figures and a per-layer figure, and cached per model, dtype, conditi
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from lexprobe.analyses.common import ModelOptions, Session, readout_sha256, session_for, study
+from lexprobe.analyses.common import ModelOptions, Session, session_for, study
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
-from lexprobe.toolkit.io.cache import cache_dir, write_text_atomic
-from lexprobe.toolkit.io.locks import building
-from lexprobe.toolkit.io.results import MultiTableResult, Timer, provenance, write_csv_atomic
-from lexprobe.toolkit.io.suites import load_suite
-from lexprobe.toolkit.mechanism.direction import KL_BOUND, RefusalDirection, select_direction
+from lexprobe.toolkit.io.cache import write_text_atomic
+from lexprobe.toolkit.io.results import MultiTableResult, provenance
+from lexprobe.toolkit.mechanism.direction import KL_BOUND, RefusalDirection, find_direction
 from lexprobe.toolkit.scoring.scorer import Scorer
 
-log = logging.getLogger(__name__)
 FILE = "direction.json"
 
 
@@ -80,54 +74,6 @@ class DirectionResult(MultiTableResult):
         direction_figure(self.frame, self.direction.details, out / "direction.png", title)
 
 
-def _texts(name: str, n: int | None) -> list[str]:
-    return load_suite(name).frame["prompt"].tolist()[:n]
-
-
-def _cache_path(session: Session, config: DirectionConfig) -> Path:
-    key = {
-        "dtype": str(session.lm.dtype),
-        "system_prompt": session.system.describe(),
-        "readout": readout_sha256(session.readout),
-        "train": config.train_prompts,
-        "val": config.val_prompts,
-        "kl_bound": config.kl_bound,
-        "format": 1,
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir("directions", session.lm.weights_sha256[:16]) / f"{digest}.json"
-
-
-def find(session: Session, config: DirectionConfig) -> tuple[RefusalDirection, pd.DataFrame]:
-    """The direction of this session's model and condition and its candidates table: cached, else
-    selected here (and cached; `config.overwrite` selects again)."""
-    path = _cache_path(session, config)
-    table = path.with_suffix(".csv")
-    with building(path):
-        if path.exists() and table.exists() and not config.overwrite:
-            log.info("refusal direction: cache %s", path)
-            d_model = session.lm.text_config.hidden_size
-            direction = RefusalDirection.from_json(path.read_text(), str(path), d_model)
-            return direction, pd.read_csv(table)
-        scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
-        n, v = config.train_prompts, config.val_prompts
-        timer = Timer()
-        selection = select_direction(
-            scorer,
-            (_texts("calibration-harmful", n), _texts("calibration-harmless", n)),
-            (_texts("calibration-harmful-val", v), _texts("calibration-harmless-val", v)),
-            kl_bound=config.kl_bound,
-        )
-        direction = selection.direction
-        direction.details.update(
-            provenance(**session.provenance(), study="direction", seconds=timer.seconds),
-            data={"train": "calibration-harmful/-harmless (train)", "val": "calibration-*-val", "n_train": n, "n_val": v},
-        )  # fmt: skip
-        write_csv_atomic(selection.candidates, table)
-        write_text_atomic(path, direction.to_json())
-        return direction, selection.candidates
-
-
 @study
 def run(config: DirectionConfig, session: Session | None = None) -> DirectionResult:
     out = Path(config.out) if config.out else None
@@ -138,8 +84,14 @@ def run(config: DirectionConfig, session: Session | None = None) -> DirectionRes
         raise InputError(
             "lexprobe direction finds the direction of the model as it is: drop --ablate/--add-direction"
         )
-    direction, candidates = find(session, config)
-    run_info = direction.details | {"layer": direction.layer, "position": direction.position}
+    scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
+    direction, candidates = find_direction(
+        scorer, session.system.describe(), config.train_prompts, config.val_prompts, config.kl_bound,
+        info=provenance(**session.provenance(), study="direction"), overwrite=config.overwrite,
+    )  # fmt: skip
+    run_info = direction.details["provenance"] | {
+        "layer": direction.layer, "position": direction.position, "direction": direction.details,
+    }  # fmt: skip
     result = DirectionResult(candidates, run_info, direction=direction)
     if out is not None:
         result.save(out, overwrite=True, figures=config.figures)

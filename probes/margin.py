@@ -107,6 +107,14 @@ class RefusalReadout:
         return [len(p) - 1 for p in self.tree]  # 0 for a first response token
 
     # ------------------------------------------------------------------ (de)serialisation
+    def sha256(self) -> str:
+        """The readout's identity (resume checks, caches): its trie and smooth temperature, not its notes."""
+        import hashlib
+
+        tree = json.loads(self.to_json())
+        key = {"nodes": tree.get("nodes"), "smooth_temperature": self.smooth_temperature}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
     def to_json(self) -> str:
         nodes = [
             {"path": list(p), "children": {str(k): v for k, v in n.children.items()}, "other": n.other}

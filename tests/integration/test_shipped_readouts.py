@@ -7,7 +7,6 @@ import pytest
 
 from lexprobe import prompts
 from lexprobe.analyses.calibrate import SHIPPED, _cache_key, calibrate
-from lexprobe.analyses.common import readout_sha256
 from lexprobe.probes.readout import ReadoutSettings, load_readout_file
 from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
 
@@ -22,4 +21,4 @@ def test_calibrating_here_reproduces_the_shipped_readout(default_lm):
     made, table = calibrate(default_lm, fmt, settings)
     assert made.details["train_refusal_rate"] == shipped.details["train_refusal_rate"]
     assert made.details["val_auroc"] == shipped.details["val_auroc"]
-    assert readout_sha256(made) == readout_sha256(shipped)  # the same trie and smooth temperature
+    assert made.sha256() == shipped.sha256()  # the same trie and smooth temperature

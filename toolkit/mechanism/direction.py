@@ -21,7 +21,9 @@ per-layer figure.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -36,6 +38,7 @@ from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.io.progress import progress
 from lexprobe.toolkit.models.chat import USER
 
+log = logging.getLogger(__name__)
 KL_BOUND = 0.1  # Arditi et al.'s bound on the harmless prompts' KL under ablation
 LAST_LAYERS = 0.2  # blocks in the last 20% of the stack are not candidates
 
@@ -240,3 +243,60 @@ def select_direction(
     }  # fmt: skip
     layer, pos = int(row["layer"]), int(row["position"])
     return Selection(RefusalDirection(vec(layer, pos + n_pos), layer, pos, details), table, baseline)
+
+
+# ------------------------------------------------------------------------------------------ cache
+def _calibration(name: str, n: int | None) -> list[str]:
+    from lexprobe.toolkit.io.suites import load_suite
+
+    return load_suite(name).frame["prompt"].tolist()[:n]
+
+
+def find_direction(
+    scorer,
+    condition: str,
+    train_prompts: int | None = None,
+    val_prompts: int = 32,
+    kl_bound: float = KL_BOUND,
+    info: dict | None = None,
+    overwrite: bool = False,
+) -> tuple[RefusalDirection, pd.DataFrame]:
+    """The direction of the scorer's model under `condition` (its system prompt, described), and its
+    candidates table: cached per model, dtype, condition, readout and settings, else selected here on
+    the bundled calibration splits (`train_prompts`, `val_prompts` of each class; None: all) and
+    cached; `overwrite` selects again. `info` (provenance) goes into the direction's details."""
+    from lexprobe.toolkit.io.cache import cache_dir, write_text_atomic
+    from lexprobe.toolkit.io.locks import building
+    from lexprobe.toolkit.io.results import Timer, write_csv_atomic
+
+    lm = scorer.lm
+    key = {
+        "dtype": str(lm.dtype), "system_prompt": condition, "readout": scorer.readout.sha256(),
+        "train": train_prompts, "val": val_prompts, "kl_bound": kl_bound, "format": 1,
+    }  # fmt: skip
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir("directions", lm.weights_sha256[:16]) / f"{digest}.json"
+    table = path.with_suffix(".csv")
+    with building(path):
+        if path.exists() and table.exists() and not overwrite:
+            log.info("refusal direction: cache %s", path)
+            found = RefusalDirection.from_json(path.read_text(), str(path), lm.text_config.hidden_size)
+            return found, pd.read_csv(table)
+        log.debug("finding the refusal direction of this model and condition once; later runs read %s", path)
+        timer = Timer()
+        n, v = train_prompts, val_prompts
+        selection = select_direction(
+            scorer,
+            (_calibration("calibration-harmful", n), _calibration("calibration-harmless", n)),
+            (_calibration("calibration-harmful-val", v), _calibration("calibration-harmless-val", v)),
+            kl_bound=kl_bound,
+        )
+        direction = selection.direction
+        direction.details.update(
+            provenance=info or {}, seconds=timer.seconds,
+            data={"candidates": "calibration harmful/harmless, train split", "selection": "their val split",
+                  "n_train": n or "all", "n_val": v},
+        )  # fmt: skip
+        write_csv_atomic(selection.candidates, table)
+        write_text_atomic(path, direction.to_json())
+        return direction, selection.candidates
