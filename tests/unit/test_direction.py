@@ -52,25 +52,37 @@ def test_block_input_means_are_the_template_positions_means(scorer):
     torch.testing.assert_close(means, torch.stack(rows).mean(0), atol=1e-5, rtol=1e-5)
 
 
-def test_the_selection_is_the_lowest_bypass_candidate_that_passes(scorer):
+def test_the_selection_is_the_lowest_bypass_candidate_that_passes(scorer, tmp_path):
     train = (_texts("calibration-harmful", 8), _texts("calibration-harmless", 8))
     val = (_texts("calibration-harmful-val", 4), _texts("calibration-harmless-val", 4))
-    sel = select_direction(scorer, train, val, kl_bound=math.inf, last_layers=0.0, induce_min=-math.inf)
+    sel = select_direction(
+        scorer, train, val, kl_bound=math.inf, last_layers=0.0, induce_min=-math.inf, by_margin=False
+    )
     table = sel.candidates
     n_layers, n_pos = len(scorer.lm.layers), template_positions(scorer)
     assert len(table) == n_layers * n_pos and table["selected"].sum() == 1
-    ranked = table.dropna(subset=["bypass"]).sort_values("bypass")
-    assert table.loc[table["selected"], "bypass"].item() == ranked["bypass"].iloc[0]
-    assert table.loc[table["layer"] == 0, "bypass"].isna().all()  # the embedding: the same template tokens
+    screened = table.dropna(subset=["bypass_screen"])
+    assert len(screened) == (n_layers - 1) * n_pos  # the embedding: the same template tokens, no candidate
+    assert table.loc[table["layer"] == 0, "norm"].eq(0).all()
+    finalists = table.dropna(subset=["bypass_val"])
+    assert table.loc[table["selected"], "bypass_val"].item() == finalists["bypass_val"].min()
     d = sel.direction
     diff = block_input_means(scorer, train[0]) - block_input_means(scorer, train[1])
     torch.testing.assert_close(d.vector, diff[d.layer, d.position].float())
     again = RefusalDirection.from_json(d.to_json(), "test", scorer.lm.text_config.hidden_size)
     torch.testing.assert_close(again.vector, d.vector)
     assert (again.layer, again.position) == (d.layer, d.position)
+    from lexprobe.analyses.direction import DirectionResult
+
+    DirectionResult(table, {"model_spec": "tiny-random"}, direction=d).save(tmp_path / "out")
+    assert (tmp_path / "out" / "direction.png").stat().st_size > 10_000
+    loaded = DirectionResult.load(tmp_path / "out")
+    torch.testing.assert_close(loaded.direction.vector, d.vector)
     # the filters: with a KL bound below every candidate's, none passes
     with pytest.raises(InputError, match="no candidate direction passes"):
-        select_direction(scorer, train, val, kl_bound=1e-12, last_layers=0.0, induce_min=-math.inf)
+        select_direction(
+            scorer, train, val, kl_bound=1e-12, last_layers=0.0, induce_min=-math.inf, by_margin=False
+        )
 
 
 def test_a_direction_file_of_another_model_is_refused():
@@ -86,7 +98,9 @@ def test_a_direction_file_of_another_model_is_refused():
 def direction_file(tmp_path_factory, scorer):
     train = (_texts("calibration-harmful", 8), _texts("calibration-harmless", 8))
     val = (_texts("calibration-harmful-val", 4), _texts("calibration-harmless-val", 4))
-    sel = select_direction(scorer, train, val, kl_bound=math.inf, last_layers=0.0, induce_min=-math.inf)
+    sel = select_direction(
+        scorer, train, val, kl_bound=math.inf, last_layers=0.0, induce_min=-math.inf, by_margin=False
+    )
     path = tmp_path_factory.mktemp("direction") / "direction.json"
     path.write_text(sel.direction.to_json())
     return path, sel.direction
@@ -124,10 +138,11 @@ def test_any_command_runs_steered_and_records_it(tmp_path, tiny_readout_file, di
     assert _score(tmp_path, tiny_readout_file, "ablated", "--resume", "--limit", "12") == 2
 
 
-def test_direction_on_a_model_with_no_eligible_candidate_is_one_line(tmp_path, tiny_readout_file, error_line):
+def test_direction_on_a_model_that_refuses_nothing_is_one_line(tmp_path, tiny_readout_file, error_line):
+    """tiny-random refuses none of the harmful instructions under its readout: no direction to find."""
     from lexprobe.cli import main
 
     args = ["direction", "--model", "tiny-random", "--dtype", "float32", "--readout", str(tiny_readout_file)]
     args += ["--val-prompts", "2"]
     assert main([*args, "--train-prompts", "4", "--out", str(tmp_path / "d")]) == 2
-    assert "no candidate direction passes the filters" in error_line()
+    assert "too few calibration prompts the model treats as their class" in error_line()

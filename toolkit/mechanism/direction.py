@@ -150,8 +150,21 @@ def kl_divergence(base: torch.Tensor, other: torch.Tensor) -> float:
 @dataclass
 class Selection:
     direction: RefusalDirection
-    candidates: pd.DataFrame  # a row per (layer, position): bypass, and induce / kl where computed
+    candidates: pd.DataFrame  # a row per (layer, position): screened and full val figures
     baseline: dict  # val margins with nothing steered
+
+
+SCREEN = 8  # val prompts of each class every candidate is screened on
+FINALISTS = 8  # eligible candidates, best screened first, measured on the whole val split
+
+
+def _kept(scorer, texts: list[str], refused: bool, desc: str, by_margin: bool = True) -> list[str]:
+    """The prompts the model treats as their class does: harmful ones it refuses (margin > 0), harmless
+    ones it answers, as Arditi et al. filter theirs."""
+    if not by_margin:
+        return texts
+    margins = scorer.score(texts, desc=desc).margin
+    return [t for t, m in zip(texts, margins) if (m > 0) == refused]
 
 
 def select_direction(
@@ -161,88 +174,114 @@ def select_direction(
     kl_bound: float = KL_BOUND,
     last_layers: float = LAST_LAYERS,
     induce_min: float = 0.0,
+    screen: int = SCREEN,
+    finalists: int = FINALISTS,
+    by_margin: bool = True,
 ) -> Selection:
     """The refusal direction from (harmful, harmless) train and val prompts (module docstring):
     candidates in blocks before the last `last_layers` share of the stack, whose addition lifts the
-    harmless mean margin above `induce_min` and whose ablation costs less than `kl_bound`."""
+    harmless mean margin above `induce_min` and whose ablation costs less than `kl_bound` in KL.
+
+    Only prompts the model treats as their class count (harmful ones it refuses, harmless ones it
+    answers; `by_margin` False: all). Every candidate is screened on the first `screen` val prompts of each class (the
+    per-layer figure's numbers); the `finalists` eligible ones with the lowest screened bypass are
+    measured on the whole val split and tried in order of that bypass, then the rest in screened order,
+    until one passes the filters."""
     lm = scorer.lm
-    harmful, harmless = train
-    val_harmful, val_harmless = val
+    harmful = _kept(scorer, train[0], True, "harmful train prompts", by_margin)
+    harmless = _kept(scorer, train[1], False, "harmless train prompts", by_margin)
+    val_harmful = _kept(scorer, val[0], True, "harmful val prompts", by_margin)
+    val_harmless = _kept(scorer, val[1], False, "harmless val prompts", by_margin)
+    counts = {"harmful_train": len(harmful), "harmless_train": len(harmless),
+              "harmful_val": len(val_harmful), "harmless_val": len(val_harmless)}  # fmt: skip
+    if min(counts.values()) < 2:
+        raise InputError(
+            f"too few calibration prompts the model treats as their class ({counts}): it refuses too little "
+            "or too much under this condition to find a refusal direction"
+        )
     diff = block_input_means(scorer, harmful, "harmful activations") - block_input_means(
         scorer, harmless, "harmless activations"
     )  # [L, P, d]
     n_layers, n_pos = diff.shape[:2]
-    base_harmful, _ = first_token_scores(scorer, val_harmful)
-    base_harmless, base_logp = first_token_scores(scorer, val_harmless)
     cutoff = math.floor(n_layers * (1 - last_layers))
+    sets = {
+        "screen": (val_harmful[:screen], val_harmless[:screen]),
+        "val": (val_harmful, val_harmless),
+    }
+    base = {  # per set: harmful margins, harmless margins, harmless first-token log-probabilities
+        k: (first_token_scores(scorer, bad)[0], *first_token_scores(scorer, good))
+        for k, (bad, good) in sets.items()
+    }
 
-    def vec(layer, pos):
-        return diff[layer, pos].float()
+    def vec(i: int) -> torch.Tensor:
+        return diff[int(table.at[i, "layer"]), int(table.at[i, "position"]) + n_pos].float()
 
-    rows = []
-    cells = [(layer, pos) for layer in range(n_layers) for pos in range(n_pos)]
-    for layer, pos in progress(cells, desc="ablating candidates", unit="candidate"):
-        v = vec(layer, pos)
-        if float(v.norm()) == 0:
-            bypass = float("nan")
-        else:
-            with steered(lm, Steering(v, ablate=1.0)):
-                bypass = float(first_token_scores(scorer, val_harmful)[0].mean())
-        rows.append(
-            {"layer": layer, "position": pos - n_pos, "norm": float(v.norm()), "bypass": bypass,
-             "eligible": layer < cutoff}
-        )  # fmt: skip
-    table = pd.DataFrame(rows)
-    table["induce"] = np.nan
-    table["kl"] = np.nan
-
-    def filters(i: int) -> None:
-        if not np.isnan(table.at[i, "kl"]):
+    def measure(i: int, which: str, filters: bool = True) -> None:
+        if not np.isnan(table.at[i, f"bypass_{which}"]) and (
+            not filters or not np.isnan(table.at[i, f"kl_{which}"])
+        ):
             return
-        layer, pos = int(table.at[i, "layer"]), int(table.at[i, "position"]) + n_pos
-        v = vec(layer, pos)
-        with steered(lm, Steering(v, ablate=1.0)):
-            _, logp = first_token_scores(scorer, val_harmless)
-        with steered(lm, Steering(v, add=1.0, at=layer)):
-            induced, _ = first_token_scores(scorer, val_harmless)
-        table.at[i, "kl"] = kl_divergence(base_logp, logp)
-        table.at[i, "induce"] = float(induced.mean())
+        bad, good = sets[which]
+        with steered(lm, Steering(vec(i), ablate=1.0)):
+            table.at[i, f"bypass_{which}"] = float(first_token_scores(scorer, bad)[0].mean())
+            if filters:
+                table.at[i, f"kl_{which}"] = kl_divergence(
+                    base[which][2], first_token_scores(scorer, good)[1]
+                )
+        if filters:
+            with steered(lm, Steering(vec(i), add=1.0, at=int(table.at[i, "layer"]))):
+                table.at[i, f"induce_{which}"] = float(first_token_scores(scorer, good)[0].mean())
 
-    best_per_layer = table.dropna(subset=["bypass"]).groupby("layer")["bypass"].idxmin()
-    for i in progress(list(best_per_layer), desc="steering each layer's best", unit="layer"):
-        filters(i)
+    table = pd.DataFrame(
+        [{"layer": layer, "position": pos - n_pos, "norm": float(diff[layer, pos].norm()), "eligible": layer < cutoff}
+         for layer in range(n_layers) for pos in range(n_pos)]
+    )  # fmt: skip
+    for column in ("bypass_screen", "induce_screen", "kl_screen", "bypass_val", "induce_val", "kl_val"):
+        table[column] = np.nan
+    live = table.index[table["norm"] > 0]  # the embedding's output: the same template tokens, no difference
+    for i in progress(list(live), desc="screening candidates (ablated)", unit="candidate"):
+        measure(i, "screen", filters=False)
+    best = table.loc[live].groupby("layer")["bypass_screen"].idxmin()
+    for i in progress(list(best), desc="steering each layer's best", unit="layer"):
+        measure(i, "screen")
+    order = list(table.loc[live][table.loc[live, "eligible"]].sort_values("bypass_screen").index)
+    top = order[:finalists]
+    for i in progress(top, desc="finalists on the whole val split", unit="candidate"):
+        measure(i, "val")
     chosen = None
-    for i in table[table["eligible"]].dropna(subset=["bypass"]).sort_values("bypass").index:
-        filters(i)
-        if table.at[i, "induce"] > induce_min and table.at[i, "kl"] < kl_bound:
+    for i in sorted(top, key=lambda i: table.at[i, "bypass_val"]) + order[finalists:]:
+        measure(i, "val")
+        if table.at[i, "induce_val"] > induce_min and table.at[i, "kl_val"] < kl_bound:
             chosen = i
             break
     if chosen is None:
         raise InputError(
-            f"no candidate direction passes the filters (adding it induces refusal on harmless prompts, "
-            f"KL under {kl_bound:g}, a block before {cutoff}): this model may not refuse through one "
-            "direction, or the val prompts are too few"
+            f"no candidate direction passes the filters (adding it lifts the harmless margin above "
+            f"{induce_min:g}, KL under {kl_bound:g}, a block before {cutoff}; best lift "
+            f"{np.nanmax(table['induce_val'].to_numpy(float), initial=-np.inf):+.2f}): this model may not "
+            "refuse through one direction"
         )
     table["selected"] = table.index == chosen
     row = table.loc[chosen]
     baseline = {
-        "harmful_margin": float(base_harmful.mean()),
-        "harmless_margin": float(base_harmless.mean()),
-        "harmful_refused": float((base_harmful > 0).mean()),
-        "harmless_refused": float((base_harmless > 0).mean()),
+        "harmful_margin": float(base["val"][0].mean()),
+        "harmless_margin": float(base["val"][1].mean()),
+        "screen_harmful_margin": float(base["screen"][0].mean()),
+        "screen_harmless_margin": float(base["screen"][1].mean()),
     }
     details = {
         "selection": {
-            "bypass": float(row["bypass"]), "induce": float(row["induce"]), "kl": float(row["kl"]),
-            "kl_bound": kl_bound, "last_layers_excluded": n_layers - cutoff,
-            "candidates": int(len(table)), "filtered_in_order": int(table["kl"].notna().sum()),
+            "bypass": float(row["bypass_val"]), "induce": float(row["induce_val"]), "kl": float(row["kl_val"]),
+            "kl_bound": kl_bound, "induce_min": induce_min, "last_layers_excluded": n_layers - cutoff,
+            "candidates": int(len(live)), "measured_on_val": int(table["kl_val"].notna().sum()),
         },
+        "prompts": counts | {"screen": screen},
         "baseline": baseline,
         "n_layers": n_layers,
         "template_positions": n_pos,
     }  # fmt: skip
-    layer, pos = int(row["layer"]), int(row["position"])
-    return Selection(RefusalDirection(vec(layer, pos + n_pos), layer, pos, details), table, baseline)
+    direction = RefusalDirection(vec(chosen), int(row["layer"]), int(row["position"]), details)
+    return Selection(direction, table, baseline)
 
 
 # ------------------------------------------------------------------------------------------ cache
