@@ -2,21 +2,21 @@
 
 Candidates: at every block's input and every post-instruction position (the chat template's tokens
 after the user's text), the mean residual over harmful instructions minus the mean over harmless ones
-(the train split of the calibration data; never the evaluation suite).
+(the train split of the calibration data, never the evaluation suite; only the harmful instructions
+the model refuses and the harmless ones it answers, as Arditi et al. filter theirs).
 
-Selection, on the val split, with the refusal margin as the refusal score:
+Selection, on the val split (filtered the same way), with the refusal margin as the refusal score:
 
     bypass   mean margin of the harmful prompts with the candidate ablated everywhere (lower: the
              direction carries more of the refusal)
     induce   mean margin of the harmless prompts with the candidate added at its own block's input
-             (> 0: adding it makes the model refuse on average)
     kl       mean KL divergence of the first response token's distribution on harmless prompts,
              ablated against as is (how much else ablation changes)
 
-The direction is the candidate with the lowest bypass among those with induce > 0, kl below a bound
-(0.1) and a block before the last 20% of the stack. Candidates are tried in bypass order and the
-filters computed only until one passes; every layer's best position gets all three numbers for the
-per-layer figure.
+The direction is the candidate with the lowest bypass among those whose induce passes a bound (by
+default halfway from the harmless to the harmful prompts' mean margin: `select_direction`), whose kl
+is under 0.1 and whose block lies before the last 20% of the stack. Every candidate is screened on a
+few val prompts, the best few are measured on the whole val split.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def select_direction(
     val: tuple[list[str], list[str]],
     kl_bound: float = KL_BOUND,
     last_layers: float = LAST_LAYERS,
-    induce_min: float = 0.0,
+    induce_min: float | None = None,
     screen: int = SCREEN,
     finalists: int = FINALISTS,
     by_margin: bool = True,
@@ -181,6 +181,10 @@ def select_direction(
     """The refusal direction from (harmful, harmless) train and val prompts (module docstring):
     candidates in blocks before the last `last_layers` share of the stack, whose addition lifts the
     harmless mean margin above `induce_min` and whose ablation costs less than `kl_bound` in KL.
+    `induce_min` None: halfway between the harmless and the harmful prompts' mean margins as they are
+    (Arditi et al. ask for a refusal score above 0; on the default model no candidate's addition lifted
+    the mean margin of answered harmless prompts past -0.47, from -4.42, while refused harmful ones
+    average +1.32).
 
     Only prompts the model treats as their class count (harmful ones it refuses, harmless ones it
     answers; `by_margin` False: all). Every candidate is screened on the first `screen` val prompts of each class (the
@@ -248,6 +252,8 @@ def select_direction(
     top = order[:finalists]
     for i in progress(top, desc="finalists on the whole val split", unit="candidate"):
         measure(i, "val")
+    if induce_min is None:
+        induce_min = float(base["val"][0].mean() + base["val"][1].mean()) / 2
     chosen = None
     for i in sorted(top, key=lambda i: table.at[i, "bypass_val"]) + order[finalists:]:
         measure(i, "val")
