@@ -216,18 +216,11 @@ def _session(lm: LoadedModel, system: SystemPrompt, opts: ModelOptions, need_rea
 def steering_of(session: Session, opts: ModelOptions):
     """The steering `opts` ask for: their direction file's, else this model's and condition's direction
     (`lexprobe direction`, cached; found here the first time)."""
-    from lexprobe.toolkit.mechanism.direction import RefusalDirection, find_direction
+    from lexprobe.toolkit.mechanism.direction import find_direction, load_direction
     from lexprobe.toolkit.scoring.scorer import Scorer
 
     if opts.direction:
-        path = Path(opts.direction)
-        if not path.is_file():
-            raise InputError(
-                f"--direction '{path}' does not exist: give a direction.json of `lexprobe direction`"
-            )
-        direction = RefusalDirection.from_json(
-            path.read_text(encoding="utf-8"), str(path), session.lm.text_config.hidden_size
-        )
+        direction = load_direction(opts.direction, session.lm.text_config.hidden_size)
     else:
         scorer = Scorer(session.lm, session.fmt, session.readout, opts.batch_size)
         direction, _ = find_direction(scorer, session.system.describe(), info=session.provenance())

@@ -39,6 +39,7 @@ STUDIES = (
     "pairs",
     "contrast",
     "direction",
+    "mitigate",
 )  # commands whose run.json says so
 
 

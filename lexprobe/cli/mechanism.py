@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from lexprobe.cli.options import add_model_args, add_out_args, plain, positive_float, positive_int
+from lexprobe.cli.options import (
+    ListAction,
+    add_model_args,
+    add_out_args,
+    add_suite_args,
+    plain,
+    positive_float,
+    positive_int,
+)
 
 
 def cmd_direction(a) -> None:
@@ -25,6 +33,25 @@ def cmd_direction(a) -> None:
     print(plain(f"wrote {a.out}/direction.json, candidates.csv, direction.png"))
 
 
+def cmd_mitigate(a) -> None:
+    from lexprobe.analyses.mitigate import MitigateConfig, run
+    from lexprobe.toolkit.io.console import print_table
+
+    result = run(MitigateConfig.from_cli(a))
+    t = result.frame
+    view = t[["mitigation", "strength"]].assign(
+        safe=[f"{r:.1%}" for r in t["safe_refusal_rate"]],
+        unsafe=[f"{r:.1%}" for r in t["unsafe_refusal_rate"]],
+    )
+    if "generated_safe_refusal_rate" in t:
+        view = view.assign(
+            generated_safe=[f"{r:.0%}" for r in t["generated_safe_refusal_rate"]],
+            generated_unsafe=[f"{r:.0%}" for r in t["generated_unsafe_refusal_rate"]],
+        )
+    print_table(view, title="refused (margin > 0), safe and unsafe prompts, by mitigation")
+    print(plain(f"wrote {a.out}/tradeoff.csv, margins.csv, tradeoff.png"))
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "direction", help="the refusal direction (difference in means, selected by ablation) of a model"
@@ -44,3 +71,32 @@ def register(sub) -> None:
     p.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
     add_out_args(p, resume=False)
     p.set_defaults(func=cmd_direction)
+
+    p = sub.add_parser(
+        "mitigate",
+        help="what would cut over-refusal (direction ablation, a false-refusal vector, a note) and its safety cost",
+    )
+    add_model_args(p)
+    add_suite_args(p, required=False, default="xstest")
+    p.add_argument(
+        "--ablate", action=ListAction, item=positive_float, default=[0.25, 0.5, 1.0], metavar="S",
+        help="shares of the refusal direction removed, one row each",
+    )  # fmt: skip
+    p.add_argument(
+        "--false-refusal", action=ListAction, item=positive_float, default=[0.5, 1.0, 2.0], metavar="S",
+        help="shares of the false-refusal vector removed, one row each",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-instruction",
+        dest="instruction",
+        action="store_false",
+        help="no row for the note naming the trigger",
+    )
+    p.add_argument(
+        "--generate-per-type", type=int, default=0, metavar="N",
+        help="also generate and classify N prompts of each type per row (0: margins only)",
+    )  # fmt: skip
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens generated per prompt")
+    p.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
+    add_out_args(p, resume=False)
+    p.set_defaults(func=cmd_mitigate)

@@ -58,13 +58,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 class ListAction(argparse.Action):
     """Values separated by spaces or commas, the flag repeatable; given values replace the default."""
 
-    def __init__(self, option_strings, dest, nargs="+", **kwargs):
+    def __init__(self, option_strings, dest, nargs="+", item=None, **kwargs):
         super().__init__(option_strings, dest, nargs=nargs, **kwargs)
+        self.item = item  # converts each value (an argparse type function), or None: strings
 
     def __call__(self, parser, namespace, values, option_string=None):
         items = [v.strip() for value in values for v in str(value).split(",") if v.strip()]
         if not items:
             parser.error(f"{option_string} is empty: give one or more values")
+        if self.item is not None:
+            try:
+                items = [self.item(v) for v in items]
+            except argparse.ArgumentTypeError as err:
+                parser.error(f"argument {option_string}: {err}")
         given = namespace.__dict__.setdefault("_given_lists", set())
         before = list(getattr(namespace, self.dest) or []) if self.dest in given else []
         given.add(self.dest)

@@ -26,6 +26,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -87,6 +88,16 @@ class RefusalDirection:
                 "find this model's with `lexprobe direction`"
             )
         return direction
+
+
+def load_direction(path: str | Path, d_model: int | None = None) -> RefusalDirection:
+    """A direction.json of `lexprobe direction` (InputError for a missing or foreign file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(
+            f"--direction '{path}' does not exist: give a direction.json of `lexprobe direction`"
+        )
+    return RefusalDirection.from_json(path.read_text(encoding="utf-8"), str(path), d_model)
 
 
 # ------------------------------------------------------------------------------------------ means

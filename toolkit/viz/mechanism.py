@@ -57,3 +57,39 @@ def direction_figure(candidates: pd.DataFrame, details: dict, path: str | Path, 
     fig.suptitle(textwrap.fill(title, 110), fontsize=9)
     fig.tight_layout()
     return save(fig, path, dpi=130)
+
+
+FAMILIES = {  # mitigation -> (label, marker)
+    "none": ("as it is", "o"),
+    "refusal_direction": ("refusal direction ablated", "s"),
+    "false_refusal": ("false-refusal vector ablated", "D"),
+    "instruction": ("note naming the trigger", "^"),
+}
+
+
+def tradeoff_figure(table: pd.DataFrame, path: str | Path, title: str) -> Path:
+    """Refusal rate on safe prompts (over-refusal) against refusal rate on unsafe prompts, a point per
+    mitigation and strength, each family joined in order of strength; the ideal corner is top left."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.2, 4.6))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (name, rows) in enumerate(table.groupby("mitigation", sort=False)):
+        label, marker = FAMILIES.get(name, (name, "o"))
+        rows = rows.sort_values("strength")
+        x, y = 100 * rows["safe_refusal_rate"], 100 * rows["unsafe_refusal_rate"]
+        ax.plot(x, y, marker=marker, color=colours[k % len(colours)], label=label, lw=1)
+        if name in ("refusal_direction", "false_refusal"):
+            for xi, yi, s in zip(x, y, rows["strength"]):
+                ax.annotate(f"{s:g}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_xlabel("refused, safe prompts (%)")
+    ax.set_ylabel("refused, unsafe prompts (%)")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)
+    fig.tight_layout()
+    return save(fig, path, dpi=130)
