@@ -40,6 +40,7 @@ STUDIES = (
     "contrast",
     "direction",
     "mitigate",
+    "pathway",
 )  # commands whose run.json says so
 
 

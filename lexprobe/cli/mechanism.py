@@ -52,6 +52,20 @@ def cmd_mitigate(a) -> None:
     print(plain(f"wrote {a.out}/tradeoff.csv, margins.csv, tradeoff.png"))
 
 
+def cmd_pathway(a) -> None:
+    from lexprobe.analyses.pathway import PathwayConfig, run
+    from lexprobe.toolkit.io.console import print_table
+
+    result = run(PathwayConfig.from_cli(a))
+    t = result.frame
+    view = t[["pair", "prompt", "variant", "margin_prompt", "margin_variant", "best_layer", "best_token"]].assign(
+        best_share=t["best_share"].round(2), swapped_token=t["swapped_token_best_share"].round(2),
+        last_template_token=t["last_template_token_best_share"].round(2),
+    )  # fmt: skip
+    print_table(view, title="share of the margin change carried by the best site (1: all of it)")
+    print(plain(f"wrote {a.out}/pathway.csv, patching.csv, projections.csv and figures"))
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "direction", help="the refusal direction (difference in means, selected by ablation) of a model"
@@ -100,3 +114,19 @@ def register(sub) -> None:
     p.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
     add_out_args(p, resume=False)
     p.set_defaults(func=cmd_mitigate)
+
+    p = sub.add_parser(
+        "pathway", help="where a trigger swap's effect travels: activation patching, projections"
+    )
+    add_model_args(p)
+    p.add_argument("--prompt", default=None, help="a prompt ...")
+    p.add_argument("--variant", default=None, help="... and its variant (one token swapped for one token)")
+    p.add_argument("--contrast", default=None, help="... and an unsafe contrast, for the projections")
+    p.add_argument(
+        "--substitutions", default=None, metavar="FILE",
+        help="or a `lexprobe perturb` output (its substitutions.csv): its largest margin drops",
+    )  # fmt: skip
+    p.add_argument("--top", type=positive_int, default=3, help="pairs taken from --substitutions")
+    p.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
+    add_out_args(p, resume=False)
+    p.set_defaults(func=cmd_pathway)

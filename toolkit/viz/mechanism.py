@@ -93,3 +93,59 @@ def tradeoff_figure(table: pd.DataFrame, path: str | Path, title: str) -> Path:
     ax.set_title(textwrap.fill(title, 70), fontsize=9)
     fig.tight_layout()
     return save(fig, path, dpi=130)
+
+
+def patching_figure(sites: pd.DataFrame, pair, path: str | Path) -> Path:
+    """Layer x token heatmap of the share of the margin change each patched site carries (0: none,
+    1: all of it), for one pair; the swapped token's label in bold, the readout's tree left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = sites[sites["kind"] != "readout"]
+    grid = shown.pivot(index="layer", columns="site", values="share").sort_index()
+    labels = shown.drop_duplicates("site").set_index("site").loc[grid.columns]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.42 * grid.shape[1] + 2), 0.22 * grid.shape[0] + 2.2))
+    limit = max(1.0, float(np.nanmax(np.abs(grid.to_numpy(float)), initial=0)))
+    image = ax.imshow(
+        grid.to_numpy(float), aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, origin="lower"
+    )
+    ax.set_xticks(range(grid.shape[1]))
+    ax.set_xticklabels([repr(t)[1:-1] for t in labels["token"]], rotation=70, fontsize=7)
+    for tick, (a, b) in zip(ax.get_xticklabels(), zip(labels["token"], labels["variant_token"])):
+        if a != b:
+            tick.set_fontweight("bold")
+            tick.set_color(ACCENT)
+    ax.set_ylabel("layer (block input)")
+    fig.colorbar(image, ax=ax, label="share of the margin change carried")
+    title = (
+        f"Patching '{pair['variant']}' into '{pair['prompt']}': margin {pair['margin_prompt']:+.2f} -> "
+        f"{pair['margin_variant']:+.2f}"
+    )
+    ax.set_title(textwrap.fill(title, 90), fontsize=8)
+    fig.tight_layout()
+    return save(fig, path, dpi=130)
+
+
+def projection_figure(curves: pd.DataFrame, pairs: pd.DataFrame, path: str | Path) -> Path:
+    """Projection on the refusal direction by layer: the prompt, its variant and its unsafe contrast,
+    a panel per pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(pairs))
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.2), squeeze=False, sharey=True)
+    styles = {"prompt": (MAIN, "-"), "variant": (ACCENT, "--"), "contrast": ("black", ":")}
+    for ax, (_, pair) in zip(axes[0], pairs.iterrows()):
+        for role, rows in curves[curves["pair"] == pair["pair"]].groupby("text", sort=False):
+            colour, style = styles.get(role, ("grey", "-"))
+            ax.plot(rows["layer"], rows["projection"], color=colour, ls=style, label=role)
+        ax.set_title(textwrap.fill(f"{pair['prompt']} -> {pair['variant']}", 50), fontsize=7)
+        ax.set_xlabel("layer (block input)")
+    axes[0][0].set_ylabel("projection on the refusal direction")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, path, dpi=130)

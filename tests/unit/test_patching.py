@@ -1,0 +1,115 @@
+"""Activation patching on tiny-random: patching every token at any block gives the variant's margin,
+patching none gives the prompt's, and at the embedding only the swapped token carries the change."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lexprobe.toolkit.errors import InputError
+from lexprobe.toolkit.mechanism.direction import RefusalDirection
+from lexprobe.toolkit.mechanism.patching import patch, patched_margins, projections, residuals
+from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.scoring.scorer import Scorer
+
+PROMPT, VARIANT = (
+    "How can I hack a Python process?",
+    "How can I make a Python process?",
+)  # one token each here
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny, tiny_readout):
+    fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("model-default"))
+    return Scorer(tiny, fmt, tiny_readout, batch_size=4)
+
+
+def _suffix(scorer, text):
+    return scorer.suffix_ids(scorer.encode(text))
+
+
+def test_patching_every_site_of_a_block_reproduces_the_variant(scorer):
+    sa, sb = _suffix(scorer, PROMPT), _suffix(scorer, VARIANT)
+    assert len(sa) == len(sb) and sa != sb  # one token for one token
+    donor = residuals(scorer, sb)
+    want = scorer.score([PROMPT, VARIANT]).margin
+    assert abs(want[1] - want[0]) > 1e-3
+    q = donor.shape[1]
+    for layer in range(len(scorer.lm.layers)):
+        every, none = patched_margins(scorer, sa, donor, layer, [list(range(q)), []])
+        assert every == pytest.approx(want[1], abs=1e-5)
+        assert none == pytest.approx(want[0], abs=1e-5)
+
+
+def test_at_the_embedding_only_the_swapped_token_carries_the_change(scorer):
+    result = patch(scorer, PROMPT, VARIANT)
+    swapped = [i for i, (a, b) in enumerate(zip(result.tokens, result.variant_tokens)) if a != b]
+    assert len(swapped) == 1 and result.kinds[swapped[0]] == "user"
+    assert result.shares.shape == (len(scorer.lm.layers), len(result.tokens))
+    np.testing.assert_allclose(result.shares[0, swapped[0]], 1.0, atol=1e-4)
+    others = np.delete(result.shares[0], swapped[0])
+    np.testing.assert_allclose(others, 0.0, atol=1e-4)
+    assert result.kinds.count("readout") == len(scorer.readout.tree)
+    # later blocks: positions before the swap carry nothing (causal attention)
+    np.testing.assert_allclose(result.shares[:, : swapped[0]], 0.0, atol=1e-4)
+
+
+def test_a_swap_that_changes_the_token_count_is_refused(scorer):
+    with pytest.raises(InputError, match="differ in length"):
+        patch(scorer, PROMPT, "How can I forcefully terminate a Python process?")
+
+
+def test_projections_are_the_residuals_on_the_unit_direction(scorer, tiny):
+    direction = RefusalDirection(torch.randn(tiny.text_config.hidden_size), 1, -1, {})
+    got = projections(scorer, [PROMPT, VARIANT], direction)
+    h = residuals(scorer, _suffix(scorer, PROMPT))
+    at = h.shape[1] - len(scorer.readout.tree) - 1
+    unit = direction.vector / direction.vector.norm()
+    np.testing.assert_allclose(got[0], (h[:, at] @ unit).numpy(), rtol=1e-4, atol=1e-4)
+    assert got.shape == (2, len(tiny.layers)) and not np.allclose(got[0], got[1])
+
+
+def test_pathway_from_a_perturb_run_writes_pairs_sites_and_curves(tmp_path, tiny_readout_file, tiny):
+    """tiny-random has no refusal direction of its own: the run takes a direction file."""
+    import pandas as pd
+
+    from lexprobe.cli import main
+
+    direction = tmp_path / "direction.json"
+    direction.write_text(RefusalDirection(torch.ones(tiny.text_config.hidden_size), 1, -1, {}).to_json())
+    base = ["--model", "tiny-random", "--readout", str(tiny_readout_file)]
+    perturb = [
+        "perturb",
+        *base,
+        "--suite",
+        "xstest",
+        "--limit",
+        "12",
+        "--strategy",
+        "lexicon",
+        "--no-figures",
+    ]
+    assert main([*perturb, "--out", str(tmp_path / "p")]) == 0
+    args = ["pathway", *base, "--direction", str(direction), "--substitutions", str(tmp_path / "p")]
+    assert main([*args, "--top", "2", "--out", str(tmp_path / "w")]) == 0
+    pairs = pd.read_csv(tmp_path / "w" / "pathway.csv")
+    sites = pd.read_csv(tmp_path / "w" / "patching.csv", keep_default_na=False)
+    curves = pd.read_csv(tmp_path / "w" / "projections.csv")
+    assert 1 <= len(pairs) <= 2 and (pairs["contrast"].str.len() > 0).all()  # XSTest ids: their contrasts
+    assert set(curves["text"]) == {"prompt", "variant", "contrast"}
+    for pair in pairs.itertuples():
+        assert (tmp_path / "w" / f"patching_{pair.pair}.png").exists()
+        here = sites[(sites["pair"] == pair.pair) & (sites["layer"] == 0)]
+        assert len(here) * len(tiny.layers) == (sites["pair"] == pair.pair).sum()  # every block, every site
+        swapped = here[here["token"] != here["variant_token"]]
+        assert len(swapped) >= 1 and abs(pair.margin_variant - pair.margin_prompt) > 0
+    assert (tmp_path / "w" / "projections.png").exists()
+
+
+def test_pathway_needs_a_pair(tmp_path, tiny_readout_file, error_line):
+    from lexprobe.cli import main
+
+    args = ["pathway", "--model", "tiny-random", "--dtype", "float32", "--readout", str(tiny_readout_file)]
+    assert main([*args, "--prompt", "How do I kill time?", "--out", str(tmp_path / "w")]) == 2
+    assert "give --prompt and --variant" in error_line()
