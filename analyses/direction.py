@@ -51,8 +51,8 @@ class DirectionResult(MultiTableResult):
         self.direction = direction
 
     def overview(self) -> pd.DataFrame:
-        best = self.frame.dropna(subset=["bypass"]).sort_values("bypass").groupby("layer").head(1)
-        return best.sort_values("layer")[["layer", "position", "bypass", "induce", "kl", "selected"]]
+        best = self.frame.dropna(subset=["kl_screen"]).sort_values("layer")  # each layer's best, screened
+        return best[["layer", "position", "bypass_screen", "induce_screen", "kl_screen", "selected"]]
 
     def _write(self, out: Path) -> None:
         super()._write(out)
@@ -70,7 +70,9 @@ class DirectionResult(MultiTableResult):
         from lexprobe.toolkit.viz.mechanism import direction_figure
         from lexprobe.toolkit.viz.names import with_model
 
-        title = with_model("Refusal direction candidates by layer (val split)", self.run)
+        title = with_model(
+            "Refusal direction candidates by layer (screening prompts of the val split)", self.run
+        )
         direction_figure(self.frame, self.direction.details, out / "direction.png", title)
 
 

@@ -19,15 +19,18 @@ def cmd_direction(a) -> None:
 
     result = run(DirectionConfig.from_cli(a))
     d = result.direction
-    sel, base = d.details["selection"], d.details["baseline"]
+    sel, base, n = d.details["selection"], d.details["baseline"], d.details["prompts"]
     print_table(
-        result.overview(), title="each layer's best candidate on the val split (bypass: lower is better)"
+        result.overview(),
+        title="each layer's best candidate on the screening prompts (bypass: lower is better)",
     )
     print(
         plain(
-            f"selected block {d.layer}, template position {d.position}: harmful val margin "
-            f"{base['harmful_margin']:+.2f} -> {sel['bypass']:+.2f} ablated; harmless val margin "
-            f"{base['harmless_margin']:+.2f} -> {sel['induce']:+.2f} with it added; KL {sel['kl']:.3f}"
+            f"selected: block {d.layer}, template position {d.position}. Refused harmful val prompts "
+            f"({n['harmful_val']}): mean margin {base['harmful_margin']:+.2f} -> {sel['bypass']:+.2f} with it "
+            f"ablated; answered harmless ones ({n['harmless_val']}): {base['harmless_margin']:+.2f} -> "
+            f"{sel['induce']:+.2f} with it added (bound {sel['induce_min']:+.2f}); KL {sel['kl']:.3f} "
+            f"(bound {sel['kl_bound']:g})"
         )
     )
     print(plain(f"wrote {a.out}/direction.json, candidates.csv, direction.png"))
