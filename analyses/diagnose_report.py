@@ -114,6 +114,39 @@ def write_report(result, attributions, figures: dict[str, Path], path: Path) -> 
             ]
         body.append(_section("3. Substitution: which word swaps lower the margin", *parts))
 
+    if s.get("mechanism") or s.get("mechanism_skipped"):
+        parts = []
+        if s.get("mechanism_skipped"):
+            parts.append(_note(f"Not examined: {s['mechanism_skipped']}"))
+        if "mechanism" in t:
+            parts += [
+                _note(
+                    "Activation patching: the residual stream entering a block at one token, taken from the "
+                    "variant's pass into the prompt's; share = how much of the margin change that site carries "
+                    "(1: all of it). Projection: the residual at the refusal direction's template position on "
+                    "the unit refusal direction, by layer."
+                ),
+                report.table(t["mechanism"].drop(columns=["contrast"], errors="ignore")),
+                *[report.figure(v, "share of the margin change carried by each (layer, token) site")
+                  for k, v in f.items() if k.startswith("patching_")],
+                report.figure(f.get("projections"), "projection on the refusal direction by layer"),
+            ]  # fmt: skip
+        body.append(_section("4. Mechanism: where the trigger acts inside the model", *parts))
+    if "tradeoff" in t:
+        body.append(
+            _section(
+                "5. What would change it, at what cost",
+                _note(
+                    "Each fix scored on the selected prompts and their unsafe contrasts; refused = margin > 0. "
+                    "refusal_direction: that share of the refusal direction ablated everywhere; false_refusal: a "
+                    "false-refusal vector (trigger-word carriers the model refuses, orthogonal to the refusal "
+                    "direction) ablated; instruction: a note naming the prompt's trigger words as harmless."
+                ),
+                report.table(t["tradeoff"]),
+                report.figure(f.get("tradeoff"), "refusal rate on safe against unsafe prompts, per fix"),
+            )
+        )
+
     steps = ", ".join(f"{k}/" for k, v in s["steps"].items() if v)
     body.append(
         _note(f"Each step's own tables and run.json are in the subdirectories beside this report: {steps}.")

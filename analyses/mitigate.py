@@ -126,7 +126,7 @@ def false_refusal_vector(scorer, direction, batch: int = 16) -> tuple[torch.Tens
 
 
 @study
-def run(config: MitigateConfig, session: Session | None = None) -> MitigateResult:
+def run(config: MitigateConfig, session: Session | None = None, suite=None) -> MitigateResult:
     from lexprobe.probes.steering import Steering, steered
     from lexprobe.toolkit.substitution.engine import Substituter
 
@@ -135,7 +135,7 @@ def run(config: MitigateConfig, session: Session | None = None) -> MitigateResul
         raise OutputError(f"'{out / MitigateResult.filename}' already exists: pass --overwrite to replace it")
     if config.model.steers:
         raise InputError("lexprobe mitigate steers the model itself: drop --ablate-direction/--add-direction")
-    suite = open_suite(config.suite)
+    suite = suite or open_suite(config.suite)
     frame = suite.frame
     safe, unsafe = frame[frame["label"] == "safe"], frame[frame["label"] == "unsafe"]
     if not len(safe) or not len(unsafe):

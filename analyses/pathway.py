@@ -37,7 +37,9 @@ class PathwayConfig(Options):
     prompt: str | None = None  # one pair: a prompt ...
     variant: str | None = None  # ... and its variant
     contrast: str | None = None  # ... and, optionally, an unsafe contrast for the projections
-    substitutions: str | None = None  # or the substitutions.csv of `lexprobe perturb`
+    substitutions: str | pd.DataFrame | None = (
+        None  # or the substitutions.csv of `lexprobe perturb` (or its table)
+    )
     top: int = 3  # pairs taken from it: the largest margin drops among one-token-for-one-token swaps
     figures: bool = True
     overwrite: bool = False
@@ -79,14 +81,17 @@ def pairs_of(config: PathwayConfig, scorer) -> pd.DataFrame:
             [{"pair": "1", "id": "", "prompt": config.prompt, "variant": config.variant, "word": "",
               "replacement": "", "contrast": config.contrast or ""}]
         )  # fmt: skip
-    path = Path(config.substitutions)
-    if path.is_dir():
-        path = path / "substitutions.csv"
-    if not path.is_file():
-        raise InputError(
-            f"--substitutions '{config.substitutions}' does not exist: give a `lexprobe perturb` output"
-        )
-    table = read_table(path)
+    if isinstance(config.substitutions, pd.DataFrame):  # perturb's table, from the Python API or diagnose
+        path, table = Path("substitutions"), config.substitutions.copy()
+    else:
+        path = Path(config.substitutions)
+        if path.is_dir():
+            path = path / "substitutions.csv"
+        if not path.is_file():
+            raise InputError(
+                f"--substitutions '{config.substitutions}' does not exist: give a `lexprobe perturb` output"
+            )
+        table = read_table(path)
     need = {"id", "prompt", "variant", "delta", "word", "replacement"}
     if not need <= set(table.columns):
         raise InputError(

@@ -37,6 +37,13 @@ def register(sub) -> None:
     p.add_argument(
         "--no-perturb", dest="perturb", action="store_false", help="skip the word-substitution sweep"
     )
+    p.add_argument(
+        "--no-mechanism", dest="mechanism", action="store_false",
+        help="skip the patching of the top trigger swaps and the mitigations",
+    )  # fmt: skip
+    p.add_argument(
+        "--mechanism-pairs", type=positive_int, default=2, metavar="N", help="trigger swaps patched"
+    )
     p.add_argument("--top", type=positive_int, default=15, help="rows of the word-swap table in the report")
     p.add_argument(
         "--contrasts",

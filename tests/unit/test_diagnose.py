@@ -231,3 +231,31 @@ def test_report_table_rounds_blanks_nan_and_flags_cells():
     assert '<td class="flag">yes</td>' in page and "<td>no</td>" in page
     assert "<td>0.123</td>" in page and "<td></td>" in page
     assert 'class="flag"' not in report.table(frame, digits=3)
+
+
+def test_with_a_direction_the_report_adds_mechanism_and_what_would_change_it(tmp_path, mixed_readout_file, tiny):
+    """tiny-random has no refusal direction of its own (two blocks): a direction file stands in."""
+    import torch
+
+    from lexprobe.toolkit.mechanism.direction import RefusalDirection
+
+    direction = tmp_path / "direction.json"
+    direction.write_text(RefusalDirection(torch.ones(tiny.text_config.hidden_size), 1, -1, {}).to_json())
+    out = tmp_path / "d"
+    swap = ["--rewrite", "kill=halt", "--strategy", "lexicon"]  # " kill", " halt": three tokens each here
+    assert _diagnose(out, mixed_readout_file, *SELECT, *swap, "--direction", direction, "--no-attribution") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    tradeoff = _read(out / "mitigate" / "tradeoff.csv")
+    assert list(tradeoff["mitigation"])[0] == "none" and len(tradeoff) >= 4
+    mit = summary["mitigation"]
+    scores = _read(out / "scores" / "scores.csv")
+    safe = scores["label"] == "safe"
+    assert mit["safe"] == pytest.approx((scores["margin"][safe].astype(float) > 0).mean())
+    assert any(line.startswith("What would change it") for line in summary["verdict"])
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "5. What would change it, at what cost" in page
+    assert "4. Mechanism" in page and any(line.startswith("Inside the model") for line in summary["verdict"])
+    pairs = _read(out / "pathway" / "pathway.csv")
+    assert (pairs["word"] == "kill").all() and (pairs["replacement"] == "halt").all()
+    assert summary["mechanism"]["pairs"][0]["margin_prompt"] == pytest.approx(float(pairs["margin_prompt"][0]))
+    assert len(re.findall(r"<img", page)) >= 4  # contrast margins, patching, projections, trade-off
