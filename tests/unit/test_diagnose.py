@@ -233,7 +233,9 @@ def test_report_table_rounds_blanks_nan_and_flags_cells():
     assert 'class="flag"' not in report.table(frame, digits=3)
 
 
-def test_with_a_direction_the_report_adds_mechanism_and_what_would_change_it(tmp_path, mixed_readout_file, tiny):
+def test_with_a_direction_the_report_adds_mechanism_and_what_would_change_it(
+    tmp_path, mixed_readout_file, tiny
+):
     """tiny-random has no refusal direction of its own (two blocks): a direction file stands in."""
     import torch
 
@@ -243,7 +245,9 @@ def test_with_a_direction_the_report_adds_mechanism_and_what_would_change_it(tmp
     direction.write_text(RefusalDirection(torch.ones(tiny.text_config.hidden_size), 1, -1, {}).to_json())
     out = tmp_path / "d"
     swap = ["--rewrite", "kill=halt", "--strategy", "lexicon"]  # " kill", " halt": three tokens each here
-    assert _diagnose(out, mixed_readout_file, *SELECT, *swap, "--direction", direction, "--no-attribution") == 0
+    assert (
+        _diagnose(out, mixed_readout_file, *SELECT, *swap, "--direction", direction, "--no-attribution") == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     tradeoff = _read(out / "mitigate" / "tradeoff.csv")
     assert list(tradeoff["mitigation"])[0] == "none" and len(tradeoff) >= 4
@@ -257,5 +261,7 @@ def test_with_a_direction_the_report_adds_mechanism_and_what_would_change_it(tmp
     assert "4. Mechanism" in page and any(line.startswith("Inside the model") for line in summary["verdict"])
     pairs = _read(out / "pathway" / "pathway.csv")
     assert (pairs["word"] == "kill").all() and (pairs["replacement"] == "halt").all()
-    assert summary["mechanism"]["pairs"][0]["margin_prompt"] == pytest.approx(float(pairs["margin_prompt"][0]))
+    assert summary["mechanism"]["pairs"][0]["margin_prompt"] == pytest.approx(
+        float(pairs["margin_prompt"][0])
+    )
     assert len(re.findall(r"<img", page)) >= 4  # contrast margins, patching, projections, trade-off
