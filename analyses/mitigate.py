@@ -8,12 +8,15 @@ prompts and their 200 unsafe contrasts); a prompt counts as refused where its de
     refusal_direction  the refusal direction (`lexprobe direction`) ablated; strength = the share of
                        its component removed at every layer and position
     false_refusal      a false-refusal vector in the manner of Wang et al. (ICLR 2025), ablated;
-                       strength as above. It is the mean residual over trigger-word prompts the model
-                       refuses although they are harmless (the transplant study's carriers: "Translate
-                       these words into French: kill, cake, ..."), minus the mean over the harmless
-                       calibration prompts it answers, at the refusal direction's layer and position,
-                       with its component along the refusal direction removed. Neither set is the
-                       evaluation suite.
+                       strength as above. It is the mean residual over harmless prompts with trigger
+                       words that the model refuses, minus the mean over the harmless calibration
+                       prompts it answers, at the refusal direction's layer and position, with its
+                       component along the refusal direction removed. The trigger-word prompts are the
+                       harmless calibration prompts with a word the lexicon lists as a harmless
+                       substitute of a trigger put back to that trigger ("How do I stop the program"
+                       -> "How do I kill the program"), and the transplant study's carriers
+                       ("Translate these words into French: kill, cake, ..."). None is the evaluation
+                       suite.
     instruction        the prompt followed by a note naming its trigger words (the lexicon's) as meant
                        harmlessly; unsafe prompts get the same note about theirs
 
@@ -95,27 +98,55 @@ def trigger_note(sub, text: str) -> str:
     )
 
 
-def false_refusal_vector(scorer, direction, batch: int = 16) -> tuple[torch.Tensor | None, dict]:
+def trigger_rewrites(sub, texts: list[str]) -> list[str]:
+    """Each text with its first word that the lexicon lists as a harmless substitute of a trigger put
+    back to that trigger, inflected alike ("How do I stop the program?" -> "How do I kill the program?");
+    texts without such a word are left out."""
+    from lexprobe.toolkit.substitution.engine import render
+
+    back: dict[str, str] = {}
+    for entry in sub.lexicon.entries.values():
+        if " " in entry.key or "*" in entry.key:
+            continue
+        for sense in entry.senses:
+            for word in sense.substitutes:
+                if " " not in word:
+                    back.setdefault(word.lower(), entry.display or entry.key)
+    out = []
+    for text in texts:
+        unit = next((u for u in sub.units(text) if not u.trigger and u.key in back), None)
+        if unit is not None:
+            out.append(render(text, unit, back[unit.key])[0])
+    return out
+
+
+def false_refusal_vector(scorer, direction) -> tuple[torch.Tensor | None, dict]:
     """The false-refusal vector (module docstring), orthogonal to `direction`, and how it was made
-    (None where the model refuses fewer than 2 of the trigger-word carriers)."""
+    (None where the model refuses fewer than 2 of the trigger-word prompts)."""
     from lexprobe.analyses.transplant import carriers, design, triggers_for
     from lexprobe.toolkit.io.suites import load_suite
-    from lexprobe.toolkit.substitution.lexicon import Lexicon
+    from lexprobe.toolkit.substitution.engine import Substituter
 
-    lexicon = Lexicon.load()
+    sub = Substituter(strategies=("lexicon",))
+    harmless = load_suite("calibration-harmless").frame["prompt"].tolist()
+    lexicon = sub.lexicon
     triggers = triggers_for(lexicon, sorted({e.category for e in lexicon.entries.values()}))
-    texts = design(triggers, carriers(), draws=4, word_carriers=0, seed=0)
-    texts = texts[texts["dose"] > 0]["prompt"].tolist()
-    margins = scorer.score(texts, desc="trigger-word carriers").margin
+    made = design(triggers, carriers(), draws=4, word_carriers=0, seed=0)
+    texts = trigger_rewrites(sub, harmless) + made[made["dose"] > 0]["prompt"].tolist()
+    margins = scorer.score(texts, desc="harmless prompts with trigger words").margin
     refused = [t for t, m in zip(texts, margins) if m > 0]
-    harmless = load_suite("calibration-harmless").frame["prompt"].tolist()[:128]
-    answered = [t for t, m in zip(harmless, scorer.score(harmless, desc="harmless prompts").margin) if m < 0]
-    info = {"carriers": len(texts), "carriers_refused": len(refused), "harmless_answered": len(answered)}
+    answered_margins = scorer.score(harmless[:128], desc="harmless prompts").margin
+    answered = [t for t, m in zip(harmless[:128], answered_margins) if m < 0]
+    info = {
+        "trigger_prompts": len(texts),
+        "trigger_prompts_refused": len(refused),
+        "harmless_answered": len(answered),
+    }
     if len(refused) < 2 or len(answered) < 2:
         return None, info
     layer, pos = direction.layer, direction.position
     mean = (
-        block_input_means(scorer, refused, "refused carriers")[layer, pos]
+        block_input_means(scorer, refused, "refused trigger-word prompts")[layer, pos]
         - block_input_means(scorer, answered, "answered harmless prompts")[layer, pos]
     )
     unit = direction.vector.double() / direction.vector.double().norm()
@@ -150,7 +181,7 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
         direction = load_direction(config.model.direction, session.lm.text_config.hidden_size)
     else:
         direction, _ = find_direction(scorer, session.system.describe(), info=session.provenance())
-    vector, fr_info = false_refusal_vector(scorer, direction, config.model.batch_size)
+    vector, fr_info = false_refusal_vector(scorer, direction)
     plans: list[tuple[str, float, object]] = [("none", 0.0, None)]
     plans += [("refusal_direction", s, direction.steering(ablate=s)) for s in config.ablate]
     if vector is not None:
