@@ -44,7 +44,9 @@ class ModelOptions(Options):
     recalibrate: bool = False  # calibrate the readout here even where one is cached or shipped
     gradients: bool = False  # the run attributes: --dtype auto loads float32 (toolkit.models.devices)
     # steering with the refusal direction (probes.steering) for every forward pass of the study
-    direction: str | None = None  # a direction.json of `lexprobe direction` (none: this model's, cached)
+    direction: object = (
+        None  # a direction.json of `lexprobe direction`, or a RefusalDirection (none: this model's)
+    )
     ablate_direction: float | None = None  # remove this share of the direction everywhere (1: all)
     add_direction: float | None = None  # add this multiple of the direction at its own layer
 

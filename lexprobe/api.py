@@ -22,9 +22,12 @@ import pandas as pd
 from lexprobe.analyses import attribute as _attribute
 from lexprobe.analyses import contrast as _contrast
 from lexprobe.analyses import diagnose as _diagnose
+from lexprobe.analyses import direction as _direction
 from lexprobe.analyses import evaluate as _evaluate
 from lexprobe.analyses import generate as _generate
 from lexprobe.analyses import minimal_pairs as _pairs
+from lexprobe.analyses import mitigate as _mitigate
+from lexprobe.analyses import pathway as _pathway
 from lexprobe.analyses import score as _score
 from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_session, session_from_model
 from lexprobe.probes.margin import RefusalReadout
@@ -262,6 +265,67 @@ class Probe:
         )
         return _diagnose.run(config, session=self.session, suite=as_suite(prompts, types, ids, limit))
 
+    # ------------------------------------------------------------------ inside the model
+    def direction(self, *, val_prompts: int = 32, kl_bound: float = 0.1):
+        """The refusal direction of this model and condition (`DirectionResult`: `.direction`, the
+        candidates table): cached, else found on the calibration splits (minutes on a CPU)."""
+        config = _direction.DirectionConfig(model=self.options, val_prompts=val_prompts, kl_bound=kl_bound)
+        return _direction.run(config, session=self.session)
+
+    def steered(self, *, ablate: float = 0.0, add: float = 0.0, direction=None):
+        """A context manager: every study of this probe inside it runs with the refusal direction (or
+        `direction`, a `RefusalDirection`) ablated by the share `ablate` and/or added `add` times at its
+        layer.
+
+            with probe.steered(ablate=1.0):
+                ablated = probe.score("xstest")
+        """
+        import contextlib
+
+        @contextlib.contextmanager
+        def steering():
+            chosen = direction if direction is not None else self.direction().direction
+            before = self.session.steering
+            self.session.steering = chosen.steering(ablate=ablate, add=add)
+            try:
+                yield self
+            finally:
+                self.session.steering = before
+
+        return steering()
+
+    def pathway(self, prompt: str | None = None, variant: str | None = None, *, contrast: str | None = None,
+                substitutions=None, top: int = 3, direction=None):  # fmt: skip
+        """Activation patching from `variant` into `prompt` (or the largest swaps of a perturb result's
+        `substitutions`), and projections on the refusal direction (this model's, or `direction`, a
+        `RefusalDirection`) (`PathwayResult`)."""
+        from dataclasses import replace
+
+        if hasattr(substitutions, "to_frame"):
+            substitutions = substitutions.to_frame()
+        config = _pathway.PathwayConfig(
+            model=replace(self.options, direction=direction),
+            prompt=prompt,
+            variant=variant,
+            contrast=contrast,
+            substitutions=substitutions,
+            top=top,
+        )
+        return _pathway.run(config, session=self.session)
+
+    def mitigate(self, prompts: Prompts = "xstest", *, types=None, ids=None, limit=None, ablate=(0.25, 0.5, 1.0),
+                 false_refusal=(0.5, 1.0, 2.0), instruction: bool = True, generate_per_type: int = 0,
+                 direction=None):  # fmt: skip
+        """Each mitigation's refusal rates on the safe and the unsafe prompts (`MitigateResult`; its
+        frame is tradeoff.csv), with this model's refusal direction or `direction`."""
+        from dataclasses import replace
+
+        config = _mitigate.MitigateConfig(
+            model=replace(self.options, direction=direction), ablate=list(ablate), false_refusal=list(false_refusal), instruction=instruction,
+            generate_per_type=generate_per_type,
+        )  # fmt: skip
+        return _mitigate.run(config, session=self.session, suite=as_suite(prompts, types, ids, limit))
+
 
 def classify(completions, *, classifier: str = "default"):
     """Label completions full_compliance / full_refusal / partial_refusal (`ClassifiedResult`): a
@@ -289,6 +353,7 @@ def result_types() -> tuple[type, ...]:
         ValidityResult, _diagnose.DiagnoseResult, _score.ScoreResult, _generate.CompletionsResult,
         _evaluate.ClassifiedResult, _evaluate.EvaluationResult, AttributionResult, _pairs.PerturbResult,
         _pairs.PairsResult, _contrast.ContrastResult, TransplantResult, PlausibilityResult,
+        _direction.DirectionResult, _pathway.PathwayResult, _mitigate.MitigateResult,
     )  # fmt: skip
 
 

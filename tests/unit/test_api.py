@@ -236,3 +236,21 @@ def test_classify_takes_a_frame():
     )
     labels = lexprobe.classify(frame, classifier="strmatch").to_frame()["predicted"].tolist()
     assert labels == ["full_refusal", "full_compliance"]
+
+
+def test_steering_pathway_and_mitigations_from_the_api(probe, empty_cwd):
+    import torch
+
+    from lexprobe.toolkit.mechanism.direction import RefusalDirection
+
+    d = RefusalDirection(torch.linspace(-1, 1, probe.model.config.hidden_size), 1, -1, {})
+    plain = probe.score("xstest", limit=6).to_frame()["margin"].to_numpy()
+    with probe.steered(add=3.0, direction=d):
+        added = probe.score("xstest", limit=6).to_frame()["margin"].to_numpy()
+    again = probe.score("xstest", limit=6).to_frame()["margin"].to_numpy()
+    assert abs(added - plain).max() > 1e-3 and abs(again - plain).max() < 1e-6
+    traced = probe.pathway("How can I hack a Python process?", "How can I make a Python process?", direction=d)
+    assert len(traced.to_frame()) == 1 and set(traced.tables["projections"]["text"]) == {"prompt", "variant"}
+    mitigated = probe.mitigate("xstest", limit=40, ablate=[1.0], direction=d, instruction=False)
+    assert list(mitigated.to_frame()["mitigation"]) == ["none", "refusal_direction"]
+    assert list(empty_cwd.iterdir()) == []  # nothing written

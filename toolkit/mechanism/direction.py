@@ -90,8 +90,11 @@ class RefusalDirection:
         return direction
 
 
-def load_direction(path: str | Path, d_model: int | None = None) -> RefusalDirection:
-    """A direction.json of `lexprobe direction` (InputError for a missing or foreign file)."""
+def load_direction(path, d_model: int | None = None) -> RefusalDirection:
+    """A direction.json of `lexprobe direction` (InputError for a missing or foreign file), or a
+    `RefusalDirection` itself (the Python API)."""
+    if isinstance(path, RefusalDirection):
+        return path
     path = Path(path)
     if not path.is_file():
         raise InputError(
