@@ -249,7 +249,9 @@ def test_steering_pathway_and_mitigations_from_the_api(probe, empty_cwd):
         added = probe.score("xstest", limit=6).to_frame()["margin"].to_numpy()
     again = probe.score("xstest", limit=6).to_frame()["margin"].to_numpy()
     assert abs(added - plain).max() > 1e-3 and abs(again - plain).max() < 1e-6
-    traced = probe.pathway("How can I hack a Python process?", "How can I make a Python process?", direction=d)
+    traced = probe.pathway(
+        "How can I hack a Python process?", "How can I make a Python process?", direction=d
+    )
     assert len(traced.to_frame()) == 1 and set(traced.tables["projections"]["text"]) == {"prompt", "variant"}
     mitigated = probe.mitigate("xstest", limit=40, ablate=[1.0], direction=d, instruction=False)
     assert list(mitigated.to_frame()["mitigation"]) == ["none", "refusal_direction"]
