@@ -41,6 +41,7 @@ class PathwayConfig(Options):
         None  # or the substitutions.csv of `lexprobe perturb` (or its table)
     )
     top: int = 3  # pairs taken from it: the largest margin drops among one-token-for-one-token swaps
+    # (of trigger words, and of prompts the model refuses, where the table has some)
     figures: bool = True
     overwrite: bool = False
 
@@ -102,7 +103,15 @@ def pairs_of(config: PathwayConfig, scorer) -> pd.DataFrame:
         len(scorer.suffix_ids(scorer.encode(p))) == len(scorer.suffix_ids(scorer.encode(v)))
         for p, v in zip(table["prompt"], table["variant"])
     ]
-    table = table[same].sort_values("delta").head(config.top)
+    table = table[same]
+    if (
+        "role" in table and (table["role"] == "trigger").any()
+    ):  # trigger swaps first, as the study is about them
+        table = table[table["role"] == "trigger"]
+    if "margin_orig" in table:  # and swaps of prompts the model refuses, where there are some
+        refused = pd.to_numeric(table["margin_orig"], errors="coerce") > 0
+        table = table[refused] if refused.any() else table
+    table = table.sort_values("delta").head(config.top)
     if not len(table):
         raise InputError(f"'{path}' has no swap of one token for one token: patching needs aligned tokens")
     contrast = _contrasts()
