@@ -215,18 +215,23 @@ def _session(lm: LoadedModel, system: SystemPrompt, opts: ModelOptions, need_rea
     return session
 
 
-def steering_of(session: Session, opts: ModelOptions):
-    """The steering `opts` ask for: their direction file's, else this model's and condition's direction
-    (`lexprobe direction`, cached; found here the first time)."""
+def direction_of(session: Session, opts: ModelOptions):
+    """`opts.direction` (a direction.json or a RefusalDirection), else this model's and condition's
+    refusal direction (`lexprobe direction`: cached, found here the first time)."""
     from lexprobe.toolkit.mechanism.direction import find_direction, load_direction
     from lexprobe.toolkit.scoring.scorer import Scorer
 
     if opts.direction:
-        direction = load_direction(opts.direction, session.lm.text_config.hidden_size)
-    else:
-        scorer = Scorer(session.lm, session.fmt, session.readout, opts.batch_size)
-        direction, _ = find_direction(scorer, session.system.describe(), info=session.provenance())
-    return direction.steering(ablate=opts.ablate_direction or 0.0, add=opts.add_direction or 0.0)
+        return load_direction(opts.direction, session.lm.text_config.hidden_size)
+    scorer = Scorer(session.lm, session.fmt, session.readout, opts.batch_size)
+    return find_direction(scorer, session.system.describe(), info=session.provenance())[0]
+
+
+def steering_of(session: Session, opts: ModelOptions):
+    """The steering `opts` ask for, with `direction_of`'s direction."""
+    return direction_of(session, opts).steering(
+        ablate=opts.ablate_direction or 0.0, add=opts.add_direction or 0.0
+    )
 
 
 _STUDY: ContextVar[ExitStack | None] = ContextVar("lexprobe_study", default=None)

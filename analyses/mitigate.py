@@ -34,11 +34,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_suite, session_for, study
+from lexprobe.analyses.common import (
+    ModelOptions,
+    Session,
+    SuiteOptions,
+    direction_of,
+    open_suite,
+    session_for,
+    study,
+)
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
 from lexprobe.toolkit.io.results import MultiTableResult, Timer, provenance
-from lexprobe.toolkit.mechanism.direction import block_input_means, find_direction, load_direction
+from lexprobe.toolkit.mechanism.direction import block_input_means
 from lexprobe.toolkit.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -177,10 +185,7 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
     timer = Timer()
     session = session_for(config.model, session)
     scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
-    if config.model.direction:  # a direction.json of the user's, else this model's and condition's
-        direction = load_direction(config.model.direction, session.lm.text_config.hidden_size)
-    else:
-        direction, _ = find_direction(scorer, session.system.describe(), info=session.provenance())
+    direction = direction_of(session, config.model)
     vector, fr_info = false_refusal_vector(scorer, direction)
     plans: list[tuple[str, float, object]] = [("none", 0.0, None)]
     plans += [("refusal_direction", s, direction.steering(ablate=s)) for s in config.ablate]

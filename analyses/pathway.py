@@ -19,13 +19,12 @@ import numpy as np
 import pandas as pd
 
 from lexprobe import prompts
-from lexprobe.analyses.common import ModelOptions, Session, session_for, study
+from lexprobe.analyses.common import ModelOptions, Session, direction_of, session_for, study
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
 from lexprobe.toolkit.io.progress import progress
 from lexprobe.toolkit.io.results import MultiTableResult, Timer, provenance
 from lexprobe.toolkit.io.suites import read_table
-from lexprobe.toolkit.mechanism.direction import find_direction, load_direction
 from lexprobe.toolkit.mechanism.patching import patch, projections
 from lexprobe.toolkit.scoring.scorer import Scorer
 
@@ -141,10 +140,7 @@ def run(config: PathwayConfig, session: Session | None = None) -> PathwayResult:
     session = session_for(config.model, session)
     scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
     pairs = pairs_of(config, scorer)
-    if config.model.direction:
-        direction = load_direction(config.model.direction, session.lm.text_config.hidden_size)
-    else:
-        direction, _ = find_direction(scorer, session.system.describe(), info=session.provenance())
+    direction = direction_of(session, config.model)
     rows, sites, curves = [], [], []
     for pair in progress(pairs.to_dict("records"), desc="patching", unit="pair"):
         result = patch(scorer, pair["prompt"], pair["variant"])
