@@ -104,6 +104,11 @@ def load_direction(path, d_model: int | None = None) -> RefusalDirection:
 
 
 # ------------------------------------------------------------------------------------------ means
+def block_inputs(lm) -> list:
+    """The modules whose outputs enter blocks 0 .. L-1: the embedding, then every block but the last."""
+    return [lm.embed, *list(lm.layers)[:-1]]
+
+
 def template_positions(scorer) -> int:
     """How many chat-template tokens follow the user's text (the post-instruction positions)."""
     kinds = scorer.encode("hello").token_kinds
@@ -117,7 +122,7 @@ def block_input_means(scorer, texts: list[str], desc: str = "activations") -> to
     post-instruction position over `texts` (under whatever steering is active)."""
     lm = scorer.lm
     n_pos, n_tree = template_positions(scorer), len(scorer.readout.tree)
-    modules = [lm.embed, *list(lm.layers)[:-1]]  # outputs: the inputs of blocks 0 .. L-1
+    modules = block_inputs(lm)
     total = torch.zeros(len(modules), n_pos, lm.text_config.hidden_size, dtype=torch.float64)
     seen: list[torch.Tensor] = []
 

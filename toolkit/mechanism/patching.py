@@ -24,6 +24,7 @@ import torch
 
 from lexprobe.probes.hooks import output_tensor
 from lexprobe.toolkit.errors import InputError
+from lexprobe.toolkit.mechanism.direction import block_inputs
 
 
 @dataclass
@@ -37,17 +38,12 @@ class Patching:
     kinds: list[str]  # user | template | readout
 
 
-def _block_inputs(lm) -> list:
-    """The modules whose outputs enter blocks 0 .. L-1: the embedding, then each block but the last."""
-    return [lm.embed, *list(lm.layers)[:-1]]
-
-
 @torch.no_grad()
 def residuals(scorer, suffix: list[int]) -> torch.Tensor:
     """[n_layers, q, d_model]: the residual entering every block at every suffix-and-tree position."""
     seen: list[torch.Tensor] = []
     pairs = [
-        (m, lambda _m, _i, out: seen.append(output_tensor(out)[0].clone())) for m in _block_inputs(scorer.lm)
+        (m, lambda _m, _i, out: seen.append(output_tensor(out)[0].clone())) for m in block_inputs(scorer.lm)
     ]
     scorer.forward(scorer.batch([suffix]), hook_pairs=pairs)
     return torch.stack(seen)
@@ -72,7 +68,7 @@ def patched_margins(
     probe = MarginProbe(scorer.lm, scorer.readout)
     scorer.forward(
         scorer.batch([suffix] * len(sites)),
-        hook_pairs=[(_block_inputs(scorer.lm)[layer], put), *probe.hook_pairs()],
+        hook_pairs=[(block_inputs(scorer.lm)[layer], put), *probe.hook_pairs()],
     )
     return probe.margins().decision.cpu().numpy()
 
