@@ -77,6 +77,15 @@ def pairs_of(config: PathwayConfig, scorer) -> pd.DataFrame:
             raise InputError(
                 "give --prompt and --variant (and optionally --contrast), or --substitutions FILE"
             )
+        a, b = (
+            len(scorer.suffix_ids(scorer.encode(t, name)))
+            for t, name in ((config.prompt, "--prompt"), (config.variant, "--variant"))
+        )
+        if a != b:
+            raise InputError(
+                f"--prompt and --variant differ in length ({a} and {b} tokens after the shared prefix): patching "
+                "aligns tokens by position, so give a swap of one token for one token"
+            )
         return pd.DataFrame(
             [{"pair": "1", "id": "", "prompt": config.prompt, "variant": config.variant, "word": "",
               "replacement": "", "contrast": config.contrast or ""}]

@@ -279,6 +279,11 @@ def select_direction(
         if table.at[i, "induce_val"] > induce_min and table.at[i, "kl_val"] < kl_bound:
             chosen = i
             break
+    if not order:
+        raise InputError(
+            f"no candidate direction: the mean residuals of harmful and harmless prompts differ in no block "
+            f"before block {cutoff} (the last {n_layers - cutoff} of {n_layers} are left out)"
+        )
     if chosen is None:
         raise InputError(
             f"no candidate direction passes the filters (adding it lifts the harmless margin above "
