@@ -92,3 +92,25 @@ def test_an_automatic_map_keeps_what_lexprobe_reads_in_memory(tiny):
         {"model.embed_tokens": 0, "model.layers": 1, "model.norm": "cpu", "lm_head": "cpu"}, tiny.model, keep
     )
     assert on_gpus["model.norm"] == 0 and on_gpus["lm_head"] == 0 and on_gpus["model.layers"] == 1
+
+
+def test_a_split_model_steers_as_the_whole_one(tmp_path, tiny_readout_file, tiny):
+    """The steering hooks sit on modules accelerate has hooked too (one block offloaded to disk)."""
+    import torch
+
+    from lexprobe.toolkit.mechanism.direction import RefusalDirection
+
+    direction = tmp_path / "direction.json"
+    direction.write_text(
+        RefusalDirection(torch.linspace(-1, 1, tiny.text_config.hidden_size), 1, -1, {}).to_json()
+    )
+    steer = ("--limit", "8", "--direction", str(direction), "--ablate-direction", "--add-direction", "2")
+    assert _run(tmp_path, "score", "whole", tiny_readout_file, *steer) == 0
+    assert (
+        _run(tmp_path, "score", "split", tiny_readout_file, *steer, "--device-map", str(_split_map(tmp_path)))
+        == 0
+    )
+    assert _run(tmp_path, "score", "plain", tiny_readout_file, "--limit", "8") == 0
+    whole, parted, plain = (pd.read_csv(tmp_path / d / "scores.csv") for d in ("whole", "split", "plain"))
+    np.testing.assert_allclose(parted["margin"], whole["margin"], atol=1e-5)
+    assert np.abs(whole["margin"] - plain["margin"]).max() > 1e-3
