@@ -539,7 +539,7 @@ def _mechanism_sentences(mech: dict | None, mit: dict | None, skipped: str | Non
                 f"{p['margin_prompt']:+.2f} -> {p['margin_variant']:+.2f}; patched alone, the swapped token "
                 f"carries {p['swapped_token_best_share']:.0%} of that change at its best layer and the last "
                 f"template token {p['last_template_token_best_share']:.0%} (the best single site: "
-                f"'{p['best_token'].strip()}' entering block {p['best_layer']}, {p['best_share']:.0%}; the "
+                f"'{p['best_token'].strip() or repr(p['best_token'])[1:-1]}' entering block {p['best_layer']}, {p['best_share']:.0%}; the "
                 f"refusal direction was found entering block {d.get('layer')})."
             )
     if mit:
