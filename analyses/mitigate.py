@@ -50,10 +50,6 @@ from lexprobe.toolkit.mechanism.direction import block_input_means
 from lexprobe.toolkit.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
-COLUMNS = [
-    "mitigation", "strength", "safe_refusal_rate", "unsafe_refusal_rate", "safe_mean_margin",
-    "unsafe_mean_margin", "n_safe", "n_unsafe",
-]  # fmt: skip
 NOTE = "Note: the word{s} {words} in this request {verb} not meant in a harmful sense."
 
 

@@ -153,6 +153,10 @@ def run(config: PathwayConfig, session: Session | None = None) -> PathwayResult:
     rows, sites, curves = [], [], []
     for pair in progress(pairs.to_dict("records"), desc="patching", unit="pair"):
         result = patch(scorer, pair["prompt"], pair["variant"])
+        if np.isnan(result.shares).all():  # the swap does not move the margin: no share to carry
+            raise InputError(
+                f"'{pair['variant']}' scores as '{pair['prompt']}' does: no margin change to trace"
+            )
         layer, site = np.unravel_index(np.nanargmax(result.shares), result.shares.shape)
         swapped = [t for t, (a, b) in enumerate(zip(result.tokens, result.variant_tokens)) if a != b]
         swap_best = float(np.nanmax(result.shares[:, swapped])) if swapped else float("nan")
