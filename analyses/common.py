@@ -222,13 +222,18 @@ def direction_of(session: Session, opts: ModelOptions):
     from lexprobe.toolkit.scoring.scorer import Scorer
 
     if opts.direction:
-        return load_direction(opts.direction, session.lm.text_config.hidden_size)
+        return load_direction(opts.direction, session.lm.text_config.hidden_size, len(session.lm.layers))
     scorer = Scorer(session.lm, session.fmt, session.readout, opts.batch_size)
     return find_direction(scorer, session.system.describe(), info=session.provenance())[0]
 
 
 def steering_of(session: Session, opts: ModelOptions):
     """The steering `opts` ask for, with `direction_of`'s direction."""
+    if opts.ablate_direction and opts.add_direction:
+        raise InputError(
+            "--ablate-direction removes the very direction --add-direction adds (everywhere, after it is "
+            "added): give one of them"
+        )
     return direction_of(session, opts).steering(
         ablate=opts.ablate_direction or 0.0, add=opts.add_direction or 0.0
     )

@@ -91,7 +91,9 @@ def run(config: DirectionConfig, session: Session | None = None) -> DirectionRes
         scorer, session.system.describe(), config.train_prompts, config.val_prompts, config.kl_bound,
         info=provenance(**session.provenance(), study="direction"), overwrite=config.overwrite,
     )  # fmt: skip
-    run_info = direction.details["provenance"] | {
+    found = direction.details.get("provenance", {})
+    run_info = provenance(**session.provenance(), study="direction") | {
+        "found_by": {k: found.get(k) for k in ("command", "started_at", "lexprobe_git_commit")},
         "layer": direction.layer, "position": direction.position, "direction": direction.details,
     }  # fmt: skip
     result = DirectionResult(candidates, run_info, direction=direction)

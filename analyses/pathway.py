@@ -97,8 +97,11 @@ def pairs_of(config: PathwayConfig, scorer) -> pd.DataFrame:
         if path.is_dir():
             path = path / "substitutions.csv"
         if not path.is_file():
+            what = (
+                "does not exist" if not Path(config.substitutions).exists() else "holds no substitutions.csv"
+            )
             raise InputError(
-                f"--substitutions '{config.substitutions}' does not exist: give a `lexprobe perturb` output"
+                f"--substitutions '{config.substitutions}' {what}: give a `lexprobe perturb` output"
             )
         table = read_table(path)
     need = {"id", "prompt", "variant", "delta", "word", "replacement"}

@@ -274,17 +274,39 @@ class Probe:
 
     def steered(self, *, ablate: float = 0.0, add: float = 0.0, direction=None):
         """A context manager: every study of this probe inside it runs with the refusal direction (or
-        `direction`, a `RefusalDirection`) ablated by the share `ablate` and/or added `add` times at its
+        `direction`, a `RefusalDirection` or a direction.json) ablated by the share `ablate` and/or added `add` times at its
         layer.
 
             with probe.steered(ablate=1.0):
                 ablated = probe.score("xstest")
         """
         import contextlib
+        import math
+
+        from lexprobe.toolkit.mechanism.direction import load_direction
+
+        for name, value in (("ablate", ablate), ("add", add)):
+            if (
+                not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or (name == "ablate" and value < 0)
+            ):
+                raise InputError(
+                    f"steered({name}={value!r}): give a finite number"
+                    + (", 0 or more" if name == "ablate" else "")
+                )
+        if ablate and add:
+            raise InputError(
+                "steered(ablate=..., add=...): ablation removes the direction the addition adds; give one"
+            )
 
         @contextlib.contextmanager
         def steering():
-            chosen = direction if direction is not None else self.direction().direction
+            lm = self.session.lm
+            chosen = (
+                self.direction().direction if direction is None
+                else load_direction(direction, lm.text_config.hidden_size, len(lm.layers))
+            )  # fmt: skip
             before = self.session.steering
             self.session.steering = chosen.steering(ablate=ablate, add=add)
             try:

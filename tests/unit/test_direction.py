@@ -187,3 +187,23 @@ def test_trigger_note_names_the_prompts_triggers():
         'Note: the word "kill" in this request is not meant in a harmful sense.'
     )
     assert trigger_note(sub, "What is the capital of France?") == "What is the capital of France?"
+
+
+def test_directions_that_cannot_steer_this_model_are_one_line(tmp_path, tiny_readout_file, tiny, error_line):
+    from lexprobe.cli import main
+
+    deep = tmp_path / "deep.json"
+    deep.write_text(RefusalDirection(torch.ones(tiny.text_config.hidden_size), 99, -1, {}).to_json())
+    base = ["score", "--model", "tiny-random", "--dtype", "float32", "--readout", str(tiny_readout_file)]
+    base += ["--suite", "xstest", "--limit", "2"]
+    assert main([*base, "--direction", str(deep), "--add-direction", "1", "--out", str(tmp_path / "a")]) == 2
+    assert "names block 99" in error_line()
+    good = tmp_path / "good.json"
+    good.write_text(RefusalDirection(torch.ones(tiny.text_config.hidden_size), 1, -1, {}).to_json())
+    both = ["--direction", str(good), "--add-direction", "1", "--ablate-direction"]
+    assert main([*base, *both, "--out", str(tmp_path / "b")]) == 2
+    assert "give one of them" in error_line()
+    binary = tmp_path / "bin.json"
+    binary.write_bytes(b"\xff\xfe\x00")
+    assert main([*base, "--direction", str(binary), "--ablate-direction", "--out", str(tmp_path / "c")]) == 2
+    assert "cannot be read as UTF-8" in error_line()

@@ -104,7 +104,7 @@ def test_a_split_model_steers_as_the_whole_one(tmp_path, tiny_readout_file, tiny
     direction.write_text(
         RefusalDirection(torch.linspace(-1, 1, tiny.text_config.hidden_size), 1, -1, {}).to_json()
     )
-    steer = ("--limit", "8", "--direction", str(direction), "--ablate-direction", "--add-direction", "2")
+    steer = ("--limit", "8", "--direction", str(direction), "--add-direction", "2")
     assert _run(tmp_path, "score", "whole", tiny_readout_file, *steer) == 0
     assert (
         _run(tmp_path, "score", "split", tiny_readout_file, *steer, "--device-map", str(_split_map(tmp_path)))

@@ -90,17 +90,36 @@ class RefusalDirection:
         return direction
 
 
-def load_direction(path, d_model: int | None = None) -> RefusalDirection:
-    """A direction.json of `lexprobe direction` (InputError for a missing or foreign file), or a
-    `RefusalDirection` itself (the Python API)."""
+def load_direction(path, d_model: int | None = None, n_layers: int | None = None) -> RefusalDirection:
+    """A direction.json of `lexprobe direction` (or the folder that holds one), or a `RefusalDirection`
+    itself (the Python API), checked against the model's width and depth: InputError otherwise."""
     if isinstance(path, RefusalDirection):
-        return path
-    path = Path(path)
-    if not path.is_file():
+        direction, source = path, "the direction given"
+    else:
+        source = Path(path).expanduser()
+        if source.is_dir():
+            source = source / "direction.json"
+        if not source.is_file():
+            raise InputError(
+                f"--direction '{path}' does not exist: give a direction.json of `lexprobe direction`"
+            )
+        try:
+            text = source.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(
+                f"--direction '{source}' cannot be read as UTF-8 JSON ({err}): give a direction.json"
+            ) from None
+        direction = RefusalDirection.from_json(text, str(source))
+    if d_model is not None and len(direction.vector) != d_model:
         raise InputError(
-            f"--direction '{path}' does not exist: give a direction.json of `lexprobe direction`"
+            f"{source} is a direction of a model with d_model {len(direction.vector)}, this one has {d_model}: "
+            "find this model's with `lexprobe direction`"
         )
-    return RefusalDirection.from_json(path.read_text(encoding="utf-8"), str(path), d_model)
+    if n_layers is not None and not 0 <= direction.layer < n_layers:
+        raise InputError(
+            f"{source} names block {direction.layer}, and this model has blocks 0 to {n_layers - 1}"
+        )
+    return direction
 
 
 # ------------------------------------------------------------------------------------------ means
