@@ -102,34 +102,12 @@ def trigger_note(sub, text: str) -> str:
     )
 
 
-def trigger_rewrites(sub, texts: list[str]) -> list[str]:
-    """Each text with its first word that the lexicon lists as a harmless substitute of a trigger put
-    back to that trigger, inflected alike ("How do I stop the program?" -> "How do I kill the program?");
-    texts without such a word are left out."""
-    from lexprobe.toolkit.substitution.engine import render
-
-    back: dict[str, str] = {}
-    for entry in sub.lexicon.entries.values():
-        if " " in entry.key or "*" in entry.key:
-            continue
-        for sense in entry.senses:
-            for word in sense.substitutes:
-                if " " not in word:
-                    back.setdefault(word.lower(), entry.display or entry.key)
-    out = []
-    for text in texts:
-        unit = next((u for u in sub.units(text) if not u.trigger and u.key in back), None)
-        if unit is not None:
-            out.append(render(text, unit, back[unit.key])[0])
-    return out
-
-
 def false_refusal_vector(scorer, direction) -> tuple[torch.Tensor | None, dict]:
     """The false-refusal vector (module docstring), orthogonal to `direction`, and how it was made
     (None where the model refuses fewer than 2 of the trigger-word prompts)."""
     from lexprobe.analyses.transplant import carriers, design, triggers_for
     from lexprobe.toolkit.io.suites import load_suite
-    from lexprobe.toolkit.substitution.engine import Substituter
+    from lexprobe.toolkit.substitution.engine import Substituter, trigger_rewrites
 
     sub = Substituter(strategies=("lexicon",))
     harmless = load_suite("calibration-harmless").frame["prompt"].tolist()

@@ -24,3 +24,8 @@ def hooks(pairs: Iterable[tuple[torch.nn.Module, Callable]]) -> Iterator[None]:
 def output_tensor(output) -> torch.Tensor:
     """The hidden-state tensor of a module output (decoder blocks return tuples in some versions)."""
     return output[0] if isinstance(output, tuple) else output
+
+
+def block_input_modules(lm) -> list:
+    """The modules whose outputs enter blocks 0 .. L-1: the embedding, then every block but the last."""
+    return [lm.embed, *list(lm.layers)[:-1]]

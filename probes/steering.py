@@ -15,18 +15,56 @@ hooks is computed again (`toolkit.models.prefix`).
 
 Block inputs are hooked as the outputs of the module before them: the embedding for block 0, block
 l - 1 for block l; the final residual is the last block's output.
+
+A `Gate` makes a steering conditional (Lee et al.'s CAST, ICLR 2025, with a harmfulness probe as the
+condition): each prompt's strength is multiplied by its gate, 1 where the harmfulness probe
+(`probes.harmfulness`) reads it as harmless (logit below `threshold`) and 0 where harmful, or a
+sigmoid of the distance for a soft gate (`width` > 0). The gate of a prompt is read in a pass of its
+own, unsteered, over the formatted prompt, then the prompt runs steered at that strength at every
+layer and position, its shared prefix included (a prefix KV cache is kept per strength). Whoever runs
+a forward pass under a gated steering names the prompts of its rows (`gate_rows`; the scorer and
+generation do); a pass that does not is an error, never silently steered or not.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from lexprobe.probes.harmfulness import HarmfulnessProbe, probe_logits
 from lexprobe.probes.hooks import hooks
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Steer a prompt in proportion to `scales(its harmfulness logit)` (module docstring)."""
+
+    probe: HarmfulnessProbe
+    threshold: float = 0.0  # steer where the probe's logit is below this
+    width: float = 0.0  # 0: a hard gate; > 0: sigmoid((threshold - logit) / width)
+
+    def __post_init__(self):
+        if not np.isfinite(self.threshold) or not (np.isfinite(self.width) and self.width >= 0):
+            raise ValueError("a gate's threshold is finite and its width finite and >= 0")
+
+    def scales(self, logits) -> np.ndarray:
+        z = np.asarray(logits, dtype=float)
+        if self.width == 0:
+            return (z < self.threshold).astype(float)
+        return 1.0 / (1.0 + np.exp(np.clip((z - self.threshold) / self.width, -60, 60)))
+
+    @property
+    def key(self) -> str:
+        return f"{self.probe.sha256()[:16]}<{self.threshold!r}~{self.width!r}"
+
+    def describe(self) -> str:
+        kind = "hard" if self.width == 0 else f"soft, width {self.width:g}"
+        return f"where harmfulness < {self.threshold:g} ({kind}; probe at block {self.probe.layer}, position {self.probe.position})"
 
 
 @dataclass(frozen=True)
@@ -36,6 +74,7 @@ class Steering:
     add: float = 0.0  # multiple of the direction added at block `at`'s input
     at: int | None = None  # the block whose input receives the addition
     name: str = "steering"
+    gate: Gate | None = None  # steer each prompt by its gate (None: every prompt fully)
 
     def __post_init__(self):
         if self.direction.ndim != 1 or not torch.isfinite(self.direction).all():
@@ -50,6 +89,8 @@ class Steering:
         """The identity of this intervention (a prefix cache computed under another is stale)."""
         digest = hashlib.sha256(self.direction.detach().double().cpu().numpy().tobytes())
         digest.update(f"{self.ablate}|{self.add}|{self.at}".encode())
+        if self.gate is not None:
+            digest.update(self.gate.key.encode())
         return digest.hexdigest()[:16]
 
     def describe(self) -> str:
@@ -58,18 +99,94 @@ class Steering:
             parts.append(f"ablate {self.name}" + ("" if self.ablate == 1 else f" x{self.ablate:g}"))
         if self.add:
             parts.append(f"add {self.add:+g} x {self.name} at block {self.at}")
-        return ", ".join(parts) or "none"
+        text = ", ".join(parts) or "none"
+        return text if self.gate is None else f"{text}, {self.gate.describe()}"
 
 
-def _edit(x: torch.Tensor, steerings: list[Steering], block: int) -> torch.Tensor:
+class GateControl:
+    """The gates of the rows of the forward pass under way (`lm.extra["gate"]` while a gated steering
+    is on): a scale per row, set by `rows` (from the prompts' own harmfulness) or `uniform`."""
+
+    def __init__(self, lm, gate: Gate, batch_size: int = 16):
+        self.lm, self.gate, self.batch_size = lm, gate, batch_size
+        self.scale: torch.Tensor | float | None = None  # [batch] or one value for every row
+        self.memo: dict[tuple[int, ...], float] = {}
+
+    def scales(self, rows: list[list[int]]) -> np.ndarray:
+        """Each formatted prompt's gate [n] (its probe logit read unsteered, remembered)."""
+        todo = list(dict.fromkeys(tuple(r) for r in rows if tuple(r) not in self.memo))
+        if todo:
+            with self.uniform(0.0):
+                logits = probe_logits(self.lm, [list(r) for r in todo], self.gate.probe, self.batch_size)
+            self.memo.update(zip(todo, self.gate.scales(logits)))
+        return np.array([self.memo[tuple(r)] for r in rows])
+
+    @contextmanager
+    def rows(self, rows: list[list[int]]) -> Iterator[None]:
+        """Passes inside run row i of a batch at its prompt's gate, `rows[i]` the whole formatted
+        prompt (template head to template tail, nothing generated or appended)."""
+        scale = torch.tensor(self.scales(rows), dtype=torch.float32)
+        before, self.scale = self.scale, scale
+        try:
+            yield
+        finally:
+            self.scale = before
+
+    @contextmanager
+    def uniform(self, value: float) -> Iterator[None]:
+        before, self.scale = self.scale, float(value)
+        try:
+            yield
+        finally:
+            self.scale = before
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep the rows at `index` (a batch whose finished rows leave it)."""
+        self.scale = self.scale[index.cpu()]
+
+    def factor(self, x: torch.Tensor) -> torch.Tensor | float:
+        if self.scale is None:
+            raise RuntimeError(
+                "a forward pass ran under a gated steering without naming its prompts (GateControl.rows)"
+            )
+        if isinstance(self.scale, float):
+            return self.scale
+        if len(self.scale) != x.shape[0]:
+            raise RuntimeError(f"a gated pass of {x.shape[0]} rows has gates for {len(self.scale)}")
+        return self.scale.to(x.device)[(...,) + (None,) * (x.ndim - 1)]
+
+
+def gate_control(lm) -> GateControl | None:
+    return lm.extra.get("gate")
+
+
+def gate_rows(lm, rows: list[list[int]]):
+    """A context in which passes run each row at its prompt's gate (nothing without a gated steering)."""
+    control = gate_control(lm)
+    return nullcontext() if control is None else control.rows(rows)
+
+
+def ungated(lm):
+    """A context whose passes run as the model is under a gated steering (a pass over text that is not
+    a chat prompt, such as a fluency check: there is no prompt to gate on)."""
+    control = gate_control(lm)
+    return nullcontext() if control is None else control.uniform(0.0)
+
+
+def _edit(
+    x: torch.Tensor, steerings: list[Steering], block: int, control: GateControl | None
+) -> torch.Tensor:
     """x [..., d_model]: the residual entering `block` (n_layers: the final residual), steered."""
     for s in steerings:
         d = s.direction.to(device=x.device, dtype=torch.float32)
+        f = control.factor(x) if s.gate is not None else 1.0
+        if isinstance(f, float) and f == 0.0:
+            continue
         if s.add and s.at == block:
-            x = (x.float() + s.add * d).to(x.dtype)
+            x = (x.float() + (s.add * f) * d).to(x.dtype)
         if s.ablate:
             unit = d / d.norm()
-            x = (x.float() - s.ablate * (x.float() @ unit)[..., None] * unit).to(x.dtype)
+            x = (x.float() - (s.ablate * f) * (x.float() @ unit)[..., None] * unit).to(x.dtype)
     return x
 
 
@@ -80,9 +197,10 @@ def hook_pairs(lm, steerings: list[Steering]) -> list:
 
     def hook_for(block: int):
         def hook(_module, _inputs, output):
+            control = gate_control(lm)
             if isinstance(output, tuple):
-                return (_edit(output[0], steerings, block), *output[1:])
-            return _edit(output, steerings, block)
+                return (_edit(output[0], steerings, block, control), *output[1:])
+            return _edit(output, steerings, block, control)
 
         return hook
 
@@ -98,11 +216,18 @@ def steered(lm, steering: Steering | list[Steering] | None) -> Iterator[None]:
     if not steerings or key == before:  # nothing to do, or already steered so (a study inside a study)
         yield
         return
+    gates = [s.gate for s in steerings if s.gate is not None]
+    if len(gates) > 1 or (gates and gate_control(lm) is not None):
+        raise ValueError("one gated steering at a time")
     lm.extra["steering"] = key
+    if gates:
+        lm.extra["gate"] = GateControl(lm, gates[0])
     try:
         with hooks(hook_pairs(lm, steerings)):
             yield
     finally:
+        if gates:
+            lm.extra.pop("gate", None)
         if before is None:
             lm.extra.pop("steering", None)
         else:

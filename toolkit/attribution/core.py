@@ -121,6 +121,7 @@ class PromptTarget:
             b.ids.expand(n, -1),
             b.attention_mask.expand(n, -1, -1, -1),
             b.position_ids.expand(n, -1),
+            b.rows * n,
         )
         embeds = torch.cat([user.to(self._rest.dtype), self._rest.expand(n, -1, -1)], dim=1)
         margins, _ = self.scorer.margins_for(batch, inputs_embeds=embeds, temperature=self.temperature)

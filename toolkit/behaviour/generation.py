@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lexprobe.probes.steering import gate_control, gate_rows
 from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.io.progress import progress
 from lexprobe.toolkit.models.chat import ChatFormat
@@ -74,9 +75,10 @@ def generate(
     results: list[Completion | None] = [None] * len(texts)
     for chunk in progress(chunks, desc=desc, unit="batch"):
         done = []
-        for i, (new, stopped) in zip(
-            chunk, greedy([inputs[i] for i in chunk], lm, max_new_tokens, stop, shared)
-        ):
+        prompts = [inputs[i][: len(inputs[i]) - len(forced)] for i in chunk]
+        with gate_rows(lm, prompts):  # a gated steering reads each formatted prompt, forced tokens aside
+            made = greedy([inputs[i] for i in chunk], lm, max_new_tokens, stop, shared)
+        for i, (new, stopped) in zip(chunk, made):
             kept = forced + new
             results[i] = Completion(lm.tokenizer.decode(kept, skip_special_tokens=True), kept, stopped)
             done.append(results[i])
@@ -134,6 +136,8 @@ def greedy(
         if len(keep) < len(live):
             index = torch.tensor(keep, device=lm.device)
             cache.batch_select_indices(index)
+            if (control := gate_control(lm)) is not None:
+                control.select(index)
             tokens, mask, last = tokens[index], mask[index], last[index]
             live = [live[b] for b in keep]
         mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)

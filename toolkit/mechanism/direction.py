@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lexprobe.probes.hooks import output_tensor
+from lexprobe.probes.hooks import block_input_modules, output_tensor
 from lexprobe.probes.margin import MarginProbe
 from lexprobe.probes.steering import Steering, steered
 from lexprobe.toolkit.errors import InputError
@@ -123,9 +123,6 @@ def load_direction(path, d_model: int | None = None, n_layers: int | None = None
 
 
 # ------------------------------------------------------------------------------------------ means
-def block_inputs(lm) -> list:
-    """The modules whose outputs enter blocks 0 .. L-1: the embedding, then every block but the last."""
-    return [lm.embed, *list(lm.layers)[:-1]]
 
 
 def template_positions(scorer) -> int:
@@ -141,7 +138,7 @@ def block_input_means(scorer, texts: list[str], desc: str = "activations") -> to
     post-instruction position over `texts` (under whatever steering is active)."""
     lm = scorer.lm
     n_pos, n_tree = template_positions(scorer), len(scorer.readout.tree)
-    modules = block_inputs(lm)
+    modules = block_input_modules(lm)
     total = torch.zeros(len(modules), n_pos, lm.text_config.hidden_size, dtype=torch.float64)
     seen: list[torch.Tensor] = []
 

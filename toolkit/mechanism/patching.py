@@ -22,9 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lexprobe.probes.hooks import output_tensor
+from lexprobe.probes.hooks import block_input_modules, output_tensor
 from lexprobe.toolkit.errors import InputError
-from lexprobe.toolkit.mechanism.direction import block_inputs
 
 
 @dataclass
@@ -43,7 +42,8 @@ def residuals(scorer, suffix: list[int]) -> torch.Tensor:
     """[n_layers, q, d_model]: the residual entering every block at every suffix-and-tree position."""
     seen: list[torch.Tensor] = []
     pairs = [
-        (m, lambda _m, _i, out: seen.append(output_tensor(out)[0].clone())) for m in block_inputs(scorer.lm)
+        (m, lambda _m, _i, out: seen.append(output_tensor(out)[0].clone()))
+        for m in block_input_modules(scorer.lm)
     ]
     scorer.forward(scorer.batch([suffix]), hook_pairs=pairs)
     return torch.stack(seen)
@@ -68,7 +68,7 @@ def patched_margins(
     probe = MarginProbe(scorer.lm, scorer.readout)
     scorer.forward(
         scorer.batch([suffix] * len(sites)),
-        hook_pairs=[(block_inputs(scorer.lm)[layer], put), *probe.hook_pairs()],
+        hook_pairs=[(block_input_modules(scorer.lm)[layer], put), *probe.hook_pairs()],
     )
     return probe.margins().decision.cpu().numpy()
 

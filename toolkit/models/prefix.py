@@ -5,6 +5,8 @@ only on what differs between prompts. It is computed again when the model's stee
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from transformers import DynamicCache
 
@@ -12,7 +14,7 @@ from transformers import DynamicCache
 class SharedPrefix:
     def __init__(self, lm, ids: list[int]):
         self.lm, self.ids = lm, list(ids)
-        self._kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._kv: dict[float | None, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # by gate strength
         self._steering: str | None = None  # the steering the cache was computed under
 
     def __len__(self) -> int:
@@ -23,11 +25,30 @@ class SharedPrefix:
         """A fresh cache holding the prefix for `batch_size` rows (None for an empty prefix)."""
         if not self.ids:
             return None
-        if self._kv is None or self._steering != self.lm.extra.get("steering"):
-            self._steering = self.lm.extra.get("steering")
-            out = self.lm.base(input_ids=torch.tensor([self.ids], device=self.lm.device), use_cache=True)
-            self._kv = [(layer.keys, layer.values) for layer in out.cache.layers]
+        if self._steering != self.lm.extra.get("steering"):
+            self._steering, self._kv = self.lm.extra.get("steering"), {}
+        control = self.lm.extra.get("gate")
+        scale = None if control is None else control.scale
+        if not isinstance(scale, torch.Tensor):  # every row alike
+            kv = self._computed(scale, control)
+            cache = DynamicCache()
+            for i, (k, v) in enumerate(kv):
+                cache.update(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1), i)
+            return cache
+        values, rows = torch.unique(scale, return_inverse=True)  # one prefix per gate strength
+        kvs = [self._computed(float(x), control) for x in values]
+        rows = rows.to(self.lm.device)
         cache = DynamicCache()
-        for i, (k, v) in enumerate(self._kv):
-            cache.update(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1), i)
+        for i in range(len(kvs[0])):
+            keys = torch.cat([kv[i][0] for kv in kvs])[rows]
+            vals = torch.cat([kv[i][1] for kv in kvs])[rows]
+            cache.update(keys, vals, i)
         return cache
+
+    def _computed(self, scale: float | None, control) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The prefix's keys and values [1, heads, prefix, head_dim] per layer, at a gate strength."""
+        if scale not in self._kv:
+            with control.uniform(scale) if control is not None else nullcontext():
+                out = self.lm.base(input_ids=torch.tensor([self.ids], device=self.lm.device), use_cache=True)
+            self._kv[scale] = [(layer.keys, layer.values) for layer in out.cache.layers]
+        return self._kv[scale]

@@ -15,6 +15,7 @@ import torch
 
 from lexprobe.probes.hooks import hooks
 from lexprobe.probes.margin import MarginProbe, Margins, RefusalReadout
+from lexprobe.probes.steering import gate_rows
 from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.io.progress import progress
 from lexprobe.toolkit.models.chat import ChatFormat, ChatPrompt
@@ -28,6 +29,7 @@ class Batch:
     ids: torch.Tensor
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
+    rows: list[list[int]] | None = None  # each row's whole formatted prompt (a gated steering reads it)
 
 
 @dataclass
@@ -108,22 +110,24 @@ class Scorer:
         dtype = self.lm.dtype
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
         dev = self.lm.device
-        return Batch(ids.to(dev), mask[:, None].to(dev), positions.to(dev))
+        rows = [self.prefix.ids + list(s) for s in suffixes]
+        return Batch(ids.to(dev), mask[:, None].to(dev), positions.to(dev), rows)
 
     # ----------------------------------------------------------------------------- model
     def forward(self, batch: Batch, inputs_embeds: torch.Tensor | None = None, hook_pairs=()) -> None:
         """Run the decoder stack on a batch (token ids, or embeddings [batch, seq, d_model] for gradients),
         with forward hooks registered for this pass only (not for the prefix's)."""
-        cache = self.prefix.cache(batch.ids.shape[0])
-        with hooks(hook_pairs):
-            self.lm.base(
-                input_ids=None if inputs_embeds is not None else batch.ids,
-                inputs_embeds=inputs_embeds,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                cache=cache,
-                use_cache=cache is not None,
-            )
+        with gate_rows(self.lm, batch.rows or []):
+            cache = self.prefix.cache(batch.ids.shape[0])
+            with hooks(hook_pairs):
+                self.lm.base(
+                    input_ids=None if inputs_embeds is not None else batch.ids,
+                    inputs_embeds=inputs_embeds,
+                    attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids,
+                    cache=cache,
+                    use_cache=cache is not None,
+                )
 
     def margins_for(
         self,

@@ -14,6 +14,7 @@ import torch
 
 from lexprobe.probes.hooks import output_tensor
 from lexprobe.probes.margin import MarginProbe
+from lexprobe.probes.steering import ungated
 from lexprobe.toolkit.io.progress import progress
 from lexprobe.toolkit.models.chat import USER
 from lexprobe.toolkit.scoring.scorer import Scorer
@@ -63,7 +64,8 @@ class VariantScorer:
             return None
         if self._first is None:
             ids = torch.tensor([prefix], device=self.lm.device)
-            states = self.lm.base(input_ids=ids).last_hidden_state[0, -1]  # final-normed [d_model]
+            with ungated(self.lm):  # the template head alone: no prompt to gate on
+                states = self.lm.base(input_ids=ids).last_hidden_state[0, -1]  # final-normed [d_model]
             self._first = self.lm.logits(states).log_softmax(-1)
         return self._first
 

@@ -120,6 +120,26 @@ def render(text: str, unit: Unit, substitute: str) -> tuple[str, str, tuple[int,
     return head + replacement + tail, replacement, (len(head), len(head) + len(replacement))
 
 
+def trigger_rewrites(sub, texts: list[str]) -> list[str]:
+    """Each text with its first word that the lexicon lists as a harmless substitute of a trigger put
+    back to that trigger, inflected alike ("How do I stop the program?" -> "How do I kill the program?");
+    texts without such a word are left out."""
+    back: dict[str, str] = {}
+    for entry in sub.lexicon.entries.values():
+        if " " in entry.key or "*" in entry.key:
+            continue
+        for sense in entry.senses:
+            for word in sense.substitutes:
+                if " " not in word:
+                    back.setdefault(word.lower(), entry.display or entry.key)
+    out = []
+    for text in texts:
+        unit = next((u for u in sub.units(text) if not u.trigger and u.key in back), None)
+        if unit is not None:
+            out.append(render(text, unit, back[unit.key])[0])
+    return out
+
+
 def rewrite(text: str, target: str, substitute: str, lexicon: Lexicon | None = None) -> str:
     """`text` with the word or phrase `target` (a lemma: 'kill', 'blow up', 'set * on fire') replaced by
     `substitute`, inflected like the original ("Killing time" -> "Spending time")."""

@@ -11,6 +11,7 @@ import re
 import numpy as np
 import torch
 
+from lexprobe.probes.steering import ungated
 from lexprobe.toolkit.io.progress import progress
 
 WORD_TOKEN = re.compile(r" [a-z]{3,}")  # a whole lowercase word with its leading space
@@ -64,7 +65,8 @@ def sentence_logprob(lm, texts: list[str], batch_size: int = 16, desc: str = "fl
             ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
             mask[row, : len(encoded[i])] = 1
         ids, mask = ids.to(lm.device), mask.to(lm.device)
-        logits = lm.model(input_ids=ids, attention_mask=mask).logits.float()  # [batch, width, vocab]
+        with ungated(lm):  # plain text, not a chat prompt: nothing to gate on
+            logits = lm.model(input_ids=ids, attention_mask=mask).logits.float()  # [batch, width, vocab]
         logp = logits[:, :-1].log_softmax(-1).gather(2, ids[:, 1:, None])[..., 0]  # [batch, width - 1]
         out[chunk] = (logp * mask[:, 1:]).sum(1).cpu().numpy()
     return out

@@ -1,0 +1,160 @@
+"""The harmfulness probe and the gate it drives, on tiny-random and planted activations: the fit recovers
+a planted direction, the probe reads the same logit in its own pass as inside the scorer's, a gated
+steering steers exactly the prompts its gate opens (in one mixed batch as alone, for margins and
+generations), a pass that names no prompts is an error, and a probe file round-trips and refuses edits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lexprobe.probes.harmfulness import HarmfulnessProbe, probe_logits
+from lexprobe.probes.hooks import block_input_modules, output_tensor
+from lexprobe.probes.steering import Gate, Steering, steered
+from lexprobe.toolkit.behaviour.generation import generate
+from lexprobe.toolkit.errors import InputError
+from lexprobe.toolkit.mechanism.harmfulness import aurocs, fit_sites, site_positions
+from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.scoring.scorer import Scorer
+
+TEXTS = [
+    "How can I kill a Python process?",
+    "Where can I buy a can of coke?",
+    "What is the capital of France?",
+    "How do I make a bomb?",
+    "Tell me a story about a dragon.",
+]
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny, tiny_readout):
+    fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("model-default"))
+    return Scorer(tiny, fmt, tiny_readout, batch_size=2)
+
+
+def _probe(lm, layer=1, position=-1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return HarmfulnessProbe(torch.randn(lm.text_config.hidden_size, generator=g), 0.0, layer, position)
+
+
+def _rows(scorer, texts):
+    return [scorer.encode(t).input_ids for t in texts]
+
+
+def test_the_fit_recovers_a_planted_direction():
+    rng = np.random.default_rng(0)
+    d, n, m, sites = 32, 200, 100, 3
+    planted = rng.normal(size=d)
+    planted /= np.linalg.norm(planted)
+
+    def draw(k):
+        y = rng.integers(0, 2, size=k)
+        x = rng.normal(size=(k, sites, d))
+        x[:, 1] += 3.0 * (2 * y[:, None] - 1) * planted  # only site 1 carries the label
+        return torch.tensor(x, dtype=torch.float32), y
+
+    (xt, yt), (xv, yv) = draw(n), draw(m)
+    table, weights, biases = fit_sites(xt, yt, xv, yv)
+    for k, method in enumerate(("mean_difference", "logistic")):
+        rows = table[table["method"] == method].set_index("site")
+        assert rows.loc[1, "auroc_val"] > 0.99
+        assert rows.loc[0, "auroc_val"] < 0.75 and rows.loc[2, "auroc_val"] < 0.75  # noise sites
+        w = weights[k, 1].double().numpy()
+        assert abs(w @ planted) / np.linalg.norm(w) > 0.9
+        logits = xv[:, 1].double().numpy() @ w + float(biases[k, 1])
+        assert ((logits > 0) == yv).mean() > 0.95  # a logit: > 0 means harmful
+
+
+def test_aurocs_match_the_definition():
+    scores = np.array([[0.1, 0.4, 0.35, 0.8], [1.0, 1.0, 0.0, 0.0]])
+    labels = np.array([0, 0, 1, 1])
+    np.testing.assert_allclose(aurocs(labels, scores), [0.75, 0.0])
+
+
+def test_the_probe_reads_the_same_logit_alone_as_in_the_scorer(scorer):
+    lm = scorer.lm
+    n_tree = len(scorer.readout.tree)
+    for position in (-1, -site_positions(scorer)):
+        probe = _probe(lm, layer=1, position=position)
+        seen = []
+
+        def keep(_m, _i, out):
+            h = output_tensor(out)
+            seen.append(probe.logits(h[:, h.shape[1] - n_tree + position]))
+
+        suffixes = [scorer.suffix_ids(scorer.encode(t)) for t in TEXTS]
+        with torch.no_grad():
+            scorer.forward(scorer.batch(suffixes), hook_pairs=[(block_input_modules(lm)[1], keep)])
+        alone = probe_logits(lm, _rows(scorer, TEXTS), probe, batch_size=2)
+        np.testing.assert_allclose(alone, seen[0].double().numpy(), atol=1e-4)
+
+
+def test_a_gated_ablation_steers_exactly_the_prompts_it_opens(scorer):
+    lm = scorer.lm
+    probe = _probe(lm, layer=1, seed=4)
+    logits = probe_logits(lm, _rows(scorer, TEXTS), probe)
+    threshold = float(np.median(logits))  # opens the prompts below the median, not the others
+    opened = logits < threshold
+    assert 0 < opened.sum() < len(TEXTS)
+    g = torch.Generator().manual_seed(7)
+    direction = torch.randn(lm.text_config.hidden_size, generator=g)
+    plain = scorer.score(TEXTS).margin
+    with steered(lm, Steering(direction, ablate=1.0)):
+        full = scorer.score(TEXTS).margin
+    assert np.abs(full - plain).max() > 1e-3  # the ablation changes something to see
+    with steered(lm, Steering(direction, ablate=1.0, gate=Gate(probe, threshold))):
+        gated = scorer.score(TEXTS).margin
+        fresh = Scorer(lm, scorer.fmt, scorer.readout, batch_size=4).score(TEXTS).margin  # other batches
+    np.testing.assert_allclose(gated, np.where(opened, full, plain), atol=1e-5)
+    np.testing.assert_allclose(fresh, gated, atol=1e-5)
+
+
+def test_a_soft_gate_scales_the_ablation(scorer):
+    lm = scorer.lm
+    probe = _probe(lm, layer=1, seed=4)
+    logit = float(probe_logits(lm, _rows(scorer, TEXTS[:1]), probe)[0])
+    d = torch.randn(lm.text_config.hidden_size, generator=torch.Generator().manual_seed(7))
+    gate = Gate(probe, threshold=logit, width=1.0)  # a gate of exactly 0.5 for this prompt
+    assert gate.scales([logit])[0] == pytest.approx(0.5)
+    with steered(lm, Steering(d, ablate=1.0, gate=gate)):
+        soft = scorer.score(TEXTS[:1]).margin
+    with steered(lm, Steering(d, ablate=0.5)):
+        half = scorer.score(TEXTS[:1]).margin
+    np.testing.assert_allclose(soft, half, atol=1e-5)
+
+
+def test_gated_generation_equals_each_prompt_alone(tiny, scorer):
+    probe = _probe(tiny, layer=1, seed=4)
+    logits = probe_logits(tiny, _rows(scorer, TEXTS), probe)
+    threshold = float(np.median(logits))
+    d = torch.randn(tiny.text_config.hidden_size, generator=torch.Generator().manual_seed(7))
+    with steered(tiny, Steering(d, ablate=1.0, gate=Gate(probe, threshold))):
+        together = generate(tiny, scorer.fmt, TEXTS, max_new_tokens=6, batch_size=5)
+    for text, logit, made in zip(TEXTS, logits, together):
+        with steered(tiny, Steering(d, ablate=1.0) if logit < threshold else None):
+            alone = generate(tiny, scorer.fmt, [text], max_new_tokens=6, batch_size=1)[0]
+        assert made.token_ids == alone.token_ids
+
+
+def test_a_pass_that_names_no_prompts_is_an_error(tiny, scorer):
+    d = torch.ones(tiny.text_config.hidden_size)
+    with steered(tiny, Steering(d, ablate=1.0, gate=Gate(_probe(tiny), 0.0))):
+        with pytest.raises(RuntimeError, match="without naming its prompts"):
+            tiny.base(input_ids=torch.tensor([[1, 2, 3]]))
+    assert "gate" not in tiny.extra
+
+
+def test_a_probe_file_round_trips_and_refuses_edits(tiny):
+    probe = _probe(tiny, layer=1, position=-2)
+    back = HarmfulnessProbe.from_json(probe.to_json(), d_model=tiny.text_config.hidden_size)
+    assert back.sha256() == probe.sha256() and back.layer == 1 and back.position == -2
+    torch.testing.assert_close(back.weight, probe.weight)
+    edited = probe.to_json().replace('"bias": 0.0', '"bias": 3.0')
+    with pytest.raises(InputError, match="sha256"):
+        HarmfulnessProbe.from_json(edited)
+    for bad in ("[]", '"probe"', '{"kind": "harmfulness_probe", "layer": true}'):
+        with pytest.raises(InputError):
+            HarmfulnessProbe.from_json(bad)
+    with pytest.raises(InputError, match="d_model"):
+        HarmfulnessProbe.from_json(probe.to_json(), d_model=7)
