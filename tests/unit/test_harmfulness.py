@@ -79,7 +79,7 @@ def test_the_probe_reads_the_same_logit_alone_as_in_the_scorer(scorer):
         probe = _probe(lm, layer=1, position=position)
         seen = []
 
-        def keep(_m, _i, out):
+        def keep(_m, _i, out, probe=probe, position=position, seen=seen):
             h = output_tensor(out)
             seen.append(probe.logits(h[:, h.shape[1] - n_tree + position]))
 
@@ -139,9 +139,9 @@ def test_gated_generation_equals_each_prompt_alone(tiny, scorer):
 
 def test_a_pass_that_names_no_prompts_is_an_error(tiny, scorer):
     d = torch.ones(tiny.text_config.hidden_size)
-    with steered(tiny, Steering(d, ablate=1.0, gate=Gate(_probe(tiny), 0.0))):
-        with pytest.raises(RuntimeError, match="without naming its prompts"):
-            tiny.base(input_ids=torch.tensor([[1, 2, 3]]))
+    gated = Steering(d, ablate=1.0, gate=Gate(_probe(tiny), 0.0))
+    with steered(tiny, gated), pytest.raises(RuntimeError, match="without naming its prompts"):
+        tiny.base(input_ids=torch.tensor([[1, 2, 3]]))
     assert "gate" not in tiny.extra
 
 
