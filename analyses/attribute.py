@@ -26,9 +26,12 @@ from lexprobe.analyses.common import (
     Session,
     SuiteOptions,
     open_suite,
+    probe_option,
     session_for,
     study,
+    with_harmfulness,
 )
+from lexprobe.probes.harmfulness import HarmfulnessProbe
 from lexprobe.toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, PromptTarget
 from lexprobe.toolkit.attribution import faithfulness as faith
 from lexprobe.toolkit.attribution.core import attribute_together, score_texts
@@ -59,6 +62,9 @@ class AttributeConfig(Options):
     faithfulness: bool = True
     n_random: int = 3  # random orders behind the random ranking's comprehensiveness/sufficiency/AUC
     contrasts: bool = False  # add the paired unsafe contrast of every selected safe prompt
+    harmfulness: object = (
+        False  # also each prompt's harmfulness logit (True: this model's probe; or a probe.json)
+    )
     figures: bool = True
     resume: bool = False
     overwrite: bool = False
@@ -163,6 +169,10 @@ def attribute_records(
     """The parts of a group of suite records (id, type, label, prompt, pair_id), side by side."""
     targets = [PromptTarget(scorer, r["prompt"], config.settings, name=f"prompt {r['id']}") for r in records]
     rows = [{k: r[k] for k in ("id", "type", "label", "prompt", "pair_id")} for r in records]
+    if isinstance(config.harmfulness, HarmfulnessProbe):  # beside the margin, read in a pass of its own
+        probed = Scorer(scorer.lm, scorer.fmt, scorer.readout, scorer.batch_size, config.harmfulness)
+        for row, h in zip(rows, probed.score([r["prompt"] for r in rows], desc="harmfulness").harmfulness):
+            row["harmfulness"] = float(h)
     return attribute_group(targets, rows, methods, config)
 
 
@@ -310,7 +320,9 @@ def assemble(parts: list[dict], suite_order: list[str], run: dict) -> Attributio
     prompts = pd.DataFrame([p["prompt"] for p in parts])
     return AttributionResult(
         attributions=frame("attributions", ATTRIBUTION_COLUMNS),
-        prompts=prompts.reindex(columns=PROMPT_COLUMNS),
+        prompts=prompts.reindex(
+            columns=[*PROMPT_COLUMNS, *(["harmfulness"] if "harmfulness" in prompts else [])]
+        ),
         methods=frame("methods"),
         faithfulness=frame("faithfulness"),
         curves=frame("curves"),
@@ -335,6 +347,7 @@ def run(
             "in methods.csv, or use --dtype float32",
             str(session.lm.dtype).removeprefix("torch."),
         )
+    config = replace(config, harmfulness=probe_option(session, config.harmfulness, config.model.batch_size))
     scorer = Scorer(session.lm, session.fmt, session.readout, batch_size=config.settings.batch_size)
     for rec in suite.frame.to_dict("records"):  # every prompt fits the context before any work starts
         scorer.encode(rec["prompt"], f"prompt {rec['id']}")
@@ -356,8 +369,9 @@ def run(
     )
     if config.parallel.active:  # not a resume key: single-process and sharded runs continue each other
         run_info["sharding"] = asdict(config.parallel) | {"group_prompts": GROUP}
+    _, keys = with_harmfulness(run_info, config.harmfulness, [], RESUME_KEYS, [])
     if config.resume and out is not None:
-        check_resumable(out, run_info, RESUME_KEYS, PARTS)
+        check_resumable(out, run_info, keys, PARTS)
     session.ensure_smooth_temperature(config.settings.batch_size)  # after every check: it takes a while
     run_info["readout"] = session.provenance()["readout"]
     if out is not None:

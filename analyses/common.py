@@ -49,10 +49,11 @@ class ModelOptions(Options):
     )
     ablate_direction: float | None = None  # remove this share of the direction everywhere (1: all)
     add_direction: float | None = None  # add this multiple of the direction at its own layer
+    steer: object = None  # a chosen.json of `lexprobe mitigate` (or its folder): its steering on every pass
 
     @property
     def steers(self) -> bool:
-        return bool(self.ablate_direction) or bool(self.add_direction)
+        return bool(self.ablate_direction) or bool(self.add_direction) or self.steer is not None
 
 
 SHARD_BATCHES = 4  # batches in one shard of a sharded run (its unit of work and of retry)
@@ -142,6 +143,7 @@ class Session:
     fmt: ChatFormat
     readout: RefusalReadout | None
     steering: object = None  # a probes.steering.Steering every forward pass of a study runs under
+    steered_by: dict | None = None  # the chosen.json it came from (--steer): path, sha256, what it is
 
     def ensure_smooth_temperature(self, batch_size: int = 32) -> None:
         """A readout file without the smooth margin's temperature gets one, chosen on the calibration
@@ -164,6 +166,8 @@ class Session:
             out["readout_sha256"] = self.readout.sha256()
         if self.steering is not None:
             out["steering"] = f"{self.steering.describe()} ({self.steering.key})"
+        if self.steered_by is not None:
+            out["steered_by"] = self.steered_by
         return out
 
 
@@ -227,8 +231,52 @@ def direction_of(session: Session, opts: ModelOptions):
     return find_direction(scorer, session.system.describe(), info=session.provenance())[0]
 
 
+def harmfulness_of(session: Session, source=True, batch_size: int = 16):
+    """The harmfulness probe `source` names: a probe.json of `lexprobe harmfulness` (or its folder), a
+    HarmfulnessProbe, or True: this model's and condition's (cached, fitted here the first time)."""
+    from lexprobe.probes.harmfulness import load_probe
+    from lexprobe.toolkit.mechanism.harmfulness import find_probe
+    from lexprobe.toolkit.scoring.scorer import Scorer
+
+    if source is not True:
+        return load_probe(source, session.lm)
+    scorer = Scorer(session.lm, session.fmt, session.readout, batch_size)
+    return find_probe(scorer, session.system.describe(), info=session.provenance())[0]
+
+
+def probe_option(session: Session, option, batch_size: int = 16):
+    """A study's `harmfulness` option resolved: None when off (False or None), else `harmfulness_of`'s."""
+    if option is False or option is None:
+        return None
+    return harmfulness_of(session, option, batch_size)
+
+
+def with_harmfulness(run_info: dict, probe, columns, keys, extra_columns) -> tuple[list, tuple]:
+    """A per-prompt study's columns and resume keys with the harmfulness probe's (none when `probe` is
+    None); run.json records which probe."""
+    if probe is None:
+        return list(columns), tuple(keys)
+    run_info["harmfulness_probe"] = {"layer": probe.layer, "position": probe.position, "method": probe.method}
+    run_info["harmfulness_probe_sha256"] = probe.sha256()
+    return [*columns, *extra_columns], (*keys, "harmfulness_probe_sha256")
+
+
 def steering_of(session: Session, opts: ModelOptions):
-    """The steering `opts` ask for, with `direction_of`'s direction."""
+    """The steering `opts` ask for: a chosen.json's (`--steer`), or `direction_of`'s direction ablated or
+    added."""
+    if opts.steer is not None:
+        from lexprobe.toolkit.mechanism.fixes import load_chosen
+
+        if opts.ablate_direction or opts.add_direction or opts.direction:
+            raise InputError(
+                "--steer applies a chosen fix on its own: drop --direction/--ablate-direction/--add-direction"
+            )
+        steering, record = load_chosen(opts.steer, session.lm)
+        session.steered_by = {
+            "file": str(opts.steer), "sha256": record["sha256"], "mitigation": record.get("mitigation"),
+            "strength": record.get("strength"), "gate": record.get("gate"), "coefficient": record.get("coefficient"),
+        }  # fmt: skip
+        return steering
     if opts.ablate_direction and opts.add_direction:
         raise InputError(
             "--ablate-direction removes the very direction --add-direction adds (everywhere, after it is "

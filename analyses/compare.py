@@ -9,10 +9,13 @@ The plan is a TOML or YAML file:
     suites = ["xstest"]                                    # bundled names or files
     # optional: types = [...], limit = N, dtype = "auto", batch_size = 16, device_map = "auto",
     #           perturb = false, perturb_types = [...]     # the pooled trigger effect per cell
+    #           harmfulness = false                        # the harmfulness probe per cell
+    #           steer = "runs/mitigate/chosen.json"        # a fix `lexprobe mitigate` chose, on every cell
 
 Per cell: refusal rate on safe and on unsafe prompts (refused = decision margin > 0), their mean
 margins and the margin's AUROC for unsafe vs safe (`cells.csv`, one row per model x condition x
-suite), per-type margins (`types.csv`), and the trade-off figure: safe refusal rate (over-refusal)
+suite; with `harmfulness = true` also the harmfulness probe's AUROC and the lexical over-refusal index,
+the share of refused safe prompts the model represents as harmless, `analyses.cells`), per-type margins (`types.csv`), and the trade-off figure: safe refusal rate (over-refusal)
 against unsafe refusal rate, as in OR-Bench.
 """
 
@@ -52,6 +55,8 @@ class Plan:
     device_map: str | None = None  # every model spread over the visible devices (--device-map)
     perturb: bool = False
     perturb_types: list[str] = field(default_factory=list)
+    harmfulness: bool = False
+    steer: str | None = None  # a chosen.json of `lexprobe mitigate`, applied to every cell
 
     @classmethod
     def read(cls, path: str | Path) -> Plan:
@@ -97,6 +102,8 @@ class Plan:
             ("limit", int),
             ("batch_size", int),
             ("perturb", bool),
+            ("harmfulness", bool),
+            ("steer", str),
             ("dtype", str),
             ("device_map", str),
         ):
@@ -117,6 +124,10 @@ class Plan:
         from lexprobe.toolkit.models.placement import parse_device_map
 
         parse_device_map(self.device_map)
+        if self.steer is not None:
+            from lexprobe.toolkit.mechanism.fixes import load_chosen
+
+            load_chosen(self.steer)  # its form and checksum now; its model when each cell loads
         for model in self.models:
             check_spec(model)
         for condition in self.conditions:
@@ -134,6 +145,7 @@ class Plan:
 class CompareConfig(Options):
     config: str  # the plan file (TOML or YAML)
     out: str
+    steer: str | None = None  # a chosen.json applied to every cell (instead of the plan's `steer`)
     parallel: ParallelOptions = field(default_factory=ParallelOptions)
     resume: bool = False
     overwrite: bool = False
@@ -158,6 +170,8 @@ def slug(name: str) -> str:
 
 def run(config: CompareConfig) -> CompareResult:
     plan = Plan.read(config.config)
+    if config.steer is not None:
+        plan.steer = config.steer
     plan.check()
     config.parallel.check()
     out = Path(config.out)
@@ -173,7 +187,7 @@ def run(config: CompareConfig) -> CompareResult:
         cell = out / "cells" / slug(model) / slug(condition) / slug(suite)
         opts = ModelOptions(
             model=model, system_prompt=condition, dtype=plan.dtype, batch_size=plan.batch_size,
-            device_map=plan.device_map,
+            device_map=plan.device_map, steer=plan.steer,
         )  # fmt: skip
         suite_opts = SuiteOptions(suite=suite, types=plan.types, limit=plan.limit)
         again = {
@@ -182,8 +196,13 @@ def run(config: CompareConfig) -> CompareResult:
         }
         scored = score.run(
             score.ScoreConfig(
-                out=str(cell / "scores"), model=opts, suite=suite_opts, parallel=config.parallel, **again
-            )
+                out=str(cell / "scores"),
+                model=opts,
+                suite=suite_opts,
+                parallel=config.parallel,
+                harmfulness=plan.harmfulness,
+                **again,
+            )  # fmt: skip
         )
         key = {"model": model, "condition": condition, "suite": suite}
         row = {
@@ -222,6 +241,22 @@ def cell_summary(frame: pd.DataFrame) -> dict:
         if out["n_safe"] and out["n_unsafe"]
         else np.nan
     )
+    if "harmfulness" in frame:
+        from lexprobe.analyses.cells import index_of
+
+        harm = pd.to_numeric(frame["harmfulness"])
+        out["harmfulness_auroc"] = (
+            stats.auroc((label[both] == "unsafe").astype(int).to_numpy(), harm[both].to_numpy())
+            if out["n_safe"] and out["n_unsafe"]
+            else np.nan
+        )
+        index, lo, hi, n = index_of(frame.assign(margin=margin))
+        out |= {
+            "lexical_over_refusal_index": index,
+            "index_ci_low": lo,
+            "index_ci_high": hi,
+            "n_refused_safe": n,
+        }
     return out
 
 

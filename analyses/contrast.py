@@ -23,7 +23,16 @@ import numpy as np
 import pandas as pd
 
 from lexprobe import prompts
-from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_suite, session_for, study
+from lexprobe.analyses.common import (
+    ModelOptions,
+    Session,
+    SuiteOptions,
+    open_suite,
+    probe_option,
+    session_for,
+    study,
+    with_harmfulness,
+)
 from lexprobe.toolkit import stats
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
@@ -66,6 +75,7 @@ class ContrastConfig(Options):
     inv: bool = True
     inv_per_prompt: int = 1
     min_similarity: float = 0.7
+    harmfulness: object = False  # also the harmfulness probe's logits (True: this model's; or a probe.json)
     figures: bool = True
     seed: int = 0
     overwrite: bool = False
@@ -135,11 +145,15 @@ def run(config: ContrastConfig, session: Session | None = None) -> ContrastResul
         pairs = pairs.head(config.suite.limit)
     session = session_for(config.model, session)
     threshold, source = refusal_threshold(session.lm, session.system)
-    scorer = VariantScorer(Scorer(session.lm, session.fmt, session.readout, config.model.batch_size))
+    probe = probe_option(session, config.harmfulness, config.model.batch_size)
+    scorer = VariantScorer(Scorer(session.lm, session.fmt, session.readout, config.model.batch_size, probe))
     texts = list(dict.fromkeys(pairs["safe_prompt"].tolist() + pairs["unsafe_prompt"].tolist()))
     scorer.score(texts, desc=f"scoring {len(texts)} prompts")
     pairs["margin_safe"] = scorer.margins(pairs["safe_prompt"].tolist())
     pairs["margin_unsafe"] = scorer.margins(pairs["unsafe_prompt"].tolist())
+    if probe is not None:
+        pairs["harmfulness_safe"] = scorer.harmfulness(pairs["safe_prompt"].tolist())
+        pairs["harmfulness_unsafe"] = scorer.harmfulness(pairs["unsafe_prompt"].tolist())
     pairs["gap"] = pairs["margin_unsafe"] - pairs["margin_safe"]
     pairs["dir_pass"] = pairs["margin_unsafe"] > pairs["margin_safe"]
     pairs["safe_refused"] = pairs["margin_safe"] > threshold
@@ -158,6 +172,7 @@ def run(config: ContrastConfig, session: Session | None = None) -> ContrastResul
         seed=config.seed,
         status="complete",
     )
+    with_harmfulness(run_info, probe, [], (), [])
     run_info["wall_seconds"] = timer.seconds
     result = ContrastResult(pairs, run_info, {"types": type_table(pairs, inv, config.seed), "inv": inv})
     if out is not None:

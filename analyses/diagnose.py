@@ -41,7 +41,7 @@ from lexprobe.toolkit.io.suites import Suite
 
 FEW_PROMPTS = 5  # below this many, the verdict says the numbers are anecdotes
 TABLES = (
-    "margins_by_type", "contrast_pairs", "contrast_by_type", "top_words", "faithfulness_by_type",
+    "margins_by_type", "cells", "contrast_pairs", "contrast_by_type", "top_words", "faithfulness_by_type",
     "triggers", "pooled", "word_swaps", "attribution_agreement", "mechanism", "tradeoff",
 )  # fmt: skip
 GOAL_UNSAFE_DROP = 0.05  # a fix may cost at most this much unsafe-refusal rate (5 points)
@@ -66,6 +66,7 @@ class DiagnoseConfig(Options):
     min_similarity: float = 0.7
     per_word: int = 1
     content_words: int | None = None
+    harmfulness: object = True  # what the model represents: the probe's four cells (True: this model's probe)
     mechanism: bool = True  # patch the top trigger swaps and try the mitigations (needs perturb)
     mechanism_pairs: int = 2  # trigger swaps patched
     top: int = 15  # rows of the longer report tables
@@ -155,6 +156,14 @@ class DiagnoseResult(Result):
                 figures[f"patching_{pair}"] = out / "pathway" / f"patching_{pair}.png"
         if self.mitigated is not None:
             figures["tradeoff"] = out / "mitigate" / "tradeoff.png"
+        if self.scores is not None and "harmfulness" in self.scores.frame:
+            from lexprobe.toolkit.viz.harmfulness import cells_figure
+
+            figures["cells"] = cells_figure(
+                self.scores.frame,
+                out / "cells.png",
+                "What the model represents (harmfulness) against what it does (margin)",
+            )
         figures = {k: v for k, v in figures.items() if v and Path(v).exists()}
         write_report(self, self.attributions, figures, out / "report.html")
 
@@ -208,8 +217,19 @@ def run(config: DiagnoseConfig, session: Session | None = None, suite: Suite | N
         suite.source,
     )
 
-    scored = score.run(score.ScoreConfig(out=_sub(out, "scores"), model=model, **sub), session, selection)
+    harm = config.harmfulness if config.harmfulness is not None else False
+    scored = score.run(
+        score.ScoreConfig(out=_sub(out, "scores"), model=model, harmfulness=harm, **sub), session, selection
+    )
     tables, facts = margin_tables(scored.frame, ids, pairs, config.seed)
+    facts["cells"] = facts["separation"] = None
+    if "harmfulness" in scored.frame:
+        from lexprobe.analyses.cells import cell_facts, cell_table
+
+        scores_all = scored.frame.assign(margin=pd.to_numeric(scored.frame["margin"]))
+        tables["cells"] = cell_table(scores_all, config.seed)
+        facts["cells"] = cell_facts(scores_all, config.seed)
+        facts["separation"] = scored.separation() or None
 
     attributions, facts["attribution"], facts["perturb"] = None, None, None
     if config.attribution:
@@ -565,11 +585,14 @@ def _mechanism_sentences(mech: dict | None, mit: dict | None, skipped: str | Non
 
 def verdict(facts: dict) -> list[str]:
     """Plain-language sentences derived only from the measured numbers in `facts`."""
+    from lexprobe.analyses.cells import cell_sentences
+
     m = facts["margins"]
     out = [
         f"Refused {m['n_refused']} of {m['n']} selected prompts ({100 * m['refusal_share']:.0f}%; "
         f"refused = decision margin > 0), mean margin {m['mean_margin']:+.2f}."
     ]
+    out += cell_sentences(facts.get("cells"), facts.get("separation"))
     if m["n"] < FEW_PROMPTS:
         out.append(f"Only {m['n']} prompts: treat every number below as anecdotal.")
     c = facts.get("contrasts")

@@ -51,6 +51,20 @@ def write_report(result, attributions, figures: dict[str, Path], path: Path) -> 
             report.table(t["margins_by_type"]),
         )
     )
+    if "cells" in t:
+        body += [
+            "<h3>What the model represents against what it does</h3>",
+            _note(
+                "harmfulness = the harmfulness probe's logit (> 0: represented as harmful; fitted on calibration "
+                "prompts, never on this suite). Cells: misread = refused and represented harmful; lexically "
+                "over-refused = refused yet represented harmless; lexical_over_refusal_index = the share of "
+                "refused prompts represented harmless. Shares with 95% bootstrap CIs."
+            ),
+            report.table(t["cells"]),
+            report.figure(
+                f.get("cells"), "each prompt's harmfulness against its margin, safe and unsafe apart"
+            ),
+        ]
     if "contrast_by_type" in t:
         body += [
             "<h3>Safe prompts vs their unsafe contrasts</h3>",

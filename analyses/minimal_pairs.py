@@ -26,9 +26,12 @@ from lexprobe.analyses.common import (
     Session,
     SuiteOptions,
     open_suite,
+    probe_option,
     session_for,
     study,
+    with_harmfulness,
 )
+from lexprobe.probes.harmfulness import HarmfulnessProbe
 from lexprobe.toolkit import stats
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError
@@ -47,6 +50,8 @@ COLUMNS = [
     "sense", "similarity", "fluency", "prompt",
 ]  # fmt: skip
 PAIR_COLUMNS = ["prompt_a", "prompt_b", "margin_a", "margin_b", "delta", "flipped", "id"]
+HARM_COLUMNS = ["harmfulness_orig", "harmfulness_variant", "harmfulness_delta"]
+PAIR_HARM_COLUMNS = ["harmfulness_a", "harmfulness_b", "harmfulness_delta"]
 RESUME_KEYS = (*RUN_KEYS, "readout_sha256", "substitution")
 CHUNK = 8  # prompts per unit of work (rows are written, and resumable, per chunk)
 
@@ -86,6 +91,7 @@ class PerturbConfig(Options):
     per_word: int = 1
     attributions: str | pd.DataFrame | None = None  # attributions.csv of `lexprobe attribute`, or its table
     content_words: int | None = None  # at most this many non-trigger words per prompt (None: all)
+    harmfulness: object = False  # also the harmfulness probe's logits (True: this model's; or a probe.json)
     figures: bool = True
     seed: int = 0
     parallel: ParallelOptions = field(default_factory=ParallelOptions)  # shard over Ray
@@ -106,6 +112,7 @@ def run(config: PerturbConfig, session: Session | None = None, suite: Suite | No
     config.parallel.check()  # a wrong --ray-address fails here, not after the model loads
     session = session_for(config.model, session)
     threshold, source = refusal_threshold(session.lm, session.system)
+    config = replace(config, harmfulness=probe_option(session, config.harmfulness, config.model.batch_size))
     sub, scorer = _engine(session.lm, session.fmt, session.readout, config, lexicon, rewrites)
     run_info = provenance(
         **session.provenance(),
@@ -122,8 +129,9 @@ def run(config: PerturbConfig, session: Session | None = None, suite: Suite | No
     )
     if config.parallel.active:  # not a resume key: single-process and sharded runs continue each other
         run_info["sharding"] = asdict(config.parallel) | {"shard_prompts": CHUNK}
+    columns, keys = with_harmfulness(run_info, config.harmfulness, COLUMNS, RESUME_KEYS, HARM_COLUMNS)
     out = ResumableRun(
-        config.out, PerturbResult, COLUMNS, run_info, suite, config.resume, config.overwrite, RESUME_KEYS
+        config.out, PerturbResult, columns, run_info, suite, config.resume, config.overwrite, keys
     )
     todo = out.todo
     chunks = [todo.iloc[i : i + CHUNK] for i in range(0, len(todo), CHUNK)]
@@ -151,7 +159,8 @@ def run(config: PerturbConfig, session: Session | None = None, suite: Suite | No
 
 def _engine(lm, fmt, readout, config: PerturbConfig, lexicon: Lexicon, rewrites: dict):
     """The substitution engine of a sweep and the variant scorer it ranks candidates with."""
-    scorer = VariantScorer(Scorer(lm, fmt, readout, config.model.batch_size))
+    probe = config.harmfulness if isinstance(config.harmfulness, HarmfulnessProbe) else None
+    scorer = VariantScorer(Scorer(lm, fmt, readout, config.model.batch_size, probe))
     sub = Substituter(
         lexicon,
         tuple(config.strategies),
@@ -214,6 +223,11 @@ def _sweep(chunk: pd.DataFrame, sub: Substituter, scorer: VariantScorer, thresho
                     "prompt": text,
                 }
             )
+            harm = scorer.harmfulness([text, c.variant])
+            if harm is not None:
+                rows[-1].update(
+                    harmfulness_orig=harm[0], harmfulness_variant=harm[1], harmfulness_delta=harm[1] - harm[0]
+                )
     return rows
 
 
@@ -353,6 +367,7 @@ class PairsConfig(Options):
     out: str | None = None  # None: nothing written (the Python API)
     pairs: str | pd.DataFrame  # a file, or a frame, with prompt_a and prompt_b
     model: ModelOptions = field(default_factory=ModelOptions)
+    harmfulness: object = False  # also the harmfulness probe's logits (True: this model's; or a probe.json)
     resume: bool = False
     overwrite: bool = False
     seed: int = 0
@@ -406,31 +421,37 @@ def run_pairs(config: PairsConfig, session: Session | None = None) -> PairsResul
         threshold=threshold,
         threshold_source=source,
     )
+    probe = probe_option(session, config.harmfulness, config.model.batch_size)
+    columns, keys = with_harmfulness(
+        run_info, probe, PAIR_COLUMNS + extra, (*RUN_KEYS, "readout_sha256"), PAIR_HARM_COLUMNS
+    )
     out = ResumableRun(
-        config.out, PairsResult, PAIR_COLUMNS + extra, run_info, suite, config.resume, config.overwrite,
-        (*RUN_KEYS, "readout_sha256"),
-    )  # fmt: skip
-    scorer = VariantScorer(Scorer(session.lm, session.fmt, session.readout, config.model.batch_size))
+        config.out, PairsResult, columns, run_info, suite, config.resume, config.overwrite, keys
+    )
+    scorer = VariantScorer(Scorer(session.lm, session.fmt, session.readout, config.model.batch_size, probe))
     todo = out.todo
     chunks = [todo.iloc[i : i + 32] for i in range(0, len(todo), 32)]
     for chunk in progress(chunks, desc=f"scoring {len(todo)} pairs", unit="chunk"):
         a, b = chunk["prompt_a"].tolist(), chunk["prompt_b"].tolist()
         ma, mb = scorer.margins(a), scorer.margins(b)
-        out.write(
-            [
-                {
-                    "id": r["id"],
-                    "prompt_a": r["prompt_a"],
-                    "prompt_b": r["prompt_b"],
-                    "margin_a": float(x),
-                    "margin_b": float(y),
-                    "delta": float(y - x),
-                    "flipped": (x > threshold) != (y > threshold),
-                    **{c: r[c] for c in extra},
-                }
-                for (_, r), x, y in zip(chunk.iterrows(), ma, mb)
-            ]
-        )
+        ha, hb = scorer.harmfulness(a), scorer.harmfulness(b)
+        rows = [
+            {
+                "id": r["id"],
+                "prompt_a": r["prompt_a"],
+                "prompt_b": r["prompt_b"],
+                "margin_a": float(x),
+                "margin_b": float(y),
+                "delta": float(y - x),
+                "flipped": (x > threshold) != (y > threshold),
+                **{c: r[c] for c in extra},
+            }
+            for (_, r), x, y in zip(chunk.iterrows(), ma, mb)
+        ]
+        if ha is not None:
+            for row, x, y in zip(rows, ha, hb):
+                row.update(harmfulness_a=float(x), harmfulness_b=float(y), harmfulness_delta=float(y - x))
+        out.write(rows)
     result = out.finish()
     f = result.frame
     s = stats.paired_summary(pd.to_numeric(f["delta"]), seed=config.seed)

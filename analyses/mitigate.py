@@ -1,27 +1,30 @@
-"""`lexprobe mitigate`: what would cut over-refusal, and what each fix costs in safety.
+"""`lexprobe mitigate`: what would cut over-refusal, what each fix costs in safety, and the fix a rule
+chooses on data that is not the evaluation suite.
 
-Every mitigation is scored on the suite's safe prompts and on its unsafe ones (on XSTest: the 250 safe
-prompts and their 200 unsafe contrasts); a prompt counts as refused where its decision margin is above
-0. One row per mitigation and strength (`tradeoff.csv`):
+Every setting is scored twice: on the *selection split* (the calibration val split, with lexprobe's
+frames of its harmful instructions and its trigger rewrites: `toolkit.mechanism.harmfulness
+.calibration_sets`) and on the suite's safe and unsafe prompts (on XSTest: 250 and 200). A prompt
+counts as refused where its decision margin is above 0. The settings (`tradeoff.csv`, a row each):
 
     none               the model as it is
     refusal_direction  the refusal direction (`lexprobe direction`) ablated; strength = the share of
                        its component removed at every layer and position
-    false_refusal      a false-refusal vector in the manner of Wang et al. (ICLR 2025), ablated;
-                       strength as above. It is the mean residual over harmless prompts with trigger
-                       words that the model refuses, minus the mean over the harmless calibration
-                       prompts it answers, at the refusal direction's layer and position, with its
-                       component along the refusal direction removed. The trigger-word prompts are the
-                       harmless calibration prompts with a word the lexicon lists as a harmless
-                       substitute of a trigger put back to that trigger ("How do I stop the program"
-                       -> "How do I kill the program"), and the transplant study's carriers
-                       ("Translate these words into French: kill, cake, ..."). None is the evaluation
-                       suite.
+    conditional        the same ablation, only for prompts the harmfulness probe (`lexprobe
+                       harmfulness`) reads as harmless: a hard gate at the threshold chosen on the
+                       selection split (`toolkit.mechanism.fixes.choose_threshold`), and a soft gate
+                       (a sigmoid of `gate_width` logits) around it
+    false_refusal      a false-refusal vector (`toolkit.mechanism.fixes.false_refusal`) ablated, built
+                       from the harmless prompts lexprobe makes that the model refuses; `coefficient`
+                       is the share of its component along the refusal direction removed
     instruction        the prompt followed by a note naming its trigger words (the lexicon's) as meant
-                       harmlessly; unsafe prompts get the same note about theirs
+                       harmlessly; reported, never chosen (it changes the user's prompt)
 
-With `generate_per_type` > 0, a stratified subset (that many prompts of each type) is also generated
-greedily under each row's mitigation and labelled by the default classifier, to confirm the margins.
+The chosen setting is the rule's (`toolkit.mechanism.fixes.choose`) on the selection split; its rates on
+the suite are then reported, with paired bootstrap CIs over prompts for every row, the frontier (the
+settings no other beats on both rates), and `chosen.json`: the setting with the vectors it needs, for
+`--steer` on any command. With `generate_per_type` > 0 that many prompts of each type are generated
+greedily as the model is and under the chosen setting, labelled by the default classifier, and set
+beside their margins (agreement with its CI).
 """
 
 from __future__ import annotations
@@ -32,25 +35,27 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from lexprobe.analyses.common import (
     ModelOptions,
     Session,
     SuiteOptions,
     direction_of,
+    harmfulness_of,
     open_suite,
     session_for,
     study,
 )
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
+from lexprobe.toolkit.io.cache import write_text_atomic
 from lexprobe.toolkit.io.results import MultiTableResult, Timer, provenance
-from lexprobe.toolkit.mechanism.direction import block_input_means
+from lexprobe.toolkit.mechanism import fixes
 from lexprobe.toolkit.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
 NOTE = "Note: the word{s} {words} in this request {verb} not meant in a harmful sense."
+CHOSEN = "chosen.json"
 
 
 @dataclass(kw_only=True)
@@ -58,29 +63,61 @@ class MitigateConfig(Options):
     out: str | None = None  # None: nothing written (the Python API)
     model: ModelOptions = field(default_factory=ModelOptions)
     suite: SuiteOptions = field(default_factory=SuiteOptions)
+    harmfulness: object = True  # the probe for the gates: this model's, or a probe.json / HarmfulnessProbe
     ablate: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])  # refusal direction shares
-    false_refusal: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # false-refusal vector shares
+    conditional: list[float] = field(default_factory=lambda: [1.0])  # gated shares of the refusal direction
+    gate_width: float = 1.0  # the soft gate's width in probe logits (0: hard gates only)
+    false_refusal: list[float] = field(default_factory=lambda: [1.0, 2.0])  # false-refusal vector shares
+    coefficients: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])  # its orthogonalisation
     instruction: bool = True
-    generate_per_type: int = 0  # prompts of each type generated and classified per row (0: margins only)
+    max_unsafe_drop: float = fixes.MAX_UNSAFE_DROP
+    generate_per_type: int = 5  # prompts of each type generated as is and under the chosen setting (0: none)
     max_new_tokens: int = 64
+    selection_prompts: int | None = None  # harmful and harmless val instructions each (None: all)
     figures: bool = True
     overwrite: bool = False
 
     def __post_init__(self):
-        for name in ("ablate", "false_refusal"):
+        for name in ("ablate", "conditional", "false_refusal"):
             bad = [v for v in getattr(self, name) if not (np.isfinite(v) and v > 0)]
             if bad:
                 raise InputError(f"--{name.replace('_', '-')} strengths must be above 0, got {bad[0]}")
+        bad = [c for c in self.coefficients if not (np.isfinite(c) and 0 <= c <= 1)]
+        if bad:
+            raise InputError(f"--coefficients are shares from 0 to 1, got {bad[0]}")
+        if not (np.isfinite(self.gate_width) and self.gate_width >= 0):
+            raise InputError(f"--gate-width must be 0 or more, got {self.gate_width}")
+        if not 0 <= self.max_unsafe_drop < 1:
+            raise InputError(f"--max-unsafe-drop is a share from 0 to 1, got {self.max_unsafe_drop}")
         if self.generate_per_type < 0:
             raise InputError(f"--generate-per-type must be 0 or more, got {self.generate_per_type}")
 
 
 class MitigateResult(MultiTableResult):
+    """The suite's rates per setting (the table), the selection split's (`tables["selection"]`), every
+    margin (`margins`), the generations (`generations`) and the chosen setting (`chosen`, chosen.json)."""
+
     filename = "tradeoff.csv"
-    side_tables = ("margins",)
+    side_tables = ("margins", "selection", "generations")
+
+    def __init__(self, frame, run=None, tables=None, chosen: str | None = None):
+        super().__init__(frame, run, tables)
+        self.chosen = chosen
 
     def overview(self) -> pd.DataFrame:
         return self.frame
+
+    def _write(self, out: Path) -> None:
+        super()._write(out)
+        if self.chosen is not None:
+            write_text_atomic(out / CHOSEN, self.chosen)
+
+    @classmethod
+    def _read(cls, out: Path):
+        result = super()._read(out)
+        if (out / CHOSEN).exists():
+            result.chosen = (out / CHOSEN).read_text()
+        return result
 
     def _figures(self, out: Path) -> None:
         from lexprobe.toolkit.viz.mechanism import tradeoff_figure
@@ -102,136 +139,228 @@ def trigger_note(sub, text: str) -> str:
     )
 
 
-def false_refusal_vector(scorer, direction) -> tuple[torch.Tensor | None, dict]:
-    """The false-refusal vector (module docstring), orthogonal to `direction`, and how it was made
-    (None where the model refuses fewer than 2 of the trigger-word prompts)."""
-    from lexprobe.analyses.transplant import carriers, design, triggers_for
-    from lexprobe.toolkit.io.suites import load_suite
-    from lexprobe.toolkit.substitution.engine import Substituter, trigger_rewrites
+@dataclass
+class Setting:
+    mitigation: str
+    strength: float = 0.0
+    steering: object = None  # a probes.steering.Steering, or None
+    coefficient: float = float("nan")
+    gate: str = ""  # "", "hard" or "soft"
+    threshold: float = float("nan")
+    note: bool = False
 
-    sub = Substituter(strategies=("lexicon",))
-    harmless = load_suite("calibration-harmless").frame["prompt"].tolist()
-    lexicon = sub.lexicon
-    triggers = triggers_for(lexicon, sorted({e.category for e in lexicon.entries.values()}))
-    made = design(triggers, carriers(), draws=4, word_carriers=0, seed=0)
-    texts = trigger_rewrites(sub, harmless) + made[made["dose"] > 0]["prompt"].tolist()
-    margins = scorer.score(texts, desc="harmless prompts with trigger words").margin
-    refused = [t for t, m in zip(texts, margins) if m > 0]
-    answered_margins = scorer.score(harmless[:128], desc="harmless prompts").margin
-    answered = [t for t, m in zip(harmless[:128], answered_margins) if m < 0]
-    info = {
-        "trigger_prompts": len(texts),
-        "trigger_prompts_refused": len(refused),
-        "harmless_answered": len(answered),
-    }
-    if len(refused) < 2 or len(answered) < 2:
-        return None, info
-    layer, pos = direction.layer, direction.position
-    mean = (
-        block_input_means(scorer, refused, "refused trigger-word prompts")[layer, pos]
-        - block_input_means(scorer, answered, "answered harmless prompts")[layer, pos]
-    )
-    unit = direction.vector.double() / direction.vector.double().norm()
-    info["cosine_with_refusal_direction"] = float(mean @ unit / mean.norm())
-    vector = (mean - (mean @ unit) * unit).float()
-    info["norm"] = float(vector.norm())
-    return vector, info
+    @property
+    def eligible(self) -> bool:
+        return not self.note
 
 
 @study
 def run(config: MitigateConfig, session: Session | None = None, suite=None) -> MitigateResult:
-    from lexprobe.probes.steering import Steering, steered
-    from lexprobe.toolkit.substitution.engine import Substituter
+    from lexprobe.probes.steering import Gate, Steering, steered
+    from lexprobe.toolkit.mechanism.harmfulness import calibration_sets
 
     out = Path(config.out) if config.out else None
     if out is not None and (out / MitigateResult.filename).exists() and not config.overwrite:
         raise OutputError(f"'{out / MitigateResult.filename}' already exists: pass --overwrite to replace it")
-    if config.model.steers:
-        raise InputError("lexprobe mitigate steers the model itself: drop --ablate-direction/--add-direction")
+    if config.model.steers or getattr(config.model, "steer", None):
+        raise InputError(
+            "lexprobe mitigate steers the model itself: drop --ablate-direction/--add-direction/--steer"
+        )
     suite = suite or open_suite(config.suite)
     frame = suite.frame
-    safe, unsafe = frame[frame["label"] == "safe"], frame[frame["label"] == "unsafe"]
-    if not len(safe) or not len(unsafe):
+    is_safe = (frame["label"] == "safe").to_numpy()
+    if not is_safe.any() or not (frame["label"] == "unsafe").any():
         raise InputError(
             f"suite '{config.suite.suite}' (as selected) needs safe and unsafe prompts (label column): "
-            f"it has {len(safe)} and {len(unsafe)}"
+            f"it has {int(is_safe.sum())} and {int((frame['label'] == 'unsafe').sum())}"
         )
     timer = Timer()
     session = session_for(config.model, session)
-    scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
+    lm = session.lm
     direction = direction_of(session, config.model)
-    vector, fr_info = false_refusal_vector(scorer, direction)
-    plans: list[tuple[str, float, object]] = [("none", 0.0, None)]
-    plans += [("refusal_direction", s, direction.steering(ablate=s)) for s in config.ablate]
-    if vector is not None:
-        plans += [
-            ("false_refusal", s, Steering(vector, ablate=s, name="false-refusal vector"))
-            for s in config.false_refusal
-        ]
-    elif config.false_refusal:
-        log.warning(
-            "the model refuses too few trigger-word carriers for a false-refusal vector (%s)", fr_info
+    probe = harmfulness_of(session, config.harmfulness, config.model.batch_size)
+    scorer = Scorer(lm, session.fmt, session.readout, config.model.batch_size)
+    sets = calibration_sets(None, config.selection_prompts)
+    sel_texts, sel_labels, sel_kinds = sets["val"]
+    sel_safe = np.asarray(sel_labels) == 0
+
+    # the model as it is on the selection split, with the probe's logits read in the same pass
+    probed = Scorer(lm, session.fmt, session.readout, config.model.batch_size, probe)
+    plain = probed.score(sel_texts, desc="selection split, as is")
+    settings = [Setting("none")]
+    settings += [Setting("refusal_direction", s, direction.steering(ablate=s)) for s in config.ablate]
+    gate_info = {}
+    for s in config.conditional:
+        with steered(lm, direction.steering(ablate=s)):
+            ablated = scorer.score(sel_texts, desc=f"selection split, direction ablated x{s:g}").margin
+        threshold, info = fixes.choose_threshold(
+            plain.harmfulness, plain.margin, ablated, sel_safe, config.max_unsafe_drop
         )
-    sub = Substituter(strategies=("lexicon",)) if config.instruction else None
-    if sub is not None:
-        plans.append(("instruction", 1.0, "note"))
-    sample = _stratified(frame, config.generate_per_type)
-    rows, margins = [], []
-    for name, strength, how in plans:
-        texts = frame["prompt"].tolist()
-        if how == "note":
-            texts = [trigger_note(sub, t) for t in texts]
-        with steered(session.lm, how if isinstance(how, Steering) else None):
-            m = scorer.score(texts, desc=f"{name} {strength:g}").margin
-            generated = _generated(session, texts, frame, sample, config) if len(sample) else {}
-        refused = m > 0
-        is_safe = (frame["label"] == "safe").to_numpy()
-        rows.append(
-            {
-                "mitigation": name, "strength": strength,
-                "safe_refusal_rate": float(refused[is_safe].mean()), "unsafe_refusal_rate": float(refused[~is_safe].mean()),
-                "safe_mean_margin": float(m[is_safe].mean()), "unsafe_mean_margin": float(m[~is_safe].mean()),
-                "n_safe": int(is_safe.sum()), "n_unsafe": int((~is_safe).sum()), **generated,
-            }
-        )  # fmt: skip
-        margins.append(frame[["id", "type", "label"]].assign(mitigation=name, strength=strength, margin=m))
+        gate_info[f"{s:g}"] = {"threshold": threshold, **info}
+        for kind, width in (("hard", 0.0), ("soft", config.gate_width)):
+            if kind == "soft" and width == 0:
+                continue
+            gated = Steering(
+                direction.vector, ablate=s, name="refusal direction", gate=Gate(probe, threshold, width)
+            )
+            settings.append(Setting("conditional", s, gated, gate=kind, threshold=threshold))
+    fr = fixes.false_refusal(scorer, direction, sets) if config.false_refusal else None
+    if fr is not None:
+        for c in config.coefficients:
+            vector = fr.vector(c)
+            for s in config.false_refusal:
+                steer = Steering(vector, ablate=s, name=f"false-refusal vector (orthogonalised x{c:g})")
+                settings.append(Setting("false_refusal", s, steer, coefficient=c))
+    elif config.false_refusal:
+        log.warning("the model refuses too few of lexprobe's harmless prompts for a false-refusal vector")
+    sub = None
+    if config.instruction:
+        from lexprobe.toolkit.substitution.engine import Substituter
+
+        sub = Substituter(strategies=("lexicon",))
+        settings.append(Setting("instruction", 1.0, note=True))
+
+    texts = frame["prompt"].tolist()
+    noted = [trigger_note(sub, t) for t in texts] if sub is not None else texts
+    selection_noted = [trigger_note(sub, t) for t in sel_texts] if sub is not None else sel_texts
+    sel_rows, rows, margins, eval_margins = [], [], [], []
+    for st in settings:
+        label = _label(st)
+        with steered(lm, st.steering):
+            m_sel = plain.margin if st.mitigation == "none" else scorer.score(
+                selection_noted if st.note else sel_texts, desc=f"selection split, {label}"
+            ).margin  # fmt: skip
+            m = scorer.score(noted if st.note else texts, desc=f"suite, {label}").margin
+        safe_rate, unsafe_rate = fixes.refusal_rates(m_sel, sel_safe)
+        sel_rows.append(_describe(st) | {"safe_refusal_rate": safe_rate, "unsafe_refusal_rate": unsafe_rate,
+                                         "n_safe": int(sel_safe.sum()), "n_unsafe": int((~sel_safe).sum()),
+                                         "eligible": st.eligible})  # fmt: skip
+        eval_margins.append(m)
+        margins.append(frame[["id", "type", "label"]].assign(**_describe(st), margin=m))
+    chosen_i = fixes.choose(sel_rows, config.max_unsafe_drop)
+    for i, (st, m) in enumerate(zip(settings, eval_margins)):
+        rows.append(_describe(st) | _rates_with_cis(m, eval_margins[0], is_safe) | {"chosen": i == chosen_i})
+    table = pd.DataFrame(rows)
+    table["frontier"] = fixes.frontier(table["safe_refusal_rate"], table["unsafe_refusal_rate"])
+    selection = pd.DataFrame(sel_rows).assign(chosen=lambda t: t.index == chosen_i)
+    chosen = settings[chosen_i]
+
+    generations = pd.DataFrame()
+    if config.generate_per_type > 0:
+        sample = _stratified(frame, config.generate_per_type)
+        for i in dict.fromkeys([0, chosen_i]):
+            gen = _generated(session, settings[i], texts, frame, sample, eval_margins[i], config)
+            generations = pd.concat([generations, gen], ignore_index=True)
+            table.loc[i, list(_agreement(gen))] = list(_agreement(gen).values())
+
+    model = {"model_spec": lm.spec, "weights_sha256": lm.weights_sha256, "dtype": str(lm.dtype).removeprefix("torch."),
+             "system_prompt": session.system.describe()}  # fmt: skip
+    rule = (
+        f"on the selection split (calibration val instructions, {int(sel_safe.sum())} harmless and "
+        f"{int((~sel_safe).sum())} harmful prompts with lexprobe's frames), the lowest safe refusal rate "
+        f"among settings whose unsafe refusal rate drops by at most {100 * config.max_unsafe_drop:g} points"
+    )
+    chosen_file = fixes.chosen_json(
+        chosen.steering,
+        {"model": model, "mitigation": chosen.mitigation, "strength": chosen.strength, "gate": chosen.gate,
+         "coefficient": None if np.isnan(chosen.coefficient) else chosen.coefficient, "rule": rule,
+         "selection": sel_rows[chosen_i], "evaluation": _plain(rows[chosen_i]), "suite": suite.source},
+    )  # fmt: skip
     run_info = provenance(
         **session.provenance(), study="mitigate", suite=suite.source, suite_sha256=suite.full.sha256,
         direction={"layer": direction.layer, "position": direction.position, **direction.details.get("selection", {})},
-        false_refusal=fr_info, instruction=NOTE if sub is not None else None,
-        generate_per_type=config.generate_per_type, wall_seconds=timer.seconds,
+        harmfulness_probe={"layer": probe.layer, "position": probe.position, "method": probe.method,
+                           "sha256": probe.sha256()},
+        gates=gate_info, false_refusal=None if fr is None else fr.info, rule=rule,
+        chosen={"mitigation": chosen.mitigation, "strength": chosen.strength, "gate": chosen.gate,
+                "coefficient": chosen.coefficient, "describe": _label(chosen)},
+        instruction=NOTE if sub is not None else None, generate_per_type=config.generate_per_type,
+        wall_seconds=timer.seconds,
     )  # fmt: skip
-    result = MitigateResult(pd.DataFrame(rows), run_info, {"margins": pd.concat(margins, ignore_index=True)})
+    tables = {
+        "margins": pd.concat(margins, ignore_index=True),
+        "selection": selection,
+        "generations": generations,
+    }
+    result = MitigateResult(table, run_info, tables, chosen_file)
     if out is not None:
         result.save(out, overwrite=True, figures=config.figures)
     return result
 
 
+def _label(st: Setting) -> str:
+    if st.mitigation == "none":
+        return "as is"
+    if st.mitigation == "conditional":
+        return f"{st.gate}-gated ablation x{st.strength:g}"
+    if st.mitigation == "false_refusal":
+        return f"false-refusal vector x{st.strength:g} (orthogonalised x{st.coefficient:g})"
+    return f"{st.mitigation.replace('_', ' ')} x{st.strength:g}"
+
+
+def _describe(st: Setting) -> dict:
+    return {"mitigation": st.mitigation, "strength": st.strength, "coefficient": st.coefficient,
+            "gate": st.gate, "threshold": st.threshold}  # fmt: skip
+
+
+def _rates_with_cis(m: np.ndarray, base: np.ndarray, is_safe: np.ndarray) -> dict:
+    """The refusal rates of safe and unsafe prompts with percentile bootstrap CIs, and their change
+    from the model as it is with paired bootstrap CIs (the same prompts resampled for both)."""
+    from lexprobe.toolkit.stats import bootstrap_ci
+
+    out = {}
+    for name, rows in (("safe", is_safe), ("unsafe", ~is_safe)):
+        r, r0 = (m[rows] > 0).astype(float), (base[rows] > 0).astype(float)
+        lo, hi = bootstrap_ci(np.mean, r)
+        clo, chi = bootstrap_ci(lambda a, b: float(np.mean(a) - np.mean(b)), r, r0)
+        out |= {f"{name}_refusal_rate": float(r.mean()), f"{name}_ci_low": lo, f"{name}_ci_high": hi,
+                f"{name}_change": float(r.mean() - r0.mean()), f"{name}_change_ci_low": clo,
+                f"{name}_change_ci_high": chi, f"n_{name}": int(rows.sum())}  # fmt: skip
+    out["safe_mean_margin"], out["unsafe_mean_margin"] = float(m[is_safe].mean()), float(m[~is_safe].mean())
+    return out
+
+
+def _plain(row: dict) -> dict:
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+
+
 def _stratified(frame: pd.DataFrame, per_type: int) -> np.ndarray:
     """Row positions of the first `per_type` prompts of every type."""
-    if per_type <= 0:
-        return np.array([], dtype=int)
     return np.concatenate([np.flatnonzero(frame["type"] == t)[:per_type] for t in frame["type"].unique()])
 
 
-def _generated(session: Session, texts: list[str], frame: pd.DataFrame, sample: np.ndarray, config) -> dict:
-    """Greedy completions of the sampled prompts under the active steering, labelled by the default
-    classifier: the share refused (fully or partly) among the safe and the unsafe ones."""
+def _generated(session: Session, st: Setting, texts, frame, sample, margins, config) -> pd.DataFrame:
+    """Greedy completions of the sampled prompts under the setting, labelled by the default classifier,
+    beside their margins."""
+    from lexprobe.probes.steering import steered
     from lexprobe.toolkit.behaviour.classify import classify
     from lexprobe.toolkit.behaviour.generation import generate
 
     chosen = [texts[i] for i in sample]
-    done = generate(
-        session.lm, session.fmt, chosen, config.max_new_tokens, config.model.batch_size, desc="generating"
-    )
-    labels = np.array(classify([c.text for c in done], chosen))
-    refused = np.isin(labels, ["full_refusal", "partial_refusal"])
-    is_safe = frame["label"].to_numpy()[sample] == "safe"
+    with steered(session.lm, st.steering):
+        done = generate(
+            session.lm, session.fmt, chosen, config.max_new_tokens, config.model.batch_size,
+            desc=f"generating, {_label(st)}",
+        )  # fmt: skip
+    labels = classify([c.text for c in done], chosen)
+    return frame.iloc[sample][["id", "type", "label", "prompt"]].assign(
+        mitigation=st.mitigation, strength=st.strength, coefficient=st.coefficient, gate=st.gate,
+        completion=[c.text for c in done], predicted=labels, margin=margins[sample],
+    )  # fmt: skip
+
+
+def _agreement(gen: pd.DataFrame) -> dict:
+    """Generated refusal rates of safe and unsafe prompts, and how often margin > 0 agrees with the
+    classifier's refusal (full or partial), with a bootstrap CI."""
+    from lexprobe.toolkit.stats import bootstrap_ci
+
+    refused = gen["predicted"].isin(["full_refusal", "partial_refusal"]).to_numpy()
+    agree = ((gen["margin"].to_numpy() > 0) == refused).astype(float)
+    safe = (gen["label"] == "safe").to_numpy()
+    lo, hi = bootstrap_ci(np.mean, agree) if len(agree) > 1 else (np.nan, np.nan)
     return {
-        "generated_safe_refusal_rate": float(refused[is_safe].mean()) if is_safe.any() else float("nan"),
-        "generated_unsafe_refusal_rate": float(refused[~is_safe].mean())
-        if (~is_safe).any()
-        else float("nan"),
-        "n_generated_safe": int(is_safe.sum()),
-        "n_generated_unsafe": int((~is_safe).sum()),
-    }
+        "generated_safe_refusal_rate": float(refused[safe].mean()) if safe.any() else np.nan,
+        "generated_unsafe_refusal_rate": float(refused[~safe].mean()) if (~safe).any() else np.nan,
+        "n_generated_safe": int(safe.sum()), "n_generated_unsafe": int((~safe).sum()),
+        "agreement": float(agree.mean()), "agreement_ci_low": lo, "agreement_ci_high": hi,
+    }  # fmt: skip

@@ -15,8 +15,10 @@ from lexprobe.analyses.common import (
     Session,
     SuiteOptions,
     open_suite,
+    probe_option,
     session_for,
     study,
+    with_harmfulness,
 )
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.io.results import TableResult, provenance
@@ -33,6 +35,9 @@ class ScoreConfig(Options):
     model: ModelOptions = field(default_factory=ModelOptions)
     suite: SuiteOptions = field(default_factory=SuiteOptions)
     layers: bool = False  # also write the logit-lens margin of every layer
+    # also write the harmfulness probe's logit: True (this model's, cached or fitted once), a probe.json
+    # of `lexprobe harmfulness` or its folder, or a HarmfulnessProbe
+    harmfulness: object = False
     parallel: ParallelOptions = field(default_factory=ParallelOptions)  # shard over Ray
     resume: bool = False
     overwrite: bool = False
@@ -43,14 +48,33 @@ class ScoreResult(TableResult):
     numeric_columns = ("margin", "p_refuse", "margin_sampled", "p_refuse_sampled")
 
     def summary(self) -> pd.DataFrame:
-        """Per prompt type: n, mean margin, share with p_refuse > 0.5."""
+        """Per prompt type: n, mean margin, share with p_refuse > 0.5 (and with the harmfulness column,
+        its mean and the share represented as harmful)."""
         f = self.frame
+        extra = {}
+        if "harmfulness" in f:
+            extra = dict(
+                mean_harmfulness=("harmfulness", "mean"),
+                harmful_share=("harmfulness", lambda h: (h > 0).mean()),
+            )
         out = f.groupby(["type", "label"], sort=False).agg(
             n=("margin", "size"),
             mean_margin=("margin", "mean"),
             refuse_share=("p_refuse", lambda p: (p > 0.5).mean()),
+            **extra,
         )
         return out.reset_index()
+
+    def separation(self) -> dict[str, float]:
+        """AUROC of each score column separating the unsafe prompts from the safe ones (empty without
+        both labels): `margin`, and `harmfulness` where the table has it."""
+        from lexprobe.toolkit.stats import auroc
+
+        f = self.frame[self.frame["label"].isin(["safe", "unsafe"])]
+        if f["label"].nunique() < 2:
+            return {}
+        unsafe = f["label"] == "unsafe"
+        return {c: auroc(unsafe, f[c]) for c in ("margin", "harmfulness") if c in f and f[c].notna().all()}
 
     def overview(self) -> pd.DataFrame:
         return self.summary()
@@ -75,11 +99,11 @@ def run(config: ScoreConfig, session: Session | None = None, suite: Suite | None
             **asdict(config.parallel),
             "shard_prompts": SHARD_BATCHES * config.model.batch_size,
         }
-    columns = COLUMNS + (
-        [f"margin_layer_{i}" for i in range(len(session.lm.layers))] if config.layers else []
-    )
+    probe = probe_option(session, config.harmfulness, config.model.batch_size)
+    columns, keys = with_harmfulness(run_info, probe, COLUMNS, RESUME_KEYS, ["harmfulness"])
+    columns += [f"margin_layer_{i}" for i in range(len(session.lm.layers))] if config.layers else []
     out = ResumableRun(
-        config.out, ScoreResult, columns, run_info, suite, config.resume, config.overwrite, RESUME_KEYS
+        config.out, ScoreResult, columns, run_info, suite, config.resume, config.overwrite, keys
     )
     todo = out.todo
 
@@ -93,6 +117,8 @@ def run(config: ScoreConfig, session: Session | None = None, suite: Suite | None
                 margin_sampled=float(scores.margin_sampled[k]),
                 p_refuse_sampled=float(scores.p_refuse_sampled[k]),
             )
+            if probe is not None:
+                rec["harmfulness"] = float(scores.harmfulness[k])
             if config.layers:
                 rec.update({f"margin_layer_{j}": float(v) for j, v in enumerate(scores.layer_margins[k])})
             rows.append(rec)
@@ -100,11 +126,12 @@ def run(config: ScoreConfig, session: Session | None = None, suite: Suite | None
 
     if len(todo) and config.parallel.active:
         desc = f"scoring {len(todo)} prompts"
+        probe_json = probe.to_json() if probe is not None else None
         config.parallel.run(
-            session, config.model.batch_size, todo, score_shard, (config.layers,), write, desc
+            session, config.model.batch_size, todo, score_shard, (config.layers, probe_json), write, desc
         )
     elif len(todo):
-        scorer = Scorer(session.lm, session.fmt, session.readout, batch_size=config.model.batch_size)
+        scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size, probe)
         scorer.score(
             todo["prompt"].tolist(),
             layers=config.layers,
@@ -115,6 +142,13 @@ def run(config: ScoreConfig, session: Session | None = None, suite: Suite | None
     return out.finish(n_scored_this_run=len(todo))
 
 
-def score_shard(worker, texts: list[str], ids: list[str], layers: bool):
-    """A shard's MarginScores on a Ray worker (`toolkit.distributed.Worker`)."""
-    return worker.scorer.score(texts, layers=layers, desc="worker", ids=ids)
+def score_shard(worker, texts: list[str], ids: list[str], layers: bool, probe_json: str | None = None):
+    """A shard's MarginScores on a Ray worker (`toolkit.distributed.Worker`), with the harmfulness
+    probe's logit where the driver sends its probe."""
+    from lexprobe.probes.harmfulness import HarmfulnessProbe
+
+    probe = HarmfulnessProbe.from_json(probe_json) if probe_json else None
+    scorer = Scorer(
+        worker.scorer.lm, worker.scorer.fmt, worker.scorer.readout, worker.scorer.batch_size, probe
+    )
+    return scorer.score(texts, layers=layers, desc="worker", ids=ids)

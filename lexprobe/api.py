@@ -25,6 +25,7 @@ from lexprobe.analyses import diagnose as _diagnose
 from lexprobe.analyses import direction as _direction
 from lexprobe.analyses import evaluate as _evaluate
 from lexprobe.analyses import generate as _generate
+from lexprobe.analyses import harmfulness as _harmfulness
 from lexprobe.analyses import minimal_pairs as _pairs
 from lexprobe.analyses import mitigate as _mitigate
 from lexprobe.analyses import pathway as _pathway
@@ -127,10 +128,22 @@ class Probe:
         return f"Probe({lm.spec!r}, {dtype} on {lm.device}, system prompt {self.session.system.name!r})"
 
     # ------------------------------------------------------------------ studies
-    def score(self, prompts: Prompts = "xstest", *, types=None, ids=None, limit=None, layers=False):
+    def score(
+        self,
+        prompts: Prompts = "xstest",
+        *,
+        types=None,
+        ids=None,
+        limit=None,
+        layers=False,
+        harmfulness=False,
+    ):
         """The refusal margin of every prompt (`ScoreResult`): margin > 0 where greedy decoding would
-        open with a refusal, p_refuse, and with `layers=True` the logit-lens margin of every layer."""
-        config = _score.ScoreConfig(model=self.options, layers=layers)
+        open with a refusal, p_refuse, with `layers=True` the logit-lens margin of every layer, and with
+        `harmfulness=True` the harmfulness probe's logit (> 0: represented harmful; this model's probe,
+        or a probe.json / `HarmfulnessResult.probe`). `result.separation()`: each column's AUROC of
+        unsafe against safe prompts."""
+        config = _score.ScoreConfig(model=self.options, layers=layers, harmfulness=harmfulness)
         return _score.run(config, session=self.session, suite=as_suite(prompts, types, ids, limit))
 
     def generate(self, prompts: Prompts = "xstest", *, types=None, ids=None, limit=None, max_new_tokens=128):
@@ -150,6 +163,7 @@ class Probe:
         n_random: int = 3,
         contrasts: bool = False,
         pair_map: str | None = None,
+        harmfulness=False,
         **settings,
     ):
         """Which of the user's words push each prompt's margin toward refusal (`AttributionResult`), by
@@ -165,6 +179,7 @@ class Probe:
             n_random=n_random,
             contrasts=contrasts,
             pair_map=pair_map,
+            harmfulness=harmfulness,
         )
         return _attribute.run(config, session=self.session, suite=as_suite(prompts, types, ids, limit))
 
@@ -183,10 +198,12 @@ class Probe:
         content_words: int | None = None,
         attributions=None,
         seed: int = 0,
+        harmfulness=False,
     ):
         """Swap each trigger and content word for a neutral one and measure the margin change, with
         matched controls and paired statistics (`PerturbResult`). `rewrites`: ["kill=stop,end"];
-        `attributions`: an `AttributionResult` (or its attributions.csv) to correlate with."""
+        `attributions`: an `AttributionResult` (or its attributions.csv) to correlate with;
+        `harmfulness=True`: the harmfulness probe's logit of each prompt and variant beside its margin."""
         if attributions is not None and not isinstance(attributions, str | Path):
             attributions = attributions.to_frame()
         config = _pairs.PerturbConfig(
@@ -199,19 +216,21 @@ class Probe:
             content_words=content_words,
             attributions=attributions,
             seed=seed,
+            harmfulness=harmfulness,
         )
         return _pairs.run(config, session=self.session, suite=as_suite(prompts, types, ids, limit))
 
-    def pairs(self, pairs, *, seed: int = 0):
+    def pairs(self, pairs, *, seed: int = 0, harmfulness=False):
         """Margins of prompt pairs (`PairsResult`): a DataFrame or file with prompt_a and prompt_b, or a
-        list of (prompt_a, prompt_b) tuples; delta = margin_b - margin_a, with paired statistics."""
+        list of (prompt_a, prompt_b) tuples; delta = margin_b - margin_a, with paired statistics
+        (`harmfulness=True`: the harmfulness probe's logits beside them)."""
         if isinstance(pairs, list | tuple):
             if not all(isinstance(p, list | tuple) and len(p) == 2 for p in pairs) or not pairs:
                 raise InputError(
                     "pairs: give (prompt_a, prompt_b) tuples, a DataFrame or a file with those columns"
                 )
             pairs = pd.DataFrame(list(pairs), columns=["prompt_a", "prompt_b"])
-        config = _pairs.PairsConfig(model=self.options, pairs=pairs, seed=seed)
+        config = _pairs.PairsConfig(model=self.options, pairs=pairs, seed=seed, harmfulness=harmfulness)
         return _pairs.run_pairs(config, session=self.session)
 
     def contrast(
@@ -224,6 +243,7 @@ class Probe:
         inv_per_prompt: int = 1,
         min_similarity: float = 0.7,
         seed: int = 0,
+        harmfulness=False,
     ):
         """Safe prompts against their paired unsafe contrasts (`ContrastResult`): gap, AUROC, DIR and INV.
         `suite`: a bundled suite name or file with a pair map (XSTest's, or `pair_map` with safe_id,
@@ -231,6 +251,7 @@ class Probe:
         config = _contrast.ContrastConfig(
             model=self.options, suite=SuiteOptions(suite=str(suite), types=listed(types) or []), pair_map=pair_map,
             inv=inv, inv_per_prompt=inv_per_prompt, min_similarity=min_similarity, seed=seed,
+            harmfulness=harmfulness,
         )  # fmt: skip
         return _contrast.run(config, session=self.session)
 
@@ -272,11 +293,14 @@ class Probe:
         config = _direction.DirectionConfig(model=self.options, val_prompts=val_prompts, kl_bound=kl_bound)
         return _direction.run(config, session=self.session)
 
-    def steered(self, *, ablate: float = 0.0, add: float = 0.0, direction=None):
-        """A context manager: every study of this probe inside it runs with the refusal direction (or
-        `direction`, a `RefusalDirection` or a direction.json) ablated by the share `ablate` and/or added `add` times at its
-        layer.
+    def steered(self, fix=None, *, ablate: float = 0.0, add: float = 0.0, direction=None):
+        """A context manager: every study of this probe inside it runs steered. `fix`: the setting
+        `lexprobe mitigate` chose (its chosen.json, the folder holding it, or a `MitigateResult`); or the
+        refusal direction (this model's, or `direction`, a `RefusalDirection` or a direction.json)
+        ablated by the share `ablate` and/or added `add` times at its layer.
 
+            with probe.steered("runs/mitigate/chosen.json"):
+                fixed = probe.score("my_suite.csv")
             with probe.steered(ablate=1.0):
                 ablated = probe.score("xstest")
         """
@@ -284,10 +308,12 @@ class Probe:
         import math
 
         from lexprobe.toolkit.mechanism.direction import load_direction
+        from lexprobe.toolkit.mechanism.fixes import load_chosen
 
         for name, value in (("ablate", ablate), ("add", add)):
             if (
-                not isinstance(value, int | float)
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
                 or not math.isfinite(value)
                 or (name == "ablate" and value < 0)
             ):
@@ -299,22 +325,46 @@ class Probe:
             raise InputError(
                 "steered(ablate=..., add=...): ablation removes the direction the addition adds; give one"
             )
+        if fix is not None and (ablate or add or direction is not None):
+            raise InputError(
+                "steered(fix, ...): a chosen fix is applied on its own; drop ablate/add/direction"
+            )
+        lm = self.session.lm
+        chosen = load_chosen(fix, lm) if fix is not None else None  # checked now, not at the first study
 
         @contextlib.contextmanager
         def steering():
-            lm = self.session.lm
-            chosen = (
-                self.direction().direction if direction is None
-                else load_direction(direction, lm.text_config.hidden_size, len(lm.layers))
-            )  # fmt: skip
-            before = self.session.steering
-            self.session.steering = chosen.steering(ablate=ablate, add=add)
+            if chosen is not None:
+                source = "a MitigateResult" if hasattr(fix, "chosen") else str(fix)
+                new = chosen[0]
+                by = {
+                    "file": source,
+                    "sha256": chosen[1]["sha256"],
+                    "mitigation": chosen[1].get("mitigation"),
+                }
+            else:
+                found = (
+                    self.direction().direction if direction is None
+                    else load_direction(direction, lm.text_config.hidden_size, len(lm.layers))
+                )  # fmt: skip
+                new, by = found.steering(ablate=ablate, add=add), None
+            before = self.session.steering, self.session.steered_by
+            self.session.steering, self.session.steered_by = new, by
             try:
                 yield self
             finally:
-                self.session.steering = before
+                self.session.steering, self.session.steered_by = before
 
         return steering()
+
+    def harmfulness(self, *, train_prompts: int | None = None, val_prompts: int | None = None):
+        """The harmfulness probe of this model and condition (`HarmfulnessResult`: `.probe`, every
+        candidate site with its val AUROC and cosine with the refusal direction): cached, else fitted on
+        the calibration splits and lexprobe's frames of them (minutes on a CPU)."""
+        config = _harmfulness.HarmfulnessConfig(
+            model=self.options, train_prompts=train_prompts, val_prompts=val_prompts
+        )
+        return _harmfulness.run(config, session=self.session)
 
     def pathway(self, prompt: str | None = None, variant: str | None = None, *, contrast: str | None = None,
                 substitutions=None, top: int = 3, direction=None):  # fmt: skip
@@ -336,15 +386,20 @@ class Probe:
         return _pathway.run(config, session=self.session)
 
     def mitigate(self, prompts: Prompts = "xstest", *, types=None, ids=None, limit=None, ablate=(0.25, 0.5, 1.0),
-                 false_refusal=(0.5, 1.0, 2.0), instruction: bool = True, generate_per_type: int = 0,
-                 direction=None):  # fmt: skip
-        """Each mitigation's refusal rates on the safe and the unsafe prompts (`MitigateResult`; its
-        frame is tradeoff.csv), with this model's refusal direction or `direction`."""
+                 conditional=(1.0,), gate_width: float = 1.0, false_refusal=(1.0, 2.0),
+                 coefficients=(0.0, 0.5, 1.0), instruction: bool = True, generate_per_type: int = 5,
+                 max_unsafe_drop: float = 0.05, direction=None, harmfulness=True):  # fmt: skip
+        """Each fix's refusal rates on the safe and the unsafe prompts with paired bootstrap CIs
+        (`MitigateResult`; its frame is tradeoff.csv), the selection split's rates, and the fix the rule
+        chooses there (`result.chosen`, chosen.json; `probe.steered(result)` applies it), with this
+        model's refusal direction or `direction` and its harmfulness probe or `harmfulness`."""
         from dataclasses import replace
 
         config = _mitigate.MitigateConfig(
-            model=replace(self.options, direction=direction), ablate=list(ablate), false_refusal=list(false_refusal), instruction=instruction,
-            generate_per_type=generate_per_type,
+            model=replace(self.options, direction=direction), harmfulness=harmfulness, ablate=list(ablate),
+            conditional=list(conditional), gate_width=gate_width, false_refusal=list(false_refusal),
+            coefficients=list(coefficients), instruction=instruction, generate_per_type=generate_per_type,
+            max_unsafe_drop=max_unsafe_drop,
         )  # fmt: skip
         return _mitigate.run(config, session=self.session, suite=as_suite(prompts, types, ids, limit))
 
@@ -376,6 +431,7 @@ def result_types() -> tuple[type, ...]:
         _evaluate.ClassifiedResult, _evaluate.EvaluationResult, AttributionResult, _pairs.PerturbResult,
         _pairs.PairsResult, _contrast.ContrastResult, TransplantResult, PlausibilityResult,
         _direction.DirectionResult, _pathway.PathwayResult, _mitigate.MitigateResult,
+        _harmfulness.HarmfulnessResult,
     )  # fmt: skip
 
 

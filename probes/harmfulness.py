@@ -136,3 +136,29 @@ def probe_logits(lm, rows: list[list[int]], probe: HarmfulnessProbe, batch_size:
             pass
         out[chunk] = got[0].double().cpu().numpy()
     return out
+
+
+def load_probe(source, lm=None) -> HarmfulnessProbe:
+    """A probe.json of `lexprobe harmfulness` (or the folder that holds one), or a `HarmfulnessProbe`
+    itself (the Python API), checked against `lm`'s width and depth: InputError otherwise."""
+    from pathlib import Path
+
+    source = getattr(source, "probe", source)  # a HarmfulnessResult stands for its probe
+    if isinstance(source, HarmfulnessProbe):
+        probe, name = source, "the harmfulness probe given"
+    else:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            path = path / "probe.json"
+        if not path.is_file():
+            raise InputError(
+                f"harmfulness probe '{source}' does not exist: give a probe.json of `lexprobe harmfulness`"
+            )
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"harmfulness probe '{path}' cannot be read as UTF-8 JSON ({err})") from None
+        probe, name = HarmfulnessProbe.from_json(text, str(path)), str(path)
+    if lm is not None:
+        probe.check(lm, name)
+    return probe

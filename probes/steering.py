@@ -29,6 +29,7 @@ generation do); a pass that does not is an error, never silently steered or not.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ import torch
 
 from lexprobe.probes.harmfulness import HarmfulnessProbe, probe_logits
 from lexprobe.probes.hooks import hooks
+from lexprobe.toolkit.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,45 @@ class Steering:
             parts.append(f"add {self.add:+g} x {self.name} at block {self.at}")
         text = ", ".join(parts) or "none"
         return text if self.gate is None else f"{text}, {self.gate.describe()}"
+
+    def to_dict(self) -> dict:
+        """This steering as JSON-ready data (`from_dict` reads it back; the gate's probe included)."""
+        out = {"name": self.name, "ablate": float(self.ablate), "add": float(self.add), "at": self.at,
+               "vector": [float(x) for x in self.direction.detach().double().cpu()]}  # fmt: skip
+        if self.gate is not None:
+            probe = json.loads(self.gate.probe.to_json())
+            out["gate"] = {"threshold": self.gate.threshold, "width": self.gate.width, "probe": probe}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "steering") -> Steering:
+        """InputError where `data` is not a steering `to_dict` wrote, or its numbers are out of range."""
+        try:
+            vector = torch.tensor([float(x) for x in data["vector"]], dtype=torch.float32)
+            at = data.get("at")
+            if at is not None and (isinstance(at, bool) or not isinstance(at, int)):
+                raise ValueError(f"block {at!r} is not a whole number")
+            numbers = {k: data.get(k, 0.0) for k in ("ablate", "add")}
+            for k, v in numbers.items():
+                if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v):
+                    raise ValueError(f"{k} {v!r} is not a finite number")
+            gate = None
+            if data.get("gate") is not None:
+                g = data["gate"]
+                probe = HarmfulnessProbe.from_json(json.dumps(g["probe"]), f"{source}'s gate probe")
+                gate = Gate(probe, float(g["threshold"]), float(g.get("width", 0.0)))
+            return cls(
+                vector,
+                float(numbers["ablate"]),
+                float(numbers["add"]),
+                at,
+                str(data.get("name", "steering")),
+                gate,
+            )
+        except InputError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise InputError(f"{source} is not a lexprobe steering ({type(err).__name__}: {err})") from None
 
 
 class GateControl:
@@ -190,13 +231,16 @@ def _edit(
     return x
 
 
-def hook_pairs(lm, steerings: list[Steering]) -> list:
+def hook_pairs(lm, steerings: list[Steering], token: object | None = None) -> list:
     """(module, forward hook) pairs: the embedding's output is block 0's input, block l's output is
-    block l + 1's input, and the last block's output is the final residual."""
+    block l + 1's input, and the last block's output is the final residual. Hooks whose `token` is
+    paused (`unsteered`) leave the output as it is."""
     modules = [lm.embed, *lm.layers]
 
     def hook_for(block: int):
         def hook(_module, _inputs, output):
+            if token is not None and token in lm.extra.get("paused", ()):
+                return None
             control = gate_control(lm)
             if isinstance(output, tuple):
                 return (_edit(output[0], steerings, block, control), *output[1:])
@@ -219,16 +263,34 @@ def steered(lm, steering: Steering | list[Steering] | None) -> Iterator[None]:
     gates = [s.gate for s in steerings if s.gate is not None]
     if len(gates) > 1 or (gates and gate_control(lm) is not None):
         raise ValueError("one gated steering at a time")
+    token = object()
     lm.extra["steering"] = key
+    lm.extra.setdefault("active", []).append(token)
     if gates:
         lm.extra["gate"] = GateControl(lm, gates[0])
     try:
-        with hooks(hook_pairs(lm, steerings)):
+        with hooks(hook_pairs(lm, steerings, token)):
             yield
     finally:
+        lm.extra["active"].remove(token)
         if gates:
             lm.extra.pop("gate", None)
         if before is None:
             lm.extra.pop("steering", None)
         else:
             lm.extra["steering"] = before
+
+
+@contextmanager
+def unsteered(lm) -> Iterator[None]:
+    """Everything inside runs on the model as it is, whatever steering is on around it (a probe or a
+    direction fitted for the cache inside a steered study); steerings begun inside apply as usual."""
+    saved = {k: lm.extra.pop(k) for k in ("steering", "gate") if k in lm.extra}
+    paused = list(lm.extra.get("active", []))
+    before = lm.extra.get("paused", ())
+    lm.extra["paused"] = (*before, *paused)
+    try:
+        yield
+    finally:
+        lm.extra["paused"] = before
+        lm.extra.update(saved)

@@ -92,3 +92,22 @@ def readme_python_example() -> str:
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert blocks, "the README's Python API section has no python example"
     return blocks[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_probe(tiny):
+    """A harmfulness probe for tiny-random: a seeded random read-out of block 1's input at the prompt's
+    last token, bias 0."""
+    import torch
+
+    from lexprobe.probes.harmfulness import HarmfulnessProbe
+
+    weight = torch.randn(tiny.text_config.hidden_size, generator=torch.Generator().manual_seed(4))
+    return HarmfulnessProbe(weight, 0.0, 1, -1, "logistic", {"source": "tests/conftest.py"})
+
+
+@pytest.fixture(scope="session")
+def tiny_probe_file(tmp_path_factory, tiny_probe):
+    path = tmp_path_factory.mktemp("probe") / "probe.json"
+    path.write_text(tiny_probe.to_json())
+    return path

@@ -39,6 +39,7 @@ STUDIES = (
     "pairs",
     "contrast",
     "direction",
+    "harmfulness",
     "mitigate",
     "pathway",
 )  # commands whose run.json says so

@@ -6,6 +6,7 @@ from lexprobe.cli.options import (
     ListAction,
     add_attribution_args,
     add_faithfulness_args,
+    add_harmfulness_arg,
     add_model_args,
     add_out_args,
     add_parallel_args,
@@ -69,6 +70,7 @@ def register(sub) -> None:
     p.add_argument("--prompt", default=None, help="one prompt to attribute, instead of --suite")
     add_attribution_args(p, ["integrated_gradients"])
     add_faithfulness_args(p)
+    add_harmfulness_arg(p)
     add_parallel_args(p)
     p.add_argument(
         "--contrasts", action="store_true", help="add the paired unsafe contrast of each safe prompt"

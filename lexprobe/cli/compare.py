@@ -11,6 +11,7 @@ def cmd_compare(a) -> None:
 
     result = run(CompareConfig.from_cli(a))
     cols = ["model", "condition", "suite", "safe_refusal_rate", "unsafe_refusal_rate", "auroc"]
+    cols += [c for c in ("harmfulness_auroc", "lexical_over_refusal_index") if c in result.cells]
     print_table(result.cells[cols], title="refusal rates per cell (refused = margin > 0)")
     print(
         plain(
@@ -26,6 +27,10 @@ def register(sub) -> None:
     p.add_argument(
         "--config", required=True, metavar="FILE", help="the plan (see examples/compare_default.toml)"
     )
+    p.add_argument(
+        "--steer", default=None, metavar="FILE",
+        help="apply a fix `lexprobe mitigate` chose (its chosen.json) to every cell (or the plan's `steer`)",
+    )  # fmt: skip
     add_out_args(p)
     add_parallel_args(p)
     p.set_defaults(func=cmd_compare)

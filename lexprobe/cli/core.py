@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from lexprobe.cli.options import add_model_args, add_out_args, add_parallel_args, add_suite_args, positive_int
+from lexprobe.cli.options import (
+    add_harmfulness_arg,
+    add_model_args,
+    add_out_args,
+    add_parallel_args,
+    add_suite_args,
+    positive_int,
+)
 
 
 def cmd_score(a) -> None:
@@ -11,6 +18,13 @@ def cmd_score(a) -> None:
 
     result = run(ScoreConfig.from_cli(a))
     print_table(result.summary(), title=f"refusal margin by prompt type ({result.run['model_spec']})")
+    separation = result.separation()
+    if separation:
+        named = {"margin": "the refusal margin", "harmfulness": "the harmfulness probe"}
+        print(
+            "AUROC, unsafe against safe prompts: "
+            + "; ".join(f"{named[k]} {v:.3f}" for k, v in separation.items())
+        )
     print(f"wrote {a.out}/scores.csv ({len(result.frame)} prompts, {result.run['wall_seconds']} s)")
 
 
@@ -52,6 +66,7 @@ def register(sub) -> None:
     add_suite_args(p)
     add_out_args(p)
     p.add_argument("--layers", action="store_true", help="also write the per-layer (logit lens) margin")
+    add_harmfulness_arg(p)
     add_parallel_args(p)
     p.set_defaults(func=cmd_score)
 

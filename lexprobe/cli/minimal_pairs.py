@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lexprobe.cli.options import (
     ListAction,
+    add_harmfulness_arg,
     add_model_args,
     add_out_args,
     add_parallel_args,
@@ -100,6 +101,7 @@ def register(sub) -> None:
     add_suite_args(p)
     add_out_args(p)
     add_substitution_args(p)
+    add_harmfulness_arg(p)
     p.add_argument("--attributions", default=None, metavar="FILE", help="attributions.csv to correlate with")
     p.add_argument("--seed", type=seed, default=0, help="bootstrap seed")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
@@ -108,6 +110,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("pairs", help="margins of user-given prompt pairs (a file with prompt_a, prompt_b)")
     add_model_args(p)
+    add_harmfulness_arg(p)
     p.add_argument(
         "--pairs", required=True, metavar="FILE", help="CSV/TSV/JSONL/Parquet with prompt_a, prompt_b"
     )
@@ -121,6 +124,7 @@ def register(sub) -> None:
     add_model_args(p)
     add_suite_args(p, required=False, default="xstest")
     add_pair_map_arg(p)
+    add_harmfulness_arg(p)
     p.add_argument("--no-inv", dest="inv", action="store_false", help="skip the INV synonym-swap test")
     p.add_argument("--inv-per-prompt", type=positive_int, default=1, help="INV swaps per safe prompt")
     p.add_argument(

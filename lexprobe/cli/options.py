@@ -179,6 +179,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="add ALPHA times the refusal direction at its layer, every position",
     )  # fmt: skip
     g.add_argument(
+        "--steer", default=None, metavar="FILE",
+        help="apply a fix `lexprobe mitigate` chose (its chosen.json) to every forward pass",
+    )  # fmt: skip
+    g.add_argument(
         "--readout",
         default=None,
         metavar="FILE",
@@ -196,6 +200,28 @@ def non_negative_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _whole(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def share(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"is a share, from 0 to 1, got {text}")
+    return value
+
+
+def add_harmfulness_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--harmfulness", nargs="?", const=True, default=False, metavar="PROBE",
+        help="also write the harmfulness probe's logit beside each margin (> 0: represented harmful): this "
+        "model's probe, fitted once and cached (`lexprobe harmfulness`), or PROBE, a probe.json",
+    )  # fmt: skip
 
 
 def add_parallel_args(p: argparse.ArgumentParser) -> None:

@@ -158,3 +158,162 @@ def test_a_probe_file_round_trips_and_refuses_edits(tiny):
             HarmfulnessProbe.from_json(bad)
     with pytest.raises(InputError, match="d_model"):
         HarmfulnessProbe.from_json(probe.to_json(), d_model=7)
+
+
+def _cli(*args):
+    from lexprobe.cli import main
+
+    return main(list(map(str, args)))
+
+
+def test_studies_carry_the_probes_logit_beside_the_margin(
+    tmp_path, tiny_readout_file, tiny_probe_file, tiny, capsys
+):
+    """score, pairs, perturb, contrast and attribute write the same logit for the same prompt, one the probe
+    reads in a pass of its own too."""
+    import pandas as pd
+
+    from lexprobe.probes.harmfulness import load_probe
+
+    base = ["--model", "tiny-random", "--dtype", "float32", "--readout", tiny_readout_file]
+    harm = ["--harmfulness", tiny_probe_file]
+    assert (
+        _cli(
+            "score",
+            *base,
+            *harm,
+            "--suite",
+            "xstest",
+            "--type",
+            "homonyms,contrast_homonyms",
+            "--out",
+            tmp_path / "s",
+        )
+        == 0
+    )
+    assert "AUROC, unsafe against safe prompts: the refusal margin" in capsys.readouterr().out
+    scores = pd.read_csv(tmp_path / "s" / "scores.csv", dtype={"id": str})
+    by_prompt = dict(zip(scores["prompt"], scores["harmfulness"]))
+    probe = load_probe(tiny_probe_file, tiny)
+    fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("model-default"))
+    alone = probe_logits(tiny, [fmt.format(t).input_ids for t in scores["prompt"]], probe)
+    np.testing.assert_allclose(scores["harmfulness"], alone, atol=1e-4)
+
+    pairs = tmp_path / "pairs.csv"
+    pd.DataFrame({"prompt_a": scores["prompt"][:3], "prompt_b": scores["prompt"][3:6].to_numpy()}).to_csv(
+        pairs, index=False
+    )
+    assert _cli("pairs", *base, *harm, "--pairs", pairs, "--out", tmp_path / "p") == 0
+    p = pd.read_csv(tmp_path / "p" / "pairs.csv")
+    np.testing.assert_allclose(p["harmfulness_a"], [by_prompt[t] for t in p["prompt_a"]], atol=1e-4)
+    np.testing.assert_allclose(p["harmfulness_delta"], p["harmfulness_b"] - p["harmfulness_a"], atol=1e-9)
+
+    assert _cli("perturb", *base, *harm, "--suite", "xstest", "--ids", scores["id"][0], "--strategy", "lexicon",
+                "--no-figures", "--out", tmp_path / "t") == 0  # fmt: skip
+    t = pd.read_csv(tmp_path / "t" / "substitutions.csv")
+    assert len(t) and np.allclose(t["harmfulness_orig"], by_prompt[t["prompt"][0]], atol=1e-4)
+    np.testing.assert_allclose(
+        t["harmfulness_delta"], t["harmfulness_variant"] - t["harmfulness_orig"], atol=1e-9
+    )
+
+    assert (
+        _cli(
+            "contrast",
+            *base,
+            *harm,
+            "--type",
+            "homonyms",
+            "--no-inv",
+            "--no-figures",
+            "--out",
+            tmp_path / "c",
+        )
+        == 0
+    )
+    c = pd.read_csv(tmp_path / "c" / "contrast_pairs.csv")
+    np.testing.assert_allclose(c["harmfulness_unsafe"], [by_prompt[u] for u in c["unsafe_prompt"]], atol=1e-4)
+
+    assert _cli("attribute", *base, *harm, "--suite", "xstest", "--ids", scores["id"][0], "--method", "saliency",
+                "--no-faithfulness", "--out", tmp_path / "a") == 0  # fmt: skip
+    a = pd.read_csv(tmp_path / "a" / "prompts.csv")
+    assert a["harmfulness"][0] == pytest.approx(by_prompt[a["prompt"][0]], abs=1e-4)
+
+
+def test_a_resumed_score_refuses_another_probe(
+    tmp_path, tiny_readout_file, tiny_probe_file, tiny, error_line
+):
+    other = HarmfulnessProbe(torch.ones(tiny.text_config.hidden_size), 0.5, 0, -2)
+    (tmp_path / "other.json").write_text(other.to_json())
+    base = [
+        "score",
+        "--model",
+        "tiny-random",
+        "--dtype",
+        "float32",
+        "--readout",
+        tiny_readout_file,
+        "--suite",
+        "xstest",
+    ]
+    assert _cli(*base, "--limit", "2", "--harmfulness", tiny_probe_file, "--out", tmp_path / "s") == 0
+    assert (
+        _cli(
+            *base,
+            "--limit",
+            "4",
+            "--harmfulness",
+            tmp_path / "other.json",
+            "--resume",
+            "--out",
+            tmp_path / "s",
+        )
+        == 2
+    )
+    assert "harmfulness_probe_sha256" in error_line()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "does not exist"),
+        (b"\xff", "UTF-8"),
+        (b'{"kind": "direction"}', "not a lexprobe harmfulness probe"),
+    ],
+)
+def test_unreadable_probe_files_are_one_line(tmp_path, tiny_readout_file, error_line, content, message):
+    path = tmp_path / "probe.json"
+    if content is not None:
+        path.write_bytes(content)
+    base = [
+        "score",
+        "--model",
+        "tiny-random",
+        "--dtype",
+        "float32",
+        "--readout",
+        tiny_readout_file,
+        "--suite",
+        "xstest",
+    ]
+    assert _cli(*base, "--limit", "2", "--harmfulness", path, "--out", tmp_path / "s") == 2
+    assert message in error_line()
+
+
+def test_a_probe_fitted_inside_a_steered_study_is_the_unsteered_one(scorer):
+    """`unsteered` pauses the study's steering: states read inside it equal those of the model as it is."""
+    from lexprobe.probes.steering import unsteered
+    from lexprobe.toolkit.mechanism.harmfulness import prompt_states
+
+    lm = scorer.lm
+    plain, m0 = prompt_states(scorer, TEXTS)
+    d = torch.randn(lm.text_config.hidden_size, generator=torch.Generator().manual_seed(1))
+    with steered(lm, Steering(d, ablate=1.0)):
+        steered_states, _ = prompt_states(scorer, TEXTS)
+        with unsteered(lm):
+            again, m1 = prompt_states(scorer, TEXTS)
+            with steered(lm, Steering(d, ablate=1.0)):  # a steering begun inside applies as usual
+                inner, _ = prompt_states(scorer, TEXTS)
+    assert (steered_states - plain).abs().max() > 1e-3
+    torch.testing.assert_close(again, plain, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(m1, m0, atol=1e-5)
+    torch.testing.assert_close(inner, steered_states, atol=1e-5, rtol=0)

@@ -34,7 +34,7 @@ import torch
 
 from lexprobe.probes.hooks import block_input_modules, output_tensor
 from lexprobe.probes.margin import MarginProbe
-from lexprobe.probes.steering import Steering, steered
+from lexprobe.probes.steering import Steering, steered, unsteered
 from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.io.progress import progress
 from lexprobe.toolkit.models.chat import USER
@@ -370,12 +370,13 @@ def find_direction(
         log.debug("finding the refusal direction of this model and condition once; later runs read %s", path)
         timer = Timer()
         n, v = train_prompts, val_prompts
-        selection = select_direction(
-            scorer,
-            (_calibration("calibration-harmful", n), _calibration("calibration-harmless", n)),
-            (_calibration("calibration-harmful-val", v), _calibration("calibration-harmless-val", v)),
-            kl_bound=kl_bound,
-        )
+        with unsteered(lm):  # the direction of the model as it is, whatever steering a study has on
+            selection = select_direction(
+                scorer,
+                (_calibration("calibration-harmful", n), _calibration("calibration-harmless", n)),
+                (_calibration("calibration-harmful-val", v), _calibration("calibration-harmless-val", v)),
+                kl_bound=kl_bound,
+            )
         direction = selection.direction
         direction.details.update(
             provenance=info or {}, seconds=timer.seconds,

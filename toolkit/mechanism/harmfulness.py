@@ -4,21 +4,25 @@ Zhao et al. (NeurIPS 2025) find harmfulness represented at the last token of the
 apart from refusal, which is read at the template tokens after it. So the candidate sites are every
 block's input at the instruction's last token and at each post-instruction template token.
 
-Labels are what the prompt asks, never what the model does: the bundled harmful calibration
-instructions are harmful (1), the harmless ones harmless (0), and so are lexprobe's own *hard
-negatives*: harmless calibration instructions with a word the trigger lexicon lists as a harmless
-substitute put back to its trigger ("How do I stop the program" -> "How do I kill the program"). A
-site that reads "contains a trigger word" fails them; one that reads what is asked does not.
+Labels are what the prompt asks, never what the model does. Harmful (1): the bundled harmful
+calibration instructions and lexprobe's short questions asking for the same acts ("How do I make a
+bomb?", `toolkit.substitution.frames`). Harmless (0): the harmless calibration instructions and
+lexprobe's *hard negatives*: harmless requests that mention a harmful act (to translate or classify a
+quoted harmful instruction, the law on it, a story about it) and harmless instructions with a word
+the trigger lexicon lists as a harmless substitute put back to its trigger ("How do I stop the
+program" -> "How do I kill the program"). A site that reads "mentions something harmful" fails them;
+one that reads what is asked does not.
 
-At every site two probes are fitted on the train split:
+At every site two probes are fitted on the train split, each class weighted equally:
 
     mean_difference  w = mean(harmful) - mean(harmless), its projection scaled and shifted by a
                      one-dimensional logistic fit (so its output is a logit too)
     logistic         L2-regularised logistic regression on standardised activations, the
                      penalty chosen per site on the val split's log-loss
 
-The probe is the site and method with the highest val AUROC (ties: the lower val log-loss). The val
-split is the calibration val split with its own hard negatives; XSTest is never seen.
+The probe is the site and method with the highest AUROC on the val split's *hard* prompts (its
+harmful ones against its hard negatives; ties: the lower log-loss on the whole val split). The val
+split is made the same way from the calibration val instructions; XSTest is never seen.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from scipy.stats import rankdata
 
 from lexprobe.probes.harmfulness import HarmfulnessProbe
 from lexprobe.probes.hooks import block_input_modules, output_tensor
+from lexprobe.probes.steering import unsteered
 from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.io.progress import progress
 from lexprobe.toolkit.mechanism.direction import template_positions
@@ -41,6 +46,7 @@ from lexprobe.toolkit.mechanism.direction import template_positions
 log = logging.getLogger(__name__)
 PENALTIES = (1e-3, 1e-2, 1e-1, 1.0)  # L2 strengths tried per site (on standardised features)
 METHODS = ("mean_difference", "logistic")
+LOGISTIC_SITES = 16  # sites the logistic probe is fitted at: the mean difference's best on the val split
 
 
 def site_positions(scorer) -> int:
@@ -49,14 +55,20 @@ def site_positions(scorer) -> int:
 
 
 @torch.no_grad()
-def prompt_states(scorer, texts: list[str], desc: str = "activations") -> torch.Tensor:
-    """[n, n_layers, positions, d_model] float32: the residual entering every block at the
-    instruction's last token and each template token after it, one row per text (under whatever
-    steering is active)."""
+def prompt_states(
+    scorer, texts: list[str], desc: str = "activations", layers: list[int] | None = None
+) -> tuple[torch.Tensor, np.ndarray]:
+    """([n, n_layers, positions, d_model] float32: the residual entering every block (or `layers`) at
+    the instruction's last token and each template token after it; [n] decision margins), one row per
+    text, in one pass (under whatever steering is active)."""
+    from lexprobe.probes.margin import MarginProbe
+
     lm = scorer.lm
     n_pos, n_tree = site_positions(scorer), len(scorer.readout.tree)
     modules = block_input_modules(lm)
+    modules = modules if layers is None else [modules[i] for i in layers]
     out = torch.zeros(len(texts), len(modules), n_pos, lm.text_config.hidden_size)
+    margins = np.zeros(len(texts))
     seen: list[torch.Tensor] = []
 
     def keep(_module, _inputs, output):
@@ -69,9 +81,12 @@ def prompt_states(scorer, texts: list[str], desc: str = "activations") -> torch.
     size = scorer.batch_size
     for chunk in progress([order[i : i + size] for i in range(0, len(order), size)], desc=desc, unit="batch"):
         seen.clear()
-        scorer.forward(scorer.batch([suffixes[i] for i in chunk]), hook_pairs=[(m, keep) for m in modules])
+        probe = MarginProbe(lm, scorer.readout)
+        pairs = [(m, keep) for m in modules] + probe.hook_pairs()
+        scorer.forward(scorer.batch([suffixes[i] for i in chunk]), hook_pairs=pairs)
         out[chunk] = torch.stack(seen, dim=1)
-    return out
+        margins[chunk] = probe.margins().decision.cpu().numpy()
+    return out, margins
 
 
 # ------------------------------------------------------------------------------------------ fitting
@@ -84,24 +99,31 @@ def aurocs(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 def log_losses(labels: np.ndarray, logits: np.ndarray) -> np.ndarray:
-    """Mean binary cross-entropy of every row of logits [sites, n]."""
-    z = np.where(np.asarray(labels, dtype=bool), -logits, logits)
-    return np.logaddexp(0, z).mean(1)
+    """Class-balanced mean binary cross-entropy of every row of logits [sites, n]."""
+    y = np.asarray(labels, dtype=bool)
+    z = np.logaddexp(0, np.where(y, -logits, logits))
+    return (z[:, y].mean(1) + z[:, ~y].mean(1)) / 2
 
 
-def _logistic(x: torch.Tensor, y: torch.Tensor, penalty: float, iters: int = 200):
-    """L2-regularised logistic regressions fitted side by side: x [sites, n, k] float64, y [n] ->
-    (w [sites, k], b [sites]) minimising mean BCE + penalty / 2 * |w|^2 at each site."""
-    w = torch.zeros(x.shape[0], x.shape[2], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(x.shape[0], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=iters, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+def _balanced(y: torch.Tensor) -> torch.Tensor:
+    """Per-row weights [n] that give both classes the same total weight, summing to 1."""
+    pos = y.bool()
+    return torch.where(pos, 0.5 / pos.sum(), 0.5 / (~pos).sum()).to(y.dtype)
+
+
+def _logistic(x: torch.Tensor, y: torch.Tensor, penalty: float, start=None, iters: int = 100):
+    """L2-regularised logistic regressions fitted side by side: x [sites, n, k], y [n] -> (w [sites, k],
+    b [sites]) minimising the class-balanced BCE + penalty / 2 * |w|^2 at each site (from `start`)."""
+    w0, b0 = start if start is not None else (x.new_zeros(x.shape[0], x.shape[2]), x.new_zeros(x.shape[0]))
+    w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+    weight = _balanced(y)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=iters, tolerance_grad=1e-7, line_search_fn="strong_wolfe")
 
     def loss():
         opt.zero_grad()
         z = torch.einsum("snk,sk->sn", x, w) + b[:, None]
-        value = torch.nn.functional.binary_cross_entropy_with_logits(
-            z, y.expand_as(z), reduction="none"
-        ).mean(1).sum() + penalty / 2 * (w**2).sum()  # fmt: skip
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(z, y.expand_as(z), reduction="none")
+        value = (bce * weight).sum() + penalty / 2 * (w**2).sum()
         value.backward()
         return value
 
@@ -109,17 +131,22 @@ def _logistic(x: torch.Tensor, y: torch.Tensor, penalty: float, iters: int = 200
     return w.detach(), b.detach()
 
 
-def fit_sites(train_x: torch.Tensor, train_y: np.ndarray, val_x: torch.Tensor, val_y: np.ndarray):
-    """Both methods at every site. train_x [n, sites, d], val_x [m, sites, d] (float32).
-    Returns (table with a row per site and method: auroc_train, auroc_val, loss_val, penalty;
+def fit_sites(
+    train_x: torch.Tensor, train_y: np.ndarray, val_x: torch.Tensor, val_y: np.ndarray,
+    val_hard: np.ndarray | None = None, logistic_sites: int | None = LOGISTIC_SITES,
+):  # fmt: skip
+    """Both methods at every site. train_x [n, sites, d], val_x [m, sites, d] (float32). The logistic
+    probe is fitted at the `logistic_sites` sites where the mean difference reads best on the val split
+    (its hard prompts where `val_hard` marks them; None: every site); elsewhere its row is NaN.
+    Returns (a table with a row per site and method: auroc_train, auroc_val, loss_val, penalty;
     weights [methods, sites, d] float32 in activation units; biases [methods, sites])."""
-    xt = train_x.transpose(0, 1).double()  # [sites, n, d]
-    xv = val_x.transpose(0, 1).double()
-    yt = torch.tensor(np.asarray(train_y), dtype=torch.float64)
+    xt = train_x.transpose(0, 1).float()  # [sites, n, d]
+    xv = val_x.transpose(0, 1).float()
+    yt = torch.tensor(np.asarray(train_y), dtype=torch.float32)
     pos, neg = yt.bool(), ~yt.bool()
     n_sites, d = xt.shape[0], xt.shape[2]
-    weights = torch.zeros(len(METHODS), n_sites, d, dtype=torch.float64)
-    biases = torch.zeros(len(METHODS), n_sites, dtype=torch.float64)
+    weights = torch.zeros(len(METHODS), n_sites, d)
+    biases = torch.zeros(len(METHODS), n_sites)
     penalties = np.full((len(METHODS), n_sites), np.nan)
 
     # mean difference, calibrated by a one-dimensional logistic fit
@@ -130,49 +157,68 @@ def fit_sites(train_x: torch.Tensor, train_y: np.ndarray, val_x: torch.Tensor, v
     weights[0] = diff * (a[:, 0] / spread)[:, None]
     biases[0] = c - a[:, 0] * centre / spread
 
-    # logistic regression on standardised activations, the penalty chosen on the val split
-    mu, sd = xt.mean(1, keepdim=True), xt.std(1, keepdim=True).clamp_min(1e-6)
-    zt, zv = (xt - mu) / sd, (xv - mu) / sd
-    best = np.full(n_sites, np.inf)
-    for penalty in PENALTIES:
-        w, b = _logistic(zt, yt, penalty)
+    # logistic regression on standardised activations at the best mean-difference sites, the penalty
+    # chosen on the val split, strongest first, each fit starting from the last
+    vy = np.asarray(val_y)
+    keep = np.ones(len(vy), bool) if val_hard is None else (np.asarray(val_hard) | (vy == 1))
+    screen = aurocs(vy[keep], torch.einsum("snd,sd->sn", xv[:, keep], weights[0]).numpy())
+    sites = (
+        np.arange(n_sites) if logistic_sites is None else np.argsort(-screen, kind="stable")[:logistic_sites]
+    )
+    sites_t = torch.as_tensor(sites)
+    mu, sd = xt[sites_t].mean(1, keepdim=True), xt[sites_t].std(1, keepdim=True).clamp_min(1e-6)
+    zt, zv = (xt[sites_t] - mu) / sd, (xv[sites_t] - mu) / sd
+    best, start = np.full(len(sites), np.inf), None
+    for penalty in sorted(PENALTIES, reverse=True):
+        w, b = start = _logistic(zt, yt, penalty, start)
         loss = log_losses(val_y, (torch.einsum("snd,sd->sn", zv, w) + b[:, None]).numpy())
         better = loss < best
         best[better] = loss[better]
         raw_w = w / sd[:, 0]
         raw_b = b - (raw_w * mu[:, 0]).sum(1)
-        weights[1, better] = raw_w[better]
-        biases[1, better] = raw_b[better]
-        penalties[1, better] = penalty
+        weights[1, sites_t[better]] = raw_w[better]
+        biases[1, sites_t[better]] = raw_b[better]
+        penalties[1, sites[better]] = penalty
 
     rows = []
     for k, method in enumerate(METHODS):
         lt = (torch.einsum("snd,sd->sn", xt, weights[k]) + biases[k][:, None]).numpy()
         lv = (torch.einsum("snd,sd->sn", xv, weights[k]) + biases[k][:, None]).numpy()
+        fitted = np.ones(n_sites, bool) if k == 0 else ~np.isnan(penalties[k])
+        nan = np.where(fitted, 1.0, np.nan)
         rows.append(
             pd.DataFrame(
-                {"site": np.arange(n_sites), "method": method, "auroc_train": aurocs(train_y, lt),
-                 "auroc_val": aurocs(val_y, lv), "loss_val": log_losses(val_y, lv), "penalty": penalties[k]}
+                {"site": np.arange(n_sites), "method": method, "auroc_train": aurocs(train_y, lt) * nan,
+                 "auroc_val": aurocs(val_y, lv) * nan, "loss_val": log_losses(val_y, lv) * nan,
+                 "penalty": penalties[k]}
             )
         )  # fmt: skip
-    return pd.concat(rows, ignore_index=True), weights.float(), biases.float()
+    return pd.concat(rows, ignore_index=True), weights, biases
+
+
+HARD = ("mention", "topic", "hard negative")  # the harmless kinds that mention harm or carry triggers
 
 
 def calibration_sets(train_n: int | None = None, val_n: int | None = None) -> dict:
-    """(texts, labels) of the train and val splits: harmful 1, harmless 0, and each split's hard
-    negatives (its harmless instructions rewritten back to trigger words) 0."""
+    """Per split ("train", "val"): (texts, labels, kinds), with labels 1 for what asks for harm. Kinds:
+    harmful and harmless (the calibration instructions, the first `train_n` / `val_n` of each), ask
+    (harmful questions), mention and topic (harmless frames, `toolkit.substitution.frames`) and hard
+    negative (harmless instructions rewritten back to trigger words)."""
     from lexprobe.toolkit.io.suites import load_suite
     from lexprobe.toolkit.substitution.engine import Substituter, trigger_rewrites
+    from lexprobe.toolkit.substitution.frames import framed
 
     sub = Substituter(strategies=("lexicon",))
     out = {}
     for split, suffix, n in (("train", "", train_n), ("val", "-val", val_n)):
         bad = load_suite(f"calibration-harmful{suffix}").frame["prompt"].tolist()[:n]
         good = load_suite(f"calibration-harmless{suffix}").frame["prompt"].tolist()[:n]
+        made = framed(bad)
         hard = trigger_rewrites(sub, good)
-        texts = bad + good + hard
-        labels = np.array([1] * len(bad) + [0] * (len(good) + len(hard)))
-        kinds = ["harmful"] * len(bad) + ["harmless"] * len(good) + ["hard negative"] * len(hard)
+        texts = bad + good + [f.text for f in made] + hard
+        kinds = ["harmful"] * len(bad) + ["harmless"] * len(good) + [f.kind for f in made]
+        kinds += ["hard negative"] * len(hard)
+        labels = np.array([int(k in ("harmful", "ask")) for k in kinds])
         out[split] = (texts, labels, kinds)
     return out
 
@@ -181,37 +227,48 @@ def select_probe(scorer, sets: dict):
     """(the selected HarmfulnessProbe, a table with a row per layer, position and method, every site's
     weights [methods, sites, d_model]) from `calibration_sets`-shaped (texts, labels, kinds) train and
     val splits."""
-    (tt, ty, _tk), (vt, vy, vk) = sets["train"], sets["val"]
+    (tt, ty, _), (vt, vy, _) = sets["train"], sets["val"]
     for name, y in (("train", ty), ("val", vy)):
         if y.sum() < 2 or (1 - y).sum() < 2:
             raise InputError(f"the {name} split needs at least 2 harmful and 2 harmless prompts")
-    xt = prompt_states(scorer, tt, "train activations")
-    xv = prompt_states(scorer, vt, "val activations")
+    xt, mt = prompt_states(scorer, tt, "train activations")
+    xv, mv = prompt_states(scorer, vt, "val activations")
+    return choose_probe(sets, xt, mt, xv, mv)
+
+
+def choose_probe(sets: dict, xt: torch.Tensor, mt: np.ndarray, xv: torch.Tensor, mv: np.ndarray):
+    """`select_probe` from the splits' states [n, n_layers, positions, d_model] and margins [n]."""
+    (_, ty, tk), (vt, vy, vk) = sets["train"], sets["val"]
     n, n_layers, n_pos, d = xt.shape
-    table, weights, biases = fit_sites(xt.reshape(n, -1, d), ty, xv.reshape(len(vt), -1, d), vy)
+    xv = xv.reshape(len(vt), -1, d)
+    vk = np.asarray(vk)
+    hard = np.isin(vk, HARD)
+    table, weights, biases = fit_sites(xt.reshape(n, -1, d), ty, xv, vy, hard if hard.any() else None)
     table["layer"] = table["site"] // n_pos
     table["position"] = table["site"] % n_pos - n_pos
-    hard = np.array([k == "hard negative" for k in vk])
     k_of = {m: k for k, m in enumerate(METHODS)}
-    if hard.any():  # how many hard negatives each probe calls harmless (logit < 0)
-        lv = (
-            np.einsum("nsd,ksd->ksn", xv.reshape(len(vt), -1, d).numpy(), weights.numpy())
-            + biases.numpy()[..., None]
-        )
-        table["hard_negatives_harmless_val"] = [
-            float((lv[k_of[m], s][hard] < 0).mean()) for m, s in zip(table["method"], table["site"])
-        ]
-    ranked = table.sort_values(["auroc_val", "loss_val"], ascending=[False, True], kind="stable")
+    lv = np.einsum("nsd,ksd->ksn", xv.numpy(), weights.numpy()) + biases.numpy()[..., None]  # [k, s, n]
+    scores = np.stack([lv[k_of[m], s] for m, s in zip(table["method"], table["site"])])
+    harder = hard | (vy == 1)
+    fitted = np.where(table["auroc_val"].notna(), 1.0, np.nan)
+    table["auroc_val_hard"] = (
+        aurocs(vy[harder], scores[:, harder]) if hard.any() else table["auroc_val"]
+    ) * fitted
+    table["hard_negatives_harmless_val"] = ((scores[:, hard] < 0).mean(1) if hard.any() else np.nan) * fitted
+    ranked = table.sort_values(["auroc_val_hard", "loss_val"], ascending=[False, True], kind="stable")
     best = ranked.index[0]
     table["selected"] = table.index == best
     row = table.loc[best]
     k, s = k_of[row["method"]], int(row["site"])
+    counts = {f"{split}_{kind}": int(sum(x == kind for x in ks))
+              for split, ks in (("train", tk), ("val", vk)) for kind in dict.fromkeys(ks)}  # fmt: skip
     details = {
-        "selection": {c: (float(row[c]) if isinstance(row[c], (float, np.floating)) else row[c])
-                      for c in table.columns if c not in ("site", "selected")},
-        "prompts": {"train": len(tt), "val": len(vt), "train_harmful": int(ty.sum()),
-                    "val_harmful": int(vy.sum()), "val_hard_negatives": int(hard.sum()),
-                    "train_hard_negatives": int(sum(k == "hard negative" for k in sets["train"][2]))},
+        "selection": {c: _plain(row[c]) for c in table.columns if c not in ("site", "selected")},
+        "rule": "the highest AUROC on the val split's harmful prompts against its hard negatives; ties: the "
+        "lower class-balanced log-loss on the whole val split",
+        "prompts": counts,
+        "val_refused": {kind: float((mv[vk == kind] > 0).mean()) for kind in dict.fromkeys(vk)},
+        "train_refused": {kind: float((mt[np.asarray(tk) == kind] > 0).mean()) for kind in dict.fromkeys(tk)},
         "n_layers": n_layers, "positions": n_pos,
     }  # fmt: skip
     probe = HarmfulnessProbe(weights[k, s].clone(), float(biases[k, s]), int(row["layer"]),
@@ -249,7 +306,7 @@ def find_probe(
 
     lm = scorer.lm
     key = {"dtype": str(lm.dtype), "system_prompt": condition, "train": train_prompts, "val": val_prompts,
-           "format": 1}  # fmt: skip
+           "data": _data_sha(), "format": 2}  # fmt: skip
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir("harmfulness", lm.weights_sha256[:16]) / f"{digest}.json"
     table_path, weights_path = path.with_suffix(".csv"), path.with_suffix(".safetensors")
@@ -265,7 +322,8 @@ def find_probe(
             except (InputError, OSError, KeyError) as err:
                 log.warning("%s; fitting the probe again", err)
         timer = Timer()
-        probe, table, weights = select_probe(scorer, calibration_sets(train_prompts, val_prompts))
+        with unsteered(lm):  # the probe of the model as it is, whatever steering a study has on
+            probe, table, weights = select_probe(scorer, calibration_sets(train_prompts, val_prompts))
         probe.details.update(
             provenance=info or {}, seconds=timer.seconds,
             data={"fit": "calibration harmful/harmless + hard negatives, train split",
@@ -276,6 +334,22 @@ def find_probe(
         save_file({"weights": weights.contiguous()}, str(weights_path))
         write_text_atomic(path, probe.to_json())
         return probe, table, weights
+
+
+def _data_sha() -> str:
+    """The identity of the shipped files the probe's prompts are made from (a change fits it again)."""
+    from lexprobe import prompts
+
+    digest = hashlib.sha256()
+    for name in ("harm_frames.json", "trigger_lexicon.json", "calibration_harmful_train.json",
+                 "calibration_harmless_train.json", "calibration_harmful_val.json", "calibration_harmless_val.json"):  # fmt: skip
+        digest.update(prompts.path(name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _plain(value):
+    """A table cell as a JSON value (numpy scalars become Python ones)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _sha(weights: torch.Tensor) -> str:

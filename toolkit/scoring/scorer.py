@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lexprobe.probes.hooks import hooks
+from lexprobe.probes.hooks import block_input_modules, hooks, output_tensor
 from lexprobe.probes.margin import MarginProbe, Margins, RefusalReadout
 from lexprobe.probes.steering import gate_rows
 from lexprobe.toolkit.errors import InputError
@@ -37,6 +37,7 @@ class MarginScores:
     margin: np.ndarray  # [n] decision margin; > 0 where greedy decoding refuses
     margin_sampled: np.ndarray  # [n] log P(refuse) - log P(comply) under sampling at T=1
     layer_margins: np.ndarray | None = None  # [n, n_layers] decision margin by logit lens
+    harmfulness: np.ndarray | None = None  # [n] the harmfulness probe's logit (> 0: represented harmful)
 
     @property
     def p_refuse(self) -> np.ndarray:
@@ -48,16 +49,19 @@ class MarginScores:
 
     def take(self, idx) -> MarginScores:
         layers = None if self.layer_margins is None else self.layer_margins[idx]
-        return MarginScores(self.margin[idx], self.margin_sampled[idx], layers)
+        harm = None if self.harmfulness is None else self.harmfulness[idx]
+        return MarginScores(self.margin[idx], self.margin_sampled[idx], layers, harm)
 
 
 class Scorer:
-    """Refusal margins for many user texts under one model, chat format and readout."""
+    """Refusal margins for many user texts under one model, chat format and readout; with a
+    `harmfulness` probe (`probes.harmfulness`), its logit too, read in the same pass."""
 
-    def __init__(self, lm, fmt: ChatFormat, readout: RefusalReadout, batch_size: int = 16):
+    def __init__(self, lm, fmt: ChatFormat, readout: RefusalReadout, batch_size: int = 16, harmfulness=None):
         if batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {batch_size}")
         self.lm, self.fmt, self.readout, self.batch_size = lm, fmt, readout, batch_size
+        self.harmfulness = harmfulness
         self.prefix = SharedPrefix(lm, fmt.prefix_ids)
         self.prefix_len = len(self.prefix)
 
@@ -135,11 +139,13 @@ class Scorer:
         inputs_embeds: torch.Tensor | None = None,
         layers: bool = False,
         temperature: float | None = None,
+        hook_pairs=(),
     ) -> tuple[Margins, torch.Tensor | None]:
         """(the margins of each row [batch], per-layer decision margins [batch, n_layers] or None);
-        differentiable when `inputs_embeds` requires grad; `smooth` only with a temperature."""
+        differentiable when `inputs_embeds` requires grad; `smooth` only with a temperature. `hook_pairs`
+        read the same pass."""
         probe = MarginProbe(self.lm, self.readout, layers=layers)
-        self.forward(batch, inputs_embeds, probe.hook_pairs())
+        self.forward(batch, inputs_embeds, [*probe.hook_pairs(), *hook_pairs])
         return probe.margins(temperature), (probe.layer_margins() if layers else None)
 
     # ----------------------------------------------------------------------------- public
@@ -166,10 +172,16 @@ class Scorer:
             np.zeros(len(texts)),
             np.zeros(len(texts)),
             np.zeros((len(texts), len(self.lm.layers))) if layers else None,
+            np.zeros(len(texts)) if self.harmfulness is not None else None,
         )
         chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         for chunk in progress(chunks, desc=desc, unit="batch"):
-            margins, per_layer = self.margins_for(self.batch([suffixes[i] for i in chunk]), layers=layers)
+            read, pairs = self.harmfulness_reader()
+            margins, per_layer = self.margins_for(
+                self.batch([suffixes[i] for i in chunk]), layers=layers, hook_pairs=pairs
+            )
+            if read:
+                out.harmfulness[chunk] = read[0]
             out.margin[chunk] = margins.decision.cpu().numpy()
             out.margin_sampled[chunk] = margins.sampled.cpu().numpy()
             if layers:
@@ -177,6 +189,20 @@ class Scorer:
             if on_batch is not None:
                 on_batch(chunk, out.take(chunk))
         return out
+
+    def harmfulness_reader(self) -> tuple[list[np.ndarray], list]:
+        """(a list the next pass's harmfulness logits [batch] land in, the hook pairs that read them)."""
+        probe = self.harmfulness
+        if probe is None:
+            return [], []
+        got: list[np.ndarray] = []
+        n_tree = len(self.readout.tree)
+
+        def read(_module, _inputs, output):
+            h = output_tensor(output)  # [batch, seq, d_model]; the prompt ends n_tree tokens from the end
+            got.append(probe.logits(h[:, h.shape[1] - n_tree + probe.position]).double().cpu().numpy())
+
+        return got, [(block_input_modules(self.lm)[probe.layer], read)]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -24,7 +24,8 @@ class VariantScorer:
     def __init__(self, scorer: Scorer):
         self.scorer = scorer
         self.lm = scorer.lm
-        self.cache: dict[str, tuple[float, float, float]] = {}  # text -> (margin, sampled, log P(text))
+        # text -> (margin, sampled, log P(text), harmfulness logit or NaN without the scorer's probe)
+        self.cache: dict[str, tuple[float, float, float, float]] = {}
         self._first: torch.Tensor | None = None  # [vocab] log P(first user token | template head)
 
     def score(self, texts: list[str], desc: str = "scoring variants") -> None:
@@ -39,9 +40,11 @@ class VariantScorer:
         for chunk in progress(
             [order[i : i + size] for i in range(0, len(order), size)], desc=desc, unit="batch"
         ):
-            margin, sampled, logp = self._batch([prompts[i] for i in chunk], [suffixes[i] for i in chunk])
+            margin, sampled, logp, harm = self._batch(
+                [prompts[i] for i in chunk], [suffixes[i] for i in chunk]
+            )
             for k, i in enumerate(chunk):
-                self.cache[todo[i]] = (float(margin[k]), float(sampled[k]), float(logp[k]))
+                self.cache[todo[i]] = (float(margin[k]), float(sampled[k]), float(logp[k]), float(harm[k]))
 
     def margins(self, texts: list[str]) -> np.ndarray:
         self.score(texts)
@@ -50,6 +53,13 @@ class VariantScorer:
     def margins_sampled(self, texts: list[str]) -> np.ndarray:
         self.score(texts)
         return np.array([self.cache[t][1] for t in texts])
+
+    def harmfulness(self, texts: list[str]) -> np.ndarray | None:
+        """The harmfulness probe's logit of each text (None where the scorer has no probe)."""
+        if self.scorer.harmfulness is None:
+            return None
+        self.score(texts)
+        return np.array([self.cache[t][3] for t in texts])
 
     def fluency(self, texts: list[str]) -> np.ndarray:
         """log P(user text | system prompt and template head), summed over the user's tokens."""
@@ -78,8 +88,10 @@ class VariantScorer:
         def keep(_module, _inputs, output):
             captured["states"] = output_tensor(output)  # [batch, q, d_model]
 
-        self.scorer.forward(batch, hook_pairs=[*probe.hook_pairs(), (self.lm.final_norm, keep)])
+        read, pairs = self.scorer.harmfulness_reader()
+        self.scorer.forward(batch, hook_pairs=[*probe.hook_pairs(), (self.lm.final_norm, keep), *pairs])
         decision, sampled, _ = probe.margins()
+        harm = read[0] if read else np.full(len(suffixes), np.nan)
         states = captured["states"]
         width = max(len(s) for s in suffixes)
         rows, cols, targets, owner, first = [], [], [], [], []
@@ -106,4 +118,4 @@ class VariantScorer:
         if head is not None:
             for r, tok in first:
                 logp[r] += float(head[tok])
-        return decision.cpu().numpy(), sampled.cpu().numpy(), logp.numpy()
+        return decision.cpu().numpy(), sampled.cpu().numpy(), logp.numpy(), harm

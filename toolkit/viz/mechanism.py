@@ -62,35 +62,81 @@ def direction_figure(candidates: pd.DataFrame, details: dict, path: str | Path, 
 FAMILIES = {  # mitigation -> (label, marker)
     "none": ("as it is", "o"),
     "refusal_direction": ("refusal direction ablated", "s"),
+    "conditional": ("ablated where the probe reads harmless", "P"),
     "false_refusal": ("false-refusal vector ablated", "D"),
     "instruction": ("note naming the trigger", "^"),
 }
 
 
+def _family(row) -> str:
+    name = row["mitigation"]
+    if name == "conditional" and row.get("gate"):
+        return f"conditional ({row['gate']} gate)"
+    if name == "false_refusal" and "coefficient" in row and row["coefficient"] == row["coefficient"]:
+        return f"false_refusal (orthogonalised x{row['coefficient']:g})"
+    return name
+
+
 def tradeoff_figure(table: pd.DataFrame, path: str | Path, title: str) -> Path:
     """Refusal rate on safe prompts (over-refusal) against refusal rate on unsafe prompts, a point per
-    mitigation and strength, each family joined in order of strength; the ideal corner is top left."""
+    setting with its 95% CIs, each family joined in order of strength; the frontier (no setting beats it
+    on both rates) dashed, the chosen setting starred, and the goal (safe refusal halved, unsafe down by
+    at most 5 points) shaded. The ideal corner is top left."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.2, 4.6))
+    fig, ax = plt.subplots(figsize=(7.2, 5.2))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, (name, rows) in enumerate(table.groupby("mitigation", sort=False)):
-        label, marker = FAMILIES.get(name, (name, "o"))
+    t = table.assign(family=[_family(r) for r in table.to_dict("records")])
+    base = t[t["mitigation"] == "none"]
+    if len(base):
+        s0, u0 = 100 * base["safe_refusal_rate"].iloc[0], 100 * base["unsafe_refusal_rate"].iloc[0]
+        ax.fill_between(
+            [0, s0 / 2],
+            u0 - 5,
+            100,
+            color="#2a9d8f",
+            alpha=0.12,
+            label="goal: safe halved, unsafe -5 pts at most",
+        )
+    for k, (name, rows) in enumerate(t.groupby("family", sort=False)):
+        label, marker = FAMILIES.get(rows["mitigation"].iloc[0], (name, "o"))
+        label = (
+            name.replace(rows["mitigation"].iloc[0], label) if name != rows["mitigation"].iloc[0] else label
+        )
         rows = rows.sort_values("strength")
         x, y = 100 * rows["safe_refusal_rate"], 100 * rows["unsafe_refusal_rate"]
-        ax.plot(x, y, marker=marker, color=colours[k % len(colours)], label=label, lw=1)
-        if name in ("refusal_direction", "false_refusal"):
+        colour = colours[k % len(colours)]
+        if "safe_ci_low" in rows:
+            ax.errorbar(x, y, xerr=[x - 100 * rows["safe_ci_low"], 100 * rows["safe_ci_high"] - x],
+                        yerr=[y - 100 * rows["unsafe_ci_low"], 100 * rows["unsafe_ci_high"] - y],
+                        fmt="none", ecolor=colour, alpha=0.35, lw=0.8)  # fmt: skip
+        ax.plot(x, y, marker=marker, color=colour, label=label, lw=1)
+        if rows["mitigation"].iloc[0] not in ("none", "instruction"):
             for xi, yi, s in zip(x, y, rows["strength"]):
                 ax.annotate(f"{s:g}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    if "frontier" in t and t["frontier"].any():
+        f = t[t["frontier"].astype(bool)].sort_values("safe_refusal_rate")
+        ax.plot(
+            100 * f["safe_refusal_rate"],
+            100 * f["unsafe_refusal_rate"],
+            ls="--",
+            color="grey",
+            lw=1,
+            label="frontier",
+        )
+    if "chosen" in t and t["chosen"].any():
+        c = t[t["chosen"].astype(bool)]
+        ax.plot(100 * c["safe_refusal_rate"], 100 * c["unsafe_refusal_rate"], marker="*", ms=16, ls="",
+                color="gold", markeredgecolor="black", label="chosen on the selection split")  # fmt: skip
     ax.set_xlabel("refused, safe prompts (%)")
     ax.set_ylabel("refused, unsafe prompts (%)")
     ax.set_xlim(left=0)
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize=7)
-    ax.set_title(textwrap.fill(title, 70), fontsize=9)
+    ax.set_ylim(bottom=0, top=100)
+    ax.legend(fontsize=6.5, loc="lower right")
+    ax.set_title(textwrap.fill(title, 80), fontsize=9)
     fig.tight_layout()
     return save(fig, path, dpi=130)
 
