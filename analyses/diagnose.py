@@ -281,7 +281,9 @@ def run(config: DiagnoseConfig, session: Session | None = None, suite: Suite | N
             skipped.append(f"patching: {err}")
         try:
             mitigated = mitigate.run(
-                mitigate.MitigateConfig(out=_sub(out, "mitigate"), model=model, overwrite=True),
+                mitigate.MitigateConfig(
+                    out=_sub(out, "mitigate"), model=model, harmfulness=harm, generate_per_type=0, overwrite=True
+                ),
                 session,
                 selection,
             )

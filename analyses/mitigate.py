@@ -41,8 +41,8 @@ from lexprobe.analyses.common import (
     Session,
     SuiteOptions,
     direction_of,
-    harmfulness_of,
     open_suite,
+    probe_option,
     session_for,
     study,
 )
@@ -63,7 +63,7 @@ class MitigateConfig(Options):
     out: str | None = None  # None: nothing written (the Python API)
     model: ModelOptions = field(default_factory=ModelOptions)
     suite: SuiteOptions = field(default_factory=SuiteOptions)
-    harmfulness: object = True  # the probe for the gates: this model's, or a probe.json / HarmfulnessProbe
+    harmfulness: object = True  # the gates' probe: this model's, a probe.json / HarmfulnessProbe, or False (no gates)
     ablate: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])  # refusal direction shares
     conditional: list[float] = field(default_factory=lambda: [1.0])  # gated shares of the refusal direction
     gate_width: float = 1.0  # the soft gate's width in probe logits (0: hard gates only)
@@ -178,7 +178,7 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
     session = session_for(config.model, session)
     lm = session.lm
     direction = direction_of(session, config.model)
-    probe = harmfulness_of(session, config.harmfulness, config.model.batch_size)
+    probe = probe_option(session, config.harmfulness, config.model.batch_size)  # None: no gated rows
     scorer = Scorer(lm, session.fmt, session.readout, config.model.batch_size)
     sets = calibration_sets(None, config.selection_prompts)
     sel_texts, sel_labels, sel_kinds = sets["val"]
@@ -190,7 +190,7 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
     settings = [Setting("none")]
     settings += [Setting("refusal_direction", s, direction.steering(ablate=s)) for s in config.ablate]
     gate_info = {}
-    for s in config.conditional:
+    for s in config.conditional if probe is not None else []:
         with steered(lm, direction.steering(ablate=s)):
             ablated = scorer.score(sel_texts, desc=f"selection split, direction ablated x{s:g}").margin
         threshold, info = fixes.choose_threshold(
@@ -269,8 +269,8 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
     run_info = provenance(
         **session.provenance(), study="mitigate", suite=suite.source, suite_sha256=suite.full.sha256,
         direction={"layer": direction.layer, "position": direction.position, **direction.details.get("selection", {})},
-        harmfulness_probe={"layer": probe.layer, "position": probe.position, "method": probe.method,
-                           "sha256": probe.sha256()},
+        harmfulness_probe=None if probe is None else {"layer": probe.layer, "position": probe.position,
+                                                      "method": probe.method, "sha256": probe.sha256()},
         gates=gate_info, false_refusal=None if fr is None else fr.info, rule=rule,
         chosen={"mitigation": chosen.mitigation, "strength": chosen.strength, "gate": chosen.gate,
                 "coefficient": chosen.coefficient, "describe": _label(chosen)},

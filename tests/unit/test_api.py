@@ -253,6 +253,21 @@ def test_steering_pathway_and_mitigations_from_the_api(probe, empty_cwd):
         "How can I hack a Python process?", "How can I make a Python process?", direction=d
     )
     assert len(traced.to_frame()) == 1 and set(traced.tables["projections"]["text"]) == {"prompt", "variant"}
-    mitigated = probe.mitigate("xstest", limit=40, ablate=[1.0], direction=d, instruction=False)
+    mitigated = probe.mitigate(
+        "xstest",
+        limit=40,
+        ablate=[1.0],
+        direction=d,
+        instruction=False,
+        harmfulness=False,
+        false_refusal=(),
+        generate_per_type=0,
+    )
     assert list(mitigated.to_frame()["mitigation"]) == ["none", "refusal_direction"]
+    with probe.steered(mitigated):  # the chosen setting, from the result itself
+        fixed = probe.score("xstest", limit=40).to_frame()["margin"].to_numpy()
+    table, margins = mitigated.to_frame(), mitigated.tables["margins"]
+    chosen = table[table["chosen"]].iloc[0]
+    same = (margins["mitigation"] == chosen["mitigation"]) & (margins["strength"] == chosen["strength"])
+    np.testing.assert_allclose(fixed, margins[same]["margin"].to_numpy(), atol=1e-4)
     assert list(empty_cwd.iterdir()) == []  # nothing written

@@ -13,7 +13,17 @@ import pytest
 
 from lexprobe.cli import main
 
-FAST = ["--steps", "4", "--random-orders", "1", "--min-similarity", "0.5", "--content-words", "1"]
+FAST = [
+    "--steps",
+    "4",
+    "--random-orders",
+    "1",
+    "--min-similarity",
+    "0.5",
+    "--content-words",
+    "1",
+    "--no-harmfulness",
+]
 SELECT = ["--suite", "xstest", "--type", "homonyms", "--limit", "5"]
 
 
@@ -36,9 +46,9 @@ def _diagnose(out, readout, *args):
 
 
 @pytest.fixture(scope="module")
-def diagnosed(tmp_path_factory, mixed_readout_file):
+def diagnosed(tmp_path_factory, mixed_readout_file, tiny_probe_file):
     out = tmp_path_factory.mktemp("diagnose") / "homonyms"
-    assert _diagnose(out, mixed_readout_file, *SELECT) == 0
+    assert _diagnose(out, mixed_readout_file, *SELECT, "--harmfulness", tiny_probe_file) == 0
     return out
 
 
@@ -52,7 +62,7 @@ def test_report_is_self_contained_with_verdict_and_provenance(diagnosed):
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
     assert "<script" not in page.lower() and "<link" not in page.lower() and "@import" not in page
     images = re.findall(r"<img[^>]*\ssrc=\"([^\"]*)\"", page)
-    assert len(images) == 4  # contrast margins, heatmap, forest, paired margins
+    assert len(images) == 5  # cells, contrast margins, heatmap, forest, paired margins
     assert all(src.startswith("data:image/png;base64,") and len(src) > 1000 for src in images)
     import html
 
@@ -124,7 +134,7 @@ def test_summary_numbers_are_the_sub_runs_numbers(diagnosed):
 
 
 def test_rerun_needs_resume_loses_nothing_and_resume_redoes_nothing(
-    error_line, diagnosed, tmp_path, mixed_readout_file, capsys
+    error_line, diagnosed, tmp_path, mixed_readout_file, capsys, tiny_probe_file
 ):
     out = tmp_path / "copy"
     shutil.copytree(diagnosed, out)
@@ -135,7 +145,7 @@ def test_rerun_needs_resume_loses_nothing_and_resume_redoes_nothing(
     assert "already holds a diagnosis" in line and "--resume" in line and "--overwrite" in line
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
-    assert _diagnose(out, mixed_readout_file, *SELECT, "--resume") == 0
+    assert _diagnose(out, mixed_readout_file, *SELECT, "--harmfulness", tiny_probe_file, "--resume") == 0
     assert json.loads((out / "scores" / "run.json").read_text())["n_scored_this_run"] == 0
     assert json.loads((out / "attribution" / "run.json").read_text())["n_attributed_this_run"] == 0
     assert json.loads((out / "perturb" / "run.json").read_text())["n_perturbed_this_run"] == 0
@@ -214,6 +224,26 @@ def test_verdict_calls_lexical_only_when_both_cis_exclude_zero():
 
     crossing = " ".join(verdict(_facts((-0.1, -0.4, 0.2), (-0.1, -0.5, 0.3), (0.0, -0.2, 0.2), n=3)))
     assert "Inconclusive" in crossing and "Only 3 prompts" in crossing
+
+
+def test_the_four_cells_are_the_scores_margins_against_their_harmfulness(diagnosed):
+    s = json.loads((diagnosed / "summary.json").read_text())
+    scores = _read(diagnosed / "scores" / "scores.csv")
+    margin, harm = pd.to_numeric(scores["margin"]), pd.to_numeric(scores["harmfulness"])
+    cells = _read(diagnosed / "cells.csv")
+    for label in ("safe", "unsafe"):
+        mine = scores["label"] == label
+        row = cells[(cells["type"] == "all") & (cells["label"] == label)].iloc[0]
+        assert int(row["n_misread"]) == int((mine & (margin > 0) & (harm > 0)).sum())
+        assert int(row["n_lexically_over-refused"]) == int((mine & (margin > 0) & (harm <= 0)).sum())
+        assert int(row["n_answered_represented_harmless"]) == int((mine & (margin <= 0) & (harm <= 0)).sum())
+        counts = [int(row[c]) for c in row.index if c.startswith("n_") and c not in ("n_refused",)]
+        assert sum(counts) == int(row["n"])  # every prompt in one of the four cells
+    refused_safe = (scores["label"] == "safe") & (margin > 0)
+    assert s["cells"]["n_refused_safe"] == int(refused_safe.sum())
+    assert s["cells"]["index"] == pytest.approx((harm[refused_safe] <= 0).mean())
+    assert any(line.startswith("Understanding: of the") for line in s["verdict"])
+    assert (diagnosed / "cells.png").exists()
 
 
 def test_summary_json_has_no_nan(diagnosed):

@@ -148,9 +148,11 @@ def test_direction_on_a_model_that_refuses_nothing_is_one_line(tmp_path, tiny_re
     assert "too few calibration prompts the model treats as their class" in error_line()
 
 
-def test_mitigate_writes_a_row_per_mitigation_and_strength(tmp_path, tiny_readout_file, direction_file):
-    """tiny-random refuses none of the trigger-word carriers: no false-refusal vector, a warning, and
-    the other rows; the unmitigated row's rates are those of `score`."""
+def test_mitigate_writes_a_row_per_mitigation_and_strength(
+    tmp_path, tiny_readout_file, direction_file, tiny_probe_file
+):
+    """tiny-random refuses too few of lexprobe's harmless prompts for a false-refusal vector: a warning,
+    and the other rows; the unmitigated row's rates are those of `score`."""
     import pandas as pd
 
     from lexprobe.cli import main
@@ -159,10 +161,17 @@ def test_mitigate_writes_a_row_per_mitigation_and_strength(tmp_path, tiny_readou
     base = ["--model", "tiny-random", "--readout", str(tiny_readout_file), "--suite", "xstest"]
     assert main(["score", *base, "--out", str(tmp_path / "score")]) == 0
     args = ["mitigate", *base, "--direction", str(path), "--ablate", "0.5,1", "--generate-per-type", "1"]
+    args += ["--harmfulness", str(tiny_probe_file), "--selection-prompts", "4", "--gate-width", "0"]
     assert main([*args, "--max-new-tokens", "4", "--out", str(tmp_path / "m")]) == 0
     table = pd.read_csv(tmp_path / "m" / "tradeoff.csv")
-    assert list(table["mitigation"]) == ["none", "refusal_direction", "refusal_direction", "instruction"]
-    assert list(table["strength"]) == [0, 0.5, 1.0, 1.0]
+    assert list(table["mitigation"]) == [
+        "none",
+        "refusal_direction",
+        "refusal_direction",
+        "conditional",
+        "instruction",
+    ]
+    assert list(table["strength"]) == [0, 0.5, 1.0, 1.0, 1.0]
     scores = pd.read_csv(tmp_path / "score" / "scores.csv")
     safe = scores["label"] == "safe"
     none = table.iloc[0]
@@ -171,8 +180,7 @@ def test_mitigate_writes_a_row_per_mitigation_and_strength(tmp_path, tiny_readou
     assert np.isclose(none["safe_mean_margin"], scores["margin"][safe].mean())
     assert table["safe_mean_margin"].nunique() == len(table)  # every mitigation moved the margins
     types = scores.groupby("label")["type"].nunique()  # one generated prompt of each type
-    assert (table["n_generated_safe"] == types["safe"]).all()
-    assert (table["n_generated_unsafe"] == types["unsafe"]).all()
+    assert none["n_generated_safe"] == types["safe"] and none["n_generated_unsafe"] == types["unsafe"]
     margins = pd.read_csv(tmp_path / "m" / "margins.csv")
     assert len(margins) == len(table) * len(scores)
     assert (tmp_path / "m" / "tradeoff.png").exists()
