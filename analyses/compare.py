@@ -55,7 +55,7 @@ class Plan:
     device_map: str | None = None  # every model spread over the visible devices (--device-map)
     perturb: bool = False
     perturb_types: list[str] = field(default_factory=list)
-    harmfulness: bool = False
+    harmfulness: bool | str = False  # true: each model's probe; or a probe.json
     steer: str | None = None  # a chosen.json of `lexprobe mitigate`, applied to every cell
 
     @classmethod
@@ -102,7 +102,6 @@ class Plan:
             ("limit", int),
             ("batch_size", int),
             ("perturb", bool),
-            ("harmfulness", bool),
             ("steer", str),
             ("dtype", str),
             ("device_map", str),
@@ -115,6 +114,8 @@ class Plan:
                 raise InputError(f"--config '{path}': {key} must be {kind_name}, got {value!r}")
             if kind is int and value is not None and value < 1:
                 raise InputError(f"--config '{path}': {key} must be at least 1, got {value}")
+        if not isinstance(data.get("harmfulness", False), bool | str):
+            raise InputError(f"--config '{path}': harmfulness must be true, false or a probe.json path")
         return cls(**data)
 
     def check(self) -> None:
@@ -124,6 +125,10 @@ class Plan:
         from lexprobe.toolkit.models.placement import parse_device_map
 
         parse_device_map(self.device_map)
+        if isinstance(self.harmfulness, str):
+            from lexprobe.probes.harmfulness import load_probe
+
+            load_probe(self.harmfulness)
         if self.steer is not None:
             from lexprobe.toolkit.mechanism.fixes import load_chosen
 

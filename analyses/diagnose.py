@@ -282,7 +282,11 @@ def run(config: DiagnoseConfig, session: Session | None = None, suite: Suite | N
         try:
             mitigated = mitigate.run(
                 mitigate.MitigateConfig(
-                    out=_sub(out, "mitigate"), model=model, harmfulness=harm, generate_per_type=0, overwrite=True
+                    out=_sub(out, "mitigate"),
+                    model=model,
+                    harmfulness=harm,
+                    generate_per_type=0,
+                    overwrite=True,
                 ),
                 session,
                 selection,
@@ -543,9 +547,13 @@ def mitigation_facts(table: pd.DataFrame) -> dict:
 
 
 def _fix_name(row: dict) -> str:
+    coefficient = row.get("coefficient")
+    orth = "" if coefficient is None or coefficient != coefficient else f" (orthogonalised x{coefficient:g})"
     names = {
         "refusal_direction": f"ablating {row['strength']:g} of the refusal direction",
-        "false_refusal": f"ablating the false-refusal vector at strength {row['strength']:g}",
+        "conditional": f"ablating {row['strength']:g} of the refusal direction where the probe reads harmless "
+        f"({row.get('gate') or 'hard'} gate)",
+        "false_refusal": f"ablating the false-refusal vector at strength {row['strength']:g}{orth}",
         "instruction": "a note naming the trigger word",
     }
     return names.get(row["mitigation"], row["mitigation"])

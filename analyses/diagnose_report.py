@@ -151,10 +151,13 @@ def write_report(result, attributions, figures: dict[str, Path], path: Path) -> 
             _section(
                 "5. What would change it, at what cost",
                 _note(
-                    "Each fix scored on the selected prompts and their unsafe contrasts; refused = margin > 0. "
-                    "refusal_direction: that share of the refusal direction ablated everywhere; false_refusal: a "
-                    "false-refusal vector (trigger-word carriers the model refuses, orthogonal to the refusal "
-                    "direction) ablated; instruction: a note naming the prompt's trigger words as harmless."
+                    "Each fix scored on the selected prompts and their unsafe contrasts, with 95% bootstrap CIs; "
+                    "refused = margin > 0. refusal_direction: that share of the refusal direction ablated "
+                    "everywhere; conditional: the same, only where the harmfulness probe reads the prompt as "
+                    "harmless; false_refusal: a false-refusal vector (harmless prompts lexprobe made that the model "
+                    "refuses; coefficient = the share of its refusal-direction component removed) ablated; "
+                    "instruction: a note naming the prompt's trigger words as harmless. chosen: the rule's pick on "
+                    "the calibration selection split (mitigate/chosen.json)."
                 ),
                 report.table(t["tradeoff"]),
                 report.figure(f.get("tradeoff"), "refusal rate on safe against unsafe prompts, per fix"),

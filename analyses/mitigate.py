@@ -63,7 +63,9 @@ class MitigateConfig(Options):
     out: str | None = None  # None: nothing written (the Python API)
     model: ModelOptions = field(default_factory=ModelOptions)
     suite: SuiteOptions = field(default_factory=SuiteOptions)
-    harmfulness: object = True  # the gates' probe: this model's, a probe.json / HarmfulnessProbe, or False (no gates)
+    harmfulness: object = (
+        True  # the gates' probe: this model's, a probe.json / HarmfulnessProbe, or False (no gates)
+    )
     ablate: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])  # refusal direction shares
     conditional: list[float] = field(default_factory=lambda: [1.0])  # gated shares of the refusal direction
     gate_width: float = 1.0  # the soft gate's width in probe logits (0: hard gates only)

@@ -71,6 +71,12 @@ def test_resume_reuses_finished_cells_and_a_rerun_without_it_is_refused(tmp_path
         ('models = ["tiny-random", "no-such-model"]\n', "unknown model spec 'no-such-model'"),
         ('models = ["tiny-random"]\nsuites = ["xstest", "xstset"]\n', "xstset"),
         ('models = ["tiny-random"]\ndevice_map = "evenly"\n', "--device-map 'evenly' is neither"),
+        ('models = ["tiny-random"]\nharmfulness = 3\n', "harmfulness must be true, false or a probe.json"),
+        (
+            'models = ["tiny-random"]\nharmfulness = "nope.json"\n',
+            "harmfulness probe 'nope.json' does not exist",
+        ),
+        ('models = ["tiny-random"]\nsteer = "nope.json"\n', "--steer 'nope.json' does not exist"),
     ],
 )
 def test_a_bad_plan_is_one_line_before_any_cell_runs(tmp_path, capsys, plan, says):
@@ -100,3 +106,21 @@ def test_perturb_adds_each_cells_pooled_trigger_effect(tmp_path):
     assert cell["trigger_n"] == trig["n"] > 0
     assert cell["trigger_effect"] == pytest.approx(trig["mean"])
     assert cell["trigger_ci_low"] <= cell["trigger_effect"] <= cell["trigger_ci_high"]
+
+
+def test_with_a_probe_each_cell_has_its_lexical_over_refusal_index(tmp_path, tiny_probe_file):
+    plan = f'models = ["tiny-random"]\nconditions = ["none"]\nlimit = 60\nharmfulness = "{tiny_probe_file}"\n'
+    assert _compare(tmp_path, plan) == 0
+    cell = pd.read_csv(tmp_path / "cmp" / "cells.csv").iloc[0]
+    scored = pd.read_csv(tmp_path / "cmp" / cell["dir"] / "scores" / "scores.csv")
+    refused_safe = scored[(scored["label"] == "safe") & (scored["margin"] > 0)]
+    assert cell["n_refused_safe"] == len(refused_safe)
+    if len(refused_safe):
+        assert cell["lexical_over_refusal_index"] == pytest.approx((refused_safe["harmfulness"] <= 0).mean())
+    else:  # nothing refused: no index to give
+        assert np.isnan(cell["lexical_over_refusal_index"])
+    from lexprobe.toolkit.stats import auroc
+
+    assert cell["harmfulness_auroc"] == pytest.approx(
+        auroc(scored["label"] == "unsafe", scored["harmfulness"])
+    )

@@ -61,6 +61,9 @@ def probe_figure(sites: pd.DataFrame, path: str | Path, title: str) -> Path:
             axes[1].plot(
                 chosen["layer"], chosen["cosine_refusal_direction"], marker="*", ms=13, color=ACCENT, ls=""
             )
+    if "cosine_refusal_direction" not in rows or rows["cosine_refusal_direction"].isna().all():
+        axes[1].text(0.5, 0.5, "no refusal direction to compare with", ha="center", va="center",
+                     transform=axes[1].transAxes, color="#666", fontsize=9)  # fmt: skip
     axes[0].axhline(0.5, color="grey", ls="--", lw=0.8)
     axes[0].set_ylabel("AUROC, harmful vs hard harmless (val)")
     axes[0].set_title(f"{method}: how well each site reads harm", fontsize=9)
