@@ -58,7 +58,8 @@ class HarmfulnessResult(MultiTableResult):
 
     def overview(self) -> pd.DataFrame:
         """Each layer's best site (on the val split's hard prompts), per method."""
-        f = self.frame.sort_values(["auroc_val_hard", "loss_val"], ascending=[False, True])
+        f = self.frame.dropna(subset=["auroc_val_hard"])  # the logistic probe's unfitted sites
+        f = f.sort_values(["auroc_val_hard", "loss_val"], ascending=[False, True])
         best = f.groupby(["method", "layer"], sort=False).head(1).sort_values(["method", "layer"])
         keep = ["method", "layer", "position", "auroc_val", "auroc_val_hard", "cosine_refusal_direction"]
         return best[[c for c in keep if c in best]].reset_index(drop=True)

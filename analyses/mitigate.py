@@ -29,12 +29,15 @@ beside their margins (agreement with its CI).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from lexprobe.analyses.common import (
     ModelOptions,
@@ -158,13 +161,12 @@ class Setting:
 
 @study
 def run(config: MitigateConfig, session: Session | None = None, suite=None) -> MitigateResult:
-    from lexprobe.probes.steering import Gate, Steering, steered
-    from lexprobe.toolkit.mechanism.harmfulness import calibration_sets
+    from lexprobe.probes.steering import steered
 
     out = Path(config.out) if config.out else None
     if out is not None and (out / MitigateResult.filename).exists() and not config.overwrite:
         raise OutputError(f"'{out / MitigateResult.filename}' already exists: pass --overwrite to replace it")
-    if config.model.steers or getattr(config.model, "steer", None):
+    if config.model.steers:
         raise InputError(
             "lexprobe mitigate steers the model itself: drop --ablate-direction/--add-direction/--steer"
         )
@@ -182,64 +184,23 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
     direction = direction_of(session, config.model)
     probe = probe_option(session, config.harmfulness, config.model.batch_size)  # None: no gated rows
     scorer = Scorer(lm, session.fmt, session.readout, config.model.batch_size)
-    sets = calibration_sets(None, config.selection_prompts)
-    sel_texts, sel_labels, sel_kinds = sets["val"]
-    sel_safe = np.asarray(sel_labels) == 0
-
-    # the model as it is on the selection split, with the probe's logits read in the same pass
-    probed = Scorer(lm, session.fmt, session.readout, config.model.batch_size, probe)
-    plain = probed.score(sel_texts, desc="selection split, as is")
-    settings = [Setting("none")]
-    settings += [Setting("refusal_direction", s, direction.steering(ablate=s)) for s in config.ablate]
-    gate_info = {}
-    for s in config.conditional if probe is not None else []:
-        with steered(lm, direction.steering(ablate=s)):
-            ablated = scorer.score(sel_texts, desc=f"selection split, direction ablated x{s:g}").margin
-        threshold, info = fixes.choose_threshold(
-            plain.harmfulness, plain.margin, ablated, sel_safe, config.max_unsafe_drop
-        )
-        gate_info[f"{s:g}"] = {"threshold": threshold, **info}
-        for kind, width in (("hard", 0.0), ("soft", config.gate_width)):
-            if kind == "soft" and width == 0:
-                continue
-            gated = Steering(
-                direction.vector, ablate=s, name="refusal direction", gate=Gate(probe, threshold, width)
-            )
-            settings.append(Setting("conditional", s, gated, gate=kind, threshold=threshold))
-    fr = fixes.false_refusal(scorer, direction, sets) if config.false_refusal else None
-    if fr is not None:
-        for c in config.coefficients:
-            vector = fr.vector(c)
-            for s in config.false_refusal:
-                steer = Steering(vector, ablate=s, name=f"false-refusal vector (orthogonalised x{c:g})")
-                settings.append(Setting("false_refusal", s, steer, coefficient=c))
-    elif config.false_refusal:
-        log.warning("the model refuses too few of lexprobe's harmless prompts for a false-refusal vector")
     sub = None
     if config.instruction:
         from lexprobe.toolkit.substitution.engine import Substituter
 
         sub = Substituter(strategies=("lexicon",))
-        settings.append(Setting("instruction", 1.0, note=True))
+    settings, sel_rows, chosen_i, info = selected(
+        scorer, direction, probe, sub, config, session.system.describe()
+    )
 
     texts = frame["prompt"].tolist()
     noted = [trigger_note(sub, t) for t in texts] if sub is not None else texts
-    selection_noted = [trigger_note(sub, t) for t in sel_texts] if sub is not None else sel_texts
-    sel_rows, rows, margins, eval_margins = [], [], [], []
+    rows, margins, eval_margins = [], [], []
     for st in settings:
-        label = _label(st)
         with steered(lm, st.steering):
-            m_sel = plain.margin if st.mitigation == "none" else scorer.score(
-                selection_noted if st.note else sel_texts, desc=f"selection split, {label}"
-            ).margin  # fmt: skip
-            m = scorer.score(noted if st.note else texts, desc=f"suite, {label}").margin
-        safe_rate, unsafe_rate = fixes.refusal_rates(m_sel, sel_safe)
-        sel_rows.append(_describe(st) | {"safe_refusal_rate": safe_rate, "unsafe_refusal_rate": unsafe_rate,
-                                         "n_safe": int(sel_safe.sum()), "n_unsafe": int((~sel_safe).sum()),
-                                         "eligible": st.eligible})  # fmt: skip
+            m = scorer.score(noted if st.note else texts, desc=f"suite, {_label(st)}").margin
         eval_margins.append(m)
         margins.append(frame[["id", "type", "label"]].assign(**_describe(st), margin=m))
-    chosen_i = fixes.choose(sel_rows, config.max_unsafe_drop)
     for i, (st, m) in enumerate(zip(settings, eval_margins)):
         rows.append(_describe(st) | _rates_with_cis(m, eval_margins[0], is_safe) | {"chosen": i == chosen_i})
     table = pd.DataFrame(rows)
@@ -257,15 +218,10 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
 
     model = {"model_spec": lm.spec, "weights_sha256": lm.weights_sha256, "dtype": str(lm.dtype).removeprefix("torch."),
              "system_prompt": session.system.describe()}  # fmt: skip
-    rule = (
-        f"on the selection split (calibration val instructions, {int(sel_safe.sum())} harmless and "
-        f"{int((~sel_safe).sum())} harmful prompts with lexprobe's frames), the lowest safe refusal rate "
-        f"among settings whose unsafe refusal rate drops by at most {100 * config.max_unsafe_drop:g} points"
-    )
     chosen_file = fixes.chosen_json(
         chosen.steering,
         {"model": model, "mitigation": chosen.mitigation, "strength": chosen.strength, "gate": chosen.gate,
-         "coefficient": None if np.isnan(chosen.coefficient) else chosen.coefficient, "rule": rule,
+         "coefficient": None if np.isnan(chosen.coefficient) else chosen.coefficient, "rule": info["rule"],
          "selection": sel_rows[chosen_i], "evaluation": _plain(rows[chosen_i]), "suite": suite.source},
     )  # fmt: skip
     run_info = provenance(
@@ -273,9 +229,8 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
         direction={"layer": direction.layer, "position": direction.position, **direction.details.get("selection", {})},
         harmfulness_probe=None if probe is None else {"layer": probe.layer, "position": probe.position,
                                                       "method": probe.method, "sha256": probe.sha256()},
-        gates=gate_info, false_refusal=None if fr is None else fr.info, rule=rule,
-        chosen={"mitigation": chosen.mitigation, "strength": chosen.strength, "gate": chosen.gate,
-                "coefficient": chosen.coefficient, "describe": _label(chosen)},
+        **info, chosen={"mitigation": chosen.mitigation, "strength": chosen.strength, "gate": chosen.gate,
+                        "coefficient": chosen.coefficient, "describe": _label(chosen)},
         instruction=NOTE if sub is not None else None, generate_per_type=config.generate_per_type,
         wall_seconds=timer.seconds,
     )  # fmt: skip
@@ -288,6 +243,135 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
     if out is not None:
         result.save(out, overwrite=True, figures=config.figures)
     return result
+
+
+def selected(scorer, direction, probe, sub, config: MitigateConfig, condition: str):
+    """(the settings, their rates on the selection split, the index the rule chooses, what run.json
+    records of them). The selection split does not depend on the evaluation suite, so all of this is
+    cached per model, condition, direction, probe and settings: a second suite (or `diagnose`) only
+    scores its own prompts."""
+    from lexprobe.probes.steering import Gate, Steering
+    from lexprobe.toolkit.io.cache import cache_dir, write_json_atomic
+    from lexprobe.toolkit.io.locks import building
+    from lexprobe.toolkit.io.results import read_json_file
+    from lexprobe.toolkit.mechanism.harmfulness import data_sha
+
+    lm = scorer.lm
+    key = {
+        "dtype": str(lm.dtype), "system_prompt": condition, "readout": scorer.readout.sha256(),
+        "direction": hashlib.sha256(direction.vector.double().numpy().tobytes()).hexdigest(),
+        "direction_site": [direction.layer, direction.position], "probe": None if probe is None else probe.sha256(),
+        "settings": [config.ablate, config.conditional, config.gate_width, config.false_refusal, config.coefficients,
+                     config.instruction, config.max_unsafe_drop, config.selection_prompts],
+        "data": data_sha(), "format": 1,
+    }  # fmt: skip
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir("fixes", lm.weights_sha256[:16]) / f"{digest}.json"
+    with building(path):
+        record = read_json_file(path, None) if path.exists() else None
+        if not (isinstance(record, dict) and record.get("key") == key):
+            record = _select(scorer, direction, probe, sub, config) | {"key": key}
+            write_json_atomic(path, record)
+        else:
+            log.info("mitigate: the selection split's figures from the cache %s", path)
+    settings = [Setting("none")]
+    settings += [Setting("refusal_direction", s, direction.steering(ablate=s)) for s in config.ablate]
+    for s, gate in record["gates"].items():
+        for kind, width in (("hard", 0.0), ("soft", config.gate_width)):
+            if kind == "hard" or width > 0:
+                gated = Steering(direction.vector, ablate=float(s), name="refusal direction",
+                                 gate=Gate(probe, gate["threshold"], width))  # fmt: skip
+                settings.append(
+                    Setting("conditional", float(s), gated, gate=kind, threshold=gate["threshold"])
+                )
+    if record["false_refusal"] is not None and record["false_refusal"].get("raw") is not None:
+        fr = fixes.FalseRefusal(torch.tensor(record["false_refusal"]["raw"], dtype=torch.float64),
+                                torch.tensor(record["false_refusal"]["unit"], dtype=torch.float64))  # fmt: skip
+        for c in config.coefficients:
+            for s in config.false_refusal:
+                steer = Steering(fr.vector(c), ablate=s, name=f"false-refusal vector (orthogonalised x{c:g})")
+                settings.append(Setting("false_refusal", s, steer, coefficient=c))
+    if sub is not None:
+        settings.append(Setting("instruction", 1.0, note=True))
+    order = ["mitigation", "strength", "coefficient", "gate", "threshold", "safe_refusal_rate",
+             "unsafe_refusal_rate", "n_safe", "n_unsafe", "eligible"]  # fmt: skip
+    rows = [{k: r[k] for k in order} for r in record["selection"]]  # JSON keeps no key order
+    if [(r["mitigation"], r["strength"], r["gate"]) for r in rows] != [
+        (st.mitigation, st.strength, st.gate) for st in settings
+    ]:  # a record that does not describe these settings: it cannot be (the key names them all)
+        raise RuntimeError(f"the cached selection {path} does not match its settings")
+    fr_info = (record["false_refusal"] or {}).get("info")
+    return (
+        settings,
+        rows,
+        fixes.choose(rows, config.max_unsafe_drop),
+        {
+            "gates": record["gates"],
+            "false_refusal": fr_info,
+            "rule": record["rule"],
+        },
+    )
+
+
+def _select(scorer, direction, probe, sub, config: MitigateConfig) -> dict:
+    """Every setting scored on the selection split: the gates' thresholds chosen there, the false-refusal
+    vector built from the train split (`toolkit.mechanism.fixes`), and the rates of each setting."""
+    from lexprobe.probes.steering import Gate, Steering, steered
+    from lexprobe.toolkit.mechanism.harmfulness import calibration_sets
+
+    lm = scorer.lm
+    sets = calibration_sets(None, config.selection_prompts)
+    texts, labels, _kinds = sets["val"]
+    is_safe = np.asarray(labels) == 0
+    probed = Scorer(lm, scorer.fmt, scorer.readout, scorer.batch_size, probe)
+    plain = probed.score(texts, desc="selection split, as is")  # the probe's logits in the same pass
+    settings = [Setting("none")]
+    settings += [Setting("refusal_direction", s, direction.steering(ablate=s)) for s in config.ablate]
+    gates = {}
+    for s in config.conditional if probe is not None else []:
+        with steered(lm, direction.steering(ablate=s)):
+            ablated = scorer.score(texts, desc=f"selection split, direction ablated x{s:g}").margin
+        threshold, info = fixes.choose_threshold(
+            plain.harmfulness, plain.margin, ablated, is_safe, config.max_unsafe_drop
+        )
+        gates[f"{s:g}"] = {"threshold": threshold, **info}
+        for kind, width in (("hard", 0.0), ("soft", config.gate_width)):
+            if kind == "hard" or width > 0:
+                gated = Steering(
+                    direction.vector, ablate=s, name="refusal direction", gate=Gate(probe, threshold, width)
+                )
+                settings.append(Setting("conditional", s, gated, gate=kind, threshold=threshold))
+    fr, fr_info = fixes.false_refusal(scorer, direction, sets) if config.false_refusal else (None, None)
+    if fr is not None:
+        for c in config.coefficients:
+            for s in config.false_refusal:
+                steer = Steering(fr.vector(c), ablate=s, name=f"false-refusal vector (orthogonalised x{c:g})")
+                settings.append(Setting("false_refusal", s, steer, coefficient=c))
+    elif config.false_refusal:
+        log.warning("the model refuses too few of lexprobe's harmless prompts for a false-refusal vector")
+    if sub is not None:
+        settings.append(Setting("instruction", 1.0, note=True))
+    noted = [trigger_note(sub, t) for t in texts] if sub is not None else texts
+    rows = []
+    for st in settings:
+        if st.mitigation == "none":
+            m = plain.margin
+        else:
+            with steered(lm, st.steering):
+                m = scorer.score(noted if st.note else texts, desc=f"selection split, {_label(st)}").margin
+        safe_rate, unsafe_rate = fixes.refusal_rates(m, is_safe)
+        rows.append(_describe(st) | {"safe_refusal_rate": safe_rate, "unsafe_refusal_rate": unsafe_rate,
+                                     "n_safe": int(is_safe.sum()), "n_unsafe": int((~is_safe).sum()),
+                                     "eligible": st.eligible})  # fmt: skip
+    rule = (
+        f"on the selection split (calibration val instructions, {int(is_safe.sum())} harmless and "
+        f"{int((~is_safe).sum())} harmful prompts with lexprobe's frames), the lowest safe refusal rate "
+        f"among settings whose unsafe refusal rate drops by at most {100 * config.max_unsafe_drop:g} points"
+    )
+    fr_record = None if fr_info is None else {"info": fr_info}
+    if fr is not None:
+        fr_record |= {"raw": fr.raw.tolist(), "unit": fr.unit.tolist()}
+    return {"gates": gates, "false_refusal": fr_record, "selection": [_plain(r) for r in rows], "rule": rule}
 
 
 def _label(st: Setting) -> str:

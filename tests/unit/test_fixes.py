@@ -162,8 +162,11 @@ def mitigated(tmp_path_factory, tiny_readout_file, tiny_probe_file):
         str(out / "direction.json"),
     ]
     args += ["--harmfulness", str(tiny_probe_file), "--ablate", "1", "--selection-prompts", "6"]
-    args += ["--generate-per-type", "2", "--max-new-tokens", "3", "--out", str(out / "m")]
-    assert main(args) == 0
+    args += ["--generate-per-type", "2", "--max-new-tokens", "3"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LEXPROBE_CACHE", str(out / "cache"))
+        assert main([*args, "--out", str(out / "m")]) == 0
+        assert main([*args, "--out", str(out / "again")]) == 0  # the selection split from the cache
     return out
 
 
@@ -193,6 +196,18 @@ def test_mitigate_writes_every_setting_with_paired_cis_and_a_chosen_file(mitigat
     assert set(gens["mitigation"]) == {"none", chosen["mitigation"]}
     assert (table["agreement"].notna()).sum() == len(set(gens["mitigation"]))
     assert (mitigated / "m" / "tradeoff.png").exists()
+
+
+def test_a_second_run_takes_the_selection_split_from_the_cache(mitigated):
+    first, again = (json.loads((mitigated / d / "run.json").read_text()) for d in ("m", "again"))
+    assert again["wall_seconds"] < first["wall_seconds"]
+    for name in ("selection.csv", "tradeoff.csv", "margins.csv"):
+        a, b = (pd.read_csv(mitigated / d / name) for d in ("m", "again"))
+        pd.testing.assert_frame_equal(a, b)
+    assert (
+        json.loads((mitigated / "m" / "chosen.json").read_text())["sha256"]
+        == json.loads((mitigated / "again" / "chosen.json").read_text())["sha256"]
+    )
 
 
 def test_the_hard_gate_row_equals_its_parts(mitigated):

@@ -46,10 +46,10 @@ class FalseRefusal:
         return (self.raw - coefficient * (self.raw @ self.unit) * self.unit).float()
 
 
-def false_refusal(scorer, direction, sets: dict, minimum: int = 8) -> FalseRefusal | None:
-    """The false-refusal vector from `calibration_sets`' train split (module docstring), or None where
+def false_refusal(scorer, direction, sets: dict, minimum: int = 8) -> tuple[FalseRefusal | None, dict]:
+    """(the false-refusal vector from `calibration_sets`' train split (module docstring), or None where
     the model refuses fewer than `minimum` of lexprobe's harmless prompts or answers fewer than
-    `minimum` harmless instructions; `info` says how many were tried and kept either way."""
+    `minimum` harmless instructions; how many were tried and kept, either way)."""
     from lexprobe.toolkit.mechanism.harmfulness import HARD, prompt_states
 
     texts, labels, kinds = sets["train"]
@@ -71,14 +71,14 @@ def false_refusal(scorer, direction, sets: dict, minimum: int = 8) -> FalseRefus
         "site": {"layer": layer, "position": position},
     }
     if refused.sum() < minimum or answered.sum() < minimum:
-        return None
+        return None, info
     # states [n, 1, positions, d]: the position counts from the prompt's end, as the direction's does
     at = states.shape[2] + position
     raw = states[refused][:, 0, at].double().mean(0) - base[answered][:, 0, at].double().mean(0)
     unit = direction.vector.double() / direction.vector.double().norm()
     info["cosine_with_refusal_direction"] = float(raw @ unit / raw.norm())
     info["norm"] = float(raw.norm())
-    return FalseRefusal(raw, unit, info)
+    return FalseRefusal(raw, unit, info), info
 
 
 def refusal_rates(margins: np.ndarray, is_safe: np.ndarray) -> tuple[float, float]:

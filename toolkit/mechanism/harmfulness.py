@@ -280,7 +280,10 @@ def cosines(table: pd.DataFrame, weights: torch.Tensor, vector: torch.Tensor) ->
     """Each table row's probe weights' cosine with `vector` (the refusal direction) [rows]."""
     unit = vector.double() / vector.double().norm()
     w = weights.double()
-    cos = (w @ unit) / w.norm(dim=-1).clamp_min(1e-12)  # [methods, sites]
+    norm = w.norm(dim=-1)
+    cos = torch.where(
+        norm > 0, (w @ unit) / norm.clamp_min(1e-12), torch.nan
+    )  # [methods, sites]; unfitted: NaN
     k_of = {m: k for k, m in enumerate(METHODS)}
     return np.array([float(cos[k_of[m], s]) for m, s in zip(table["method"], table["site"])])
 
@@ -306,7 +309,7 @@ def find_probe(
 
     lm = scorer.lm
     key = {"dtype": str(lm.dtype), "system_prompt": condition, "train": train_prompts, "val": val_prompts,
-           "data": _data_sha(), "format": 2}  # fmt: skip
+           "data": data_sha(), "format": 2}  # fmt: skip
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir("harmfulness", lm.weights_sha256[:16]) / f"{digest}.json"
     table_path, weights_path = path.with_suffix(".csv"), path.with_suffix(".safetensors")
@@ -336,7 +339,7 @@ def find_probe(
         return probe, table, weights
 
 
-def _data_sha() -> str:
+def data_sha() -> str:
     """The identity of the shipped files the probe's prompts are made from (a change fits it again)."""
     from lexprobe import prompts
 

@@ -22,54 +22,46 @@ def _plt():
 
 
 def probe_figure(sites: pd.DataFrame, path: str | Path, title: str) -> Path:
-    """Two panels over the layers for the selected method: the val AUROC on the hard prompts at each
-    position (the selected site starred), and each position's cosine with the refusal direction."""
+    """Two panels over the layers: each position's mean-difference probe (fitted at every site) by its
+    val AUROC on the hard prompts, with the logistic probe's fitted sites as crosses and the selected
+    site starred; and each position's cosine with the refusal direction."""
     plt = _plt()
     chosen = sites[sites["selected"].astype(bool)]
-    method = chosen["method"].iloc[0] if len(chosen) else sites["method"].iloc[0]
-    rows = sites[sites["method"] == method]
+    rows = sites[sites["method"] == "mean_difference"]
+    fitted = sites[(sites["method"] == "logistic") & sites["auroc_val_hard"].notna()]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharex=True)
     colours = plt.cm.viridis(np.linspace(0, 0.9, rows["position"].nunique()))
+    has_cosine = "cosine_refusal_direction" in sites and sites["cosine_refusal_direction"].notna().any()
     for colour, (position, by) in zip(colours, rows.groupby("position")):
         by = by.sort_values("layer")
         label = "instruction's last token" if position == rows["position"].min() else f"template {position}"
         axes[0].plot(by["layer"], by["auroc_val_hard"], color=colour, lw=1, marker="o", ms=2, label=label)
-        if "cosine_refusal_direction" in by and by["cosine_refusal_direction"].notna().any():
+        if has_cosine:
             axes[1].plot(by["layer"], by["cosine_refusal_direction"], color=colour, lw=1, marker="o", ms=2)
-    other = sites[sites["method"] != method]
-    if len(other):
-        best = other.groupby("layer")["auroc_val_hard"].max()
+    if len(fitted):
         axes[0].plot(
-            best.index,
-            best.values,
-            color=MAIN,
-            ls=":",
-            lw=1,
-            label=f"{other['method'].iloc[0]} (best position)",
+            fitted["layer"], fitted["auroc_val_hard"], "x", color=MAIN, ms=5, label="logistic (fitted sites)"
         )
+        if has_cosine:
+            axes[1].plot(fitted["layer"], fitted["cosine_refusal_direction"], "x", color=MAIN, ms=5)
     if len(chosen):
+        label = f"selected ({chosen['method'].iloc[0]})"
         axes[0].plot(
-            chosen["layer"],
-            chosen["auroc_val_hard"],
-            marker="*",
-            ms=13,
-            color=ACCENT,
-            ls="",
-            label="selected",
+            chosen["layer"], chosen["auroc_val_hard"], marker="*", ms=13, color=ACCENT, ls="", label=label
         )
-        if chosen["cosine_refusal_direction"].notna().any():
+        if has_cosine:
             axes[1].plot(
                 chosen["layer"], chosen["cosine_refusal_direction"], marker="*", ms=13, color=ACCENT, ls=""
             )
-    if "cosine_refusal_direction" not in rows or rows["cosine_refusal_direction"].isna().all():
+    if not has_cosine:
         axes[1].text(0.5, 0.5, "no refusal direction to compare with", ha="center", va="center",
                      transform=axes[1].transAxes, color="#666", fontsize=9)  # fmt: skip
     axes[0].axhline(0.5, color="grey", ls="--", lw=0.8)
     axes[0].set_ylabel("AUROC, harmful vs hard harmless (val)")
-    axes[0].set_title(f"{method}: how well each site reads harm", fontsize=9)
+    axes[0].set_title("how well each site reads harm (mean difference; crosses: logistic)", fontsize=9)
     axes[1].axhline(0, color="black", lw=0.5)
     axes[1].set_ylabel("cosine with the refusal direction")
-    axes[1].set_title("how far the probe is from the refusal direction", fontsize=9)
+    axes[1].set_title("how far each probe is from the refusal direction", fontsize=9)
     for ax in axes:
         ax.set_xlabel("layer (block input)")
     axes[0].legend(fontsize=6.5, loc="lower right")
