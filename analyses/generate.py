@@ -49,8 +49,7 @@ def run(
     config.parallel.check()  # a wrong --ray-address fails here, not after the model loads
     session = session_for(config.model, session, need_readout=False)
     run_info = provenance(
-        **session.lm.provenance(),
-        system_prompt=session.system.describe(),
+        **session.provenance(),  # the steering too, a resume key
         study="generate",
         suite=suite.source,
         suite_sha256=suite.full.sha256,

@@ -243,3 +243,37 @@ def test_steer_applies_the_chosen_fix_to_score_as_mitigate_measured_it(
     np.testing.assert_allclose(scores.set_index("id")["margin"].loc[row.index], row, atol=1e-4)
     run = json.loads((tmp_path / "s" / "run.json").read_text())
     assert run["steered_by"]["sha256"] == chosen["sha256"]
+
+
+def test_a_resumed_run_must_be_steered_the_same_way(
+    mitigated, tiny, tiny_probe, tiny_readout_file, tmp_path, error_line
+):
+    from lexprobe.cli import main
+
+    other = tmp_path / "other.json"
+    other.write_text(_chosen(tiny, tiny_probe)[1])
+    base = [
+        "score",
+        "--model",
+        "tiny-random",
+        "--dtype",
+        "float32",
+        "--readout",
+        str(tiny_readout_file),
+        "--suite",
+        "xstest",
+    ]
+    out = ["--out", str(tmp_path / "s")]
+    assert main([*base, "--limit", "2", "--steer", str(mitigated / "m" / "chosen.json"), *out]) == 0
+    assert main([*base, "--limit", "4", "--steer", str(other), "--resume", *out]) == 2
+    assert "steering" in error_line()
+
+
+def test_generate_under_a_chosen_fix_records_it(mitigated, tiny_readout_file, tmp_path):
+    from lexprobe.cli import main
+
+    args = ["generate", "--model", "tiny-random", "--dtype", "float32", "--readout", str(tiny_readout_file)]
+    args += ["--suite", "xstest", "--limit", "3", "--max-new-tokens", "3", "--steer", str(mitigated / "m")]
+    assert main([*args, "--out", str(tmp_path / "g")]) == 0
+    run = json.loads((tmp_path / "g" / "run.json").read_text())
+    assert run["steered_by"]["sha256"] == json.loads((mitigated / "m" / "chosen.json").read_text())["sha256"]
