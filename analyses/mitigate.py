@@ -250,7 +250,6 @@ def selected(scorer, direction, probe, sub, config: MitigateConfig, condition: s
     records of them). The selection split does not depend on the evaluation suite, so all of this is
     cached per model, condition, direction, probe and settings: a second suite (or `diagnose`) only
     scores its own prompts."""
-    from lexprobe.probes.steering import Gate, Steering
     from lexprobe.toolkit.io.cache import cache_dir, write_json_atomic
     from lexprobe.toolkit.io.locks import building
     from lexprobe.toolkit.io.results import read_json_file
@@ -269,54 +268,62 @@ def selected(scorer, direction, probe, sub, config: MitigateConfig, condition: s
     path = cache_dir("fixes", lm.weights_sha256[:16]) / f"{digest}.json"
     with building(path):
         record = read_json_file(path, None) if path.exists() else None
-        if not (isinstance(record, dict) and record.get("key") == key):
+        if isinstance(record, dict) and record.get("key") == key:
+            log.info("mitigate: the selection split's figures from the cache %s", path)
+        else:
             record = _select(scorer, direction, probe, sub, config) | {"key": key}
             write_json_atomic(path, record)
-        else:
-            log.info("mitigate: the selection split's figures from the cache %s", path)
-    settings = [Setting("none")]
-    settings += [Setting("refusal_direction", s, direction.steering(ablate=s)) for s in config.ablate]
-    for s, gate in record["gates"].items():
+    fr = record["false_refusal"] or {}
+    vector = None
+    if fr.get("raw") is not None:
+        vector = fixes.FalseRefusal(
+            torch.tensor(fr["raw"], dtype=torch.float64), torch.tensor(fr["unit"], dtype=torch.float64)
+        )
+    settings = _settings(
+        direction, probe, {float(s): g["threshold"] for s, g in record["gates"].items()}, vector, sub, config
+    )
+    rows = [{k: r[k] for k in ROW} for r in record["selection"]]  # JSON keeps no key order
+    if [(r["mitigation"], r["strength"], r["gate"]) for r in rows] != [
+        (st.mitigation, st.strength, st.gate) for st in settings
+    ]:
+        raise RuntimeError(
+            f"the cached selection {path} does not describe its settings"
+        )  # the key names them all
+    info = {"gates": record["gates"], "false_refusal": fr.get("info"), "rule": record["rule"]}
+    return settings, rows, fixes.choose(rows, config.max_unsafe_drop), info
+
+
+ROW = ("mitigation", "strength", "coefficient", "gate", "threshold", "safe_refusal_rate", "unsafe_refusal_rate",
+       "n_safe", "n_unsafe", "eligible")  # fmt: skip
+
+
+def _settings(direction, probe, thresholds: dict, fr, sub, config: MitigateConfig) -> list[Setting]:
+    """Every setting of a run, in order: as is, the direction ablated, gated (hard and soft at each
+    strength's threshold), the false-refusal vector (each coefficient and strength), the note."""
+    from lexprobe.probes.steering import Gate, Steering
+
+    out = [Setting("none")]
+    out += [Setting("refusal_direction", s, direction.steering(ablate=s)) for s in config.ablate]
+    for s, threshold in thresholds.items():
         for kind, width in (("hard", 0.0), ("soft", config.gate_width)):
             if kind == "hard" or width > 0:
-                gated = Steering(direction.vector, ablate=float(s), name="refusal direction",
-                                 gate=Gate(probe, gate["threshold"], width))  # fmt: skip
-                settings.append(
-                    Setting("conditional", float(s), gated, gate=kind, threshold=gate["threshold"])
-                )
-    if record["false_refusal"] is not None and record["false_refusal"].get("raw") is not None:
-        fr = fixes.FalseRefusal(torch.tensor(record["false_refusal"]["raw"], dtype=torch.float64),
-                                torch.tensor(record["false_refusal"]["unit"], dtype=torch.float64))  # fmt: skip
+                gate = Gate(probe, threshold, width)
+                gated = Steering(direction.vector, ablate=s, name="refusal direction", gate=gate)
+                out.append(Setting("conditional", s, gated, gate=kind, threshold=threshold))
+    if fr is not None:
         for c in config.coefficients:
             for s in config.false_refusal:
                 steer = Steering(fr.vector(c), ablate=s, name=f"false-refusal vector (orthogonalised x{c:g})")
-                settings.append(Setting("false_refusal", s, steer, coefficient=c))
+                out.append(Setting("false_refusal", s, steer, coefficient=c))
     if sub is not None:
-        settings.append(Setting("instruction", 1.0, note=True))
-    order = ["mitigation", "strength", "coefficient", "gate", "threshold", "safe_refusal_rate",
-             "unsafe_refusal_rate", "n_safe", "n_unsafe", "eligible"]  # fmt: skip
-    rows = [{k: r[k] for k in order} for r in record["selection"]]  # JSON keeps no key order
-    if [(r["mitigation"], r["strength"], r["gate"]) for r in rows] != [
-        (st.mitigation, st.strength, st.gate) for st in settings
-    ]:  # a record that does not describe these settings: it cannot be (the key names them all)
-        raise RuntimeError(f"the cached selection {path} does not match its settings")
-    fr_info = (record["false_refusal"] or {}).get("info")
-    return (
-        settings,
-        rows,
-        fixes.choose(rows, config.max_unsafe_drop),
-        {
-            "gates": record["gates"],
-            "false_refusal": fr_info,
-            "rule": record["rule"],
-        },
-    )
+        out.append(Setting("instruction", 1.0, note=True))
+    return out
 
 
 def _select(scorer, direction, probe, sub, config: MitigateConfig) -> dict:
     """Every setting scored on the selection split: the gates' thresholds chosen there, the false-refusal
     vector built from the train split (`toolkit.mechanism.fixes`), and the rates of each setting."""
-    from lexprobe.probes.steering import Gate, Steering, steered
+    from lexprobe.probes.steering import steered
     from lexprobe.toolkit.mechanism.harmfulness import calibration_sets
 
     lm = scorer.lm
@@ -325,8 +332,6 @@ def _select(scorer, direction, probe, sub, config: MitigateConfig) -> dict:
     is_safe = np.asarray(labels) == 0
     probed = Scorer(lm, scorer.fmt, scorer.readout, scorer.batch_size, probe)
     plain = probed.score(texts, desc="selection split, as is")  # the probe's logits in the same pass
-    settings = [Setting("none")]
-    settings += [Setting("refusal_direction", s, direction.steering(ablate=s)) for s in config.ablate]
     gates = {}
     for s in config.conditional if probe is not None else []:
         with steered(lm, direction.steering(ablate=s)):
@@ -335,22 +340,12 @@ def _select(scorer, direction, probe, sub, config: MitigateConfig) -> dict:
             plain.harmfulness, plain.margin, ablated, is_safe, config.max_unsafe_drop
         )
         gates[f"{s:g}"] = {"threshold": threshold, **info}
-        for kind, width in (("hard", 0.0), ("soft", config.gate_width)):
-            if kind == "hard" or width > 0:
-                gated = Steering(
-                    direction.vector, ablate=s, name="refusal direction", gate=Gate(probe, threshold, width)
-                )
-                settings.append(Setting("conditional", s, gated, gate=kind, threshold=threshold))
     fr, fr_info = fixes.false_refusal(scorer, direction, sets) if config.false_refusal else (None, None)
-    if fr is not None:
-        for c in config.coefficients:
-            for s in config.false_refusal:
-                steer = Steering(fr.vector(c), ablate=s, name=f"false-refusal vector (orthogonalised x{c:g})")
-                settings.append(Setting("false_refusal", s, steer, coefficient=c))
-    elif config.false_refusal:
+    if fr is None and config.false_refusal:
         log.warning("the model refuses too few of lexprobe's harmless prompts for a false-refusal vector")
-    if sub is not None:
-        settings.append(Setting("instruction", 1.0, note=True))
+    settings = _settings(
+        direction, probe, {float(s): g["threshold"] for s, g in gates.items()}, fr, sub, config
+    )
     noted = [trigger_note(sub, t) for t in texts] if sub is not None else texts
     rows = []
     for st in settings:
