@@ -43,7 +43,7 @@ def register(sub) -> None:
     )  # fmt: skip
     p.add_argument(
         "--harmfulness", default=True, metavar="PROBE",
-        help="the harmfulness probe behind the four cells (a probe.json; default: this model's, fitted once and cached)",
+        help="the harmfulness probe behind the four cells, a probe.json (default: this model's, fitted once and cached)",
     )  # fmt: skip
     p.add_argument(
         "--no-harmfulness", dest="harmfulness", action="store_false",

@@ -39,7 +39,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "%(default)" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+        if "%(default)" in text or "(default:" in text or action.default is argparse.SUPPRESS:
+            return text  # a help that says its default in words
+        if not action.option_strings:
             return text
         if action.required:
             return text
@@ -220,7 +222,7 @@ def add_harmfulness_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--harmfulness", nargs="?", const=True, default=False, metavar="PROBE",
         help="also write the harmfulness probe's logit beside each margin (> 0: represented harmful): this "
-        "model's probe, fitted once and cached (`lexprobe harmfulness`), or PROBE, a probe.json",
+        "model's probe, fitted once and cached (`lexprobe harmfulness`), or PROBE, a probe.json (default: off)",
     )  # fmt: skip
 
 
