@@ -254,11 +254,12 @@ def probe_option(session: Session, option, batch_size: int = 16):
 def with_harmfulness(run_info: dict, probe, columns, keys, extra_columns) -> tuple[list, tuple]:
     """A per-prompt study's columns and resume keys with the harmfulness probe's (none when `probe` is
     None); run.json records which probe."""
+    keys = (*keys, "harmfulness_probe_sha256")  # a run with a probe and one without never continue each other
     if probe is None:
-        return list(columns), tuple(keys)
+        return list(columns), keys
     run_info["harmfulness_probe"] = {"layer": probe.layer, "position": probe.position, "method": probe.method}
     run_info["harmfulness_probe_sha256"] = probe.sha256()
-    return [*columns, *extra_columns], (*keys, "harmfulness_probe_sha256")
+    return [*columns, *extra_columns], keys
 
 
 def steering_of(session: Session, opts: ModelOptions):

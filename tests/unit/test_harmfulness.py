@@ -317,3 +317,26 @@ def test_a_probe_fitted_inside_a_steered_study_is_the_unsteered_one(scorer):
     torch.testing.assert_close(again, plain, atol=1e-5, rtol=0)
     np.testing.assert_allclose(m1, m0, atol=1e-5)
     torch.testing.assert_close(inner, steered_states, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("first, then", [(["--harmfulness", "PROBE"], []), (["--layers"], [])])
+def test_a_resume_with_other_columns_is_refused_before_the_file_is_touched(
+    tmp_path, tiny_readout_file, tiny_probe_file, error_line, first, then
+):
+    base = [
+        "score",
+        "--model",
+        "tiny-random",
+        "--dtype",
+        "float32",
+        "--readout",
+        tiny_readout_file,
+        "--suite",
+        "xstest",
+    ]
+    first = [tiny_probe_file if a == "PROBE" else a for a in first]
+    assert _cli(*base, "--limit", "3", *first, "--out", tmp_path / "s") == 0
+    before = (tmp_path / "s" / "scores.csv").read_bytes()
+    assert _cli(*base, "--limit", "6", *then, "--resume", "--out", tmp_path / "s") == 2
+    assert "cannot resume" in error_line()
+    assert (tmp_path / "s" / "scores.csv").read_bytes() == before

@@ -56,6 +56,13 @@ class RowWriter:
                 f"'{path}' already exists: pass --resume to continue that run or --overwrite to replace it"
             )
         if path.exists() and resume:
+            header = _header(path)
+            if header is not None and header != columns:  # checked before any repair touches the file
+                extra = [c for c in header if c not in columns] + [c for c in columns if c not in header]
+                raise OutputError(
+                    f"cannot resume '{path}': its columns differ from this run's ({', '.join(extra[:3]) or 'their order'}"
+                    "), so it was made with other options (--harmfulness, --layers?); give the same ones, or --overwrite"
+                )
             kept = repair_torn_tail(path, columns, recorded)
             if recorded is not None and kept < recorded:
                 log.warning(
@@ -210,6 +217,15 @@ def _csv_text(rows) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator=CSV_LINE_END).writerows(rows)
     return buffer.getvalue()
+
+
+def _header(path: Path) -> list[str] | None:
+    """The first row of a CSV file (None when it has none, or it cannot be read as CSV)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return next(csv.reader(fh), None)
+    except (csv.Error, UnicodeDecodeError):
+        return None
 
 
 def _count_rows(path: Path) -> int:
