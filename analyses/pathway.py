@@ -146,7 +146,7 @@ def run(config: PathwayConfig, session: Session | None = None) -> PathwayResult:
         raise OutputError(f"'{out / PathwayResult.filename}' already exists: pass --overwrite to replace it")
     if config.model.steers:
         raise InputError(
-            "lexprobe pathway patches the model as it is: drop --ablate-direction/--add-direction"
+            "lexprobe pathway patches the model as it is: drop --ablate-direction/--add-direction/--steer"
         )
     timer = Timer()
     session = session_for(config.model, session)

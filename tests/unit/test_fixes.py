@@ -277,3 +277,38 @@ def test_generate_under_a_chosen_fix_records_it(mitigated, tiny_readout_file, tm
     assert main([*args, "--out", str(tmp_path / "g")]) == 0
     run = json.loads((tmp_path / "g" / "run.json").read_text())
     assert run["steered_by"]["sha256"] == json.loads((mitigated / "m" / "chosen.json").read_text())["sha256"]
+
+
+def test_a_gate_open_for_every_prompt_attributes_as_the_plain_steering(
+    tiny, tiny_probe, tiny_readout_file, tmp_path
+):
+    """attribute (and so diagnose) runs under a gated fix: with the gate open for every prompt it equals
+    the same steering without a gate."""
+    from lexprobe.cli import main
+
+    d = torch.randn(tiny.text_config.hidden_size, generator=torch.Generator().manual_seed(3))
+    model = {"model_spec": tiny.spec, "weights_sha256": tiny.weights_sha256}
+    for name, gate in (("open", Gate(tiny_probe, 1e9, 0.0)), ("plain", None)):
+        steering = Steering(d, ablate=1.0, name="refusal direction", gate=gate)
+        (tmp_path / f"{name}.json").write_text(fixes.chosen_json(steering, {"model": model}))
+        args = [
+            "attribute",
+            "--model",
+            "tiny-random",
+            "--dtype",
+            "float32",
+            "--readout",
+            str(tiny_readout_file),
+        ]
+        args += [
+            "--suite",
+            "xstest",
+            "--limit",
+            "2",
+            "--method",
+            "saliency,integrated_gradients",
+            "--no-faithfulness",
+        ]
+        assert main([*args, "--steer", str(tmp_path / f"{name}.json"), "--out", str(tmp_path / name)]) == 0
+    a, b = (pd.read_csv(tmp_path / n / "attributions.csv") for n in ("open", "plain"))
+    np.testing.assert_allclose(a["score"], b["score"], rtol=1e-4, atol=1e-6)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from lexprobe.probes.steering import gate_rows
 from lexprobe.toolkit.attribution.words import Word, remove_words, segment, word_weights
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError
@@ -89,7 +90,7 @@ class PromptTarget:
             )  # ChatFormat guarantees it
         self.suffix = scorer.suffix_ids(self.prompt)  # user tokens, template tail
         self._batch = scorer.batch([self.suffix])  # one row: no padding
-        with torch.no_grad():
+        with torch.no_grad(), gate_rows(self.lm, self._batch.rows):  # steered as this prompt's passes are
             embeds = self.lm.embed(self._batch.ids)[0]  # [q, d_model]: user tokens, template tail, tree
         self.user_embeds = embeds[: self.n_user]  # [n_user, d_model]
         self._rest = embeds[self.n_user :]  # [q - n_user, d_model]
@@ -110,7 +111,7 @@ class PromptTarget:
         if kind == "zero":
             return torch.zeros_like(self.user_embeds)
         pad = torch.tensor([self.lm.pad_token_id], device=self.lm.device)
-        with torch.no_grad():
+        with torch.no_grad(), gate_rows(self.lm, self._batch.rows):
             return self.lm.embed(pad).expand(self.n_user, -1).clone()
 
     def margin_of_embeds(self, user: torch.Tensor) -> torch.Tensor:
@@ -206,7 +207,7 @@ def gradients_together(
         chunk = rows[start : start + first.settings.batch_size]
         targets = [requests[i][0] for i, _ in chunk]
         batch = scorer.batch([t.suffix for t in targets])
-        with torch.no_grad():
+        with torch.no_grad(), gate_rows(lm, batch.rows):
             embeds = lm.embed(batch.ids)  # [rows, q, d_model]
         width = max(len(t.suffix) for t in targets)
         xs = [requests[i][1][j].detach().clone().requires_grad_(True) for i, j in chunk]
