@@ -237,11 +237,12 @@ def harmfulness_of(session: Session, source=True, batch_size: int = 16):
     from lexprobe.probes.harmfulness import load_probe
     from lexprobe.toolkit.mechanism.harmfulness import find_probe
     from lexprobe.toolkit.scoring.scorer import Scorer
+    from lexprobe.toolkit.substitution.frames import calibration_sets
 
     if source is not True:
         return load_probe(source, session.lm)
     scorer = Scorer(session.lm, session.fmt, session.readout, batch_size)
-    return find_probe(scorer, session.system.describe(), info=session.provenance())[0]
+    return find_probe(scorer, session.system.describe(), calibration_sets, info=session.provenance())[0]
 
 
 def probe_option(session: Session, option, batch_size: int = 16):

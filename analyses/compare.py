@@ -132,7 +132,7 @@ class Plan:
         if self.steer is not None:
             from lexprobe.toolkit.mechanism.fixes import load_chosen
 
-            load_chosen(self.steer)  # its form and checksum now; its model when each cell loads
+            load_chosen(self.steer, flag="the plan's steer")  # its form and checksum now; its model per cell
         for model in self.models:
             check_spec(model)
         for condition in self.conditions:

@@ -25,6 +25,7 @@ from lexprobe.toolkit.io.cache import write_text_atomic
 from lexprobe.toolkit.io.results import MultiTableResult, provenance
 from lexprobe.toolkit.mechanism.harmfulness import cosines, find_probe
 from lexprobe.toolkit.scoring.scorer import Scorer
+from lexprobe.toolkit.substitution.frames import calibration_sets
 
 log = logging.getLogger(__name__)
 FILE = "probe.json"
@@ -95,7 +96,13 @@ def run(config: HarmfulnessConfig, session: Session | None = None) -> Harmfulnes
     scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
     info = provenance(**session.provenance(), study="harmfulness")
     probe, table, weights = find_probe(
-        scorer, session.system.describe(), config.train_prompts, config.val_prompts, info, config.overwrite
+        scorer,
+        session.system.describe(),
+        calibration_sets,
+        config.train_prompts,
+        config.val_prompts,
+        info,
+        config.overwrite,
     )
     table = table.copy()
     direction_note = None

@@ -2,7 +2,7 @@
 chooses on data that is not the evaluation suite.
 
 Every setting is scored twice: on the *selection split* (the calibration val split, with lexprobe's
-frames of its harmful instructions and its trigger rewrites: `toolkit.mechanism.harmfulness
+frames of its harmful instructions and its trigger rewrites: `toolkit.substitution.frames
 .calibration_sets`) and on the suite's safe and unsafe prompts (on XSTest: 250 and 200). A prompt
 counts as refused where its decision margin is above 0. The settings (`tradeoff.csv`, a row each):
 
@@ -324,7 +324,7 @@ def _select(scorer, direction, probe, sub, config: MitigateConfig) -> dict:
     """Every setting scored on the selection split: the gates' thresholds chosen there, the false-refusal
     vector built from the train split (`toolkit.mechanism.fixes`), and the rates of each setting."""
     from lexprobe.probes.steering import steered
-    from lexprobe.toolkit.mechanism.harmfulness import calibration_sets
+    from lexprobe.toolkit.substitution.frames import calibration_sets
 
     lm = scorer.lm
     sets = calibration_sets(None, config.selection_prompts)

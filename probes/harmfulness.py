@@ -149,6 +149,10 @@ def load_probe(source, lm=None) -> HarmfulnessProbe:
     else:
         path = Path(source).expanduser()
         if path.is_dir():
+            if not (path / "probe.json").is_file():
+                raise InputError(
+                    f"harmfulness probe '{source}' is a directory with no probe.json: give a `lexprobe harmfulness` output"
+                )
             path = path / "probe.json"
         if not path.is_file():
             raise InputError(

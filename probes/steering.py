@@ -85,6 +85,10 @@ class Steering:
             raise ValueError("a steering direction cannot be the zero vector")
         if self.add and self.at is None:
             raise ValueError("an activation addition needs the block it adds at (`at`)")
+        if not (np.isfinite(self.ablate) and self.ablate >= 0) or not np.isfinite(self.add):
+            raise ValueError(
+                f"ablate {self.ablate!r} must be a finite share of 0 or more, add {self.add!r} finite"
+            )
 
     @property
     def key(self) -> str:

@@ -106,6 +106,19 @@ def main(argv: list[str] | None = None) -> int:
         NOTES.drop()  # bad input: the one line that names it, nothing else
         sys.stderr.write(f"lexprobe: error: {plain(' '.join(str(err).splitlines()))}\n")
         return 2
+    except OSError as err:  # a read-only file, a full disk: rows written so far stay (writes are atomic)
+        NOTES.drop()
+        where = f" '{err.filename}'" if err.filename else ""
+        out = getattr(args, "out", None)
+        again = (
+            "; rows finished so far are kept: fix it and rerun with --resume"
+            if out and hasattr(args, "resume")
+            else ""
+        )
+        sys.stderr.write(
+            f"lexprobe: error: cannot read or write{plain(where)}: {err.strerror or err}{again}\n"
+        )
+        return 2
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
         where = f"; rows finished so far are in {out}: rerun with --resume" if out else ""

@@ -76,7 +76,7 @@ def test_resume_reuses_finished_cells_and_a_rerun_without_it_is_refused(tmp_path
             'models = ["tiny-random"]\nharmfulness = "nope.json"\n',
             "harmfulness probe 'nope.json' does not exist",
         ),
-        ('models = ["tiny-random"]\nsteer = "nope.json"\n', "--steer 'nope.json' does not exist"),
+        ('models = ["tiny-random"]\nsteer = "nope.json"\n', "the plan's steer 'nope.json' does not exist"),
     ],
 )
 def test_a_bad_plan_is_one_line_before_any_cell_runs(tmp_path, capsys, plan, says):

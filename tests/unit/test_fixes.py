@@ -86,6 +86,12 @@ def test_a_chosen_file_round_trips(tiny, tiny_probe, tmp_path):
         (lambda d: d.update(kind="direction"), "not a chosen.json"),
         (lambda d: d.update(format=99), "format 99"),
         (lambda d: d["steering"].update(ablate=3.0), "sha256"),
+        (lambda d: d.update(mitigation="none"), "sha256"),  # what it says it is counts too
+        (
+            lambda d: d.update(model="tiny-random") or d.update(sha256=fixes._digest(d)),
+            "not a record of the model",
+        ),
+        (lambda d: d["steering"].update(ablate=-50.0) or d.update(sha256=fixes._digest(d)), "0 or more"),
         (
             lambda d: d["model"].update(weights_sha256="f" * 64) or d.update(sha256=fixes._digest(d)),
             "chosen for the model",
@@ -117,13 +123,17 @@ def test_hostile_steer_files_are_one_line(
         (b"\xff\xfe", "UTF-8"),
         (b"[1, 2", "not JSON"),
         (b'{"kind": "x"}', "not a chosen.json"),
+        ("dir", "a directory with no chosen.json"),
     ],
 )
 def test_unreadable_steer_files_are_one_line(tmp_path, tiny_readout_file, error_line, content, message):
     from lexprobe.cli import main
 
     path = tmp_path / "chosen.json"
-    if content is not None:
+    if content == "dir":
+        path = tmp_path / "empty"
+        path.mkdir()
+    elif content is not None:
         path.write_bytes(content)
     base = ["score", "--model", "tiny-random", "--dtype", "float32", "--readout", str(tiny_readout_file)]
     assert (
@@ -135,7 +145,13 @@ def test_unreadable_steer_files_are_one_line(tmp_path, tiny_readout_file, error_
 
 def test_a_steering_with_numbers_out_of_range_is_refused(tiny, tiny_probe):
     data = json.loads(_chosen(tiny, tiny_probe)[1])["steering"]
-    for key, value in (("ablate", float("inf")), ("at", True), ("at", 1.5), ("vector", [0.0] * 4)):
+    for key, value in (
+        ("ablate", float("inf")),
+        ("ablate", -1.0),
+        ("at", True),
+        ("at", 1.5),
+        ("vector", [0.0] * 4),
+    ):
         with pytest.raises(InputError):
             Steering.from_dict({**data, key: value})
 

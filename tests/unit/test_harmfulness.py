@@ -278,11 +278,15 @@ def test_a_resumed_score_refuses_another_probe(
         (None, "does not exist"),
         (b"\xff", "UTF-8"),
         (b'{"kind": "direction"}', "not a lexprobe harmfulness probe"),
+        ("dir", "a directory with no probe.json"),
     ],
 )
 def test_unreadable_probe_files_are_one_line(tmp_path, tiny_readout_file, error_line, content, message):
     path = tmp_path / "probe.json"
-    if content is not None:
+    if content == "dir":
+        path = tmp_path / "empty"
+        path.mkdir()
+    elif content is not None:
         path.write_bytes(content)
     base = [
         "score",

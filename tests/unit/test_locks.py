@@ -65,3 +65,44 @@ def test_two_processes_calibrate_a_readout_once(tmp_path):
     calibrated = [err for _, err in results if "calibration prompts" in err]  # the fallback warning
     assert len(calibrated) == 1
     assert not list(tmp_path.rglob("*.tmp-*"))
+
+
+def test_an_output_directory_that_cannot_be_written_is_one_line(
+    tmp_path, tiny_readout_file, error_line, monkeypatch
+):
+    import errno
+    import pathlib
+
+    real = pathlib.Path.write_text
+
+    def read_only(self, *args, **kwargs):  # as a read-only mount answers (root ignores chmod)
+        if self.name == ".lexprobe.lock.owner":
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", read_only)
+    out = tmp_path / "ro"
+    argv = ["score", "--model", "tiny-random", "--readout", str(tiny_readout_file), "--suite", "xstest",
+            "--limit", "2", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    assert f"cannot write in the output directory '{out}': Read-only file system" in error_line()
+
+
+def test_a_disk_error_mid_run_ends_in_one_line_that_says_resume(
+    tmp_path, tiny_readout_file, capsys, monkeypatch
+):
+    import errno
+
+    from lexprobe.toolkit.io import results
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "scores.png")
+
+    monkeypatch.setattr(results, "write_csv_atomic", full)
+    argv = ["score", "--model", "tiny-random", "--readout", str(tiny_readout_file), "--suite", "xstest",
+            "--limit", "2", "--out", str(tmp_path / "full")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]  # the run had started: its model line comes first
+    assert "Traceback" not in err and line.startswith("lexprobe: error: cannot read or write")
+    assert "No space left on device" in line and "rerun with --resume" in line

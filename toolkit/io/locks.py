@@ -43,9 +43,18 @@ def exclusive(directory: str | Path) -> Iterator[Path]:
         raise OutputError(
             f"'{directory}' is in use by {holder}: wait for that run to finish, or use another --out"
         ) from None
+    except OSError as err:  # a read-only or foreign directory: nothing can be written there
+        raise OutputError(
+            f"cannot write in the output directory '{directory}': {err.strerror or err}"
+        ) from None
     try:
         since = dt.datetime.now().isoformat(timespec="seconds")
-        (directory / OWNER).write_text(f"lexprobe pid {os.getpid()} (since {since})")
+        try:
+            (directory / OWNER).write_text(f"lexprobe pid {os.getpid()} (since {since})")
+        except OSError as err:
+            raise OutputError(
+                f"cannot write in the output directory '{directory}': {err.strerror or err}"
+            ) from None
         yield directory
     finally:
         (directory / OWNER).unlink(missing_ok=True)

@@ -4,7 +4,7 @@ the evaluation suite, and the file a chosen fix travels in.
 - **False-refusal vector** (Wang et al., ICLR 2025): the mean residual, at the refusal direction's
   block and template position, over the harmless prompts lexprobe makes that the model refuses (the
   mention and topic frames of the harmful calibration train instructions and the trigger rewrites of
-  the harmless ones, `toolkit.mechanism.harmfulness.calibration_sets`), minus the mean over the
+  the harmless ones, `toolkit.substitution.frames.calibration_sets`), minus the mean over the
   harmless calibration train instructions it answers. Wang et al. orthogonalise it against the
   refusal direction only partly: `vector(c)` removes the share `c` of its component along the
   direction (c = 1: a full projection, c = 0: none).
@@ -153,56 +153,66 @@ def chosen_json(steering: Steering | None, meta: dict) -> str:
 
 
 def _digest(data: dict) -> str:
-    body = {k: data.get(k) for k in ("steering", "model")}
+    """The sha256 of the whole record but its own sha256 (numbers and what they are said to be)."""
+    body = {k: v for k, v in data.items() if k != "sha256"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def load_chosen(source, lm=None) -> tuple[Steering | None, dict]:
+def load_chosen(source, lm=None, flag: str = "--steer") -> tuple[Steering | None, dict]:
     """(the steering, the whole record) of a chosen.json of `lexprobe mitigate` (or the folder holding
-    one), checked: its kind, format and sha256, and against `lm` its width, depth and weights."""
+    one, or a MitigateResult), checked: its kind, format and sha256, and against `lm` its width, depth
+    and weights. `flag` names where the file was given, in errors."""
     if hasattr(source, "chosen"):  # a MitigateResult
         if source.chosen is None:
             raise InputError("this mitigate result holds no chosen setting")
-        path, text = "the mitigate result's chosen setting", source.chosen
+        name, text = "the mitigate result's chosen setting", source.chosen
     else:
         path = Path(source).expanduser()
+        name = f"{flag} '{source}'"
         if path.is_dir():
+            if not (path / "chosen.json").is_file():
+                raise InputError(
+                    f"{name} is a directory with no chosen.json: give a `lexprobe mitigate` output"
+                )
             path = path / "chosen.json"
-        if not path.is_file():
-            raise InputError(f"--steer '{source}' does not exist: give a chosen.json of `lexprobe mitigate`")
+        elif not path.is_file():
+            raise InputError(f"{name} does not exist: give a chosen.json of `lexprobe mitigate`")
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             raise InputError(
-                f"--steer '{path}' cannot be read as UTF-8 ({type(err).__name__}): give a chosen.json"
+                f"{name} cannot be read as UTF-8 ({type(err).__name__}): give a chosen.json"
             ) from None
     try:
         data = json.loads(text)
     except ValueError as err:
-        raise InputError(
-            f"--steer '{path}' is not JSON ({err}): give a chosen.json of `lexprobe mitigate`"
-        ) from None
+        raise InputError(f"{name} is not JSON ({err}): give a chosen.json of `lexprobe mitigate`") from None
     if not isinstance(data, dict) or data.get("kind") != KIND:
-        raise InputError(f"--steer '{path}' is not a chosen.json of `lexprobe mitigate` (no kind '{KIND}')")
+        raise InputError(f"{name} is not a chosen.json of `lexprobe mitigate` (no kind '{KIND}')")
     if data.get("format") != FORMAT:
-        raise InputError(
-            f"--steer '{path}' has format {data.get('format')!r}; this lexprobe reads format {FORMAT}"
-        )
+        raise InputError(f"{name} has format {data.get('format')!r}; this lexprobe reads format {FORMAT}")
     if data.get("sha256") != _digest(data):
-        raise InputError(f"--steer '{path}': its numbers do not match its sha256 (edited or damaged)")
+        raise InputError(f"{name}: its contents do not match its sha256 (edited or damaged)")
+    model = data.get("model")
+    if model is not None and not isinstance(model, dict):
+        raise InputError(
+            f"{name}: its model is {type(model).__name__}, not a record of the model it was chosen for"
+        )
     steering = None
     if data.get("steering") is not None:
-        steering = Steering.from_dict(data["steering"], f"--steer '{path}'")
+        if not isinstance(data["steering"], dict):
+            raise InputError(f"{name}: its steering is not a record")
+        steering = Steering.from_dict(data["steering"], name)
     if lm is not None:
-        model = data.get("model") or {}
+        model = model or {}
         if model.get("weights_sha256") and model["weights_sha256"] != lm.weights_sha256:
             raise InputError(
-                f"--steer '{path}' was chosen for the model {model.get('model_spec')!r} "
+                f"{name} was chosen for the model {model.get('model_spec')!r} "
                 f"(weights {str(model['weights_sha256'])[:12]}), not this one ({lm.weights_sha256[:12]}): "
                 "run `lexprobe mitigate` on this model"
             )
         if steering is not None:
-            check_steering(steering, lm, f"--steer '{path}'")
+            check_steering(steering, lm, name)
     return steering, data
 
 

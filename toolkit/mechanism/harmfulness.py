@@ -199,33 +199,9 @@ def fit_sites(
 HARD = ("mention", "topic", "hard negative")  # the harmless kinds that mention harm or carry triggers
 
 
-def calibration_sets(train_n: int | None = None, val_n: int | None = None) -> dict:
-    """Per split ("train", "val"): (texts, labels, kinds), with labels 1 for what asks for harm. Kinds:
-    harmful and harmless (the calibration instructions, the first `train_n` / `val_n` of each), ask
-    (harmful questions), mention and topic (harmless frames, `toolkit.substitution.frames`) and hard
-    negative (harmless instructions rewritten back to trigger words)."""
-    from lexprobe.toolkit.io.suites import load_suite
-    from lexprobe.toolkit.substitution.engine import Substituter, trigger_rewrites
-    from lexprobe.toolkit.substitution.frames import framed
-
-    sub = Substituter(strategies=("lexicon",))
-    out = {}
-    for split, suffix, n in (("train", "", train_n), ("val", "-val", val_n)):
-        bad = load_suite(f"calibration-harmful{suffix}").frame["prompt"].tolist()[:n]
-        good = load_suite(f"calibration-harmless{suffix}").frame["prompt"].tolist()[:n]
-        made = framed(bad)
-        hard = trigger_rewrites(sub, good)
-        texts = bad + good + [f.text for f in made] + hard
-        kinds = ["harmful"] * len(bad) + ["harmless"] * len(good) + [f.kind for f in made]
-        kinds += ["hard negative"] * len(hard)
-        labels = np.array([int(k in ("harmful", "ask")) for k in kinds])
-        out[split] = (texts, labels, kinds)
-    return out
-
-
 def select_probe(scorer, sets: dict):
     """(the selected HarmfulnessProbe, a table with a row per layer, position and method, every site's
-    weights [methods, sites, d_model]) from `calibration_sets`-shaped (texts, labels, kinds) train and
+    weights [methods, sites, d_model]) from `toolkit.substitution.frames.calibration_sets`-shaped (texts, labels, kinds) train and
     val splits."""
     (tt, ty, _), (vt, vy, _) = sets["train"], sets["val"]
     for name, y in (("train", ty), ("val", vy)):
@@ -292,13 +268,15 @@ def cosines(table: pd.DataFrame, weights: torch.Tensor, vector: torch.Tensor) ->
 def find_probe(
     scorer,
     condition: str,
+    make_sets,
     train_prompts: int | None = None,
     val_prompts: int | None = None,
     info: dict | None = None,
     overwrite: bool = False,
 ) -> tuple[HarmfulnessProbe, pd.DataFrame, torch.Tensor]:
     """The harmfulness probe of the scorer's model under `condition`, its sites table and every site's
-    weights [methods, sites, d_model] (`cosines`): cached per
+    weights [methods, sites, d_model] (`cosines`), fitted on `make_sets(train_prompts, val_prompts)`
+    (`toolkit.substitution.frames.calibration_sets`; passed in, the layers below studies make no prompts): cached per
     model, dtype, condition and settings (its numbers checked against their sha256 on load; a file
     that fails is fitted again), else fitted and selected here on the bundled calibration splits."""
     from safetensors.torch import load_file, save_file
@@ -326,7 +304,7 @@ def find_probe(
                 log.warning("%s; fitting the probe again", err)
         timer = Timer()
         with unsteered(lm):  # the probe of the model as it is, whatever steering a study has on
-            probe, table, weights = select_probe(scorer, calibration_sets(train_prompts, val_prompts))
+            probe, table, weights = select_probe(scorer, make_sets(train_prompts, val_prompts))
         probe.details.update(
             provenance=info or {}, seconds=timer.seconds,
             data={"fit": "calibration harmful/harmless + hard negatives, train split",

@@ -78,3 +78,28 @@ def framed(instructions: list[str], mention: int = 2, topic: int = 2, ask: int =
                 template = templates[(i + k) % len(templates)]
                 out.append(Framed(template.replace("{" + field + "}", value), kind, i))
     return out
+
+
+def calibration_sets(train_n: int | None = None, val_n: int | None = None) -> dict:
+    """Per split ("train", "val"): (texts, labels, kinds), with labels 1 for what asks for harm. Kinds:
+    harmful and harmless (the calibration instructions, the first `train_n` / `val_n` of each), ask
+    (harmful questions), mention and topic (harmless frames, above) and hard
+    negative (harmless instructions rewritten back to trigger words)."""
+    import numpy as np
+
+    from lexprobe.toolkit.io.suites import load_suite
+    from lexprobe.toolkit.substitution.engine import Substituter, trigger_rewrites
+
+    sub = Substituter(strategies=("lexicon",))
+    out = {}
+    for split, suffix, n in (("train", "", train_n), ("val", "-val", val_n)):
+        bad = load_suite(f"calibration-harmful{suffix}").frame["prompt"].tolist()[:n]
+        good = load_suite(f"calibration-harmless{suffix}").frame["prompt"].tolist()[:n]
+        made = framed(bad)
+        hard = trigger_rewrites(sub, good)
+        texts = bad + good + [f.text for f in made] + hard
+        kinds = ["harmful"] * len(bad) + ["harmless"] * len(good) + [f.kind for f in made]
+        kinds += ["hard negative"] * len(hard)
+        labels = np.array([int(k in ("harmful", "ask")) for k in kinds])
+        out[split] = (texts, labels, kinds)
+    return out
