@@ -38,9 +38,8 @@ from lexprobe.toolkit.attribution.core import attribute_together, score_texts
 from lexprobe.toolkit.attribution.result import ATTRIBUTION_COLUMNS, PROMPT_COLUMNS, AttributionResult
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
-from lexprobe.toolkit.io.cache import write_json_atomic
 from lexprobe.toolkit.io.progress import progress
-from lexprobe.toolkit.io.results import Timer, provenance
+from lexprobe.toolkit.io.results import Timer, provenance, write_run
 from lexprobe.toolkit.io.rows import check_resumable
 from lexprobe.toolkit.io.suites import Suite
 from lexprobe.toolkit.scoring.scorer import Scorer
@@ -353,7 +352,7 @@ def run(
         scorer.encode(rec["prompt"], f"prompt {rec['id']}")
     run_info = provenance(
         **session.provenance(),
-        study="attribute",
+        kind=AttributionResult.kind,
         suite=suite.source,
         suite_sha256=suite.full.sha256,
         n_prompts=len(suite),
@@ -377,7 +376,7 @@ def run(
     if out is not None:
         if config.overwrite:  # every check passed: now the old run may go
             (out / PARTS).unlink(missing_ok=True)
-        write_json_atomic(out / "run.json", run_info)
+        write_run(out, run_info, AttributionResult.kind)
     timer = Timer()
     parts = []
     frame = suite.frame

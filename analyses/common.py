@@ -15,8 +15,7 @@ import pandas as pd
 from lexprobe.probes.margin import RefusalReadout
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError
-from lexprobe.toolkit.io.cache import write_json_atomic
-from lexprobe.toolkit.io.results import Timer, read_csv_table, write_csv_atomic
+from lexprobe.toolkit.io.results import Timer, claim, read_csv_table, write_csv_atomic, write_run
 from lexprobe.toolkit.io.rows import RowWriter, check_resumable, check_rows_match
 from lexprobe.toolkit.io.suites import Suite, load_suite
 from lexprobe.toolkit.models.architectures import state_dict_sha256, wrap_model
@@ -26,7 +25,7 @@ from lexprobe.toolkit.models.loader import LoadedModel, load_model
 log = logging.getLogger(__name__)
 # What every resumed run must share with the one it continues (each study adds its own settings)
 RUN_KEYS = (
-    "study", "model_spec", "weights_sha256", "dtype", "system_prompt", "steering", "suite", "suite_sha256",
+    "kind", "model_spec", "weights_sha256", "dtype", "system_prompt", "steering", "suite", "suite_sha256",
 )  # fmt: skip
 
 
@@ -353,6 +352,7 @@ class ResumableRun:
         self.writer = None
         done: set[str] = set()
         if self.out is not None:
+            claim(self.out, result_cls.kind)
             old = check_resumable(self.out, run_info, resume_keys, result_cls.filename) if resume else {}
             self.writer = RowWriter(
                 self.out / result_cls.filename, columns, resume=resume, overwrite=overwrite,
@@ -372,7 +372,7 @@ class ResumableRun:
             return
         self.writer.write(rows)
         self.run_info["rows_written"] = self.writer.count  # rows first: a kill between the two leaves
-        write_json_atomic(self.out / "run.json", self.run_info)  # more rows than recorded, never fewer
+        write_run(self.out, self.run_info, self.result_cls.kind)  # more rows than recorded, never fewer
 
     def finish(self, **info):
         if self.writer is not None:

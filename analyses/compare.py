@@ -21,6 +21,8 @@ against unsafe refusal rate, as in OR-Bench.
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import json
 import re
 import shutil
@@ -36,9 +38,9 @@ from lexprobe.analyses.common import ModelOptions, ParallelOptions, SuiteOptions
 from lexprobe.toolkit import stats
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
-from lexprobe.toolkit.io.cache import write_json_atomic, write_text_atomic
+from lexprobe.toolkit.io.cache import write_text_atomic
 from lexprobe.toolkit.io.locks import user_files
-from lexprobe.toolkit.io.results import Timer, provenance, write_csv_atomic
+from lexprobe.toolkit.io.results import Timer, claim, provenance, write_csv_atomic, write_run
 
 
 @dataclass(kw_only=True)
@@ -84,7 +86,11 @@ class Plan:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise InputError(f"--config '{path}': unknown key {', '.join(unknown)}; use {', '.join(known)}")
+            near = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f"did you mean {near[0]}? " if near else ""
+            raise InputError(
+                f"--config '{path}': unknown key {', '.join(unknown)}; {hint}the keys are {', '.join(known)}"
+            )
         if "models" not in data:
             raise InputError(f"--config '{path}' lists no models: add models = [\"default\"]")
         for key in ("models", "conditions", "suites", "types", "perturb_types"):
@@ -116,6 +122,14 @@ class Plan:
                 raise InputError(f"--config '{path}': {key} must be at least 1, got {value}")
         if not isinstance(data.get("harmfulness", False), bool | str):
             raise InputError(f"--config '{path}': harmfulness must be true, false or a probe.json path")
+        if data.get("perturb_types") and not data.get("perturb"):
+            raise InputError(f"--config '{path}': perturb_types is read only with perturb = true")
+        for key in ("models", "suites"):  # files named relative to the plan are found from any directory
+            if key in data:
+                data[key] = [_beside(path, v) for v in data[key]]
+        for key in ("harmfulness", "steer"):
+            if isinstance(data.get(key), str):
+                data[key] = _beside(path, data[key])
         return cls(**data)
 
     def check(self) -> None:
@@ -160,11 +174,22 @@ class CompareResult:
     """`cells` (a row per model x condition x suite), `types` (per-type margins of every cell) and the
     directory they were written to."""
 
+    kind, filename = "compare", "cells.csv"
+
     def __init__(self, cells: pd.DataFrame, types: pd.DataFrame, out: Path, wall_seconds: float):
         self.cells, self.types, self.out, self.wall_seconds = cells, types, out, wall_seconds
 
     def to_frame(self) -> pd.DataFrame:
         return self.cells.copy()
+
+
+def _beside(plan: Path, value: str) -> str:
+    """`value` as a path next to the plan file where it names a file or folder there (not a bundled
+    name or a path that is absolute or found from here), else as written."""
+    near = plan.parent / value
+    if Path(value).is_absolute() or Path(value).exists() or not near.exists():
+        return value
+    return str(near)
 
 
 def slug(name: str) -> str:
@@ -180,6 +205,7 @@ def run(config: CompareConfig) -> CompareResult:
     plan.check()
     config.parallel.check()
     out = Path(config.out)
+    claim(out, CompareResult.kind)
     if out.exists() and user_files(out) and not (config.resume or config.overwrite):
         raise OutputError(
             f"'{out}' already holds a comparison: pass --resume to reuse its finished cells or --overwrite to redo them"
@@ -189,7 +215,7 @@ def run(config: CompareConfig) -> CompareResult:
     timer = Timer()
     rows, type_rows = [], []
     for model, condition, suite in plan.cells():
-        cell = out / "cells" / slug(model) / slug(condition) / slug(suite)
+        cell = cell_dir(out, model, condition, suite)
         opts = ModelOptions(
             model=model, system_prompt=condition, dtype=plan.dtype, batch_size=plan.batch_size,
             device_map=plan.device_map, steer=plan.steer,
@@ -227,6 +253,13 @@ def run(config: CompareConfig) -> CompareResult:
     result = CompareResult(cells, types, out, timer.seconds)
     write(result, plan, config)
     return result
+
+
+def cell_dir(out: Path, model: str, condition: str, suite: str) -> Path:
+    """The folder of a cell: readable names, made unique by a hash of the whole (model, condition,
+    suite), so two cells whose names read alike never share one."""
+    digest = hashlib.sha256(json.dumps([model, condition, suite]).encode()).hexdigest()[:8]
+    return out / "cells" / slug(model) / slug(condition) / f"{slug(suite)}-{digest}"
 
 
 def cell_summary(frame: pd.DataFrame) -> dict:
@@ -295,10 +328,11 @@ def _perturb(cell: Path, opts: ModelOptions, suite: str, plan: Plan, config: Com
 # ------------------------------------------------------------------------------------ outputs
 def write(result: CompareResult, plan: Plan, config: CompareConfig) -> None:
     out = result.out
-    write_json_atomic(
-        out / "run.json",
-        provenance(study="compare", config_file=str(config.config), plan=plan.__dict__, n_cells=len(result.cells),
+    write_run(
+        out,
+        provenance(config_file=str(config.config), plan=plan.__dict__, n_cells=len(result.cells),
                    wall_seconds=result.wall_seconds, status="complete"),
+        CompareResult.kind,
     )  # fmt: skip
     write_csv_atomic(result.cells, out / "cells.csv")
     write_csv_atomic(result.types, out / "types.csv")
@@ -362,7 +396,7 @@ def write_report(result: CompareResult, plan: Plan, config: CompareConfig, figur
             {
                 "config file": config.config,
                 "plan": json.dumps(plan.__dict__),
-                "cell runs": "cells/<model>/<condition>/<suite>/scores/run.json",
+                "cell runs": "cells/<model>/<condition>/<suite>-<hash>/scores/run.json",
             }
         )  # fmt: skip
         + "</details>",

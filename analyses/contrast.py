@@ -46,6 +46,7 @@ from lexprobe.toolkit.substitution.engine import Substituter
 
 class ContrastResult(MultiTableResult):
     filename = "contrast_pairs.csv"
+    kind = "contrast"
     side_tables = ("types", "inv")
 
     def overview(self) -> pd.DataFrame:

@@ -36,7 +36,14 @@ from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
 from lexprobe.toolkit.io.cache import write_text_atomic
 from lexprobe.toolkit.io.locks import user_files
-from lexprobe.toolkit.io.results import Result, Timer, read_csv_table, read_json_file, write_csv_atomic
+from lexprobe.toolkit.io.results import (
+    Result,
+    Timer,
+    read_csv_table,
+    read_json_file,
+    write_csv_atomic,
+    write_run,
+)
 from lexprobe.toolkit.io.suites import Suite
 
 FEW_PROMPTS = 5  # below this many, the verdict says the numbers are anecdotes
@@ -91,6 +98,7 @@ class DiagnoseResult(Result):
     report.html; in a notebook the result shows as that report."""
 
     filename = "summary.json"
+    kind = "diagnose"
 
     def __init__(
         self, summary: dict, tables: dict[str, pd.DataFrame], scores=None, attributions=None, perturbed=None,
@@ -135,6 +143,7 @@ class DiagnoseResult(Result):
         for name in set(TABLES) - set(self.tables):  # a step skipped this time leaves no stale table
             (out / f"{name}.csv").unlink(missing_ok=True)
         write_text_atomic(out / "summary.json", json.dumps(_jsonable(self.summary), indent=1))
+        write_run(out, self.run, self.kind)
 
     def _figures(self, out: Path) -> None:
         """contrast_margins.png and report.html (the steps' figures it embeds are in their subdirectories)."""

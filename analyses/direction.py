@@ -45,6 +45,7 @@ class DirectionResult(MultiTableResult):
     induce, kl, eligible, selected)."""
 
     filename = "candidates.csv"
+    kind = "direction"
 
     def __init__(self, frame, run=None, tables=None, direction: RefusalDirection | None = None):
         super().__init__(frame, run, tables)
@@ -89,10 +90,10 @@ def run(config: DirectionConfig, session: Session | None = None) -> DirectionRes
     scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
     direction, candidates = find_direction(
         scorer, session.system.describe(), config.train_prompts, config.val_prompts, config.kl_bound,
-        info=provenance(**session.provenance(), study="direction"), overwrite=config.overwrite,
+        info=provenance(**session.provenance(), kind=DirectionResult.kind), overwrite=config.overwrite,
     )  # fmt: skip
     found = direction.details.get("provenance", {})
-    run_info = provenance(**session.provenance(), study="direction") | {
+    run_info = provenance(**session.provenance(), kind=DirectionResult.kind) | {
         "found_by": {k: found.get(k) for k in ("command", "started_at", "lexprobe_git_commit")},
         "layer": direction.layer, "position": direction.position, "direction": direction.details,
     }  # fmt: skip

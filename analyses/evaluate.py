@@ -91,6 +91,7 @@ class ClassifyConfig(Options):
 
 class ClassifiedResult(TableResult):
     filename = "classified.csv"
+    kind = "classify"
 
 
 def run_classify(config: ClassifyConfig) -> ClassifiedResult:
@@ -139,6 +140,7 @@ class EvaluateConfig(Options):
 
 class EvaluationResult(TableResult):
     filename = "table.csv"
+    kind = "evaluate"
 
     def __init__(self, frame: pd.DataFrame, run: dict | None = None, agreements: dict | None = None):
         super().__init__(frame, run or {})

@@ -38,6 +38,7 @@ class GenerateConfig(Options):
 
 class CompletionsResult(TableResult):
     filename = "completions.csv"
+    kind = "generate"
     numeric_columns = ("n_tokens",)
 
 
@@ -50,7 +51,7 @@ def run(
     session = session_for(config.model, session, need_readout=False)
     run_info = provenance(
         **session.provenance(),  # the steering too, a resume key
-        study="generate",
+        kind=CompletionsResult.kind,
         suite=suite.source,
         suite_sha256=suite.full.sha256,
         n_prompts=len(suite),

@@ -52,6 +52,7 @@ class HarmfulnessResult(MultiTableResult):
     auroc_train, auroc_val, auroc_val_hard, loss_val, cosine_refusal_direction, selected)."""
 
     filename = "sites.csv"
+    kind = "harmfulness"
 
     def __init__(self, frame, run=None, tables=None, probe: HarmfulnessProbe | None = None):
         super().__init__(frame, run, tables)
@@ -94,7 +95,7 @@ def run(config: HarmfulnessConfig, session: Session | None = None) -> Harmfulnes
     if session.steering is not None:
         raise InputError("lexprobe harmfulness fits the probe of the model as it is: drop the steering flags")
     scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
-    info = provenance(**session.provenance(), study="harmfulness")
+    info = provenance(**session.provenance(), kind=HarmfulnessResult.kind)
     probe, table, weights = find_probe(
         scorer,
         session.system.describe(),

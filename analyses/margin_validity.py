@@ -48,6 +48,7 @@ class ValidityConfig(Options):
 
 class ValidityResult(TableResult):
     filename = "validity.csv"
+    kind = "validate-margin"
 
     def __init__(self, frame: pd.DataFrame, run: dict | None = None, summary: dict | None = None):
         super().__init__(frame, run or {})

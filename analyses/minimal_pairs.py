@@ -58,6 +58,7 @@ CHUNK = 8  # prompts per unit of work (rows are written, and resumable, per chun
 
 class PerturbResult(MultiTableResult):
     filename = "substitutions.csv"
+    kind = "perturb"
     one_row_per_id = False  # a row per substitution
     numeric_columns = ("margin_orig", "margin_variant", "delta")
     side_tables = ("words", "controls", "triggers", "pooled", "attribution_agreement")
@@ -71,6 +72,7 @@ class PerturbResult(MultiTableResult):
 
 class PairsResult(MultiTableResult):
     filename = "pairs.csv"
+    kind = "pairs"
     numeric_columns = ("margin_a", "margin_b", "delta")
     side_tables = ("summary",)
 
@@ -116,7 +118,7 @@ def run(config: PerturbConfig, session: Session | None = None, suite: Suite | No
     sub, scorer = _engine(session.lm, session.fmt, session.readout, config, lexicon, rewrites)
     run_info = provenance(
         **session.provenance(),
-        study="perturb",
+        kind=PerturbResult.kind,
         suite=suite.source,
         suite_sha256=suite.full.sha256,
         n_prompts=len(suite),
@@ -413,7 +415,7 @@ def run_pairs(config: PairsConfig, session: Session | None = None) -> PairsResul
     threshold, source = refusal_threshold(session.lm, session.system)
     run_info = provenance(
         **session.provenance(),
-        study="pairs",
+        kind=PairsResult.kind,
         suite=suite.source,
         suite_sha256=suite.full.sha256,
         n_pairs=len(frame),

@@ -103,6 +103,7 @@ class MitigateResult(MultiTableResult):
     margin (`margins`), the generations (`generations`) and the chosen setting (`chosen`, chosen.json)."""
 
     filename = "tradeoff.csv"
+    kind = "mitigate"
     side_tables = ("margins", "selection", "generations")
 
     def __init__(self, frame, run=None, tables=None, chosen: str | None = None):
@@ -225,7 +226,7 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
          "selection": sel_rows[chosen_i], "evaluation": _plain(rows[chosen_i]), "suite": suite.source},
     )  # fmt: skip
     run_info = provenance(
-        **session.provenance(), study="mitigate", suite=suite.source, suite_sha256=suite.full.sha256,
+        **session.provenance(), kind=MitigateResult.kind, suite=suite.source, suite_sha256=suite.full.sha256,
         direction={"layer": direction.layer, "position": direction.position, **direction.details.get("selection", {})},
         harmfulness_probe=None if probe is None else {"layer": probe.layer, "position": probe.position,
                                                       "method": probe.method, "sha256": probe.sha256()},

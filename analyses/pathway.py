@@ -47,6 +47,7 @@ class PathwayConfig(Options):
 
 class PathwayResult(MultiTableResult):
     filename = "pathway.csv"
+    kind = "pathway"
     side_tables = ("patching", "projections")
 
     def overview(self) -> pd.DataFrame:
@@ -187,7 +188,7 @@ def run(config: PathwayConfig, session: Session | None = None) -> PathwayResult:
                 {"pair": pair["pair"], "text": role, "layer": i, "projection": v} for i, v in enumerate(curve)
             ]
     run_info = provenance(
-        **session.provenance(), study="pathway", wall_seconds=timer.seconds,
+        **session.provenance(), kind=PathwayResult.kind, wall_seconds=timer.seconds,
         direction={"layer": direction.layer, "position": direction.position},
     )  # fmt: skip
     tables = {"patching": pd.DataFrame(sites), "projections": pd.DataFrame(curves)}

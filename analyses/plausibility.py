@@ -43,6 +43,7 @@ class PlausibilityResult(MultiTableResult):
     (type, method, n, hit_rate, random_rate) and hits (id, type, method, focus, top_word, hit, ...)."""
 
     filename = "plausibility.csv"
+    kind = "plausibility"
     side_tables = ("plausibility_by_type", "hits")
 
 

@@ -45,6 +45,7 @@ class ScoreConfig(Options):
 
 class ScoreResult(TableResult):
     filename = "scores.csv"
+    kind = "score"
     numeric_columns = ("margin", "p_refuse", "margin_sampled", "p_refuse_sampled")
 
     def summary(self) -> pd.DataFrame:
@@ -87,7 +88,7 @@ def run(config: ScoreConfig, session: Session | None = None, suite: Suite | None
     session = session_for(config.model, session)
     run_info = provenance(
         **session.provenance(),
-        study="score",
+        kind=ScoreResult.kind,
         suite=suite.source,
         suite_sha256=suite.full.sha256,
         n_prompts=len(suite),

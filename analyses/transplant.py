@@ -40,6 +40,7 @@ WORD_SLOT = 1
 
 class TransplantResult(MultiTableResult):
     filename = "transplant.csv"
+    kind = "transplant"
     side_tables = ("dose", "words", "trend")
 
     def overview(self) -> pd.DataFrame:

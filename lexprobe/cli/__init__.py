@@ -15,7 +15,7 @@ from lexprobe.cli import attribution, behaviour, compare, core, diagnose, mechan
 from lexprobe.cli.options import Parser, plain
 from lexprobe.toolkit.errors import LexprobeError, OutputError
 from lexprobe.toolkit.io.locks import exclusive
-from lexprobe.toolkit.io.results import read_run
+from lexprobe.toolkit.io.results import claim
 
 GROUPS = (core, behaviour, attribution, minimal_pairs, diagnose, compare, mechanism)
 
@@ -31,18 +31,12 @@ def build_parser() -> Parser:
     return parser
 
 
-STUDIES = (
-    "score",
-    "generate",
-    "attribute",
-    "perturb",
-    "pairs",
-    "contrast",
-    "direction",
-    "harmfulness",
-    "mitigate",
-    "pathway",
-)  # commands whose run.json says so
+def run_kinds() -> set[str]:
+    """The commands that write a run.json: each result type declares its kind (= its command) once."""
+    from lexprobe.analyses.compare import CompareResult
+    from lexprobe.api import result_types
+
+    return {cls.kind for cls in (*result_types(), CompareResult)}
 
 
 def refuse_to_replace(args) -> None:
@@ -55,7 +49,7 @@ def refuse_to_replace(args) -> None:
         return
     out = Path(out)
     run_json = out / "run.json"
-    if args.command in STUDIES:
+    if args.command in run_kinds():
         resuming = getattr(args, "resume", False)  # rows without their run.json: the resume check says so
         if not (run_json.exists() or resuming) and any(
             not p.name.startswith(".lexprobe") for p in out.iterdir()
@@ -64,12 +58,7 @@ def refuse_to_replace(args) -> None:
                 f"'{out}' holds files but no lexprobe run.json: give a new or empty --out, so nothing "
                 "of yours is mixed with or replaced by this run"
             )
-        study = read_run(out).get("study") if run_json.exists() else None
-        if study and study != args.command:
-            raise OutputError(
-                f"'{out}' holds a `{study}` run: this `{args.command}` run needs a directory of its own "
-                "(--overwrite replaces a run of the same command only)"
-            )
+        claim(out, args.command)
     if run_json.exists() and not (args.overwrite or getattr(args, "resume", False)):
         resume = " --resume to continue it," if hasattr(args, "resume") else ""
         raise OutputError(

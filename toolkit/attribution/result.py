@@ -12,8 +12,7 @@ import pandas as pd
 from scipy import stats
 
 from lexprobe.toolkit.attribution.faithfulness import summarize
-from lexprobe.toolkit.io.cache import write_json_atomic
-from lexprobe.toolkit.io.results import Result, read_csv_table, read_run, write_csv_atomic
+from lexprobe.toolkit.io.results import Result, read_csv_table, read_run, write_csv_atomic, write_run
 
 ATTRIBUTION_COLUMNS = ["id", "word_index", "word", "char_start", "char_end", "score", "method"]
 PROMPT_COLUMNS = [
@@ -45,6 +44,7 @@ class AttributionResult(Result):
     curves: pd.DataFrame = field(default_factory=pd.DataFrame)  # id, method (or "random"), fraction, margin
     run: dict = field(default_factory=dict)
     filename = "attributions.csv"
+    kind = "attribute"
 
     # ------------------------------------------------------------------ views
     def to_frame(self) -> pd.DataFrame:
@@ -132,7 +132,7 @@ class AttributionResult(Result):
             write_csv_atomic(self.faithfulness_by_type(), out / "faithfulness_by_type.csv")
         if len(self.method_names) > 1:
             write_csv_atomic(self.agreement(), out / "agreement.csv")
-        write_json_atomic(out / "run.json", self.run)
+        write_run(out, self.run, self.kind)
 
     def _figures(self, out: Path) -> None:
         """heatmap.html, heatmap.png (every method, one colour scale), faithfulness.png."""

@@ -2,6 +2,8 @@
 
 - An output directory is held by one run at a time (`exclusive`): a second run on the same `--out`
   stops at once with one line naming the holder.
+- Nothing in an output directory is a symbolic link (`refuse_links`): an output is never written
+  through a link to a file elsewhere.
 - A cache entry (a dequantized model, a calibrated readout) is built by one process while the others
   wait (`building`), then they read what it built; the builder clears the `*.tmp-*` leftovers of a
   build that was killed.
@@ -55,12 +57,25 @@ def exclusive(directory: str | Path) -> Iterator[Path]:
             raise OutputError(
                 f"cannot write in the output directory '{directory}': {err.strerror or err}"
             ) from None
+        refuse_links(directory)
         yield directory
     finally:
         (directory / OWNER).unlink(missing_ok=True)
         lock.release()
         if made and {p.name for p in directory.iterdir()} <= set(LOCK_FILES):
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def refuse_links(directory: Path) -> None:
+    """An OutputError naming the first symbolic link in `directory` (at any depth): lexprobe writes its
+    outputs there and would write through the link to wherever it points."""
+    for root, dirs, files in os.walk(directory):  # does not descend into linked folders
+        for name in sorted(dirs + files):
+            if os.path.islink(os.path.join(root, name)):
+                raise OutputError(
+                    f"'{os.path.join(root, name)}' is a symbolic link in the output directory: lexprobe "
+                    "never writes through a link, so remove it or use another --out"
+                )
 
 
 @contextmanager

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from lexprobe.toolkit.errors import InputError, OutputError
-from lexprobe.toolkit.io.cache import write_json_atomic
+from lexprobe.toolkit.io.cache import write_json_atomic, write_text_atomic
+from lexprobe.toolkit.io.locks import refuse_links
 
 PACKAGES = ("lexprobe", "torch", "transformers", "captum", "spacy", "scipy", "pandas", "numpy")
 
@@ -70,6 +71,9 @@ STYLE = """<style>
 </style>"""
 
 
+RUN_FILE = "run.json"
+
+
 class Result:
     """What every lexprobe result is: `to_frame()` (its main table, a copy), `save(dir, overwrite=False)`
     (tables as CSV, `run.json` with provenance, and figures where the result has them), `load(dir)`,
@@ -79,6 +83,7 @@ class Result:
     `_read(out)`; `overview()` is the table `show()` and the notebook view display."""
 
     filename = "table.csv"
+    kind: str = ""  # the study that makes it, as its command is named: run.json's "kind"
     run: dict
 
     def to_frame(self) -> pd.DataFrame:
@@ -91,11 +96,13 @@ class Result:
         """Write the tables, run.json and (unless `figures=False`) the figures to `out_dir` (made if
         needed). A directory that already holds this kind of result is refused unless `overwrite`."""
         out = check_out_dir(out_dir)
+        claim(out, self.kind)
         if (out / self.filename).exists() and not overwrite:
             raise OutputError(
                 f"'{out}' already holds {self.filename}: save into another directory or pass overwrite=True"
             )
         out.mkdir(parents=True, exist_ok=True)
+        refuse_links(out)
         self._write(out)
         if figures:
             self._figures(out)
@@ -187,7 +194,7 @@ class TableResult(Result):
 
     def _write(self, out: Path) -> None:
         write_csv_atomic(self.frame, out / self.filename)
-        write_json_atomic(out / "run.json", self.run)
+        write_run(out, self.run, self.kind)
 
     @classmethod
     def _read(cls, out: Path):
@@ -251,16 +258,53 @@ def read_json_file(path: Path, default=None):
 
 
 def read_run(out: Path) -> dict:
-    run = read_json_file(out / "run.json", {})
+    """`out`'s run.json ({} where there is none); one written before runs had a "kind" gets it from its
+    "study"."""
+    run = read_json_file(out / RUN_FILE, {})
     if not isinstance(run, dict):
-        raise InputError(f"'{out / 'run.json'}' is damaged (not an object): rerun the command that wrote it")
+        raise InputError(f"'{out / RUN_FILE}' is damaged (not an object): rerun the command that wrote it")
+    return with_kind(run)
+
+
+def with_kind(run: dict) -> dict:
+    """`run` with a "kind": a run.json written before runs had one names its study as "study"."""
+    if "kind" not in run and isinstance(run.get("study"), str):
+        run["kind"] = run.pop("study")
     return run
 
 
+def claim(out: Path, kind: str) -> None:
+    """Refuse `out` for a `kind` run where it holds another study's run.json (OutputError): a run never
+    replaces or mixes with a run of another kind, --overwrite or not."""
+    if not (out / RUN_FILE).is_file():
+        return
+    theirs = read_run(out).get("kind")
+    if theirs != kind:
+        what = (
+            f"a `{theirs}` run"
+            if isinstance(theirs, str)
+            else "a run.json that does not say which study made it"
+        )
+        raise OutputError(
+            f"'{out}' holds {what}: this `{kind}` run needs a directory of its own "
+            "(--overwrite replaces a run of the same kind only)"
+        )
+
+
+def write_run(out: Path, run: dict, kind: str) -> None:
+    """Write `run` as `out`'s run.json, with its `kind` (required: which study made the folder; `claim`
+    reads it), never over another kind's run."""
+    if not kind:
+        raise ValueError("a run.json needs the kind of study that wrote it")
+    claim(out, kind)
+    write_json_atomic(out / RUN_FILE, {k: v for k, v in run.items() if k != "study"} | {"kind": kind})
+
+
 def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    frame.to_csv(tmp, index=False, lineterminator="\r\n")  # CRLF: a lone \r in a field is quoted
-    tmp.replace(path)
+    """`frame` as CSV at `path`, written to a new file beside it and moved into place (a link at `path`
+    is replaced, never written through)."""
+    text = frame.to_csv(index=False, lineterminator="\r\n")  # CRLF: a lone \r in a field is quoted
+    write_text_atomic(path, text)
 
 
 def check_out_dir(out: str | Path) -> Path:

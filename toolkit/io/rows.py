@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from lexprobe.toolkit.errors import OutputError
-from lexprobe.toolkit.io.results import read_csv_table
+from lexprobe.toolkit.io.results import read_csv_table, with_kind
 
 log = logging.getLogger(__name__)
 # Rows end in CRLF (RFC 4180), so a field holding a lone \r is quoted: csv quotes only the characters of
@@ -81,9 +81,10 @@ class RowWriter:
         # that fails before any row leaves no header-only file in the way of the corrected rerun
 
     def write(self, rows: list[dict]) -> None:
-        if self.fresh:
+        if self.fresh:  # a new file, never an old one (or a link) opened for writing
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._append(_csv_text([self.columns]), mode="w")
+            self.path.unlink(missing_ok=True)
+            self._append(_csv_text([self.columns]), mode="x")
             self.fresh = False
         self._append(_csv_text([[r.get(c, "") for c in self.columns] for r in rows]))
         self.done.update(str(r["id"]) for r in rows)
@@ -158,6 +159,7 @@ def check_resumable(out_dir: Path, run: dict, keys: tuple[str, ...], table: str)
         old = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(old, dict):
             raise ValueError("not an object")
+        old = with_kind(old)
     except (ValueError, UnicodeDecodeError, OSError) as err:
         raise OutputError(
             f"cannot resume in '{out_dir}': its run.json is corrupt ({err}); use a new --out or --overwrite"
