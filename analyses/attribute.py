@@ -40,7 +40,7 @@ from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
 from lexprobe.toolkit.io.progress import progress
 from lexprobe.toolkit.io.results import Timer, provenance, write_run
-from lexprobe.toolkit.io.rows import check_resumable
+from lexprobe.toolkit.io.rows import append_whole, check_resumable
 from lexprobe.toolkit.io.suites import Suite
 from lexprobe.toolkit.scoring.scorer import Scorer
 
@@ -184,9 +184,16 @@ def _keep(out: Path | None, parts: list[dict]) -> list[dict]:
     """Finished parts: appended to parts.jsonl (returns none), or kept in memory without an `out`."""
     if out is None:
         return parts
-    with open(out / PARTS, "a", encoding="utf-8") as fh:
-        fh.write("".join(json.dumps(part) + "\n" for part in parts))
+    path = out / PARTS
+    append_whole(
+        path, "".join(json.dumps(part) + "\n" for part in parts), kept=lambda: f"{_lines(path)} prompts"
+    )
     return []
+
+
+def _lines(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return sum(1 for _ in fh)
 
 
 def _start_part(target: PromptTarget, row: dict) -> dict:

@@ -221,12 +221,14 @@ def _session(lm: LoadedModel, system: SystemPrompt, opts: ModelOptions, need_rea
 def direction_of(session: Session, opts: ModelOptions):
     """`opts.direction` (a direction.json or a RefusalDirection), else this model's and condition's
     refusal direction (`lexprobe direction`: cached, found here the first time)."""
-    from lexprobe.toolkit.mechanism.direction import find_direction, load_direction
+    from lexprobe.toolkit.mechanism.direction import find_direction, load_direction, template_positions
     from lexprobe.toolkit.scoring.scorer import Scorer
 
-    if opts.direction:
-        return load_direction(opts.direction, session.lm.text_config.hidden_size, len(session.lm.layers))
     scorer = Scorer(session.lm, session.fmt, session.readout, opts.batch_size)
+    if opts.direction:
+        direction = load_direction(opts.direction, session.lm.text_config.hidden_size, len(session.lm.layers))
+        direction.check(f"--direction '{opts.direction}'", n_positions=template_positions(scorer))
+        return direction
     return find_direction(scorer, session.system.describe(), info=session.provenance())[0]
 
 
@@ -283,9 +285,18 @@ def steering_of(session: Session, opts: ModelOptions):
             "--ablate-direction removes the very direction --add-direction adds (everywhere, after it is "
             "added): give one of them"
         )
-    return direction_of(session, opts).steering(
-        ablate=opts.ablate_direction or 0.0, add=opts.add_direction or 0.0
-    )
+    if (opts.ablate_direction or 0) > 1 or abs(opts.add_direction or 0) > 2:
+        log.warning(
+            "the refusal direction is selected by ablating it whole (1) and adding it once (1): at "
+            "--ablate-direction %s / --add-direction %s the margins are extrapolation, so check them "
+            "against generations",
+            opts.ablate_direction, opts.add_direction,
+        )  # fmt: skip
+    direction = direction_of(session, opts)
+    try:
+        return direction.steering(ablate=opts.ablate_direction or 0.0, add=opts.add_direction or 0.0)
+    except ValueError as err:  # a direction out of range for steering (its norm)
+        raise InputError(f"cannot steer with the direction: {err}") from None
 
 
 _STUDY: ContextVar[ExitStack | None] = ContextVar("lexprobe_study", default=None)
@@ -307,9 +318,18 @@ def study(run):
     return wrapper
 
 
-def session_for(opts: ModelOptions, session: Session | None, need_readout: bool = True) -> Session:
+def session_for(
+    opts: ModelOptions, session: Session | None, need_readout: bool = True, reads_direction: bool = False
+) -> Session:
     """The session a study was handed (the Python API loads the model once per probe), else a new one;
-    its steering on until the study (`study`) ends."""
+    its steering on until the study (`study`) ends. A direction given to a study that neither reads it
+    (`reads_direction`) nor steers with it is an InputError, never silently unused."""
+    unread = not (reads_direction or opts.ablate_direction or opts.add_direction)
+    if session is None and opts.direction is not None and unread:  # (a study inside another: its session)
+        raise InputError(
+            "--direction is read by --ablate-direction and --add-direction, and by pathway, mitigate, "
+            "harmfulness and diagnose: give one of them, or drop --direction"
+        )
     if session is None:
         session = open_session(opts, need_readout or opts.steers)
     if session.steering is not None:

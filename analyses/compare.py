@@ -40,7 +40,7 @@ from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
 from lexprobe.toolkit.io.cache import write_text_atomic
 from lexprobe.toolkit.io.locks import user_files
-from lexprobe.toolkit.io.results import Timer, claim, provenance, write_csv_atomic, write_run
+from lexprobe.toolkit.io.results import Timer, claim, draw_figures, provenance, write_csv_atomic, write_run
 
 
 @dataclass(kw_only=True)
@@ -336,7 +336,7 @@ def write(result: CompareResult, plan: Plan, config: CompareConfig) -> None:
     )  # fmt: skip
     write_csv_atomic(result.cells, out / "cells.csv")
     write_csv_atomic(result.types, out / "types.csv")
-    figure = tradeoff_figure(result.cells, out / "tradeoff.png")
+    figure = draw_figures(tradeoff_figure, result.cells, out / "tradeoff.png")
     write_report(result, plan, config, figure, out / "report.html")
 
 
@@ -345,9 +345,6 @@ def tradeoff_figure(cells: pd.DataFrame, path: Path) -> Path | None:
     usable = cells.dropna(subset=["safe_refusal_rate", "unsafe_refusal_rate"])
     if not len(usable):
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from lexprobe.toolkit.viz.palettes import CATEGORICAL, save

@@ -39,6 +39,7 @@ from lexprobe.toolkit.io.locks import user_files
 from lexprobe.toolkit.io.results import (
     Result,
     Timer,
+    draw_figures,
     read_csv_table,
     read_json_file,
     write_csv_atomic,
@@ -134,7 +135,7 @@ class DiagnoseResult(Result):
             if step is not None:
                 step.save(out / sub, overwrite=True, figures=figures)
         if figures:
-            self._figures(out)
+            draw_figures(self._figures, out)
         return out
 
     def _write(self, out: Path) -> None:
@@ -215,7 +216,7 @@ def run(config: DiagnoseConfig, session: Session | None = None, suite: Suite | N
     if out is not None:
         _check_out(out, config)
     pairs = _pairs(config, suite.spec, full, suite.frame)
-    session = session_for(model, session)
+    session = session_for(model, session, reads_direction=True)
     timer = Timer()
     ids = list(suite.frame["id"])
     extra = [i for i in dict.fromkeys([*pairs["safe_id"], *pairs["unsafe_id"]]) if i not in set(ids)]
@@ -319,7 +320,7 @@ def run(config: DiagnoseConfig, session: Session | None = None, suite: Suite | N
     result = DiagnoseResult(facts, tables, scored, attributions, perturbed, traced, mitigated)
     if out is not None:  # the steps wrote their subdirectories as they ran
         result._write(out)
-        result._figures(out)
+        draw_figures(result._figures, out)
     return result
 
 

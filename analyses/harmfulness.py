@@ -91,7 +91,7 @@ def run(config: HarmfulnessConfig, session: Session | None = None) -> Harmfulnes
     out = Path(config.out) if config.out else None
     if out is not None and (out / FILE).exists() and not config.overwrite:
         raise OutputError(f"'{out / FILE}' already exists: pass --overwrite to replace it")
-    session = session_for(config.model, session)
+    session = session_for(config.model, session, reads_direction=True)
     if session.steering is not None:
         raise InputError("lexprobe harmfulness fits the probe of the model as it is: drop the steering flags")
     scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)

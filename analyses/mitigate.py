@@ -180,7 +180,7 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
             f"it has {int(is_safe.sum())} and {int((frame['label'] == 'unsafe').sum())}"
         )
     timer = Timer()
-    session = session_for(config.model, session)
+    session = session_for(config.model, session, reads_direction=True)
     lm = session.lm
     direction = direction_of(session, config.model)
     probe = probe_option(session, config.harmfulness, config.model.batch_size)  # None: no gated rows

@@ -150,7 +150,7 @@ def run(config: PathwayConfig, session: Session | None = None) -> PathwayResult:
             "lexprobe pathway patches the model as it is: drop --ablate-direction/--add-direction/--steer"
         )
     timer = Timer()
-    session = session_for(config.model, session)
+    session = session_for(config.model, session, reads_direction=True)
     scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
     pairs = pairs_of(config, scorer)
     direction = direction_of(session, config.model)

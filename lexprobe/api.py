@@ -15,6 +15,9 @@ view.
 
 from __future__ import annotations
 
+import argparse
+import functools
+import inspect
 from pathlib import Path
 
 import pandas as pd
@@ -32,11 +35,92 @@ from lexprobe.analyses import pathway as _pathway
 from lexprobe.analyses import score as _score
 from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_session, session_from_model
 from lexprobe.probes.margin import RefusalReadout
+from lexprobe.toolkit import config as _values
 from lexprobe.toolkit.attribution import AttributionSettings
 from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.io.suites import Prompts, as_suite, listed
 
+# Every keyword argument of the API with a CLI flag of the same name is checked as that flag is (the same
+# type function, `toolkit.config`), before any work; a wrong type or value is an InputError naming the
+# argument. [f]: a list of such values (one value is taken as a list of one); bool: True or False; str:
+# text; TEXTS: a path; ID: a prompt id.
+TEXTS = (str, Path)
+ID = (str, int)  # a prompt id: "7" or 7
+ARGUMENTS = {
+    "limit": _values.positive_int, "max_new_tokens": _values.positive_int, "n_random": _values.positive_int,
+    "per_word": _values.positive_int, "content_words": _values.non_negative_int,
+    "inv_per_prompt": _values.positive_int, "val_prompts": _values.positive_int,
+    "train_prompts": _values.positive_int, "top": _values.positive_int, "batch_size": _values.positive_int,
+    "n_steps": _values.positive_int, "max_steps": _values.positive_int, "n_samples": _values.positive_int,
+    "generate_per_type": _values.non_negative_int, "seed": _values.seed,
+    "min_similarity": _values.similarity, "kl_bound": _values.positive_float,
+    "tolerance": _values.positive_float, "gate_width": _values.non_negative_float,
+    "max_unsafe_drop": _values.share, "ablate": [_values.positive_float],
+    "conditional": [_values.positive_float], "false_refusal": [_values.positive_float],
+    "coefficients": [_values.share], "types": [str], "ids": [ID], "methods": [str], "strategies": [str],
+    "rewrites": [str], "layers": bool, "faithfulness": bool, "contrasts": bool, "inv": bool,
+    "attribution": bool, "perturb": bool, "instruction": bool, "group_phrases": bool,
+    "recalibrate": bool, "verify_weights": bool, "prompt": str, "variant": str, "contrast": str,
+    "pair_map": TEXTS, "lexicon": TEXTS, "target": str, "rule": str, "baseline": str, "replacement": str,
+    "system_prompt": str, "dtype": str, "device": str, "weights_sha256": str, "classifier": str,
+}  # fmt: skip
 
+
+def check_argument(name: str, value, kind):
+    """`value` as the API takes it for argument `name` (a list where `kind` is one), or InputError."""
+    if isinstance(kind, list):
+        items = [value] if isinstance(value, str | int | float) else value
+        if not isinstance(items, list | tuple):
+            raise InputError(f"{name} must be one value or a list of them, not {value!r}")
+        return [check_argument(name, v, kind[0]) for v in items]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"{name} must be True or False, not {value!r}")
+        return value
+    if kind in (str, TEXTS, ID):
+        what = {str: "text", TEXTS: "a path", ID: "text or a whole number"}[kind]
+        if isinstance(value, bool) or not isinstance(value, kind) or not str(value).strip():
+            raise InputError(f"{name} must be {what}, not {value!r}")
+        return value
+    whole = kind.__annotations__.get("return") in ("int", int)
+    if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
+        raise InputError(f"{name} must be a {'whole ' if whole else ''}number, not {value!r}")
+    try:
+        kind(repr(value))
+    except argparse.ArgumentTypeError as err:
+        raise InputError(f"{name} {err}") from None
+    return value
+
+
+def checked(method=None, **kinds):
+    """`method` with its arguments (and `**settings`) checked by `check_argument` first, by `ARGUMENTS`
+    or `kinds` (where a name means another thing here); an argument left at its default is not
+    checked, None is taken where the default is None."""
+    if method is None:
+        return functools.partial(checked, **kinds)
+    signature = inspect.signature(method)
+    table = ARGUMENTS | kinds
+
+    def value_of(name: str, value, default):
+        if name not in table or value is default or (value is None and default is None):
+            return value
+        return check_argument(name, value, table[name])
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        for name, value in list(bound.arguments.items()):
+            param = signature.parameters[name]
+            if param.kind is param.VAR_KEYWORD:
+                bound.arguments[name] = {k: value_of(k, v, None) for k, v in value.items()}
+            else:
+                bound.arguments[name] = value_of(name, value, param.default)
+        return method(*bound.args, **bound.kwargs)
+
+    return wrapper
+
+
+@checked
 def load(
     model: str = "default",
     *,
@@ -57,7 +141,6 @@ def load(
     `RefusalReadout`). `dtype="auto"` is float32 on a CPU and bfloat16 on CUDA, or float32 there too
     with `attribution=True`. Weights files are hashed once and again when they change, or every time
     with `verify_weights=True`."""
-    _check_batch_size(batch_size)
     options = ModelOptions(
         model=model,
         system_prompt=system_prompt,
@@ -80,6 +163,7 @@ class Probe:
         self.session, self.options = session, options
 
     @classmethod
+    @checked
     def from_hf(
         cls,
         model,
@@ -100,7 +184,6 @@ class Probe:
                 "Probe.from_hf takes a transformers *ForCausalLM model and its tokenizer, "
                 f"not {type(model).__name__} and {type(tokenizer).__name__}"
             )
-        _check_batch_size(batch_size)
         options = ModelOptions(
             model=name or getattr(model.config, "name_or_path", "") or type(model).__name__,
             system_prompt=system_prompt,
@@ -128,6 +211,7 @@ class Probe:
         return f"Probe({lm.spec!r}, {dtype} on {lm.device}, system prompt {self.session.system.name!r})"
 
     # ------------------------------------------------------------------ studies
+    @checked
     def score(
         self,
         prompts: Prompts = "xstest",
@@ -146,11 +230,13 @@ class Probe:
         config = _score.ScoreConfig(model=self.options, layers=layers, harmfulness=harmfulness)
         return _score.run(config, session=self.session, suite=as_suite(prompts, types, ids, limit))
 
+    @checked
     def generate(self, prompts: Prompts = "xstest", *, types=None, ids=None, limit=None, max_new_tokens=128):
         """Greedy completions (`CompletionsResult`); `lexprobe.classify` labels them."""
         config = _generate.GenerateConfig(model=self.options, max_new_tokens=max_new_tokens)
         return _generate.run(config, session=self.session, suite=as_suite(prompts, types, ids, limit))
 
+    @checked
     def attribute(
         self,
         prompts: Prompts,
@@ -183,6 +269,7 @@ class Probe:
         )
         return _attribute.run(config, session=self.session, suite=as_suite(prompts, types, ids, limit))
 
+    @checked
     def perturb(
         self,
         prompts: Prompts,
@@ -220,12 +307,16 @@ class Probe:
         )
         return _pairs.run(config, session=self.session, suite=as_suite(prompts, types, ids, limit))
 
+    @checked
     def pairs(self, pairs, *, seed: int = 0, harmfulness=False):
         """Margins of prompt pairs (`PairsResult`): a DataFrame or file with prompt_a and prompt_b, or a
         list of (prompt_a, prompt_b) tuples; delta = margin_b - margin_a, with paired statistics
         (`harmfulness=True`: the harmfulness probe's logits beside them)."""
         if isinstance(pairs, list | tuple):
-            if not all(isinstance(p, list | tuple) and len(p) == 2 for p in pairs) or not pairs:
+            if not pairs or not all(
+                isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(t, str) for t in p)
+                for p in pairs
+            ):
                 raise InputError(
                     "pairs: give (prompt_a, prompt_b) tuples, a DataFrame or a file with those columns"
                 )
@@ -233,6 +324,7 @@ class Probe:
         config = _pairs.PairsConfig(model=self.options, pairs=pairs, seed=seed, harmfulness=harmfulness)
         return _pairs.run_pairs(config, session=self.session)
 
+    @checked
     def contrast(
         self,
         suite: str = "xstest",
@@ -255,6 +347,7 @@ class Probe:
         )  # fmt: skip
         return _contrast.run(config, session=self.session)
 
+    @checked
     def diagnose(
         self,
         prompts: Prompts = "xstest",
@@ -287,12 +380,14 @@ class Probe:
         return _diagnose.run(config, session=self.session, suite=as_suite(prompts, types, ids, limit))
 
     # ------------------------------------------------------------------ inside the model
+    @checked
     def direction(self, *, val_prompts: int = 32, kl_bound: float = 0.1):
         """The refusal direction of this model and condition (`DirectionResult`: `.direction`, the
         candidates table): cached, else found on the calibration splits (minutes on a CPU)."""
         config = _direction.DirectionConfig(model=self.options, val_prompts=val_prompts, kl_bound=kl_bound)
         return _direction.run(config, session=self.session)
 
+    @checked(ablate=_values.ablate_share, add=_values.add_multiple)
     def steered(self, fix=None, *, ablate: float = 0.0, add: float = 0.0, direction=None):
         """A context manager: every study of this probe inside it runs steered. `fix`: the setting
         `lexprobe mitigate` chose (its chosen.json, the folder holding it, or a `MitigateResult`); or the
@@ -357,6 +452,7 @@ class Probe:
 
         return steering()
 
+    @checked
     def harmfulness(self, *, train_prompts: int | None = None, val_prompts: int | None = None):
         """The harmfulness probe of this model and condition (`HarmfulnessResult`: `.probe`, every
         candidate site with its val AUROC and cosine with the refusal direction): cached, else fitted on
@@ -366,6 +462,7 @@ class Probe:
         )
         return _harmfulness.run(config, session=self.session)
 
+    @checked
     def pathway(self, prompt: str | None = None, variant: str | None = None, *, contrast: str | None = None,
                 substitutions=None, top: int = 3, direction=None):  # fmt: skip
         """Activation patching from `variant` into `prompt` (or the largest swaps of a perturb result's
@@ -385,6 +482,7 @@ class Probe:
         )
         return _pathway.run(config, session=self.session)
 
+    @checked
     def mitigate(self, prompts: Prompts = "xstest", *, types=None, ids=None, limit=None, ablate=(0.25, 0.5, 1.0),
                  conditional=(1.0,), gate_width: float = 1.0, false_refusal=(1.0, 2.0),
                  coefficients=(0.0, 0.5, 1.0), instruction: bool = True, generate_per_type: int = 5,
@@ -404,6 +502,7 @@ class Probe:
         return _mitigate.run(config, session=self.session, suite=as_suite(prompts, types, ids, limit))
 
 
+@checked
 def classify(completions, *, classifier: str = "default"):
     """Label completions full_compliance / full_refusal / partial_refusal (`ClassifiedResult`): a
     `CompletionsResult`, a DataFrame with `completion` (and `prompt`), a file, or a bundled set."""
@@ -445,11 +544,6 @@ def load_result(directory: str | Path):
     raise InputError(
         f"'{out}' holds no lexprobe result (none of {names}): give a directory a result was saved to"
     )
-
-
-def _check_batch_size(batch_size) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a whole number of at least 1, not {batch_size!r}")
 
 
 __all__ = ["Probe", "classify", "load", "load_result", "result_types"]

@@ -37,6 +37,7 @@ from typing import NamedTuple
 import torch
 
 from lexprobe.probes.hooks import output_tensor
+from lexprobe.toolkit.errors import NonFiniteError
 
 Path_ = tuple[int, ...]
 
@@ -485,8 +486,16 @@ class MarginProbe:
         return self._final
 
     def margins(self, temperature: float | None = None) -> Margins:
-        """The margins [batch] of the recorded pass (`smooth` too when a temperature is given)."""
-        return self.reader.margins(self.final_states, temperature)
+        """The margins [batch] of the recorded pass (`smooth` too when a temperature is given); a
+        NonFiniteError where a row's states overflowed (NaN or inf), never a margin read from them."""
+        states = self.final_states
+        finite = torch.isfinite(states.detach()).flatten(1).all(dim=1)
+        if not bool(finite.all()):
+            rows = [int(i) for i in (~finite).nonzero().flatten()]
+            raise NonFiniteError(
+                rows, self.lm.extra.get("steering_text"), str(states.dtype).removeprefix("torch.")
+            )
+        return self.reader.margins(states, temperature)
 
     @torch.no_grad()
     def layer_margins(self) -> torch.Tensor:

@@ -39,6 +39,7 @@ import torch
 
 from lexprobe.probes.harmfulness import HarmfulnessProbe, probe_logits
 from lexprobe.probes.hooks import hooks
+from lexprobe.toolkit.config import ABLATE_MAX, ADD_MAX
 from lexprobe.toolkit.errors import InputError
 
 
@@ -69,6 +70,9 @@ class Gate:
         return f"where harmfulness < {self.threshold:g} ({kind}; probe at block {self.probe.layer}, position {self.probe.position})"
 
 
+NORM_MAX = 1e4  # a direction's norm (a difference of mean activations); larger overflows in bf16
+
+
 @dataclass(frozen=True)
 class Steering:
     direction: torch.Tensor  # [d_model]
@@ -85,10 +89,16 @@ class Steering:
             raise ValueError("a steering direction cannot be the zero vector")
         if self.add and self.at is None:
             raise ValueError("an activation addition needs the block it adds at (`at`)")
-        if not (np.isfinite(self.ablate) and self.ablate >= 0) or not np.isfinite(self.add):
+        if not (np.isfinite(self.ablate) and 0 <= self.ablate <= ABLATE_MAX):
+            raise ValueError(f"ablate {self.ablate!r} is not a share from 0 to {ABLATE_MAX:g}")
+        if not (np.isfinite(self.add) and abs(self.add) <= ADD_MAX):
+            raise ValueError(f"add {self.add!r} is not a multiple from -{ADD_MAX:g} to {ADD_MAX:g}")
+        if float(self.direction.norm()) > NORM_MAX:
             raise ValueError(
-                f"ablate {self.ablate!r} must be a finite share of 0 or more, add {self.add!r} finite"
+                f"a steering direction's norm is at most {NORM_MAX:g}, not {float(self.direction.norm()):.3g}"
             )
+        if self.at is not None and (isinstance(self.at, bool) or not isinstance(self.at, int) or self.at < 0):
+            raise ValueError(f"the block an addition goes in is a whole number of 0 or more, not {self.at!r}")
 
     @property
     def key(self) -> str:
@@ -260,15 +270,21 @@ def steered(lm, steering: Steering | list[Steering] | None) -> Iterator[None]:
     """Run everything inside under `steering` (none: as is); the hooks go on exit, whatever happens."""
     steerings = [] if steering is None else [steering] if isinstance(steering, Steering) else list(steering)
     key = "+".join(s.key for s in steerings)
-    before = lm.extra.get("steering")
+    before, text_before = lm.extra.get("steering"), lm.extra.get("steering_text")
     if not steerings or key == before:  # nothing to do, or already steered so (a study inside a study)
         yield
         return
+    for s in steerings:  # an addition at a block the model lacks would add nothing, silently
+        if s.add and not 0 <= s.at < len(lm.layers):
+            raise InputError(
+                f"{s.name}: adds at block {s.at}, and this model has blocks 0 to {len(lm.layers) - 1}"
+            )
     gates = [s.gate for s in steerings if s.gate is not None]
     if len(gates) > 1 or (gates and gate_control(lm) is not None):
         raise ValueError("one gated steering at a time")
     token = object()
     lm.extra["steering"] = key
+    lm.extra["steering_text"] = "; ".join(s.describe() for s in steerings)
     lm.extra.setdefault("active", []).append(token)
     if gates:
         lm.extra["gate"] = GateControl(lm, gates[0])
@@ -281,8 +297,9 @@ def steered(lm, steering: Steering | list[Steering] | None) -> Iterator[None]:
             lm.extra.pop("gate", None)
         if before is None:
             lm.extra.pop("steering", None)
+            lm.extra.pop("steering_text", None)
         else:
-            lm.extra["steering"] = before
+            lm.extra["steering"], lm.extra["steering_text"] = before, text_before
 
 
 @contextmanager

@@ -7,7 +7,9 @@ type is itself `Options` (a config's `model: ModelOptions`) is built from the sa
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 import typing
 from functools import cache
 
@@ -46,3 +48,94 @@ def _options_type(cls, name: str) -> type[Options] | None:
         if isinstance(candidate, type) and issubclass(candidate, Options):
             return candidate
     return None
+
+
+# ------------------------------------------------------------------------------- values
+# What a flag accepts, as argparse type functions: the CLI's flags and the Python API's arguments of the
+# same name use these same functions (lexprobe.api), so both accept exactly the same values.
+ABLATE_MAX = 2.0  # ablate 2 reflects the direction's component; more only amplifies the reflection
+ADD_MAX = 50.0  # |add| in multiples of the direction; far past what any direction is selected for
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def ablate_share(text: str) -> float:
+    value = _number(text)
+    if not 0 < value <= ABLATE_MAX:
+        raise argparse.ArgumentTypeError(
+            f"is the share of the direction removed, above 0 and at most {ABLATE_MAX:g}, got {text}"
+        )
+    return value
+
+
+def add_multiple(text: str) -> float:
+    value = _number(text)
+    if not abs(value) <= ADD_MAX:
+        raise argparse.ArgumentTypeError(
+            f"is a multiple of the direction from -{ADD_MAX:g} to {ADD_MAX:g}, got {text}"
+        )
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def similarity(text: str) -> float:
+    value = _number(text)
+    if not -1 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"is a cosine similarity, from -1 to 1, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    value = _whole(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**32 - 1, got {value}")
+    return value
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+
+
+def positive_int(text: str) -> int:
+    value = _whole(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")  # "--limit must be ..."
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _whole(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def share(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"is a share, from 0 to 1, got {text}")
+    return value

@@ -21,3 +21,25 @@ class OutputError(LexprobeError):
 
 
 __all__ = ["InputError", "LexprobeError", "ModelError", "OutputError"]
+
+
+class NonFiniteError(InputError):
+    """A forward pass whose numbers overflowed (NaN or inf) for rows `rows` of its batch: never read as
+    a margin. `named(names)` says which prompts."""
+
+    def __init__(self, rows: list[int], steering: str | None, dtype: str, names: list[str] | None = None):
+        self.rows, self.steering, self.dtype = rows, steering, dtype
+        which = (
+            ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            if names
+            else (f"{len(rows)} prompt(s)")
+        )
+        cause = (
+            f"under the steering '{steering}': lower its strength"
+            if steering
+            else f"in {dtype}: try --dtype float32"
+        )
+        super().__init__(f"the model's hidden states are not finite (NaN or inf) for {which} {cause}")
+
+    def named(self, names: list[str]) -> "NonFiniteError":
+        return NonFiniteError(self.rows, self.steering, self.dtype, names)

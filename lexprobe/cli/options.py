@@ -8,10 +8,22 @@ List flags take values separated by spaces or commas, and may be repeated: `--id
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import sys
+
+from lexprobe.toolkit.config import (  # noqa: F401  (the flags' types: one set for the CLI and the API)
+    _number,
+    ablate_share,
+    add_multiple,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed,
+    share,
+    similarity,
+)
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -27,6 +39,8 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+        # "-1e38" and "-.5e-3" are numbers, not flags (argparse's own pattern knows only -1 and -1.5)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
     def error(self, message: str):
         message = re.sub(r"^argument (--[\w-]+)(/[^:]*)?: (must|is|'|invalid)", r"\1 \3", message)
@@ -79,56 +93,11 @@ class ListAction(argparse.Action):
         setattr(namespace, self.dest, before + items)
 
 
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return value
-
-
-def similarity(text: str) -> float:
-    value = _number(text)
-    if not -1 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"is a cosine similarity, from -1 to 1, got {text}")
-    return value
-
-
-def seed(text: str) -> int:
-    value = _whole(text)
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 2**32 - 1, got {value}")
-    return value
-
-
 def thread_count(text: str) -> int:
     value = positive_int(text)
     cores = os.cpu_count() or 1
     if value > cores:
         raise argparse.ArgumentTypeError(f"is more than this machine's {cores} CPUs, got {value}")
-    return value
-
-
-def _whole(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-
-
-def positive_int(text: str) -> int:
-    value = _whole(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")  # "--limit must be ..."
     return value
 
 
@@ -173,12 +142,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="a direction.json of `lexprobe direction` for --ablate/--add-direction (none: this model's, found once and cached)",
     )  # fmt: skip
     g.add_argument(
-        "--ablate-direction", type=positive_float, nargs="?", const=1.0, default=None, metavar="S",
-        help="project the refusal direction out of every layer, every position (S: the share removed, 1 if not given)",
+        "--ablate-direction", type=ablate_share, nargs="?", const=1.0, default=None, metavar="S",
+        help="project the refusal direction out of every layer, every position (S: the share removed, up to 2; 1 if not given)",
     )  # fmt: skip
     g.add_argument(
-        "--add-direction", type=_number, default=None, metavar="ALPHA",
-        help="add ALPHA times the refusal direction at its layer, every position",
+        "--add-direction", type=add_multiple, default=None, metavar="ALPHA",
+        help="add ALPHA (-50 to 50) times the refusal direction at its layer, every position",
     )  # fmt: skip
     g.add_argument(
         "--steer", default=None, metavar="FILE",
@@ -195,27 +164,6 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="calibrate the readout on this machine even where one is cached or shipped with lexprobe",
     )
-
-
-def non_negative_float(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = _whole(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def share(text: str) -> float:
-    value = _number(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"is a share, from 0 to 1, got {text}")
-    return value
 
 
 def add_harmfulness_arg(p: argparse.ArgumentParser) -> None:
@@ -364,6 +312,6 @@ def add_substitution_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--per-word", type=positive_int, default=1, help="substitutes kept per word")
     g.add_argument(
-        "--content-words", type=int, default=None, metavar="N",
+        "--content-words", type=non_negative_int, default=None, metavar="N",
         help="rewrite at most N non-trigger words per prompt, a trigger's part of speech first (none: all)",
     )  # fmt: skip

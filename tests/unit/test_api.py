@@ -217,7 +217,7 @@ def test_bad_python_arguments_are_lexprobe_errors(probe):
         lexprobe.classify([])
     with pytest.raises(lexprobe.InputError, match="prompt_a, prompt_b"):
         probe.pairs([("only one",)])
-    with pytest.raises(lexprobe.InputError, match="max-new-tokens"):
+    with pytest.raises(lexprobe.InputError, match="max_new_tokens"):
         probe.generate(PROMPTS[0], max_new_tokens="x")
     swept = probe.perturb("xstest", ids="1", strategies="lexicon", rewrites="kill=stop")
     assert set(swept.to_frame()["strategy"]) <= {"lexicon", "user"}

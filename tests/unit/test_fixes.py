@@ -91,7 +91,10 @@ def test_a_chosen_file_round_trips(tiny, tiny_probe, tmp_path):
             lambda d: d.update(model="tiny-random") or d.update(sha256=fixes._digest(d)),
             "not a record of the model",
         ),
-        (lambda d: d["steering"].update(ablate=-50.0) or d.update(sha256=fixes._digest(d)), "0 or more"),
+        (
+            lambda d: d["steering"].update(ablate=-50.0) or d.update(sha256=fixes._digest(d)),
+            "share from 0 to 2",
+        ),
         (
             lambda d: d["model"].update(weights_sha256="f" * 64) or d.update(sha256=fixes._digest(d)),
             "chosen for the model",

@@ -155,3 +155,71 @@ def test_every_plan_key_is_used_or_refused(tmp_path, error_line, plan, says):
     (tmp_path / "plan.toml").write_text(plan)
     assert main(["compare", "--config", str(tmp_path / "plan.toml"), "--out", str(tmp_path / "cmp")]) == 2
     assert says in error_line()
+
+
+def test_a_full_disk_while_attributing_keeps_whole_prompts_and_resume_goes_on(
+    tmp_path, tiny_readout_file, capsys, monkeypatch
+):
+    import builtins
+    import errno
+
+    from lexprobe.toolkit.io import rows
+
+    real, calls = builtins.open, []
+
+    def full_on_second(path, mode="r", *args, **kwargs):  # the second group's write hits a full disk
+        fh = real(path, mode, *args, **kwargs)
+        if str(path).endswith("parts.jsonl") and mode == "a":
+            calls.append(1)
+            if len(calls) == 2:
+                fh.write('{"prompt": {"id": "9", "torn')  # part of it got out before the error
+                fh.close()
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return fh
+
+    monkeypatch.setattr(rows, "open", full_on_second, raising=False)
+    out = tmp_path / "att"
+    argv = ["attribute", "--model", "tiny-random", "--dtype", "float32", "--readout", str(tiny_readout_file),
+            "--suite", "xstest", "--limit", "10", "--method", "occlusion", "--no-faithfulness", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "the disk is full; the 8 prompts written so far are intact" in err
+    lines = (out / "parts.jsonl").read_text().splitlines(keepends=True)
+    assert len(lines) == 8 and all(line.endswith("\n") for line in lines)
+    monkeypatch.delattr(rows, "open")
+    assert main([*argv, "--resume"]) == 0
+    assert pd.read_csv(out / "prompts.csv")["id"].nunique() == 10
+
+
+def _perturb_argv(readout, suite, out):
+    return ["perturb", "--model", "tiny-random", "--dtype", "float32", "--readout", str(readout),
+            "--suite", str(suite), "--out", str(out)]  # fmt: skip
+
+
+def test_labels_with_dollars_and_backslashes_are_drawn_as_text(tmp_path, tiny_readout_file):
+    from lexprobe.toolkit.io.suites import load_suite
+
+    frame = load_suite("xstest").frame
+    frame = pd.concat([frame[frame["label"] == "safe"].head(2), frame[frame["label"] == "unsafe"].head(2)])
+    frame["type"] = ["$x^2$", "$\\foo{$", "$a$", "$\\frac{$"]  # the 2nd and 4th are no valid mathtext
+    frame.to_csv(tmp_path / "odd.csv", index=False)
+    plan = 'models = ["tiny-random"]\nconditions = ["none", "be brief: $\\\\foo{$"]\nsuites = ["odd.csv"]\n'
+    (tmp_path / "plan.toml").write_text(plan)
+    assert main(["compare", "--config", str(tmp_path / "plan.toml"), "--out", str(tmp_path / "cmp")]) == 0
+    assert (tmp_path / "cmp" / "tradeoff.png").stat().st_size > 0
+    assert main(_perturb_argv(tiny_readout_file, tmp_path / "odd.csv", tmp_path / "p")) == 0
+    assert list((tmp_path / "p").glob("*.png"))
+
+
+def test_a_figure_that_fails_leaves_the_tables_and_the_run_ends_well(
+    tmp_path, tiny_readout_file, monkeypatch
+):
+    from lexprobe.analyses.minimal_pairs import PerturbResult
+
+    def broken(self, out):
+        raise RuntimeError("a figure bug")
+
+    monkeypatch.setattr(PerturbResult, "_figures", broken)
+    assert main(_perturb_argv(tiny_readout_file, "xstest", tmp_path / "p") + ["--limit", "3"]) == 0
+    assert len(pd.read_csv(tmp_path / "p" / "substitutions.csv"))
+    assert not list((tmp_path / "p").glob("*.png"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+import logging
 import platform
 import subprocess
 import sys
@@ -105,7 +106,7 @@ class Result:
         refuse_links(out)
         self._write(out)
         if figures:
-            self._figures(out)
+            draw_figures(self._figures, out)
         return out
 
     @classmethod
@@ -151,6 +152,18 @@ class Result:
 
     def _repr_html_(self) -> str:
         return html_block(type(self).__name__, self.describe(), frame_html(self.overview()))
+
+
+def draw_figures(draw, *args):
+    """`draw(*args)`, or None where a figure fails: a warning, never an error, as the tables are
+    written before it and the figures are views of them."""
+    try:
+        return draw(*args)
+    except Exception as err:  # noqa: BLE001  (matplotlib's errors have no common base)
+        logging.getLogger(__name__).warning(
+            "a figure could not be drawn (%s: %s); the tables are written", type(err).__name__, err
+        )
+        return None
 
 
 def html_block(title: str, meta: str, body: str) -> str:

@@ -91,22 +91,27 @@ class RowWriter:
         self.count += len(rows)
 
     def _append(self, text: str, mode: str = "a") -> None:
-        """All of `text` or none of it: on a write error (a full disk) the file is cut back to where it
-        was, so it ends on a complete row."""
-        size = self.path.stat().st_size if mode == "a" and self.path.exists() else 0
-        try:
-            with open(self.path, mode, newline="", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-        except OSError as err:
-            with open(self.path, "r+b") as fh:
+        append_whole(self.path, text, mode, lambda: f"{max(_count_rows(self.path) - 1, 0)} rows")
+
+
+def append_whole(path: Path, text: str, mode: str = "a", kept=None) -> None:
+    """All of `text` appended to `path`, or none of it: on a write error (a full disk) the file is cut
+    back to where it was, so it ends on a complete record, and the OutputError says what is kept
+    (`kept()`, e.g. "12 rows") and to resume."""
+    size = path.stat().st_size if mode == "a" and path.exists() else 0
+    try:
+        with open(path, mode, newline="", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+    except OSError as err:
+        if path.exists():
+            with open(path, "r+b") as fh:
                 fh.truncate(size)
-            why = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
-            rows = max(_count_rows(self.path) - 1, 0) if size else 0
-            raise OutputError(
-                f"cannot write '{self.path}': {why}; the {rows} rows written so far are intact, free space "
-                "and rerun with --resume"
-            ) from err
+        why = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        what = f"the {kept()} written so far are intact" if kept is not None and size else "nothing was kept"
+        raise OutputError(
+            f"cannot write '{path}': {why}; {what}, free space and rerun with --resume"
+        ) from err
 
 
 def repair_torn_tail(path: Path, columns: list[str], at_most: int | None = None) -> int:

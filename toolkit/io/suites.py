@@ -328,9 +328,9 @@ def as_suite(prompts: Prompts, types=None, ids=None, limit: int | None = None) -
         if prompts in BUNDLED or not any(c.isspace() for c in prompts.strip()):
             suite = load_suite(prompts.strip())  # a name or a path: a typo must not become a prompt
         else:
-            suite = suite_from_frame(pd.DataFrame({"prompt": [prompts]}), "prompts", "given in Python")
+            suite = suite_from_frame(_frame_of([prompts]), "prompts", "given in Python")
     elif isinstance(prompts, Sequence) and prompts and all(isinstance(p, str) for p in prompts):
-        suite = suite_from_frame(pd.DataFrame({"prompt": list(prompts)}), "prompts", "given in Python")
+        suite = suite_from_frame(_frame_of(list(prompts)), "prompts", "given in Python")
     else:
         raise InputError(
             f"prompts of type {type(prompts).__name__}: give a string, a non-empty list of strings, a "
@@ -339,6 +339,17 @@ def as_suite(prompts: Prompts, types=None, ids=None, limit: int | None = None) -
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
         raise InputError(f"limit must be a whole number, not {limit!r}")
     return suite.select(listed(types), listed(ids), limit)
+
+
+def _frame_of(prompts: list[str]) -> pd.DataFrame:
+    """Prompts given in Python as a frame; text no file can hold (a lone surrogate) is an InputError."""
+    for i, text in enumerate(prompts):
+        if SURROGATE.search(text):
+            raise InputError(
+                f"prompt {i + 1} given in Python has an unpaired surrogate (a broken UTF-16 escape such as "
+                "\\ud800): fix its text"
+            )
+    return pd.DataFrame({"prompt": prompts})
 
 
 def listed(values) -> list[str] | None:
@@ -362,6 +373,14 @@ def suite_from_frame(frame: pd.DataFrame, name: str, source: str) -> Suite:
         raise InputError(
             f"prompt {row + 1} of {source} is {frame['prompt'].iloc[row]!r}, not text: fill it in or drop the row"
         )
+    for column in [c for c in ROLES if c in frame.columns]:
+        broken = frame[column].map(lambda v: isinstance(v, str) and bool(SURROGATE.search(v)))
+        if broken.any():
+            row = int(broken.to_numpy().nonzero()[0][0])
+            raise InputError(
+                f"the {column} of row {row + 1} of {source} has an unpaired surrogate (a broken UTF-16 "
+                "escape such as \\ud800): fix its text"
+            )
     if "id" not in frame.columns:
         frame.insert(0, "id", [str(i) for i in range(1, len(frame) + 1)])
     frame["id"] = as_text(frame[["id"]])["id"]  # None is no id, 7.0 is "7"

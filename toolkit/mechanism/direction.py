@@ -57,6 +57,12 @@ class RefusalDirection:
     def steering(self, ablate: float = 0.0, add: float = 0.0, name: str = "refusal direction") -> Steering:
         return Steering(self.vector, ablate=ablate, add=add, at=self.layer if add else None, name=name)
 
+    def sha256(self) -> str:
+        """The identity of the vector, block and position (checked when a file is read back)."""
+        digest = hashlib.sha256(self.vector.detach().double().cpu().numpy().tobytes())
+        digest.update(f"{self.layer}|{self.position}".encode())
+        return digest.hexdigest()
+
     def to_json(self) -> str:
         return json.dumps(
             {
@@ -64,30 +70,88 @@ class RefusalDirection:
                 "position": self.position,
                 "norm": float(self.vector.norm()),
                 "vector": [float(x) for x in self.vector.double()],
+                "sha256": self.sha256(),
                 "details": self.details,
             },
             indent=1,
         )
 
     @classmethod
-    def from_json(cls, text: str, source: str = "direction", d_model: int | None = None) -> RefusalDirection:
+    def from_json(
+        cls, text: str, source: str = "direction", d_model: int | None = None, n_layers: int | None = None
+    ) -> RefusalDirection:
+        """InputError unless `text` is a direction `to_json` wrote: an object whose vector is finite and
+        not zero, whose block and position are whole numbers (the block inside the model where
+        `n_layers` is given, the position counted back from the template's end), and whose numbers
+        match its sha256 (a file written before directions had one is taken as it is)."""
+
+        def refuse(why: str):
+            raise InputError(
+                f"{source} is not a lexprobe refusal direction ({why}): write one with `lexprobe direction`"
+            )
+
         try:
             data = json.loads(text)
-            vector = torch.tensor(data["vector"], dtype=torch.float32)
-            direction = cls(vector, int(data["layer"]), int(data["position"]), data.get("details", {}))
-        except (ValueError, KeyError, TypeError) as err:
-            raise InputError(
-                f"{source} is not a lexprobe refusal direction ({type(err).__name__}: {err}): "
-                "write one with `lexprobe direction`"
-            ) from None
-        if vector.ndim != 1 or not torch.isfinite(vector).all() or float(vector.norm()) == 0:
+        except ValueError as err:
+            refuse(f"not JSON: {err}")
+        if not isinstance(data, dict):
+            refuse(f"a JSON {type(data).__name__}, not an object")
+        missing = [k for k in ("vector", "layer", "position") if k not in data]
+        if missing:
+            refuse(f"no {', '.join(missing)}")
+        values = data["vector"]
+        if not isinstance(values, list) or not all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in values
+        ):
+            refuse("its vector is not a list of numbers")
+        for key in ("layer", "position"):
+            if isinstance(data[key], bool) or not isinstance(data[key], int):
+                refuse(f"its {key} {data[key]!r} is not a whole number")
+        if data["position"] >= 0:
+            refuse(
+                f"its position {data['position']} is not counted back from the template's end (-1 is its last token)"
+            )
+        if not isinstance(data.get("details", {}), dict):
+            refuse("its details are not an object")
+        vector = torch.tensor(values, dtype=torch.float64)
+        if (
+            vector.ndim != 1
+            or not len(vector)
+            or not torch.isfinite(vector).all()
+            or float(vector.norm()) == 0
+        ):
             raise InputError(f"{source}: its vector is not one finite, non-zero vector")
-        if d_model is not None and len(vector) != d_model:
+        direction = cls(vector.float(), data["layer"], data["position"], data.get("details", {}))
+        if "sha256" in data and data["sha256"] != direction.sha256():
             raise InputError(
-                f"{source} is a direction of a model with d_model {len(vector)}, this one has {d_model}: "
+                f"{source}: its numbers do not match its sha256 (edited or damaged): write it again with `lexprobe direction`"
+            )
+        direction.check(source, d_model, n_layers)
+        return direction
+
+    def check(
+        self,
+        source: str,
+        d_model: int | None = None,
+        n_layers: int | None = None,
+        n_positions: int | None = None,
+    ) -> None:
+        """InputError where this direction does not fit a model of this width and depth, and a template
+        with `n_positions` tokens after the prompt."""
+        if d_model is not None and len(self.vector) != d_model:
+            raise InputError(
+                f"{source} is a direction of a model with d_model {len(self.vector)}, this one has {d_model}: "
                 "find this model's with `lexprobe direction`"
             )
-        return direction
+        if n_layers is not None and not 0 <= self.layer < n_layers:
+            raise InputError(
+                f"{source} names block {self.layer}, and this model has blocks 0 to {n_layers - 1}"
+            )
+        if n_positions is not None and not -n_positions <= self.position < 0:
+            raise InputError(
+                f"{source} names template position {self.position}, and this model's template has "
+                f"{n_positions} tokens after the prompt (positions -1 to -{n_positions})"
+            )
 
 
 def load_direction(path, d_model: int | None = None, n_layers: int | None = None) -> RefusalDirection:
@@ -110,15 +174,7 @@ def load_direction(path, d_model: int | None = None, n_layers: int | None = None
                 f"--direction '{source}' cannot be read as UTF-8 JSON ({err}): give a direction.json"
             ) from None
         direction = RefusalDirection.from_json(text, str(source))
-    if d_model is not None and len(direction.vector) != d_model:
-        raise InputError(
-            f"{source} is a direction of a model with d_model {len(direction.vector)}, this one has {d_model}: "
-            "find this model's with `lexprobe direction`"
-        )
-    if n_layers is not None and not 0 <= direction.layer < n_layers:
-        raise InputError(
-            f"{source} names block {direction.layer}, and this model has blocks 0 to {n_layers - 1}"
-        )
+    direction.check(str(source), d_model, n_layers)
     return direction
 
 
@@ -364,9 +420,17 @@ def find_direction(
     table = path.with_suffix(".csv")
     with building(path):
         if path.exists() and table.exists() and not overwrite:
-            log.info("refusal direction: cache %s", path)
-            found = RefusalDirection.from_json(path.read_text(), str(path), lm.text_config.hidden_size)
-            return found, pd.read_csv(table)
+            try:
+                text = path.read_text(encoding="utf-8")
+                if '"sha256"' not in text:
+                    raise InputError(f"{path} carries no sha256 (an older cache entry)")
+                found = RefusalDirection.from_json(
+                    text, str(path), lm.text_config.hidden_size, len(lm.layers)
+                )
+                log.info("refusal direction: cache %s", path)
+                return found, pd.read_csv(table)
+            except (InputError, OSError, UnicodeDecodeError, ValueError) as err:  # never used: found again
+                log.warning("%s; finding the direction again", err)
         log.debug("finding the refusal direction of this model and condition once; later runs read %s", path)
         timer = Timer()
         n, v = train_prompts, val_prompts

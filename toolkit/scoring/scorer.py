@@ -16,7 +16,7 @@ import torch
 from lexprobe.probes.hooks import block_input_modules, hooks, output_tensor
 from lexprobe.probes.margin import MarginProbe, Margins, RefusalReadout
 from lexprobe.probes.steering import gate_rows
-from lexprobe.toolkit.errors import InputError
+from lexprobe.toolkit.errors import InputError, NonFiniteError
 from lexprobe.toolkit.io.progress import progress
 from lexprobe.toolkit.models.chat import ChatFormat, ChatPrompt
 from lexprobe.toolkit.models.prefix import SharedPrefix
@@ -177,9 +177,12 @@ class Scorer:
         chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         for chunk in progress(chunks, desc=desc, unit="batch"):
             read, pairs = self.harmfulness_reader()
-            margins, per_layer = self.margins_for(
-                self.batch([suffixes[i] for i in chunk]), layers=layers, hook_pairs=pairs
-            )
+            try:
+                margins, per_layer = self.margins_for(
+                    self.batch([suffixes[i] for i in chunk]), layers=layers, hook_pairs=pairs
+                )
+            except NonFiniteError as err:  # say which prompts (rows written so far stay)
+                raise err.named([names[chunk[r]] for r in err.rows]) from None
             if read:
                 out.harmfulness[chunk] = read[0]
             out.margin[chunk] = margins.decision.cpu().numpy()
