@@ -257,7 +257,10 @@ def _cached(path: Path, vocab_size: int) -> RefusalReadout | None:
     if not path.exists():
         return None
     try:
-        return load_readout_file(str(path), vocab_size)
+        readout = load_readout_file(str(path), vocab_size)
+        if '"sha256"' not in path.read_text(encoding="utf-8"):  # written before readouts had one:
+            write_json_atomic(path, json.loads(readout.to_json()))  # from now on an edit is caught
+        return readout
     except InputError as err:
         log.warning("the cached readout %s is unusable (%s); calibrating it again", path.name, err)
         return None

@@ -38,6 +38,7 @@ from lexprobe.probes.margin import RefusalReadout
 from lexprobe.toolkit import config as _values
 from lexprobe.toolkit.attribution import AttributionSettings
 from lexprobe.toolkit.errors import InputError
+from lexprobe.toolkit.io.results import read_run
 from lexprobe.toolkit.io.suites import Prompts, as_suite, listed
 
 # Every keyword argument of the API with a CLI flag of the same name is checked as that flag is (the same
@@ -537,9 +538,13 @@ def result_types() -> tuple[type, ...]:
 def load_result(directory: str | Path):
     """The result saved in `directory` (by `save` or by a `lexprobe` command), whichever study made it."""
     out = Path(directory).expanduser()
-    for kind in result_types():
-        if (out / kind.filename).exists():
-            return kind.load(out)
+    kind = read_run(out).get("kind") if (out / "run.json").is_file() else None
+    by_kind = {cls.kind: cls for cls in result_types()}
+    if kind in by_kind:  # run.json says which study made the folder
+        return by_kind[kind].load(out)
+    for cls in result_types():  # a folder saved before run.json had a kind: by its main table
+        if (out / cls.filename).exists():
+            return cls.load(out)
     names = ", ".join(sorted({k.filename for k in result_types()}))
     raise InputError(
         f"'{out}' holds no lexprobe result (none of {names}): give a directory a result was saved to"

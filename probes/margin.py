@@ -110,27 +110,37 @@ class RefusalReadout:
     # ------------------------------------------------------------------ (de)serialisation
     def sha256(self) -> str:
         """The readout's identity (resume checks, caches): its trie and smooth temperature, not its notes."""
-        import hashlib
+        return self._digest(self._node_list())
 
-        tree = json.loads(self.to_json())
-        key = {"nodes": tree.get("nodes"), "smooth_temperature": self.smooth_temperature}
-        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-
-    def to_json(self) -> str:
-        nodes = [
+    def _node_list(self) -> list[dict]:
+        return [
             {"path": list(p), "children": {str(k): v for k, v in n.children.items()}, "other": n.other}
             for p, n in sorted(self.nodes.items(), key=lambda kv: (len(kv[0]), kv[0]))
         ]
-        return json.dumps({"nodes": nodes, "details": self.details}, indent=1)
+
+    def to_json(self) -> str:
+        nodes = self._node_list()
+        return json.dumps({"nodes": nodes, "details": self.details, "sha256": self._digest(nodes)}, indent=1)
+
+    def _digest(self, nodes: list[dict]) -> str:
+        import hashlib
+
+        key = {"nodes": nodes, "smooth_temperature": self.smooth_temperature}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
     @classmethod
     def from_json(cls, text: str) -> RefusalReadout:
+        """The readout `to_json` wrote; a ValueError where its numbers do not match its sha256 (edited or
+        damaged; a file written before readouts had one is taken as it is)."""
         data = json.loads(text)
         nodes = {
             tuple(n["path"]): Node({int(k): float(v) for k, v in n["children"].items()}, float(n["other"]))
             for n in data["nodes"]
         }
-        return cls(nodes, data.get("details", {}))
+        readout = cls(nodes, data.get("details", {}))
+        if "sha256" in data and data["sha256"] != readout.sha256():
+            raise ValueError("its numbers do not match its sha256 (edited or damaged)")
+        return readout
 
     def describe(self, tokenizer) -> dict:
         """Human-readable: each expanded prefix with its refusal-leaning and compliance-leaning next tokens."""

@@ -223,3 +223,15 @@ def test_a_figure_that_fails_leaves_the_tables_and_the_run_ends_well(
     assert main(_perturb_argv(tiny_readout_file, "xstest", tmp_path / "p") + ["--limit", "3"]) == 0
     assert len(pd.read_csv(tmp_path / "p" / "substitutions.csv"))
     assert not list((tmp_path / "p").glob("*.png"))
+
+
+def test_load_result_reads_the_kind_run_json_names(tmp_path):
+    import lexprobe
+    from lexprobe.analyses.minimal_pairs import PairsResult
+
+    frame = pd.DataFrame({"id": ["1"], "prompt_a": ["a b"], "prompt_b": ["c d"], "margin_a": [0.1],
+                          "margin_b": [0.2], "delta": [0.1]})  # fmt: skip
+    PairsResult(frame, {"note": "x"}).save(tmp_path / "p", figures=False)
+    assert json.loads((tmp_path / "p" / "run.json").read_text())["kind"] == "pairs"
+    (tmp_path / "p" / "scores.csv").write_text("id,prompt\r\n1,x\r\n")  # another table beside it
+    assert type(lexprobe.load_result(tmp_path / "p")) is PairsResult

@@ -168,3 +168,33 @@ def test_steering_built_in_python_is_checked_too(tiny):
     with pytest.raises(ValueError, match="norm"):
         Steering(d * 1e6, ablate=1.0)
     assert isinstance(NonFiniteError([0], None, "bfloat16"), InputError)
+
+
+def test_an_edited_readout_file_is_refused_and_an_edited_cache_entry_calibrated_again(
+    tmp_path, tiny_readout, tiny_readout_file, error_line
+):
+    from lexprobe.probes.margin import RefusalReadout
+
+    assert RefusalReadout.from_json(tiny_readout.to_json()).sha256() == tiny_readout.sha256()
+    data = json.loads(tiny_readout.to_json())
+    data["nodes"][0]["other"] += 1.0  # edited by hand
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(data))
+    argv = ["score", "--model", "tiny-random", "--readout", str(edited), "--suite", "xstest", "--limit", "2",
+            "--out", str(tmp_path / "o")]  # fmt: skip
+    assert main(argv) == 2
+    assert "do not match its sha256" in error_line()
+
+
+def test_an_edited_saved_threshold_is_not_used(tiny, tmp_path, monkeypatch):
+    from lexprobe.toolkit.models.chat import SystemPrompt
+    from lexprobe.toolkit.scoring import thresholds
+
+    monkeypatch.setenv("LEXPROBE_CACHE", str(tmp_path))
+    system = SystemPrompt.parse("none")
+    thresholds.save_threshold(tiny, system, 1.25, {"n": 10})
+    assert thresholds.refusal_threshold(tiny, system)[0] == 1.25
+    path = next(tmp_path.rglob("*.json"))
+    path.write_text(path.read_text().replace("1.25", "3.5"))
+    value, source = thresholds.refusal_threshold(tiny, system)
+    assert value == 0.0 and source == thresholds.DEFAULT_SOURCE

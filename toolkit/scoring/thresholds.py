@@ -26,18 +26,24 @@ def _path(lm, system):
     return cache_dir("thresholds", lm.weights_sha256[:16]) / f"{key}.json"
 
 
+def _digest(value: float, system: dict) -> str:
+    return hashlib.sha256(json.dumps([float(value), system], sort_keys=True).encode()).hexdigest()
+
+
 def save_threshold(lm, system, value: float, details: dict) -> None:
-    write_json_atomic(
-        _path(lm, system), {"threshold": float(value), "system_prompt": system.describe(), **details}
-    )
+    record = {"threshold": float(value), "system_prompt": system.describe(), **details}
+    write_json_atomic(_path(lm, system), record | {"sha256": _digest(value, system.describe())})
 
 
 def refusal_threshold(lm, system) -> tuple[float, str]:
-    """(threshold, where it comes from)."""
+    """(threshold, where it comes from). A saved one whose numbers do not match its sha256 (edited or
+    damaged) is not used."""
     path = _path(lm, system)
     try:
         data = json.loads(path.read_text()) if path.exists() else None
         if data is not None:
+            if "sha256" in data and data["sha256"] != _digest(data["threshold"], data["system_prompt"]):
+                raise ValueError("its numbers do not match its sha256")
             return float(data["threshold"]), f"validate-margin ({path})"
     except (ValueError, KeyError, TypeError) as err:  # a damaged saved threshold is not used
         log.warning("the saved refusal threshold %s is damaged (%s): using 0", path, err)
