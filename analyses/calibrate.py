@@ -74,7 +74,7 @@ def _cache_key(lm, fmt, settings: ReadoutSettings) -> str:
         "version": READOUT_VERSION,
         "weights": lm.weights_sha256,
         "dtype": str(lm.dtype),
-        "system": fmt.system.describe(),
+        "system": fmt.describe(),
         "settings": asdict(settings),
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]

@@ -21,6 +21,7 @@ from lexprobe.toolkit.io.suites import Suite, load_suite
 from lexprobe.toolkit.models.architectures import state_dict_sha256, wrap_model
 from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
 from lexprobe.toolkit.models.loader import LoadedModel, load_model
+from lexprobe.toolkit.models.templates import resolve_template
 
 log = logging.getLogger(__name__)
 # What every resumed run must share with the one it continues (each study adds its own settings)
@@ -33,6 +34,7 @@ RUN_KEYS = (
 class ModelOptions(Options):
     model: str = "default"
     system_prompt: str = "model-default"
+    chat_template: object = None  # a family, a Jinja file, "none" or a ChatTemplate (None: the model's own)
     dtype: str = "auto"
     device: str = "auto"
     device_map: str | dict | None = None  # spread the model over devices (toolkit.models.placement)
@@ -89,7 +91,7 @@ class ParallelOptions(Options):
         replica = Replica(
             model=lm.spec, dtype=str(lm.dtype).removeprefix("torch."), device=str(lm.device),
             weights_sha256=lm.weights_sha256, system=session.system, device_map=lm.extra.get("placement"),
-            steering=session.steering,
+            steering=session.steering, template=session.fmt.template,
             readout_json=session.readout.to_json() if session.readout is not None else None,
             batch_size=batch_size,
         )  # fmt: skip
@@ -157,8 +159,9 @@ class Session:
     def provenance(self) -> dict:
         out = {
             **self.lm.provenance(),
-            "system_prompt": self.system.describe(),
+            "system_prompt": self.fmt.describe(),
             "system_prompt_placement": self.fmt.placement,
+            "chat_template": self.fmt.template_record(),
         }
         if self.readout is not None:
             out["readout"] = self.readout.describe(self.lm.tokenizer) | {"details": self.readout.details}
@@ -179,6 +182,7 @@ def open_session(opts: ModelOptions, need_readout: bool = True) -> Session:
     """The model, chat format and readout of `opts` (models are cached per process: a second session
     of the same model under another condition does not load it again)."""
     system = SystemPrompt.parse(opts.system_prompt)  # validate before the (slow) model load
+    resolve_template(opts.chat_template)
     lm = load_model(
         opts.model, opts.dtype, opts.device, opts.weights_sha256, opts.gradients, opts.verify_weights,
         opts.device_map,
@@ -200,7 +204,7 @@ def session_from_model(model, tokenizer, opts: ModelOptions, weights_sha256: str
 
 
 def _session(lm: LoadedModel, system: SystemPrompt, opts: ModelOptions, need_readout: bool) -> Session:
-    fmt = ChatFormat(lm.tokenizer, system)
+    fmt = ChatFormat(lm.tokenizer, system, resolve_template(opts.chat_template))
     readout = None
     if need_readout:
         from lexprobe.analyses.calibrate import get_readout
@@ -229,7 +233,7 @@ def direction_of(session: Session, opts: ModelOptions):
         direction = load_direction(opts.direction, session.lm.text_config.hidden_size, len(session.lm.layers))
         direction.check(f"--direction '{opts.direction}'", n_positions=template_positions(scorer))
         return direction
-    return find_direction(scorer, session.system.describe(), info=session.provenance())[0]
+    return find_direction(scorer, session.fmt.describe(), info=session.provenance())[0]
 
 
 def harmfulness_of(session: Session, source=True, batch_size: int = 16):
@@ -243,7 +247,7 @@ def harmfulness_of(session: Session, source=True, batch_size: int = 16):
     if source is not True:
         return load_probe(source, session.lm)
     scorer = Scorer(session.lm, session.fmt, session.readout, batch_size)
-    return find_probe(scorer, session.system.describe(), calibration_sets, info=session.provenance())[0]
+    return find_probe(scorer, session.fmt.describe(), calibration_sets, info=session.provenance())[0]
 
 
 def probe_option(session: Session, option, batch_size: int = 16):

@@ -145,7 +145,7 @@ def run(config: ContrastConfig, session: Session | None = None) -> ContrastResul
     if config.suite.limit:
         pairs = pairs.head(config.suite.limit)
     session = session_for(config.model, session)
-    threshold, source = refusal_threshold(session.lm, session.system)
+    threshold, source = refusal_threshold(session.lm, session.fmt)
     probe = probe_option(session, config.harmfulness, config.model.batch_size)
     scorer = VariantScorer(Scorer(session.lm, session.fmt, session.readout, config.model.batch_size, probe))
     texts = list(dict.fromkeys(pairs["safe_prompt"].tolist() + pairs["unsafe_prompt"].tolist()))

@@ -89,7 +89,7 @@ def run(config: DirectionConfig, session: Session | None = None) -> DirectionRes
         )
     scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
     direction, candidates = find_direction(
-        scorer, session.system.describe(), config.train_prompts, config.val_prompts, config.kl_bound,
+        scorer, session.fmt.describe(), config.train_prompts, config.val_prompts, config.kl_bound,
         info=provenance(**session.provenance(), kind=DirectionResult.kind), overwrite=config.overwrite,
     )  # fmt: skip
     found = direction.details.get("provenance", {})

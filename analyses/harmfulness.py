@@ -98,7 +98,7 @@ def run(config: HarmfulnessConfig, session: Session | None = None) -> Harmfulnes
     info = provenance(**session.provenance(), kind=HarmfulnessResult.kind)
     probe, table, weights = find_probe(
         scorer,
-        session.system.describe(),
+        session.fmt.describe(),
         calibration_sets,
         config.train_prompts,
         config.val_prompts,

@@ -151,7 +151,7 @@ def run(config: ValidityConfig, session: Session | None = None, suite: Suite | N
     }
     run_info = provenance(**session.provenance(), suite=suite.source, **summary, wall_seconds=timer.seconds)
     if config.save:
-        save_threshold(session.lm, session.system, threshold, {"auroc": summary["auroc"], "n": summary["n"]})
+        save_threshold(session.lm, session.fmt, threshold, {"auroc": summary["auroc"], "n": summary["n"]})
     result = ValidityResult(
         frame[["id", "type", "label", "prompt", "margin", "margin_sampled", "predicted", "refused"]],
         run_info,

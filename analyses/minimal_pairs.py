@@ -113,7 +113,7 @@ def run(config: PerturbConfig, session: Session | None = None, suite: Suite | No
     lexicon = Lexicon.load(config.lexicon)
     config.parallel.check()  # a wrong --ray-address fails here, not after the model loads
     session = session_for(config.model, session)
-    threshold, source = refusal_threshold(session.lm, session.system)
+    threshold, source = refusal_threshold(session.lm, session.fmt)
     config = replace(config, harmfulness=probe_option(session, config.harmfulness, config.model.batch_size))
     sub, scorer = _engine(session.lm, session.fmt, session.readout, config, lexicon, rewrites)
     run_info = provenance(
@@ -412,7 +412,7 @@ def run_pairs(config: PairsConfig, session: Session | None = None) -> PairsResul
     where = "a DataFrame" if isinstance(config.pairs, pd.DataFrame) else str(Path(config.pairs).resolve())
     suite = Suite("pairs", frame, where)
     session = session_for(config.model, session)
-    threshold, source = refusal_threshold(session.lm, session.system)
+    threshold, source = refusal_threshold(session.lm, session.fmt)
     run_info = provenance(
         **session.provenance(),
         kind=PairsResult.kind,

@@ -191,7 +191,7 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
 
         sub = Substituter(strategies=("lexicon",))
     settings, sel_rows, chosen_i, info = selected(
-        scorer, direction, probe, sub, config, session.system.describe()
+        scorer, direction, probe, sub, config, session.fmt.describe()
     )
 
     texts = frame["prompt"].tolist()
@@ -218,7 +218,7 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
             table.loc[i, list(_agreement(gen))] = list(_agreement(gen).values())
 
     model = {"model_spec": lm.spec, "weights_sha256": lm.weights_sha256, "dtype": str(lm.dtype).removeprefix("torch."),
-             "system_prompt": session.system.describe()}  # fmt: skip
+             "system_prompt": session.fmt.describe()}  # fmt: skip
     chosen_file = fixes.chosen_json(
         chosen.steering,
         {"model": model, "mitigation": chosen.mitigation, "strength": chosen.strength, "gate": chosen.gate,

@@ -144,7 +144,7 @@ def run(config: TransplantConfig, session: Session | None = None) -> TransplantR
         triggers_for(lexicon, config.categories), data, config.draws, config.word_carriers, config.seed
     )
     session = session_for(config.model, session)
-    threshold, source = refusal_threshold(session.lm, session.system)
+    threshold, source = refusal_threshold(session.lm, session.fmt)
     scorer = VariantScorer(Scorer(session.lm, session.fmt, session.readout, config.model.batch_size))
     texts = frame["prompt"].tolist()
     scorer.score(texts, desc=f"scoring {len(set(texts))} carrier prompts")

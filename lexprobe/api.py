@@ -63,7 +63,7 @@ ARGUMENTS = {
     "attribution": bool, "perturb": bool, "instruction": bool, "group_phrases": bool,
     "recalibrate": bool, "verify_weights": bool, "prompt": str, "variant": str, "contrast": str,
     "pair_map": TEXTS, "lexicon": TEXTS, "target": str, "rule": str, "baseline": str, "replacement": str,
-    "system_prompt": str, "dtype": str, "device": str, "weights_sha256": str, "classifier": str,
+    "system_prompt": str, "chat_template": TEXTS, "dtype": str, "device": str, "weights_sha256": str, "classifier": str,
 }  # fmt: skip
 
 
@@ -126,6 +126,7 @@ def load(
     model: str = "default",
     *,
     system_prompt: str = "model-default",
+    chat_template=None,
     dtype: str = "auto",
     device: str = "auto",
     readout: str | Path | RefusalReadout | None = None,
@@ -136,15 +137,17 @@ def load(
     verify_weights: bool = False,
 ) -> Probe:
     """A model spec (`default`, `smollm2`, `tiny-random`, a Hugging Face directory, a cached hub id or a
-    `.gguf` file) under one system-prompt condition, with its refusal readout (shipped with lexprobe for
-    the default model's preset conditions, else calibrated once per model, dtype and condition, then
-    cached; `recalibrate=True` calibrates it here all the same; or `readout`, a file or a
-    `RefusalReadout`). `dtype="auto"` is float32 on a CPU and bfloat16 on CUDA, or float32 there too
-    with `attribution=True`. Weights files are hashed once and again when they change, or every time
-    with `verify_weights=True`."""
+        `.gguf` file) under one system-prompt condition, with its refusal readout (shipped with lexprobe for
+        the default model's preset conditions, else calibrated once per model, dtype and condition, then
+        cached; `recalibrate=True` calibrates it here all the same; or `readout`, a file or a
+        `RefusalReadout`). `chat_template`: for a model whose files have none, or to replace its own (a
+    family of `lexprobe templates`, a Jinja file, or "none" for the raw prompt of a base model). `dtype="auto"` is float32 on a CPU and bfloat16 on CUDA, or float32 there too
+        with `attribution=True`. Weights files are hashed once and again when they change, or every time
+        with `verify_weights=True`."""
     options = ModelOptions(
         model=model,
         system_prompt=system_prompt,
+        chat_template=chat_template,
         dtype=dtype,
         device=device,
         weights_sha256=weights_sha256,
@@ -171,6 +174,7 @@ class Probe:
         tokenizer,
         *,
         system_prompt: str = "model-default",
+        chat_template=None,
         readout: str | Path | RefusalReadout | None = None,
         name: str | None = None,
         weights_sha256: str | None = None,
@@ -188,6 +192,7 @@ class Probe:
         options = ModelOptions(
             model=name or getattr(model.config, "name_or_path", "") or type(model).__name__,
             system_prompt=system_prompt,
+            chat_template=chat_template,
             readout=readout,
             batch_size=batch_size,
         )

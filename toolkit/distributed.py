@@ -35,6 +35,7 @@ class Replica:
     batch_size: int
     device_map: str | dict | None = None  # the driver's --device-map: each replica spreads over its GPUs
     steering: object = None  # the driver's probes.steering.Steering, on for every shard
+    template: object = None  # the driver's --chat-template (toolkit.models.templates.ChatTemplate)
 
 
 class Worker:
@@ -58,7 +59,7 @@ class Worker:
         self.lm = load_model(
             replica.model, replica.dtype, device, replica.weights_sha256, device_map=replica.device_map
         )
-        self.fmt = ChatFormat(self.lm.tokenizer, replica.system)
+        self.fmt = ChatFormat(self.lm.tokenizer, replica.system, replica.template)
         self.batch_size = replica.batch_size
         self.readout = (
             None if replica.readout_json is None else RefusalReadout.from_json(replica.readout_json)

@@ -60,6 +60,22 @@ def cmd_methods(_a) -> None:
     print_table(pd.DataFrame(rows, columns=["kind", "name"]), title="registered methods")
 
 
+def cmd_templates(_a) -> None:
+    import pandas as pd
+
+    from lexprobe.toolkit.io.console import print_table
+    from lexprobe.toolkit.models.templates import ALIASES, FAMILIES
+
+    rows = [
+        (name, ", ".join(a for a, n in ALIASES.items() if n == name), what)
+        for name, (what, _) in FAMILIES.items()
+    ]
+    print_table(
+        pd.DataFrame(rows, columns=["name", "also", "what it is"]),
+        title="chat templates for --chat-template (or give a Jinja file)",
+    )
+
+
 def register(sub) -> None:
     p = sub.add_parser("score", help="refusal margin of every prompt of a suite")
     add_model_args(p)
@@ -87,3 +103,6 @@ def register(sub) -> None:
         "methods", help="list the attribution methods, classifiers and substitution strategies"
     )
     p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("templates", help="list the chat template families --chat-template knows")
+    p.set_defaults(func=cmd_templates)

@@ -117,6 +117,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto | float32 | bfloat16 | float16; auto: float32 on CPU, on CUDA bf16 (float32 for runs that attribute)",
     )
+    g.add_argument(
+        "--chat-template", default=None, metavar="T",
+        help="a chat template for a model whose files have none, or to replace its own: a family (see "
+        "`lexprobe templates`), a Jinja file, or none for the raw prompt of a base model (default: the model's own)",
+    )  # fmt: skip
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     g.add_argument(
         "--device-map", default=None, metavar="M",

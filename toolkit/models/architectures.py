@@ -173,10 +173,6 @@ def wrap_model(
     model is spread over devices already (`toolkit.models.placement`), and its inputs go where its
     embedding is."""
     arch = architecture(model.config.model_type)
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ModelError(
-            f"model '{spec}' has no chat template: lexprobe studies chat models; use an instruct model"
-        )
     extra = {}
     if device is None:  # inputs go where the embedding is; provenance counts map entries per device
         device = model.get_submodule(arch.embed).weight.device

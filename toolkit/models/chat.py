@@ -1,6 +1,7 @@
 """Chat formatting under a system-prompt condition, with the character span of the user's text.
 
-The model's own chat template is rendered once per condition with sentinel strings in place of the
+The model's own chat template (or the one given with --chat-template, `toolkit.models.templates`) is
+rendered once per condition with sentinel strings in place of the
 system and user texts; the rendered string is cut at the sentinels into template pieces. A prompt is
 then the template pieces (tokenized with special tokens) around the system text and the user text
 (each tokenized as *literal* text: `<|im_start|>` typed by a user is never a special token). Every
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import difflib
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -107,13 +109,32 @@ class ChatPrompt:
 
 
 class ChatFormat:
-    """Formats user texts for one tokenizer and one system-prompt condition."""
+    """Formats user texts for one tokenizer and one system-prompt condition, with the model's own chat
+    template or `template` (a `toolkit.models.templates.ChatTemplate`)."""
 
-    def __init__(self, tokenizer, system: SystemPrompt):
+    def __init__(self, tokenizer, system: SystemPrompt, template=None):
+        from lexprobe.toolkit.models.templates import names, warn_unknown_markers
+
         self.tokenizer = tokenizer
         self.system = system
+        self.template = template
+        if template is None and getattr(tokenizer, "chat_template", None) is None:
+            raise ModelError(
+                "this model has no chat template: give one with --chat-template (a family: "
+                f"{names()}; a Jinja file; or none for the raw prompt of a base model)"
+            )
         self.placement = system.name  # none | model-default | "system turn" | "merged into the user turn"
-        self.pieces = self._template_pieces()  # [(kind, text)], with USER text left empty
+        which = "this model's chat template" if template is None else f"chat template '{template.name}'"
+        try:
+            self.pieces = self._template_pieces()  # [(kind, text)], with USER text left empty
+        except _TemplateRefused as err:
+            raise ModelError(
+                f"{which} cannot render one user message ({err}): give another with --chat-template"
+            ) from None
+        except ModelError as err:
+            raise ModelError(f"{which}: {err}") from None
+        if template is not None:
+            warn_unknown_markers(template, tokenizer, "".join(t for _, t in self.pieces))
         user_at = [k for k, _ in self.pieces].index(USER)
         self._head = [self._tokenize(k, t) for k, t in self.pieces[:user_at]]
         self._tail = [self._tokenize(k, t) for k, t in self.pieces[user_at + 1 :]]
@@ -121,10 +142,27 @@ class ChatFormat:
 
     # ------------------------------------------------------------------ template analysis
     def _render(self, messages: list[dict]) -> str:
+        given = {} if self.template is None else {"chat_template": self.template.text}
         try:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True, **given
+            )
         except Exception as err:  # noqa: BLE001 - jinja raises whatever the template raises
             raise _TemplateRefused(str(err)) from err
+
+    def describe(self) -> dict:
+        """The condition prompts are formatted under: the system prompt, and the template where one was
+        given (a model's own is part of the model); the key of readouts, directions and thresholds."""
+        out = self.system.describe()
+        return out if self.template is None else {**out, "chat_template": self.template.record()}
+
+    def template_record(self) -> dict:
+        """The template's name and sha256, for run.json."""
+        if self.template is not None:
+            return self.template.record()
+        own = self.tokenizer.chat_template
+        text = own if isinstance(own, str) else json.dumps(own, sort_keys=True)
+        return {"name": "the model's own", "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
 
     def _template_pieces(self) -> list[tuple[str, str]]:
         cond = self.system
@@ -218,7 +256,7 @@ def _split(rendered: str) -> list[tuple[str, str]]:
     """Cut a rendering at the sentinels into (kind, text) pieces; the user piece's text is empty."""
     if rendered.count(SENT_USER) != 1:
         raise ModelError(
-            "the model's chat template does not place the user message verbatim: unsupported template"
+            "it does not place the user message verbatim, once: give another with --chat-template"
         )
     pieces: list[tuple[str, str]] = []
     before_user, after_user = rendered.split(SENT_USER)

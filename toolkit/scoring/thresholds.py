@@ -21,7 +21,7 @@ DEFAULT_SOURCE = (
 )
 
 
-def _path(lm, system):
+def _path(lm, system):  # system: what describes the condition (a ChatFormat)
     key = hashlib.sha256(json.dumps(system.describe(), sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir("thresholds", lm.weights_sha256[:16]) / f"{key}.json"
 

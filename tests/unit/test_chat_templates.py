@@ -1,0 +1,118 @@
+"""--chat-template: a family, a Jinja file or none for a model whose files have no template (or to
+replace its own), checked as a model's own is, recorded in run.json and held by resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lexprobe.cli import main
+from lexprobe.toolkit.errors import InputError, ModelError
+from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.models.templates import FAMILIES, resolve_template
+
+
+@pytest.fixture(scope="module")
+def bare_model(tmp_path_factory, tiny):
+    """tiny-random saved as an HF folder whose tokenizer has lost its chat template."""
+    folder = tmp_path_factory.mktemp("bare")
+    tiny.model.save_pretrained(folder)
+    tokenizer = copy.deepcopy(tiny.tokenizer)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _score(model, out, *extra):
+    return main(["score", "--model", str(model), "--dtype", "float32", "--suite", "xstest", "--limit", "4",
+                 "--out", str(out), *extra])  # fmt: skip
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("condition", ["model-default", "none", "be brief and helpful"])
+def test_every_family_places_the_user_text_verbatim(tiny, family, condition):
+    fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse(condition), resolve_template(family))
+    text = "How do I kill a Python process?"
+    prompt = fmt.format(text)
+    assert prompt.text[slice(*prompt.user_span)] == text
+    assert prompt.text.count(text) == 1
+    if condition == "be brief and helpful":
+        assert "be brief and helpful" in prompt.text
+        merged = family in ("mistral", "gemma")  # no system role: the text goes atop the user turn
+        assert fmt.placement == ("merged into the user turn" if merged else "system turn")
+
+
+def test_a_model_without_a_template_names_the_flag_and_runs_with_one(bare_model, tmp_path, capsys, tiny):
+    assert _score(bare_model, tmp_path / "a") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--chat-template" in err[-1] and "chatml" in err[-1] and "Traceback" not in "\n".join(err)
+    assert _score(bare_model, tmp_path / "b", "--chat-template", "chatml", "--system-prompt", "none") == 0
+    run = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert run["chat_template"]["name"] == "chatml" and len(run["chat_template"]["sha256"]) == 64
+    # tiny-random's own template is ChatML with a default system turn: without it, the same prompts
+    assert _score("tiny-random", tmp_path / "c", "--system-prompt", "none") == 0
+    np.testing.assert_allclose(
+        pd.read_csv(tmp_path / "b" / "scores.csv")["margin"], pd.read_csv(tmp_path / "c" / "scores.csv")["margin"],
+        atol=1e-5,
+    )  # fmt: skip
+    assert json.loads((tmp_path / "c" / "run.json").read_text())["chat_template"]["name"] == "the model's own"
+
+
+def test_a_template_file_is_read_and_resume_holds_the_template(bare_model, tmp_path, capsys):
+    path = tmp_path / "chat_template.jinja"
+    path.write_text(FAMILIES["chatml"][1])
+    assert _score(bare_model, tmp_path / "s", "--chat-template", str(path)) == 0
+    run = json.loads((tmp_path / "s" / "run.json").read_text())
+    assert run["chat_template"]["name"] == str(path)
+    assert _score(bare_model, tmp_path / "s", "--chat-template", "zephyr", "--resume") == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # (the new readout's calibration notes first)
+    assert last.startswith("lexprobe: error:") and "system_prompt" in last
+    assert _score(bare_model, tmp_path / "s", "--chat-template", str(path), "--resume") == 0
+
+
+def test_none_is_the_raw_prompt(tiny):
+    fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("model-default"), resolve_template("none"))
+    assert fmt.format("Hello there").text == (tiny.tokenizer.bos_token or "") + "Hello there"
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "is neither a family (chatml, llama-2"),
+        ("{% for m in messages %}{{ m['content'] }", "is not a Jinja template"),
+        ("Hello {{ name }}", "never reads `messages`"),
+        ("{{ messages[0]['content'][:5] }}", "does not place the user message verbatim"),
+        (
+            "{{ messages[0]['content'] }}{{ messages[0]['content'] }}",
+            "does not place the user message verbatim",
+        ),
+        ("{{ raise_exception('no') }}{{ messages }}", "cannot render one user message"),
+    ],
+)
+def test_templates_that_cannot_serve_are_one_line(bare_model, tmp_path, error_line, content, says):
+    value = "chatmlx"
+    if content is not None:
+        value = str(tmp_path / "t.jinja")
+        (tmp_path / "t.jinja").write_text(content)
+    assert _score(bare_model, tmp_path / "o", "--chat-template", value) == 2
+    assert says in error_line()
+
+
+def test_the_api_takes_a_template_and_templates_lists_the_families(tiny, capsys):
+    import lexprobe
+
+    probe = lexprobe.load("tiny-random", dtype="float32", chat_template="gemma")
+    assert "<start_of_turn>user" in probe.session.fmt.format("hi").text
+    with pytest.raises(InputError, match="chat_template must be a path"):
+        lexprobe.load("tiny-random", chat_template=3)
+    with pytest.raises(ModelError, match="--chat-template"):
+        bare = copy.deepcopy(tiny.tokenizer)
+        bare.chat_template = None
+        ChatFormat(bare, SystemPrompt.parse("none"))
+    assert main(["templates"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in FAMILIES)
