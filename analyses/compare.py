@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
 import shutil
 import tomllib
@@ -124,9 +125,12 @@ class Plan:
             raise InputError(f"--config '{path}': harmfulness must be true, false or a probe.json path")
         if data.get("perturb_types") and not data.get("perturb"):
             raise InputError(f"--config '{path}': perturb_types is read only with perturb = true")
-        for key in ("models", "suites"):  # files named relative to the plan are found from any directory
+        for key in ("models", "suites", "conditions"):  # files named relative to the plan, from anywhere
             if key in data:
                 data[key] = [_beside(path, v) for v in data[key]]
+                twice = sorted({v for v in data[key] if data[key].count(v) > 1})
+                if twice:  # "a/s.csv" and "./a/s.csv" are one file
+                    raise InputError(f"--config '{path}': {key} names {twice[0]} twice")
         for key in ("harmfulness", "steer"):
             if isinstance(data.get(key), str):
                 data[key] = _beside(path, data[key])
@@ -184,12 +188,14 @@ class CompareResult:
 
 
 def _beside(plan: Path, value: str) -> str:
-    """`value` as a path next to the plan file where it names a file or folder there (not a bundled
-    name or a path that is absolute or found from here), else as written."""
-    near = plan.parent / value
-    if Path(value).is_absolute() or Path(value).exists() or not near.exists():
+    """`value` as a path next to the plan file where it names a file or folder there (a system prompt
+    `@file` too), else as written (a bundled name, an absolute path)."""
+    at = "@" if value.startswith("@") else ""
+    name = value[len(at) :]
+    near = plan.parent / name
+    if Path(name).is_absolute() or not near.exists():
         return value
-    return str(near)
+    return at + os.path.normpath(near)
 
 
 def slug(name: str) -> str:
@@ -235,6 +241,8 @@ def run(config: CompareConfig) -> CompareResult:
                 **again,
             )  # fmt: skip
         )
+        selected = scored.frame["id"].isin(open_suite(suite_opts).frame["id"])  # a resumed cell may hold
+        scored = score.ScoreResult(scored.frame[selected].reset_index(drop=True), scored.run)  # more rows
         key = {"model": model, "condition": condition, "suite": suite}
         row = {
             **key,

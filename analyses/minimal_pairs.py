@@ -380,8 +380,20 @@ def read_pairs(source: str | pd.DataFrame) -> pd.DataFrame:
     is kept (else row numbers), other columns ride along."""
     path = "the pairs frame" if isinstance(source, pd.DataFrame) else source
     if isinstance(source, pd.DataFrame):
-        frame = source.astype({c: str for c in ("prompt_a", "prompt_b", "id") if c in source.columns})
-        frame = frame.reset_index(drop=True)
+        from lexprobe.toolkit.io.suites import SURROGATE
+
+        frame = source.reset_index(drop=True)
+        for column in [c for c in ("prompt_a", "prompt_b") if c in frame.columns]:
+            for row, value in enumerate(frame[column]):
+                if not isinstance(value, str) or SURROGATE.search(value):
+                    why = (
+                        "text with an unpaired surrogate"
+                        if isinstance(value, str)
+                        else f"{value!r}, not text"
+                    )
+                    raise InputError(f"{column} of row {row + 1} of {path} is {why}: fix it or drop the row")
+        if "id" in frame.columns:
+            frame = frame.assign(id=frame["id"].astype(str))
     else:
         p = Path(source)
         if not p.exists():

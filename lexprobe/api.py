@@ -34,12 +34,14 @@ from lexprobe.analyses import mitigate as _mitigate
 from lexprobe.analyses import pathway as _pathway
 from lexprobe.analyses import score as _score
 from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_session, session_from_model
+from lexprobe.probes.harmfulness import HarmfulnessProbe
 from lexprobe.probes.margin import RefusalReadout
 from lexprobe.toolkit import config as _values
 from lexprobe.toolkit.attribution import AttributionSettings
 from lexprobe.toolkit.errors import InputError
-from lexprobe.toolkit.io.results import read_run
-from lexprobe.toolkit.io.suites import Prompts, as_suite, listed
+from lexprobe.toolkit.io.results import Result, read_run
+from lexprobe.toolkit.io.suites import SURROGATE, Prompts, as_suite, listed
+from lexprobe.toolkit.mechanism.direction import RefusalDirection
 
 # Every keyword argument of the API with a CLI flag of the same name is checked as that flag is (the same
 # type function, `toolkit.config`), before any work; a wrong type or value is an InputError naming the
@@ -63,12 +65,21 @@ ARGUMENTS = {
     "attribution": bool, "perturb": bool, "instruction": bool, "group_phrases": bool,
     "recalibrate": bool, "verify_weights": bool, "prompt": str, "variant": str, "contrast": str,
     "pair_map": TEXTS, "lexicon": TEXTS, "target": str, "rule": str, "baseline": str, "replacement": str,
-    "system_prompt": str, "chat_template": TEXTS, "dtype": str, "device": str, "weights_sha256": str, "classifier": str,
+    "system_prompt": str, "chat_template": TEXTS, "dtype": str,
+    "harmfulness": (bool, str, Path, HarmfulnessProbe), "direction": (str, Path, RefusalDirection),
+    "attributions": (str, Path, pd.DataFrame, Result), "substitutions": (pd.DataFrame, Result),
+    "pairs": (str, Path, pd.DataFrame, list, tuple), "fix": (str, Path, Result),
+    "readout": (str, Path, RefusalReadout), "device": str, "weights_sha256": str, "classifier": str,
 }  # fmt: skip
 
 
 def check_argument(name: str, value, kind):
     """`value` as the API takes it for argument `name` (a list where `kind` is one), or InputError."""
+    if isinstance(kind, tuple) and kind not in (TEXTS, ID):  # Python objects an argument may be
+        if not isinstance(value, kind):
+            names = " or ".join(k.__name__ for k in kind)
+            raise InputError(f"{name} must be {names}, not {type(value).__name__} {value!r:.60}")
+        return value
     if isinstance(kind, list):
         items = [value] if isinstance(value, str | int | float) else value
         if not isinstance(items, list | tuple):
@@ -82,6 +93,8 @@ def check_argument(name: str, value, kind):
         what = {str: "text", TEXTS: "a path", ID: "text or a whole number"}[kind]
         if isinstance(value, bool) or not isinstance(value, kind) or not str(value).strip():
             raise InputError(f"{name} must be {what}, not {value!r}")
+        if isinstance(value, str) and SURROGATE.search(value):
+            raise InputError(f"{name} has an unpaired surrogate (a broken UTF-16 escape such as \\ud800)")
         return value
     whole = kind.__annotations__.get("return") in ("int", int)
     if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
@@ -109,7 +122,10 @@ def checked(method=None, **kinds):
 
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as err:  # an argument it does not take, or one missing
+            raise InputError(f"{method.__name__}: {err}") from None
         for name, value in list(bound.arguments.items()):
             param = signature.parameters[name]
             if param.kind is param.VAR_KEYWORD:
@@ -119,6 +135,22 @@ def checked(method=None, **kinds):
         return method(*bound.args, **bound.kwargs)
 
     return wrapper
+
+
+def _attribution_settings(settings: dict) -> AttributionSettings:
+    """`settings` as AttributionSettings; a name it does not have is an InputError ("did you mean")."""
+    import dataclasses
+    import difflib
+
+    known = [f.name for f in dataclasses.fields(AttributionSettings)]
+    for name in settings:
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {near[0]}? " if near else ""
+            raise InputError(
+                f"unknown attribution setting {name!r}: {hint}the settings are {', '.join(known)}"
+            )
+    return AttributionSettings(**settings)
 
 
 @checked
@@ -266,7 +298,7 @@ class Probe:
         config = _attribute.AttributeConfig(
             model=self.options,
             methods=listed(methods),
-            settings=AttributionSettings(**settings),
+            settings=_attribution_settings(settings),
             faithfulness=faithfulness,
             n_random=n_random,
             contrasts=contrasts,
@@ -297,7 +329,7 @@ class Probe:
         matched controls and paired statistics (`PerturbResult`). `rewrites`: ["kill=stop,end"];
         `attributions`: an `AttributionResult` (or its attributions.csv) to correlate with;
         `harmfulness=True`: the harmfulness probe's logit of each prompt and variant beside its margin."""
-        if attributions is not None and not isinstance(attributions, str | Path):
+        if isinstance(attributions, Result):
             attributions = attributions.to_frame()
         config = _pairs.PerturbConfig(
             model=self.options,
@@ -319,12 +351,12 @@ class Probe:
         list of (prompt_a, prompt_b) tuples; delta = margin_b - margin_a, with paired statistics
         (`harmfulness=True`: the harmfulness probe's logits beside them)."""
         if isinstance(pairs, list | tuple):
-            if not pairs or not all(
-                isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(t, str) for t in p)
-                for p in pairs
-            ):
+            shaped = all(isinstance(p, list | tuple) and len(p) == 2 for p in pairs)
+            text = shaped and all(isinstance(t, str) and not SURROGATE.search(t) for p in pairs for t in p)
+            if not pairs or not text:
                 raise InputError(
-                    "pairs: give (prompt_a, prompt_b) tuples, a DataFrame or a file with those columns"
+                    "pairs: give (prompt_a, prompt_b) tuples of text (no unpaired surrogates), a DataFrame "
+                    "or a file with those columns"
                 )
             pairs = pd.DataFrame(list(pairs), columns=["prompt_a", "prompt_b"])
         config = _pairs.PairsConfig(model=self.options, pairs=pairs, seed=seed, harmfulness=harmfulness)
@@ -381,7 +413,7 @@ class Probe:
             perturb=perturb,
             pair_map=pair_map,
             seed=seed,
-            settings=AttributionSettings(**settings),
+            settings=_attribution_settings(settings),
         )
         return _diagnose.run(config, session=self.session, suite=as_suite(prompts, types, ids, limit))
 
@@ -406,22 +438,12 @@ class Probe:
                 ablated = probe.score("xstest")
         """
         import contextlib
-        import math
 
         from lexprobe.toolkit.mechanism.direction import load_direction
         from lexprobe.toolkit.mechanism.fixes import load_chosen
 
-        for name, value in (("ablate", ablate), ("add", add)):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or (name == "ablate" and value < 0)
-            ):
-                raise InputError(
-                    f"steered({name}={value!r}): give a finite number"
-                    + (", 0 or more" if name == "ablate" else "")
-                )
+        if fix is None and not (ablate or add):
+            raise InputError("steered(): give a fix, or ablate or add (a direction alone steers nothing)")
         if ablate and add:
             raise InputError(
                 "steered(ablate=..., add=...): ablation removes the direction the addition adds; give one"

@@ -66,8 +66,11 @@ class HarmfulnessProbe:
             for name in ("layer", "position"):
                 if not isinstance(data[name], int) or isinstance(data[name], bool):
                     raise ValueError(f"{name} {data[name]!r} is not a whole number")
+            method = data.get("method", "logistic")
+            if method not in ("logistic", "mean_difference"):
+                raise ValueError(f"method {method!r} is neither logistic nor mean_difference")
             probe = cls(weight, float(data["bias"]), data["layer"], data["position"],
-                        str(data.get("method", "logistic")), dict(data.get("details") or {}))  # fmt: skip
+                        method, dict(data.get("details") or {}))  # fmt: skip
         except (ValueError, KeyError, TypeError) as err:
             raise InputError(
                 f"{source} is not a lexprobe harmfulness probe ({err}): write one with `lexprobe harmfulness`"

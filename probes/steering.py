@@ -89,6 +89,8 @@ class Steering:
             raise ValueError("a steering direction cannot be the zero vector")
         if self.add and self.at is None:
             raise ValueError("an activation addition needs the block it adds at (`at`)")
+        if self.add and self.ablate:  # the ablation would remove at every later block what was added
+            raise ValueError("a steering ablates its direction or adds it, not both")
         if not (np.isfinite(self.ablate) and 0 <= self.ablate <= ABLATE_MAX):
             raise ValueError(f"ablate {self.ablate!r} is not a share from 0 to {ABLATE_MAX:g}")
         if not (np.isfinite(self.add) and abs(self.add) <= ADD_MAX):

@@ -78,6 +78,8 @@ def ablate_share(text: str) -> float:
 
 def add_multiple(text: str) -> float:
     value = _number(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must not be 0 (it adds nothing): leave it out")
     if not abs(value) <= ADD_MAX:
         raise argparse.ArgumentTypeError(
             f"is a multiple of the direction from -{ADD_MAX:g} to {ADD_MAX:g}, got {text}"

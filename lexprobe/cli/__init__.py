@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 
 from lexprobe.cli import attribution, behaviour, compare, core, diagnose, mechanism, minimal_pairs
 from lexprobe.cli.options import Parser, plain
-from lexprobe.toolkit.errors import LexprobeError, OutputError
+from lexprobe.toolkit.errors import InputError, LexprobeError, OutputError
 from lexprobe.toolkit.io.locks import exclusive
 from lexprobe.toolkit.io.results import claim
 
@@ -44,6 +45,8 @@ def refuse_to_replace(args) -> None:
     already holds an earlier run's run.json needs --resume (where the command has it) or --overwrite,
     and --overwrite replaces a run of the same command only, never another command's files or a
     folder that holds no lexprobe run."""
+    if getattr(args, "resume", False) and getattr(args, "overwrite", False):
+        raise InputError("--resume continues a run and --overwrite replaces it: give one of them")
     out = getattr(args, "out", None)
     if not out or not hasattr(args, "overwrite") or not Path(out).is_dir():
         return
@@ -65,6 +68,22 @@ def refuse_to_replace(args) -> None:
             f"'{out}' already holds an earlier run (run.json): pass{resume} --overwrite to replace it, "
             "or use another --out"
         )
+
+
+VIEWS = (".png", ".svg", ".pdf", ".html")
+
+
+def drop_stale_views(out: Path, started: float) -> None:
+    """After an --overwrite run: the figures and pages of the run it replaced that this one did not draw
+    again (a label it no longer has, --no-figures) would show the old run beside the new tables."""
+    for path in out.rglob("*"):
+        if (
+            path.suffix in VIEWS
+            and path.is_file()
+            and not path.is_symlink()
+            and path.stat().st_mtime < started
+        ):
+            path.unlink()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         out = getattr(args, "out", None)
         with exclusive(out) if out else contextlib.nullcontext():  # one run per output directory
             refuse_to_replace(args)
+            started = time.time()
             args.func(args)
+            if out and getattr(args, "overwrite", False) and args.command in run_kinds():
+                drop_stale_views(Path(out), started)
     except LexprobeError as err:
         NOTES.drop()  # bad input: the one line that names it, nothing else
         sys.stderr.write(f"lexprobe: error: {plain(' '.join(str(err).splitlines()))}\n")

@@ -87,6 +87,11 @@ def test_a_chosen_file_round_trips(tiny, tiny_probe, tmp_path):
         (lambda d: d.update(format=99), "format 99"),
         (lambda d: d["steering"].update(ablate=3.0), "sha256"),
         (lambda d: d.update(mitigation="none"), "sha256"),  # what it says it is counts too
+        (lambda d: d.update(format=True), "format True"),
+        (
+            lambda d: d["steering"].update(add=3.0, at=0) or d.update(sha256=fixes._digest(d)),
+            "ablates its direction or adds it, not both",
+        ),
         (
             lambda d: d.update(model="tiny-random") or d.update(sha256=fixes._digest(d)),
             "not a record of the model",

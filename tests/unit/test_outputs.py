@@ -5,6 +5,7 @@ rows)."""
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -235,3 +236,53 @@ def test_load_result_reads_the_kind_run_json_names(tmp_path):
     assert json.loads((tmp_path / "p" / "run.json").read_text())["kind"] == "pairs"
     (tmp_path / "p" / "scores.csv").write_text("id,prompt\r\n1,x\r\n")  # another table beside it
     assert type(lexprobe.load_result(tmp_path / "p")) is PairsResult
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path, tiny_readout_file, error_line):
+    assert main(_score_argv(tiny_readout_file, tmp_path / "s", "--resume", "--overwrite")) == 2
+    assert "--resume continues a run and --overwrite replaces it" in error_line()
+
+
+def test_a_run_json_that_is_a_directory_is_named_before_any_work(tmp_path, tiny_readout_file, error_line):
+    (tmp_path / "s" / "run.json").mkdir(parents=True)
+    assert main(_score_argv(tiny_readout_file, tmp_path / "s", "--overwrite")) == 2
+    assert "run.json' is a directory" in error_line()
+    assert not (tmp_path / "s" / "scores.csv").exists()
+
+
+def test_overwrite_leaves_no_figure_of_the_run_it_replaced(tmp_path, tiny_readout_file):
+    out = tmp_path / "p"
+    assert main(_perturb_argv(tiny_readout_file, "xstest", out) + ["--limit", "3"]) == 0
+    stale = out / "forest_unsafe.png"  # as a run with unsafe prompts drew it
+    stale.write_bytes(b"old")
+    os.utime(stale, (1, 1))
+    assert main(_perturb_argv(tiny_readout_file, "xstest", out) + ["--limit", "3", "--overwrite"]) == 0
+    assert not stale.exists() and list(out.glob("*.png"))
+
+
+def test_one_file_named_two_ways_and_files_beside_the_plan(tmp_path, monkeypatch, error_line):
+    from lexprobe.toolkit.io.suites import load_suite
+
+    frame = load_suite("xstest").frame
+    (tmp_path / "plans" / "a").mkdir(parents=True)
+    frame.head(3).to_csv(tmp_path / "plans" / "a" / "s.csv", index=False)
+    (tmp_path / "plans" / "sys.txt").write_text("Answer briefly.")
+    plan = tmp_path / "plans" / "p.toml"
+    plan.write_text('models = ["tiny-random"]\nsuites = ["a/s.csv", "./a/s.csv"]\n')
+    assert main(["compare", "--config", str(plan), "--out", str(tmp_path / "c1")]) == 2
+    line = error_line()
+    assert "suites names" in line and "twice" in line
+    elsewhere = tmp_path / "cwd"
+    (elsewhere / "a").mkdir(parents=True)
+    frame.iloc[250:252].to_csv(elsewhere / "a" / "s.csv", index=False)  # another file of the same name here
+    monkeypatch.chdir(elsewhere)
+    plan.write_text('models = ["tiny-random"]\nconditions = ["@sys.txt"]\nsuites = ["a/s.csv"]\nlimit = 2\n')
+    assert main(["compare", "--config", str(plan), "--out", str(tmp_path / "c2")]) == 0
+    cells = pd.read_csv(tmp_path / "c2" / "cells.csv")
+    scored = pd.read_csv(tmp_path / "c2" / cells["dir"][0] / "scores" / "scores.csv", dtype={"id": str})
+    assert list(scored["prompt"]) == list(frame.head(2)["prompt"])  # the plan's file, not this folder's
+    # the plan now asks for fewer prompts: the cell reports the plan's, though its folder keeps more
+    plan.write_text('models = ["tiny-random"]\nconditions = ["@sys.txt"]\nsuites = ["a/s.csv"]\nlimit = 1\n')
+    assert main(["compare", "--config", str(plan), "--out", str(tmp_path / "c2"), "--resume"]) == 0
+    again = pd.read_csv(tmp_path / "c2" / "cells.csv")
+    assert int(again["n_safe"][0] + again["n_unsafe"][0]) == 1

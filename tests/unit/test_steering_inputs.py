@@ -38,6 +38,7 @@ def _direction(tiny, **changes) -> dict:
         (["--add-direction", "-1e38"], "--add-direction is a multiple"),  # a number, not a flag
         (["--ablate-direction", "1000"], "--ablate-direction is the share of the direction removed"),
         (["--ablate-direction", "nan"], "finite"),
+        (["--add-direction", "0"], "--add-direction must not be 0"),
     ],
 )
 def test_steering_strengths_out_of_range_are_one_line(tmp_path, tiny_readout_file, error_line, flags, says):

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lexprobe.toolkit.errors import OutputError
+
 
 def cache_root() -> Path:
     """`$LEXPROBE_CACHE`, else `$XDG_CACHE_HOME/lexprobe`, else `~/.cache/lexprobe`."""
@@ -66,6 +68,8 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` (UTF-8) to a temporary sibling and move it into place: a reader sees the old file or
     the whole new one, never half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise OutputError(f"'{path}' is a directory, where lexprobe writes a file: move it away")
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; the file is the user's like any other

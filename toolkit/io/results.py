@@ -289,6 +289,10 @@ def with_kind(run: dict) -> dict:
 def claim(out: Path, kind: str) -> None:
     """Refuse `out` for a `kind` run where it holds another study's run.json (OutputError): a run never
     replaces or mixes with a run of another kind, --overwrite or not."""
+    if (out / RUN_FILE).is_dir():
+        raise OutputError(
+            f"'{out / RUN_FILE}' is a directory, where lexprobe writes its run.json: move it away"
+        )
     if not (out / RUN_FILE).is_file():
         return
     theirs = read_run(out).get("kind")

@@ -189,7 +189,7 @@ def load_chosen(source, lm=None, flag: str = "--steer") -> tuple[Steering | None
         raise InputError(f"{name} is not JSON ({err}): give a chosen.json of `lexprobe mitigate`") from None
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise InputError(f"{name} is not a chosen.json of `lexprobe mitigate` (no kind '{KIND}')")
-    if data.get("format") != FORMAT:
+    if data.get("format") != FORMAT or isinstance(data.get("format"), bool):
         raise InputError(f"{name} has format {data.get('format')!r}; this lexprobe reads format {FORMAT}")
     if data.get("sha256") != _digest(data):
         raise InputError(f"{name}: its contents do not match its sha256 (edited or damaged)")
