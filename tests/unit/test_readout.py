@@ -128,7 +128,7 @@ def test_the_default_models_readouts_ship_for_every_preset_condition(condition, 
     from lexprobe.toolkit.models.loader import DEFAULT_GGUF_SHA256
 
     lm = SimpleNamespace(weights_sha256=DEFAULT_GGUF_SHA256, dtype=getattr(torch, dtype))
-    fmt = SimpleNamespace(system=SystemPrompt.parse(condition))
+    fmt = SimpleNamespace(describe=SystemPrompt.parse(condition).describe)  # the model's own template
     key = _cache_key(lm, fmt, ReadoutSettings())
     readout = load_readout_file(str(prompts.path(SHIPPED) / f"{key}.json"), 151_665)
     details = readout.details
