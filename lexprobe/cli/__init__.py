@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(stop.code or 0)
     from transformers.utils import logging as hf_logging
 
-    from lexprobe.toolkit.io.progress import NOTES, install_notes
+    from lexprobe.toolkit.io.progress import NOTES, close_bars, install_notes
 
     install_notes()
     hf_logging.set_verbosity_error()
@@ -114,10 +114,12 @@ def main(argv: list[str] | None = None) -> int:
             if out and getattr(args, "overwrite", False) and args.command in run_kinds():
                 drop_stale_views(Path(out), started)
     except LexprobeError as err:
+        close_bars()  # an error after work started: its line starts where the bar was
         NOTES.drop()  # bad input: the one line that names it, nothing else
         sys.stderr.write(f"lexprobe: error: {plain(' '.join(str(err).splitlines()))}\n")
         return 2
     except OSError as err:  # a read-only file, a full disk: rows written so far stay (writes are atomic)
+        close_bars()
         NOTES.drop()
         where = f" '{err.filename}'" if err.filename else ""
         out = getattr(args, "out", None)
@@ -131,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     except KeyboardInterrupt:
+        close_bars()
         out = getattr(args, "out", None)
         where = f"; rows finished so far are in {out}: rerun with --resume" if out else ""
         sys.stderr.write(f"lexprobe: interrupted{where}\n")

@@ -52,6 +52,12 @@ def install_notes() -> None:
         logger.propagate = False
 
 
+def close_bars() -> None:
+    """Close the progress bars still drawn (they clear their line), so what follows starts a line."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def progress(iterable, desc: str, total: int | None = None, unit: str = "it"):
     NOTES.flush()
     quiet = os.environ.get("LEXPROBE_QUIET") == "1"
