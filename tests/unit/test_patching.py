@@ -61,13 +61,20 @@ def test_a_swap_that_changes_the_token_count_is_refused(scorer):
 
 
 def test_projections_are_the_residuals_on_the_unit_direction(scorer, tiny):
-    direction = RefusalDirection(torch.randn(tiny.text_config.hidden_size), 1, -1, {})
-    got = projections(scorer, [PROMPT, VARIANT], direction)
     h = residuals(scorer, _suffix(scorer, PROMPT))
+    h_variant = residuals(scorer, _suffix(scorer, VARIANT))
     at = h.shape[1] - len(scorer.readout.tree) - 1
-    unit = direction.vector / direction.vector.norm()
+    # the direction along which the two texts differ most entering the last block: their projections
+    # must differ there by the whole norm of that difference, whatever the random weights
+    gap = h_variant[-1, at] - h[-1, at]
+    direction = RefusalDirection(gap, 1, -1, {})
+    got = projections(scorer, [PROMPT, VARIANT], direction)
+    unit = gap / gap.norm()
     np.testing.assert_allclose(got[0], (h[:, at] @ unit).numpy(), rtol=1e-4, atol=1e-4)
-    assert got.shape == (2, len(tiny.layers)) and not np.allclose(got[0], got[1])
+    assert got.shape == (2, len(tiny.layers))
+    # entering block 0 a template position is its embedding, the same after either word
+    assert got[0, 0] == pytest.approx(got[1, 0], abs=1e-6)
+    assert got[1, -1] - got[0, -1] == pytest.approx(gap.norm().item(), rel=1e-4)
 
 
 def test_pathway_from_a_perturb_run_writes_pairs_sites_and_curves(tmp_path, tiny_readout_file, tiny):
