@@ -204,7 +204,13 @@ def session_from_model(model, tokenizer, opts: ModelOptions, weights_sha256: str
 
 
 def _session(lm: LoadedModel, system: SystemPrompt, opts: ModelOptions, need_readout: bool) -> Session:
-    fmt = ChatFormat(lm.tokenizer, system, resolve_template(opts.chat_template))
+    template = opts.chat_template
+    if template is None and lm.extra.get("default_template"):  # an embedded model whose file has none
+        template = lm.extra["default_template"]
+        log.info(
+            "%s has no chat template: using the %s family (--chat-template to change)", lm.spec, template
+        )
+    fmt = ChatFormat(lm.tokenizer, system, resolve_template(template))
     readout = None
     if need_readout:
         from lexprobe.analyses.calibrate import get_readout

@@ -168,14 +168,16 @@ def load(
     recalibrate: bool = False,
     verify_weights: bool = False,
 ) -> Probe:
-    """A model spec (`default`, `smollm2`, `tiny-random`, a Hugging Face directory, a cached hub id or a
-        `.gguf` file) under one system-prompt condition, with its refusal readout (shipped with lexprobe for
-        the default model's preset conditions, else calibrated once per model, dtype and condition, then
-        cached; `recalibrate=True` calibrates it here all the same; or `readout`, a file or a
-        `RefusalReadout`). `chat_template`: for a model whose files have none, or to replace its own (a
-    family of `lexprobe templates`, a Jinja file, or "none" for the raw prompt of a base model). `dtype="auto"` is float32 on a CPU and bfloat16 on CUDA, or float32 there too
-        with `attribution=True`. Weights files are hashed once and again when they change, or every time
-        with `verify_weights=True`."""
+    """A model spec (`default`, `smollm2`, `gemma3`, `tiny-random`, a Hugging Face directory, a cached hub
+    id or a `.gguf` file) under one system-prompt condition, with its refusal readout (shipped with lexprobe for
+    the default model's preset conditions, else calibrated once per model, dtype and condition, then
+    cached; `recalibrate=True` calibrates it here all the same; or `readout`, a file or a
+    `RefusalReadout`). `chat_template`: for a model whose files have none, or to replace its own (a
+    family of `lexprobe templates`, a Jinja file, or "none" for the raw prompt of a base model; the
+    embedded `gemma3` takes "gemma" unless told otherwise). `dtype="auto"` is float32 on a CPU and
+    bfloat16 on CUDA, or float32 there too
+    with `attribution=True`. Weights files are hashed once and again when they change, or every time
+    with `verify_weights=True`."""
     options = ModelOptions(
         model=model,
         system_prompt=system_prompt,

@@ -1,8 +1,9 @@
-"""Calibrate the embedded default model's refusal readouts for every preset system-prompt condition,
-in float32 and bfloat16, and write them to prompts/readouts/ so a cold start loads them.
+"""Calibrate an embedded model's refusal readouts for every preset system-prompt condition, in float32
+and bfloat16, and write them to prompts/readouts/ so a cold start loads them.
 
-    python scripts/ship_readouts.py                      # all 4 conditions x 2 dtypes
+    python scripts/ship_readouts.py                      # the default model: 4 conditions x 2 dtypes
     python scripts/ship_readouts.py --dtype float32 --condition none
+    python scripts/ship_readouts.py --model gemma3 --condition model-default   # its gemma template
 
 Each file is named by the readout cache key (analyses/calibrate.py: readout version, weights sha256,
 dtype, condition, settings), so lexprobe finds exactly the readout it would calibrate, and carries its
@@ -21,6 +22,7 @@ from lexprobe.analyses.calibrate import _cache_key, get_readout
 from lexprobe.probes.readout import ReadoutSettings
 from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt, system_presets
 from lexprobe.toolkit.models.loader import load_model
+from lexprobe.toolkit.models.templates import resolve_template
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "prompts" / "readouts"
@@ -31,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--model", default="default", choices=["default", "gemma3"])
     parser.add_argument("--dtype", action="append", choices=["float32", "bfloat16"])
     parser.add_argument("--condition", action="append", choices=CONDITIONS)
     args = parser.parse_args()
@@ -38,19 +41,21 @@ def main() -> None:
     index_path = OUT / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
     for dtype in args.dtype or ["float32", "bfloat16"]:
-        lm = load_model("default", dtype=dtype, device="cpu")
+        lm = load_model(args.model, dtype=dtype, device="cpu")
+        template = resolve_template(lm.extra.get("default_template"))  # for a file without one
         for condition in args.condition or CONDITIONS:
-            fmt = ChatFormat(lm.tokenizer, SystemPrompt.parse(condition))
+            fmt = ChatFormat(lm.tokenizer, SystemPrompt.parse(condition), template)
             key = _cache_key(lm, fmt, ReadoutSettings())
             readout = get_readout(lm, fmt, rebuild=True)
             readout.details.pop("loaded_from", None)
             (OUT / f"{key}.json").write_text(readout.to_json())
             d = readout.details
             index[key] = {
-                "model": "default",
+                "model": args.model,
                 "weights_sha256": lm.weights_sha256,
                 "dtype": dtype,
                 "system_prompt": condition,
+                **({"chat_template": template.name} if template is not None else {}),
                 "train_refusal_rate": d["train_refusal_rate"],
                 "val_auroc": d["val_auroc"],
                 "calibrated_on": d["calibrated"]["machine"],

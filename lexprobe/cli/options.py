@@ -104,7 +104,9 @@ def thread_count(text: str) -> int:
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
-        "--model", default="default", help="default | smollm2 | tiny-random | HF dir | cached hub id | .gguf"
+        "--model",
+        default="default",
+        help="default | smollm2 | gemma3 | tiny-random | HF dir | cached hub id | .gguf",
     )
     g.add_argument(
         "--system-prompt",
@@ -120,7 +122,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--chat-template", default=None, metavar="T",
         help="a chat template for a model whose files have none, or to replace its own: a family (see "
-        "`lexprobe templates`), a Jinja file, or none for the raw prompt of a base model (default: the model's own)",
+        "`lexprobe templates`), a Jinja file, or none for the raw prompt of a base model (default: the model's own; gemma for gemma3)",
     )  # fmt: skip
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     g.add_argument(

@@ -1,6 +1,8 @@
 """The embedded default model (Qwen2.5-Coder-0.5B-Instruct GGUF): loading, readout, real margins."""
 
+import functools
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -25,9 +27,10 @@ def test_default_model_loads_from_a_verified_cache(default_lm):
 
 
 def test_wrong_gguf_checksum_is_refused(monkeypatch, tmp_path):
-    monkeypatch.setattr(models, "DEFAULT_GGUF_SHA256", "0" * 64)
+    wrong = replace(models.SPLIT_GGUFS["default"], sha256="0" * 64)
+    monkeypatch.setitem(models.SPLIT_GGUFS, "default", wrong)
     with pytest.raises(LexprobeError, match="expected 491400064 bytes with sha256 0000"):
-        models._assemble_default_gguf(tmp_path / "m.gguf")
+        models._assemble_split("default", tmp_path / "m.gguf")
 
 
 def test_partial_cache_is_rebuilt_not_used(monkeypatch, tmp_path):
@@ -35,7 +38,9 @@ def test_partial_cache_is_rebuilt_not_used(monkeypatch, tmp_path):
     broken = tmp_path / "models" / models.DEFAULT_GGUF_SHA256
     broken.mkdir(parents=True)
     (broken / "config.json").write_text("{}")  # what a crash mid-build could leave
-    directory = models._dequantized_cache(models.DEFAULT_GGUF_SHA256, models._assemble_default_gguf)
+    directory = models._dequantized_cache(
+        models.DEFAULT_GGUF_SHA256, functools.partial(models._assemble_split, "default")
+    )
     assert models._cache_is_valid(directory, models.DEFAULT_GGUF_SHA256)
     assert not list(directory.glob("*.gguf"))  # the assembled GGUF is not kept
 

@@ -101,4 +101,33 @@ def test_gradients_reach_the_user_embeddings(model_type):
     values, grads = target.gradients(target.user_embeds[None].float())
     assert np.isfinite(values).all()
     per_token = grads[0].abs().sum(-1)  # [n_user]
-    assert (per_token > 0).all(), per_token
+    window, everywhere = lm.attention_window
+    if not everywhere:
+        assert (per_token > 0).all(), per_token
+    else:  # two layers of an 8-token window reach back 14 positions: the first user tokens stay unseen
+        reach = len(lm.layers) * (window - 1)
+        tail = len(scorer.fmt.format(TEXTS[0]).input_ids) - scorer.prefix_len - len(per_token)
+        seen = [len(per_token) - 1 - k + tail <= reach for k in range(len(per_token))]
+        assert ((per_token > 0).numpy() == np.array(seen)).all(), (per_token, seen)
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_generation_of_a_padded_batch_is_the_models_own(model_type):
+    """Rows of different lengths in one batch, each reaching past the sliding window of the models that
+    have one (8 tokens here): greedy continuations equal transformers' `generate` of each row alone."""
+    from transformers import GenerationConfig
+
+    from lexprobe.toolkit.behaviour.generation import generate
+
+    lm, fmt, _, _ = _setup(model_type, torch.float32)
+    stop = sorted(lm.stop_token_ids)
+    cfg = GenerationConfig(do_sample=False, max_new_tokens=6, eos_token_id=stop, pad_token_id=lm.pad_token_id)
+    ours = generate(lm, fmt, TEXTS, max_new_tokens=6, batch_size=len(TEXTS))
+    for text, done in zip(TEXTS, ours):
+        row = fmt.format(text).input_ids
+        with torch.no_grad():
+            ref = lm.model.generate(input_ids=torch.tensor([row]), generation_config=cfg)[
+                0, len(row) :
+            ].tolist()
+        ref = ref[: next((k for k, t in enumerate(ref) if t in stop), len(ref))]
+        assert done.token_ids == ref, text

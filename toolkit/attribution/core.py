@@ -21,7 +21,7 @@ from lexprobe.toolkit.attribution.words import Word, remove_words, segment, word
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.registry import Registry
-from lexprobe.toolkit.scoring.scorer import Batch, Scorer
+from lexprobe.toolkit.scoring.scorer import Scorer
 
 ATTRIBUTION_METHODS = Registry("attribution method")
 TARGETS = ("decision", "smooth", "sampled")
@@ -117,13 +117,7 @@ class PromptTarget:
     def margin_of_embeds(self, user: torch.Tensor) -> torch.Tensor:
         """[N, n_user, d_model] user-token embeddings -> [N] margins (float64); differentiable."""
         n = user.shape[0]
-        b = self._batch
-        batch = Batch(
-            b.ids.expand(n, -1),
-            b.attention_mask.expand(n, -1, -1, -1),
-            b.position_ids.expand(n, -1),
-            b.rows * n,
-        )
+        batch = self._batch.repeat(n)
         embeds = torch.cat([user.to(self._rest.dtype), self._rest.expand(n, -1, -1)], dim=1)
         margins, _ = self.scorer.margins_for(batch, inputs_embeds=embeds, temperature=self.temperature)
         self.rows_forward += n

@@ -69,7 +69,12 @@ def generate(
         inputs.append(row)
     stop = set(lm.stop_token_ids)
     head = fmt.prefix_ids
-    shared = SharedPrefix(lm, head if all(r[: len(head)] == head for r in inputs) else [])
+    # transformers counts a sliding window in cache slots: with the prefix shared before each row's left
+    # padding, a row of a padded batch would see its prefix from too far; rows that fit in the window
+    # never reach the edge
+    window, _ = lm.attention_window
+    fits = window is None or max(map(len, inputs), default=0) + max_new_tokens <= window
+    shared = SharedPrefix(lm, head if fits and all(r[: len(head)] == head for r in inputs) else [])
     order = sorted(range(len(texts)), key=lambda i: len(inputs[i]))
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     results: list[Completion | None] = [None] * len(texts)

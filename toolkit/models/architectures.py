@@ -121,6 +121,27 @@ class LoadedModel:
         return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
     @property
+    def attention_window(self) -> tuple[int | None, bool]:
+        """(the sliding window of the layers that have one or None, whether every layer has it), as the
+        model's own forward builds its masks: the config's `layer_types` where it has them (Gemma 2/3,
+        Qwen 2/3), else one window for every layer where `sliding_window` is set (Mistral, Phi-3).
+        A query at position i then sees keys at positions j > i - window."""
+        cfg = self.text_config
+        window = getattr(cfg, "sliding_window", None)
+        kinds = getattr(cfg, "layer_types", None)
+        if kinds is None:
+            return (int(window), True) if window else (None, False)
+        unknown = set(kinds) - {"full_attention", "sliding_attention"}
+        if unknown:
+            raise ModelError(
+                f"layer types {sorted(unknown)} of this {cfg.model_type} model are not attention lexprobe "
+                "can mask (full_attention, sliding_attention)"
+            )
+        if "sliding_attention" not in kinds or not window:
+            return None, False
+        return int(window), set(kinds) == {"sliding_attention"}
+
+    @property
     def context_length(self) -> int:
         cfg = self.text_config
         return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))

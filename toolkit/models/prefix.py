@@ -49,6 +49,10 @@ class SharedPrefix:
         """The prefix's keys and values [1, heads, prefix, head_dim] per layer, at a gate strength."""
         if scale not in self._kv:
             with control.uniform(scale) if control is not None else nullcontext():
-                out = self.lm.base(input_ids=torch.tensor([self.ids], device=self.lm.device), use_cache=True)
+                out = self.lm.base(  # a cache of full layers: a sliding-window one would drop keys the
+                    input_ids=torch.tensor([self.ids], device=self.lm.device),  # suffix's mask counts
+                    cache=DynamicCache(),
+                    use_cache=True,
+                )
             self._kv[scale] = [(layer.keys, layer.values) for layer in out.cache.layers]
         return self._kv[scale]

@@ -60,15 +60,19 @@ def build_tokenizer(vocab_size: int = 800):
 
 
 # Small settings per model type, on top of the shared ones in `tiny_config`. Post-logit settings are
-# set so they change the logits (soft-capping near the logits' scale, a scale far from 1).
+# set so they change the logits (soft-capping near the logits' scale, a scale far from 1), and sliding
+# windows so short that a chat prompt reaches past them (one sliding and one full layer where the
+# model mixes them, as Gemma 2/3 do).
+_MIXED = {"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]}
 _TINY_EXTRA: dict[str, dict] = {
     "gemma": {"head_dim": 16},
-    "gemma2": {"head_dim": 16, "final_logit_softcapping": 2.0, "query_pre_attn_scalar": 16},
-    "gemma3_text": {"head_dim": 16, "final_logit_softcapping": 2.0, "query_pre_attn_scalar": 16},
+    "gemma2": {"head_dim": 16, "final_logit_softcapping": 2.0, "query_pre_attn_scalar": 16, **_MIXED},
+    "gemma3_text": {"head_dim": 16, "final_logit_softcapping": 2.0, "query_pre_attn_scalar": 16, **_MIXED},
+    "mistral": {"sliding_window": 8},
     "granite": {"logits_scaling": 4.0, "embedding_multiplier": 2.0, "residual_multiplier": 0.5},
     "cohere": {"logit_scale": 0.25},
     "qwen3": {"head_dim": 16},
-    "phi3": {"pad_token_id": 0},
+    "phi3": {"pad_token_id": 0, "sliding_window": 8},
 }
 
 

@@ -10,6 +10,7 @@ from pathlib import PurePath
 MODELS = {
     "default": "Qwen2.5-Coder-0.5B-Instruct",
     "smollm2": "SmolLM2-135M-Instruct",
+    "gemma3": "Gemma-3-270M (base)",
     "tiny-random": "tiny random test model",
     "llama2orig": "Llama-2-70b-chat (XSTest paper, original system prompt)",
     "xstest-llama2orig": "Llama-2-70b-chat (XSTest paper, original system prompt)",
