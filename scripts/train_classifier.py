@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import sklearn
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
+from sklearn.metrics import confusion_matrix, f1_score
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -93,6 +93,10 @@ def main() -> None:
                 held_out.append(
                     {"train": train, "test": test, "classifier": name, **scores(f["human"].tolist(), p)}
                 )
+            matrix = confusion_matrix(f["human"], preds["default"], labels=list(LABELS))
+            short = [label.replace("full_", "").replace("_refusal", "") for label in LABELS]
+            print(f"default, trained on {train}, scored on {test}: rows human, columns predicted")
+            print(pd.DataFrame(matrix, index=short, columns=short).to_string(), end="\n\n")
     table = pd.DataFrame(held_out)
     print(table.to_string(index=False))
 
