@@ -117,3 +117,21 @@ def test_attribution_gives_every_word_a_finite_score(runs):
     methods = pd.read_csv(runs / "attribute" / "methods.csv", dtype={"id": str})
     ig = methods[methods["method"] == "integrated_gradients"]
     assert len(ig) == len(IDS) and np.isfinite(ig["completeness_error"]).all()
+
+
+def test_direction_says_why_a_model_that_never_refuses_has_none(tmp_path, capsys):
+    argv = [
+        "direction",
+        "--model",
+        "gemma3",
+        "--dtype",
+        "float32",
+        "--train-prompts",
+        "16",
+        "--val-prompts",
+        "8",
+    ]
+    assert main([*argv, "--out", str(tmp_path / "direction")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # what was chosen (template, readout), then why not
+    assert err[-1].startswith("lexprobe: error:") and "Traceback" not in "".join(err)
+    assert "'harmful_train': 0" in err[-1] and "refuses too little" in err[-1]
