@@ -2,6 +2,7 @@
 
     python scripts/train_classifier.py            # held-out table + writes prompts/classifier_default.json
     python scripts/train_classifier.py --no-write # held-out table only
+    python scripts/train_classifier.py --variants # held-out figures of other settings (none is kept)
 
 Data: the human-labelled XSTest completions vendored in prompts/ (Llama-2-70b-chat with its original
 system prompt; Mistral-7B-Instruct with a guardrail prompt), 450 each. Features:
@@ -63,9 +64,31 @@ def scores(human: list[str], predicted: list[str]) -> dict[str, float]:
     }
 
 
+def variants(x_all: np.ndarray, rows: dict, frames: dict) -> None:
+    """Held-one-model-out figures of the settings tried beside the shipped one: the regularisation C,
+    and the cues with prompt similarities or the embeddings alone."""
+    from lexprobe.toolkit.behaviour.features import RULE_NAMES, SIMILARITY_NAMES
+
+    cues = len(RULE_NAMES) + len(SIMILARITY_NAMES)
+    columns = {"all": slice(None), "cues+similarities": slice(0, cues), "embeddings": slice(cues, None)}
+    out = []
+    for name, cols in columns.items():
+        for c in (0.1, 0.3, 1.0, 3.0):
+            row = {"features": name, "C": c}
+            for train, test in (MODELS, MODELS[::-1]):
+                model = LogisticRegression(C=c, class_weight="balanced", max_iter=10_000, random_state=SEED)
+                model.fit(x_all[rows[train]][:, cols], frames[train]["human"].tolist())
+                got = scores(frames[test]["human"].tolist(), predict(model, x_all[rows[test]][:, cols]))
+                row |= {f"{test} {k}": got[k] for k in ("binary_agreement", "macro_f1", "f1_partial_refusal")}
+            out.append(row)
+            print(row, file=sys.stderr)
+    print(pd.DataFrame(out).to_string(index=False))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-write", action="store_true", help="only print the held-out table")
+    ap.add_argument("--variants", action="store_true", help="only print other settings' held-out figures")
     ap.add_argument("--out", default=str(ROOT / "prompts" / "classifier_default.json"))
     args = ap.parse_args()
 
@@ -76,6 +99,9 @@ def main() -> None:
     print(f"features {x_all.shape} in {time.time() - t0:.0f}s", file=sys.stderr)
     offsets = np.cumsum([0] + [len(frames[m]) for m in MODELS])
     rows = {m: np.arange(offsets[i], offsets[i + 1]) for i, m in enumerate(MODELS)}
+    if args.variants:
+        variants(x_all, rows, frames)
+        return
 
     held_out = []
     for train in MODELS:
