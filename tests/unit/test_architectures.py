@@ -100,6 +100,9 @@ def test_gradients_reach_the_user_embeddings(model_type):
     target = PromptTarget(scorer, TEXTS[0], AttributionSettings())
     values, grads = target.gradients(target.user_embeds[None].float())
     assert np.isfinite(values).all()
+    with torch.no_grad():  # the same margin from a batch of one row repeated (perturbation methods)
+        again = target.margin_of_embeds(target.user_embeds[None].expand(2, -1, -1))
+    np.testing.assert_allclose(again.numpy(), [values[0]] * 2, atol=1e-5)
     per_token = grads[0].abs().sum(-1)  # [n_user]
     window, everywhere = lm.attention_window
     if not everywhere:

@@ -24,34 +24,26 @@ from lexprobe.toolkit.models.prefix import SharedPrefix
 
 @dataclass
 class Batch:
-    """Left-padded suffixes + the readout tree. ids [batch, q], attention_mask [batch, 1, q, prefix + q];
-    `sliding_mask` the same restricted to a sliding window, for a model that has one (Gemma 2/3, Mistral)."""
+    """Left-padded suffixes + the readout tree. ids [batch, q]; attention_mask [batch, 1, q, prefix + q],
+    restricted to the window for a model whose every layer slides (Mistral, Phi-3), or one such mask per
+    layer type (`{"full_attention": ..., "sliding_attention": ...}`) where some do (Gemma 2/3)."""
 
     ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor | dict[str, torch.Tensor]
     position_ids: torch.Tensor
     rows: list[list[int]] | None = None  # each row's whole formatted prompt (a gated steering reads it)
-    sliding_mask: torch.Tensor | None = None
 
     def repeat(self, n: int) -> Batch:
         """A batch of one row as `n` rows (no copies)."""
-        sliding = None if self.sliding_mask is None else self.sliding_mask.expand(n, -1, -1, -1)
+        mask = self.attention_mask
         return Batch(
             self.ids.expand(n, -1),
-            self.attention_mask.expand(n, -1, -1, -1),
+            {k: m.expand(n, -1, -1, -1) for k, m in mask.items()}
+            if isinstance(mask, dict)
+            else mask.expand(n, -1, -1, -1),
             self.position_ids.expand(n, -1),
             (self.rows or []) * n,
-            sliding,
         )
-
-    def mask_argument(self):
-        """What the model's forward takes as `attention_mask`: the one mask, the sliding one where every
-        layer slides, or one per layer type (`layer_types` names) where some do."""
-        if self.sliding_mask is None:
-            return self.attention_mask
-        if self.attention_mask is None:
-            return self.sliding_mask
-        return {"full_attention": self.attention_mask, "sliding_attention": self.sliding_mask}
 
 
 @dataclass
@@ -136,17 +128,18 @@ class Scorer:
         dev = self.lm.device
         rows = [self.prefix.ids + list(s) for s in suffixes]
         window, everywhere = self.lm.attention_window
-        sliding = None
+        mask = self._additive(allowed)
         if window is not None:  # a query at position i sees keys at positions j > i - window
             keys = torch.cat([torch.arange(p).expand(len(suffixes), -1), positions], dim=1)
-            sliding = self._additive(allowed & (positions[:, :, None] - keys[:, None, :] < window)).to(dev)
-        full = None if everywhere else self._additive(allowed).to(dev)
-        return Batch(ids.to(dev), full, positions.to(dev), rows, sliding)
+            sliding = self._additive(allowed & (positions[:, :, None] - keys[:, None, :] < window))
+            mask = sliding if everywhere else {"full_attention": mask, "sliding_attention": sliding}
+        return Batch(ids.to(dev), mask, positions.to(dev), rows)
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
-        """[batch, q, k] booleans -> [batch, 1, q, k] additive float mask in the model's dtype."""
+        """[batch, q, k] booleans -> [batch, 1, q, k] additive float mask in the model's dtype, on its device."""
         dtype = self.lm.dtype
-        return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+        return mask[:, None].to(self.lm.device)
 
     # ----------------------------------------------------------------------------- model
     def forward(self, batch: Batch, inputs_embeds: torch.Tensor | None = None, hook_pairs=()) -> None:
@@ -158,7 +151,7 @@ class Scorer:
                 self.lm.base(
                     input_ids=None if inputs_embeds is not None else batch.ids,
                     inputs_embeds=inputs_embeds,
-                    attention_mask=batch.mask_argument(),
+                    attention_mask=batch.attention_mask,
                     position_ids=batch.position_ids,
                     cache=cache,
                     use_cache=cache is not None,
