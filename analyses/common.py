@@ -26,7 +26,8 @@ from lexprobe.toolkit.models.templates import resolve_template
 log = logging.getLogger(__name__)
 # What every resumed run must share with the one it continues (each study adds its own settings)
 RUN_KEYS = (
-    "kind", "model_spec", "weights_sha256", "dtype", "system_prompt", "steering", "suite", "suite_sha256",
+    "kind", "model_spec", "weights_sha256", "dtype", "system_prompt", "chat_template", "steering", "suite",
+    "suite_sha256",
 )  # fmt: skip
 
 
@@ -159,7 +160,7 @@ class Session:
     def provenance(self) -> dict:
         out = {
             **self.lm.provenance(),
-            "system_prompt": self.fmt.describe(),
+            "system_prompt": self.fmt.system.describe(),
             "system_prompt_placement": self.fmt.placement,
             "chat_template": self.fmt.template_record(),
         }

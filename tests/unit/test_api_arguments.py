@@ -52,6 +52,8 @@ def test_every_argument_with_a_flag_is_checked_by_that_flags_own_type():
         (lambda p: p.pathway(5, 6), "prompt must be text, not 5"),
         (lambda p: p.pairs([(None, None)]), "pairs: give (prompt_a, prompt_b) tuples"),
         (lambda p: p.attribute(["hi there"], tolerance=math.nan), "tolerance must be a finite number"),
+        (lambda p: p.score(""), "the prompt is empty"),
+        (lambda p: p.score("   "), "the prompt is empty"),
         (lambda p: p.score(["a \ud800 b"]), "unpaired surrogate"),
         (lambda p: p.score(pd.DataFrame({"prompt": ["a \ud800 b"]}, dtype=object)), "unpaired surrogate"),
         (lambda p: p.score("xstest", limit=2.5), "limit must be a whole number, not 2.5"),

@@ -43,7 +43,49 @@ def test_every_family_places_the_user_text_verbatim(tiny, family, condition):
     if condition == "be brief and helpful":
         assert "be brief and helpful" in prompt.text
         merged = family in ("mistral", "gemma")  # no system role: the text goes atop the user turn
-        assert fmt.placement == ("merged into the user turn" if merged else "system turn")
+        want = (
+            "merged into the user turn"
+            if merged
+            else "above the user text"
+            if family == "none"
+            else "system turn"
+        )
+        assert fmt.placement == want
+
+
+TURN = "{{ bos_token }}{% for m in messages if m['role'] == 'user' %}<u>{{ m['content'] }}</u>{% endfor %}"
+SYSTEM = "{% for m in messages if m['role'] == 'system' %}<s>{{ m['content'] }}</s>{% endfor %}"
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        TURN + SYSTEM,  # the system message after the user's
+        TURN,  # a system message accepted and never shown
+        SYSTEM + SYSTEM + TURN,  # shown twice
+    ],
+    ids=["after", "ignored", "twice"],
+)
+@pytest.mark.parametrize("condition", ["be brief and helpful", "none"])
+def test_a_system_message_the_template_misplaces_goes_atop_the_user_turn(tiny, tmp_path, template, condition):
+    path = tmp_path / "t.jinja"
+    path.write_text(template)
+    fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse(condition), resolve_template(str(path)))
+    prompt = fmt.format("How do I kill a Python process?")
+    assert prompt.text.count("How do I kill a Python process?") == 1 and "\ue000" not in prompt.text
+    if condition == "none":
+        assert "be brief" not in prompt.text and fmt.placement == "none"
+    else:  # never a sentinel or a lost system text
+        assert prompt.text.count("be brief and helpful") == 1
+        assert fmt.placement == "merged into the user turn"
+        assert prompt.text.index("be brief and helpful") < prompt.user_span[0]
+
+
+def test_a_template_that_changes_the_user_text_is_refused(tiny, tmp_path):
+    path = tmp_path / "upper.jinja"
+    path.write_text("{% for m in messages %}<u>{{ m['content'] | upper }}</u>{% endfor %}")
+    with pytest.raises(ModelError, match="verbatim, once .*changes the text"):
+        ChatFormat(tiny.tokenizer, SystemPrompt.parse("model-default"), resolve_template(str(path)))
 
 
 def test_a_model_without_a_template_names_the_flag_and_runs_with_one(bare_model, tmp_path, capsys, tiny):
@@ -70,7 +112,7 @@ def test_a_template_file_is_read_and_resume_holds_the_template(bare_model, tmp_p
     assert run["chat_template"]["name"] == str(path)
     assert _score(bare_model, tmp_path / "s", "--chat-template", "zephyr", "--resume") == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # (the new readout's calibration notes first)
-    assert last.startswith("lexprobe: error:") and "system_prompt" in last
+    assert last.startswith("lexprobe: error:") and "(chat_template," in last
     assert _score(bare_model, tmp_path / "s", "--chat-template", str(path), "--resume") == 0
 
 
@@ -116,3 +158,16 @@ def test_the_api_takes_a_template_and_templates_lists_the_families(tiny, capsys)
     assert main(["templates"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in FAMILIES)
+
+
+def test_a_judge_takes_an_embedded_models_template_or_says_it_has_none(bare_model):
+    from lexprobe.toolkit.behaviour.judge import Judge
+    from lexprobe.toolkit.models.loader import load_model
+
+    lm = load_model(str(bare_model), dtype="float32")
+    with pytest.raises(
+        ModelError, match="judge model .* has no chat template: give a chat model as --judge-model"
+    ):
+        Judge(lm)
+    lm.extra["default_template"] = "chatml"  # what the loader sets for gemma3, whose file has none
+    assert Judge(lm).fmt.template.name == "chatml"

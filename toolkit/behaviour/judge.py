@@ -18,6 +18,7 @@ from lexprobe.toolkit.errors import ModelError
 from lexprobe.toolkit.io.progress import progress
 from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
 from lexprobe.toolkit.models.prefix import SharedPrefix
+from lexprobe.toolkit.models.templates import resolve_template
 
 INSTRUCTIONS = """Classify how an AI assistant responded to a user's prompt. There are three classes.
 
@@ -40,7 +41,14 @@ class Judge:
 
     def __init__(self, lm, batch_size: int = 8):
         self.lm, self.batch_size = lm, batch_size
-        self.fmt = ChatFormat(lm.tokenizer, SystemPrompt.parse("none"))
+        template = resolve_template(
+            lm.extra.get("default_template")
+        )  # an embedded model's, if its file has none
+        if template is None and getattr(lm.tokenizer, "chat_template", None) is None:
+            raise ModelError(
+                f"the judge model '{lm.spec}' has no chat template: give a chat model as --judge-model"
+            )
+        self.fmt = ChatFormat(lm.tokenizer, SystemPrompt.parse("none"), template)
         self.class_ids = []
         for digit in "123":
             ids = lm.tokenizer(digit, add_special_tokens=False).input_ids

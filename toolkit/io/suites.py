@@ -325,6 +325,8 @@ def as_suite(prompts: Prompts, types=None, ids=None, limit: int | None = None) -
     elif isinstance(prompts, Path):
         suite = load_suite(str(prompts))
     elif isinstance(prompts, str):
+        if not prompts.strip():
+            raise InputError("the prompt is empty: give a non-empty text, a list of texts or a suite")
         if prompts in BUNDLED or not any(c.isspace() for c in prompts.strip()):
             suite = load_suite(prompts.strip())  # a name or a path: a typo must not become a prompt
         else:

@@ -15,6 +15,7 @@ import bisect
 import difflib
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -26,7 +27,11 @@ from lexprobe.toolkit.errors import InputError, ModelError
 
 SENT_SYSTEM = "\ue000LEXPROBE_SYSTEM\ue001"
 SENT_USER = "\ue000LEXPROBE_USER\ue001"
+# A user text a template must place as it is (case, quotes, ampersand, digits): templates that filter
+# the content (`| upper`, escaping) render the sentinel unchanged but a real prompt otherwise
+PROBE_USER = "Lexprobe check: Mixed case, 'quotes' & 12 signs?"
 TEMPLATE, SYSTEM, USER = "template", "system", "user"
+log = logging.getLogger(__name__)
 
 
 def system_presets() -> dict[str, dict]:
@@ -121,12 +126,14 @@ class ChatFormat:
         if template is None and getattr(tokenizer, "chat_template", None) is None:
             raise ModelError(
                 "this model has no chat template: give one with --chat-template (a family: "
-                f"{names()}; a Jinja file; or none for the raw prompt of a base model)"
+                f"{names()}, where none is the raw prompt of a base model; or a Jinja file)"
             )
-        self.placement = system.name  # none | model-default | "system turn" | "merged into the user turn"
-        which = "this model's chat template" if template is None else f"chat template '{template.name}'"
+        # none | model-default | "system turn" | "merged into the user turn" | "above the user text"
+        self.placement = system.name
+        which = self._which()
         try:
             self.pieces = self._template_pieces()  # [(kind, text)], with USER text left empty
+            self._check_user_text()
         except _TemplateRefused as err:
             raise ModelError(
                 f"{which} cannot render one user message ({err}): give another with --chat-template"
@@ -174,11 +181,34 @@ class ChatFormat:
             rendered = self._render(
                 [{"role": "system", "content": SENT_SYSTEM}, {"role": "user", "content": SENT_USER}]
             )
-            self.placement = "system turn"
+            if not _system_before_user(rendered):
+                log.warning(
+                    "%s does not place a system message once, before the user's: the system prompt is "
+                    "merged into the user turn",
+                    self._which(),
+                )
+                raise _TemplateRefused("misplaced system message")
+            self.placement = "above the user text" if self._raw() else "system turn"
         except _TemplateRefused:  # no system role (e.g. Gemma): put the system text atop the user turn
             rendered = self._render([{"role": "user", "content": SENT_SYSTEM + "\n\n" + SENT_USER}])
             self.placement = "merged into the user turn"
         return [(k, cond.text if k == SYSTEM else t) for k, t in _split(rendered)]
+
+    def _which(self) -> str:
+        return (
+            "this model's chat template" if self.template is None else f"chat template '{self.template.name}'"
+        )
+
+    def _raw(self) -> bool:
+        return self.template is not None and self.template.name == "none"
+
+    def _check_user_text(self) -> None:
+        """ModelError unless a real user text comes out of the template as it went in, once."""
+        if self._render([{"role": "user", "content": PROBE_USER}]).count(PROBE_USER) != 1:
+            raise ModelError(
+                "it does not place the user message verbatim, once (it changes the text, e.g. its case): "
+                "give another with --chat-template"
+            )
 
     def _render_without_system(self) -> str:
         plain = self._render([{"role": "user", "content": SENT_USER}])
@@ -188,6 +218,8 @@ class ChatFormat:
             )
         except _TemplateRefused:
             return plain  # the template has no system turn at all
+        if not _system_before_user(with_sys):
+            return plain  # no system turn lexprobe can tell apart
         a, rest = with_sys.split(SENT_SYSTEM)
         b, c = rest.split(SENT_USER)
         if not (plain.startswith(a) and plain.endswith(b + SENT_USER + c)):
@@ -250,6 +282,15 @@ class ChatFormat:
 
 class _TemplateRefused(Exception):
     pass
+
+
+def _system_before_user(rendered: str) -> bool:
+    """Whether a rendering holds the system sentinel once, before the one user sentinel."""
+    return (
+        rendered.count(SENT_SYSTEM) == 1
+        and rendered.count(SENT_USER) == 1
+        and rendered.index(SENT_SYSTEM) < rendered.index(SENT_USER)
+    )
 
 
 def _split(rendered: str) -> list[tuple[str, str]]:
