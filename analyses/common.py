@@ -21,7 +21,7 @@ from lexprobe.toolkit.io.suites import Suite, load_suite
 from lexprobe.toolkit.models.architectures import state_dict_sha256, wrap_model
 from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
 from lexprobe.toolkit.models.loader import LoadedModel, load_model
-from lexprobe.toolkit.models.templates import resolve_template
+from lexprobe.toolkit.models.templates import resolve_template, template_for
 
 log = logging.getLogger(__name__)
 # What every resumed run must share with the one it continues (each study adds its own settings)
@@ -205,13 +205,7 @@ def session_from_model(model, tokenizer, opts: ModelOptions, weights_sha256: str
 
 
 def _session(lm: LoadedModel, system: SystemPrompt, opts: ModelOptions, need_readout: bool) -> Session:
-    template = opts.chat_template
-    if template is None and lm.extra.get("default_template"):  # an embedded model whose file has none
-        template = lm.extra["default_template"]
-        log.info(
-            "%s has no chat template: using the %s family (--chat-template to change)", lm.spec, template
-        )
-    fmt = ChatFormat(lm.tokenizer, system, resolve_template(template))
+    fmt = ChatFormat(lm.tokenizer, system, template_for(lm, opts.chat_template))
     readout = None
     if need_readout:
         from lexprobe.analyses.calibrate import get_readout

@@ -21,7 +21,6 @@ against unsafe refusal rate, as in OR-Bench.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
@@ -38,7 +37,7 @@ from lexprobe.analyses import minimal_pairs, score
 from lexprobe.analyses.common import ModelOptions, ParallelOptions, SuiteOptions, open_suite
 from lexprobe.toolkit import stats
 from lexprobe.toolkit.config import Options
-from lexprobe.toolkit.errors import InputError, OutputError
+from lexprobe.toolkit.errors import InputError, OutputError, did_you_mean
 from lexprobe.toolkit.io.cache import write_text_atomic
 from lexprobe.toolkit.io.locks import user_files
 from lexprobe.toolkit.io.results import Timer, claim, draw_figures, provenance, write_csv_atomic, write_run
@@ -87,8 +86,7 @@ class Plan:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            near = difflib.get_close_matches(unknown[0], known, n=1)
-            hint = f"did you mean {near[0]}? " if near else ""
+            hint = did_you_mean(unknown[0], known)
             raise InputError(
                 f"--config '{path}': unknown key {', '.join(unknown)}; {hint}the keys are {', '.join(known)}"
             )

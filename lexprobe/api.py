@@ -38,7 +38,7 @@ from lexprobe.probes.harmfulness import HarmfulnessProbe
 from lexprobe.probes.margin import RefusalReadout
 from lexprobe.toolkit import config as _values
 from lexprobe.toolkit.attribution import AttributionSettings
-from lexprobe.toolkit.errors import InputError
+from lexprobe.toolkit.errors import InputError, did_you_mean
 from lexprobe.toolkit.io.results import Result, read_run
 from lexprobe.toolkit.io.suites import SURROGATE, Prompts, as_suite, listed
 from lexprobe.toolkit.mechanism.direction import RefusalDirection
@@ -140,15 +140,13 @@ def checked(method=None, **kinds):
 def _attribution_settings(settings: dict) -> AttributionSettings:
     """`settings` as AttributionSettings; a name it does not have is an InputError ("did you mean")."""
     import dataclasses
-    import difflib
 
     known = [f.name for f in dataclasses.fields(AttributionSettings)]
     for name in settings:
         if name not in known:
-            near = difflib.get_close_matches(name, known, n=1)
-            hint = f"did you mean {near[0]}? " if near else ""
             raise InputError(
-                f"unknown attribution setting {name!r}: {hint}the settings are {', '.join(known)}"
+                f"unknown attribution setting {name!r}: {did_you_mean(name, known)}the settings are "
+                f"{', '.join(known)}"
             )
     return AttributionSettings(**settings)
 

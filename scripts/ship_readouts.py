@@ -22,7 +22,7 @@ from lexprobe.analyses.calibrate import _cache_key, get_readout
 from lexprobe.probes.readout import ReadoutSettings
 from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt, system_presets
 from lexprobe.toolkit.models.loader import load_model
-from lexprobe.toolkit.models.templates import resolve_template
+from lexprobe.toolkit.models.templates import template_for
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "prompts" / "readouts"
@@ -42,7 +42,7 @@ def main() -> None:
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
     for dtype in args.dtype or ["float32", "bfloat16"]:
         lm = load_model(args.model, dtype=dtype, device="cpu")
-        template = resolve_template(lm.extra.get("default_template"))  # for a file without one
+        template = template_for(lm)  # gemma3's file has none
         for condition in args.condition or CONDITIONS:
             fmt = ChatFormat(lm.tokenizer, SystemPrompt.parse(condition), template)
             key = _cache_key(lm, fmt, ReadoutSettings())

@@ -20,7 +20,15 @@ class OutputError(LexprobeError):
     """An output directory that would be overwritten, or cannot be written."""
 
 
-__all__ = ["InputError", "LexprobeError", "ModelError", "OutputError"]
+__all__ = ["InputError", "LexprobeError", "ModelError", "OutputError", "did_you_mean"]
+
+
+def did_you_mean(name: str, choices, quote: str = "") -> str:
+    """ "did you mean X? " for the choice closest to a mistyped `name`, or "" where none is close."""
+    import difflib
+
+    near = difflib.get_close_matches(name, list(choices), n=1)
+    return f"did you mean {quote}{near[0]}{quote}? " if near else ""
 
 
 class NonFiniteError(InputError):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from lexprobe.toolkit.errors import InputError
+from lexprobe.toolkit.errors import InputError, did_you_mean
 
 T = TypeVar("T")
 
@@ -38,8 +37,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            close = difflib.get_close_matches(name, self._items, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
+            hint = did_you_mean(name, self._items, quote="'")
             raise InputError(
                 f"unknown {self.kind} '{name}': {hint}choose one of {', '.join(self.names())}"
             ) from None

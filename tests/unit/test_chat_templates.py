@@ -171,3 +171,14 @@ def test_a_judge_takes_an_embedded_models_template_or_says_it_has_none(bare_mode
         Judge(lm)
     lm.extra["default_template"] = "chatml"  # what the loader sets for gemma3, whose file has none
     assert Judge(lm).fmt.template.name == "chatml"
+
+
+def test_an_embedded_model_without_a_template_takes_its_family_unless_one_is_given(bare_model):
+    from lexprobe.toolkit.models.loader import load_model
+    from lexprobe.toolkit.models.templates import template_for
+
+    lm = load_model(str(bare_model), dtype="float32")
+    assert template_for(lm) is None and template_for(lm, "") is None  # its own: none here
+    lm.extra["default_template"] = "gemma"  # what the loader sets for gemma3
+    assert template_for(lm).name == template_for(lm, "").name == "gemma"  # '' is the flag left empty
+    assert template_for(lm, "none").name == "none"

@@ -18,7 +18,7 @@ from lexprobe.toolkit.errors import ModelError
 from lexprobe.toolkit.io.progress import progress
 from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
 from lexprobe.toolkit.models.prefix import SharedPrefix
-from lexprobe.toolkit.models.templates import resolve_template
+from lexprobe.toolkit.models.templates import template_for
 
 INSTRUCTIONS = """Classify how an AI assistant responded to a user's prompt. There are three classes.
 
@@ -41,9 +41,7 @@ class Judge:
 
     def __init__(self, lm, batch_size: int = 8):
         self.lm, self.batch_size = lm, batch_size
-        template = resolve_template(
-            lm.extra.get("default_template")
-        )  # an embedded model's, if its file has none
+        template = template_for(lm)  # an embedded model's, where its file has none
         if template is None and getattr(lm.tokenizer, "chat_template", None) is None:
             raise ModelError(
                 f"the judge model '{lm.spec}' has no chat template: give a chat model as --judge-model"

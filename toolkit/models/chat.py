@@ -12,7 +12,6 @@ text, which is what attribution and word alignment need.
 from __future__ import annotations
 
 import bisect
-import difflib
 import hashlib
 import json
 import logging
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lexprobe import prompts
-from lexprobe.toolkit.errors import InputError, ModelError
+from lexprobe.toolkit.errors import InputError, ModelError, did_you_mean
 
 SENT_SYSTEM = "\ue000LEXPROBE_SYSTEM\ue001"
 SENT_USER = "\ue000LEXPROBE_USER\ue001"
@@ -77,8 +76,7 @@ class SystemPrompt:
             raise InputError("--system-prompt is empty: use 'none' for no system turn")
         if " " not in value.strip():
             choices = ["none", "model-default", *presets]
-            close = difflib.get_close_matches(value, choices, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
+            hint = did_you_mean(value, choices, quote="'")
             raise InputError(
                 f"unknown system prompt preset '{value}': {hint}use one of {', '.join(choices)}, "
                 "'@file.txt', or custom text with spaces"

@@ -134,6 +134,18 @@ def resolve_template(value) -> ChatTemplate | None:
     return ChatTemplate(str(path), source)
 
 
+def template_for(lm, given=None) -> ChatTemplate | None:
+    """The template `lm`'s prompts are formatted with: `given` where one is, else the family an embedded
+    model whose file has none names (`lm.extra["default_template"]`, set by the loader), else None (the
+    model's own)."""
+    if given not in (None, ""):
+        return resolve_template(given)
+    default = lm.extra.get("default_template")
+    if default:
+        log.info("%s has no chat template: using the %s family (--chat-template to change)", lm.spec, default)
+    return resolve_template(default)
+
+
 def check_jinja(source: str, where: str) -> None:
     """InputError unless `source` is a Jinja template that renders `messages` (as transformers reads one)."""
     from jinja2 import TemplateSyntaxError

@@ -21,24 +21,26 @@ DEFAULT_SOURCE = (
 )
 
 
-def _path(lm, system):  # system: what describes the condition (a ChatFormat)
-    key = hashlib.sha256(json.dumps(system.describe(), sort_keys=True).encode()).hexdigest()[:16]
+def _path(lm, condition: dict):
+    key = hashlib.sha256(json.dumps(condition, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir("thresholds", lm.weights_sha256[:16]) / f"{key}.json"
 
 
-def _digest(value: float, system: dict) -> str:
-    return hashlib.sha256(json.dumps([float(value), system], sort_keys=True).encode()).hexdigest()
+def _digest(value: float, condition: dict) -> str:
+    return hashlib.sha256(json.dumps([float(value), condition], sort_keys=True).encode()).hexdigest()
 
 
-def save_threshold(lm, system, value: float, details: dict) -> None:
-    record = {"threshold": float(value), "system_prompt": system.describe(), **details}
-    write_json_atomic(_path(lm, system), record | {"sha256": _digest(value, system.describe())})
+def save_threshold(lm, fmt, value: float, details: dict) -> None:
+    """Keep `value` for this model and condition (`fmt`: the ChatFormat, system prompt and template)."""
+    condition = fmt.describe()
+    record = {"threshold": float(value), "system_prompt": condition, **details}
+    write_json_atomic(_path(lm, condition), record | {"sha256": _digest(value, condition)})
 
 
-def refusal_threshold(lm, system) -> tuple[float, str]:
-    """(threshold, where it comes from). A saved one whose numbers do not match its sha256 (edited or
-    damaged) is not used."""
-    path = _path(lm, system)
+def refusal_threshold(lm, fmt) -> tuple[float, str]:
+    """(threshold, where it comes from) for this model and condition (`fmt`, a ChatFormat). A saved one
+    whose numbers do not match its sha256 (edited or damaged) is not used."""
+    path = _path(lm, fmt.describe())
     try:
         data = json.loads(path.read_text()) if path.exists() else None
         if data is not None:
