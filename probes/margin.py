@@ -227,7 +227,14 @@ class MarginReader:
         return torch.log_softmax(self.lm.logits(states).double(), dim=-1)
 
     def margins(self, states: torch.Tensor, temperature: float | None = None) -> Margins:
-        """The readings of the final-normed states [batch, 1 + T, d_model] at the read-out positions."""
+        """The readings of the final-normed states [batch, 1 + T, d_model] at the read-out positions.
+
+        Without gradients, a bf16 or float16 model's logits are screened in its own dtype first
+        (`_Reduced.screened`): the readings are those of its float32 logits, at a fraction of the cost."""
+        if not states.requires_grad:
+            red = _Reduced.screened(self.lm, states, self.listed_mask, self._ids, temperature)
+            if red is not None:
+                return self._readings(red, temperature)
         return self.read(self.lm.logits(states), temperature)
 
     def listed_mask(self, vocab: int, device) -> torch.Tensor:
@@ -244,17 +251,23 @@ class MarginReader:
         """The readings of next-token log-probabilities, or logits (any shift per position gives the
         same readings), [batch, 1 + T, vocab] at the read-out positions."""
         mask = self.listed_mask(scores.shape[-1], scores.device)
-        red = _Reduced(scores, mask, self._ids.to(scores.device), temperature)
+        return self._readings(
+            _Reduced.of_scores(scores, mask, self._ids.to(scores.device), temperature), temperature
+        )
+
+    def _readings(self, red: _Reduced, temperature: float | None) -> Margins:
+        """The trie's recursion over one pass's reduced statistics."""
+        device = red.listed.device
         decision: dict[int, torch.Tensor] = {}  # state row -> [batch]
         sampled: dict[int, torch.Tensor] = {}  # state row -> [batch, 2]: log P(refuse), log P(comply)
         smooth: dict[int, torch.Tensor] = {}  # state row -> [batch]
         for row, leaves, expanded, other in self._plan:
             node = red.node(row, leaves, expanded, other, decision)
             decision[row] = _node_decision(node, expanded, decision)
-            rate = torch.tensor([other, 1 - other], dtype=torch.float64, device=scores.device)
+            rate = torch.tensor([other, 1 - other], dtype=torch.float64, device=device)
             terms = [(node.rest[:, None] + rate.log())[..., None]]  # [batch, 2, 1]: unlisted tokens
             if leaves:
-                r = torch.tensor([r for _, r in leaves], dtype=torch.float64, device=scores.device)
+                r = torch.tensor([r for _, r in leaves], dtype=torch.float64, device=device)
                 terms.append(node.lp[:, None, : len(leaves)] + torch.stack([r.log(), (1 - r).log()]))
             for k, (_, child) in enumerate(expanded):
                 terms.append((node.lp[:, len(leaves) + k, None] + sampled[child])[..., None])
@@ -268,7 +281,8 @@ class MarginReader:
         )
         bound = red.bound()
         if not (
-            torch.isfinite(result.decision).all() and (result.decision.detach().abs() <= bound + 1e-6).all()
+            torch.isfinite(result.decision).all()
+            and (result.decision.detach().abs() <= bound + 2 * red.slack + 1e-6).all()
         ):
             raise RuntimeError(
                 f"decision margin outside its bound: {result.decision.tolist()} vs {bound.tolist()}"
@@ -301,24 +315,72 @@ class _Reduced:
     temporaries (150 MB at batch 16) were mapped and faulted in afresh on every pass, which made the
     readout as slow as the model's forward pass."""
 
-    def __init__(
-        self, scores: torch.Tensor, listed_mask: torch.Tensor, ids: torch.Tensor, temperature: float | None
-    ):
+    def __init__(self, listed: torch.Tensor, stats: list[torch.Tensor], temperature: float | None, slack=0.0):
         self.temperature = temperature
+        self.listed = listed  # [batch, P, K] the listed tokens' scores, float64
+        self.top, self.top_id, self.lse, self.lowest = stats[:4]
+        self.lse_t = stats[4] if temperature is not None else None
+        self.slack = slack  # how far a score may be from its float32 value (screened: `screened`)
+        self.norms: dict[int, torch.Tensor] = {}  # row -> [batch] log-sum-exp over the whole vocabulary
+
+    @classmethod
+    def of_scores(
+        cls, scores: torch.Tensor, listed_mask: torch.Tensor, ids: torch.Tensor, temperature: float | None
+    ) -> _Reduced:
+        """From whole scores [batch, P, vocab] (differentiable)."""
         batch, _, vocab = scores.shape
         # one gather and one split of the whole tensor: each indexing of it would add a whole
         # [batch, P, vocab] zero-filled gradient buffer to the backward pass
-        self.listed = _widen(scores.gather(2, ids.expand(batch, -1, -1)))  # [batch, P, K]
+        listed = _widen(scores.gather(2, ids.expand(batch, -1, -1)))  # [batch, P, K]
         blocks = [pos.split(max(1, BLOCK // vocab)) for pos in scores.unbind(dim=1)]
         stats = [[_unlisted(b, listed_mask[p], temperature) for b in pos] for p, pos in enumerate(blocks)]
-        # field k of every block, rows joined, positions stacked: [batch, P, ...]
-        joined = [
-            torch.stack([torch.cat([b[k] for b in pos]) for pos in stats], dim=1)
-            for k in range(len(stats[0][0]))
-        ]
-        self.top, self.top_id, self.lse, self.lowest = joined[:4]
-        self.lse_t = joined[4] if temperature is not None else None
-        self.norms: dict[int, torch.Tensor] = {}  # row -> [batch] log-sum-exp over the whole vocabulary
+        return cls(listed, _joined(stats), temperature)
+
+    @classmethod
+    @torch.no_grad()
+    def screened(cls, lm, states: torch.Tensor, mask_of, ids: torch.Tensor, temperature: float | None):
+        """From the final states [batch, P, d_model] of a bf16 or float16 model, without its float32
+        logits; None where that does not apply (`LoadedModel.unembed_screen`).
+
+        The unembedding runs in the model's dtype (`raw`, within `bound` of the float32 product). Exact
+        float32 logits are then computed for the listed tokens and for every token whose raw value is
+        within 2 x bound of its row's (K + 2)-th largest, K the most tokens a position lists: no other
+        token can be among the two largest unlisted ones, and the logits' last steps keep their order.
+        So the two largest, the token holding the largest and the listed scores are the float32
+        ones, and the decision margin with them; the log-sum-exps see the other tokens' raw values,
+        whose rounding errors of either sign nearly cancel over the vocabulary. Statistics in float32."""
+        screen = lm.unembed_screen(states)
+        if screen is None:
+            return None
+        raw, bound = screen  # [batch, P, vocab]
+        batch, positions, vocab = raw.shape
+        ids = ids.to(raw.device)
+        kth = raw.topk(min(ids.shape[1] + 2, vocab), dim=-1).values[..., -1:].float()
+        near = (raw >= kth - 2 * bound).flatten(0, 1).any(dim=0)
+        near[ids.flatten()] = True
+        union = near.nonzero().flatten()
+        if len(union) > vocab // 4:  # rows too flat to screen
+            return None
+        exact = lm.logits_of(states, union).to(raw.device)  # [batch, P, len(union)]
+        listed = exact.gather(2, torch.searchsorted(union, ids).expand(batch, -1, -1)).double()
+        mask = mask_of(vocab, raw.device)
+        stats = []
+        for p in range(positions):
+            listed_ids = mask[p].nonzero().flatten()
+            per_block = []
+            for rows in torch.arange(batch, device=raw.device).split(max(1, BLOCK // vocab)):
+                x = lm.finish_logits(raw[rows, p].float())
+                x[:, union] = exact[rows, p]
+                lowest = x.amin(dim=-1)
+                x[:, listed_ids] = float("-inf")
+                top = x.topk(2, dim=-1).values if vocab > 1 else x.repeat(1, 2)
+                got = [top, x.argmax(dim=-1), torch.logsumexp(x, dim=-1), lowest]
+                if temperature is not None:
+                    got.append(torch.logsumexp(x / temperature, dim=-1))
+                per_block.append([g if g.dtype == torch.long else g.double() for g in got])
+            stats.append(per_block)
+        # the architectures' last steps (scaling down, soft-capping) shrink differences: `bound` holds
+        return cls(listed, _joined(stats), temperature, slack=bound)
 
     def bound(self) -> torch.Tensor:
         """[batch] the largest -log p of any token at any read-out position (after every `node`)."""
@@ -345,6 +407,13 @@ class _Reduced:
 
 
 BLOCK = 1 << 21  # elements of one temporary of the readout (16 MB in float64)
+
+
+def _joined(stats: list[list[list[torch.Tensor]]]) -> list[torch.Tensor]:
+    """Per position, per block of rows, a list of fields -> each field [batch, P, ...]."""
+    return [
+        torch.stack([torch.cat([b[k] for b in pos]) for pos in stats], dim=1) for k in range(len(stats[0][0]))
+    ]
 
 
 class _Widen(torch.autograd.Function):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from lexprobe.probes.margin import MarginProbe, Node, RefusalReadout
+from lexprobe.probes.margin import MarginProbe, Node, RefusalReadout, _Reduced
 from lexprobe.toolkit.attribution import AttributionSettings, PromptTarget
 from lexprobe.toolkit.models.architectures import ARCHITECTURES, wrap_model
 from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
@@ -134,3 +134,56 @@ def test_generation_of_a_padded_batch_is_the_models_own(model_type):
             ].tolist()
         ref = ref[: next((k for k, t in enumerate(ref) if t in stop), len(ref))]
         assert done.token_ids == ref, text
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_screened_bf16_readings_are_those_of_float32_logits(model_type):
+    """Without gradients a bf16 model's readout screens its logits in bf16 (`_Reduced.screened`); its
+    decision margin is the one read from float32 logits, and the log-sum-exp readings within bf16's
+    rounding of a logit."""
+    lm, fmt, readout, scorer = _setup(model_type, torch.bfloat16)
+    probe = MarginProbe(lm, readout)
+    suffixes = [scorer.suffix_ids(scorer.encode(t)) for t in TEXTS]
+    with torch.no_grad():
+        scorer.forward(scorer.batch(suffixes), hook_pairs=probe.hook_pairs())
+    reader, states = probe.reader, probe.final_states
+    for scale in (1.0, 8.0):  # as the tiny model gives them (flat), and peaked: 8 x the states
+        screened = _Reduced.screened(lm, states * scale, reader.listed_mask, reader._ids, 0.2)
+        if scale == 8.0:
+            assert screened is not None  # peaked rows are screened, not computed whole
+        got = reader.margins(states * scale, temperature=0.2)
+        want = reader.read(lm.logits(states * scale), temperature=0.2)
+        np.testing.assert_allclose(got.decision.numpy(), want.decision.numpy(), atol=1e-5)
+        # a log-sum-exp moves by at most its terms' largest change: bf16's rounding, 2^-8 of a logit,
+        # and the sampled and smooth margins are differences of two of them
+        tol = 2 * 2**-8 * float(lm.logits(states * scale).abs().max())
+        np.testing.assert_allclose(got.sampled.numpy(), want.sampled.numpy(), atol=tol)
+        np.testing.assert_allclose(got.smooth.numpy(), want.smooth.numpy(), atol=tol)
+
+
+def test_screening_resolves_logits_that_tie_in_bf16():
+    """Three tokens whose float32 logits differ by less than bf16's step at 16 (0.125): an unlisted one
+    at 16 + 2^-8, a listed refusal token at 16 + 2^-9, another unlisted one at 16. Screening must give the
+    float32 order (the decision margin -2^-9, not the tie 0 of bf16 logits) and the larger token's id."""
+    model, tokenizer, sha = build_tiny_model(model_type="qwen2")
+    lm = wrap_model(model.to(torch.bfloat16), tokenizer, "tiny-qwen2", "test", sha, torch.device("cpu"))
+    readout = _readout(tokenizer)
+    reader = MarginProbe(lm, readout).reader
+    sorry = tokenizer.convert_tokens_to_ids("S")
+    listed = set(readout.nodes[()].children)
+    low, high, *near = [t for t in range(100, 200) if t not in listed][:6]
+    weight = lm.unembed.weight
+    with torch.no_grad():  # every other logit at -16, four more at 15: the screen keeps a few tokens
+        weight.zero_()
+        weight[:, 0] = -16.0
+        weight[near, 0] = 15.0
+        for token, second in ((low, 0.0), (sorry, 0.5), (high, 1.0)):
+            weight[token, 0], weight[token, 1] = 16.0, second
+    states = torch.zeros((1, 1 + len(readout.tree), weight.shape[1]), dtype=torch.bfloat16)
+    states[..., 0], states[..., 1] = 1.0, 2**-8  # logits 16, 16 + 2^-9 and 16 + 2^-8
+    assert len({float(x) for x in (states[0, 0] @ weight[[low, sorry, high]].T)}) == 1  # tied in bf16
+    red = _Reduced.screened(lm, states, reader.listed_mask, reader._ids, None)
+    assert red is not None and red.slack > 0
+    assert int(red.top_id[0, 0]) == high
+    assert red.top[0, 0].tolist() == [16 + 2**-8, 16.0]
+    assert float(reader.margins(states).decision[0]) == pytest.approx(-(2**-9), abs=1e-7)
