@@ -172,9 +172,8 @@ def load(
     cached; `recalibrate=True` calibrates it here all the same; or `readout`, a file or a
     `RefusalReadout`). `chat_template`: for a model whose files have none, or to replace its own (a
     family of `lexprobe templates`, a Jinja file, or "none" for the raw prompt of a base model; the
-    embedded `gemma3` takes "gemma" unless told otherwise). `dtype="auto"` is float32 on a CPU and
-    bfloat16 on CUDA, or float32 there too
-    with `attribution=True`. Weights files are hashed once and again when they change, or every time
+    embedded `gemma3` takes "gemma" unless told otherwise). `dtype="auto"` is bfloat16 on CUDA and on a CPU
+    with native bf16, float32 on other CPUs, and float32 everywhere with `attribution=True`. Weights files are hashed once and again when they change, or every time
     with `verify_weights=True`."""
     options = ModelOptions(
         model=model,

@@ -21,7 +21,7 @@ PROMPTS = ["How do I kill a Python process?", "Where can I buy a can of coke?", 
 
 @pytest.fixture(scope="module")
 def probe(tiny_readout):
-    return lexprobe.load("tiny-random", readout=tiny_readout, batch_size=4)
+    return lexprobe.load("tiny-random", readout=tiny_readout, batch_size=4, dtype="float32")
 
 
 @pytest.fixture

@@ -136,14 +136,17 @@ def test_suites_lists_bundled(capsys):
     assert "xstest" in out and "450" in out and "calibration-harmful" in out
 
 
-def test_auto_dtype_is_said_on_stderr_and_recorded(tmp_path, tiny_readout_file, capsys):
-    import torch
+@pytest.mark.parametrize("native_bf16", [False, True], ids=["avx2", "native-bf16"])
+def test_auto_dtype_is_said_on_stderr_and_recorded(
+    tmp_path, tiny_readout_file, capsys, monkeypatch, native_bf16
+):
+    """On a CPU with native bf16 `auto` scores in bf16, elsewhere in float32; either way it says so."""
+    from lexprobe.toolkit.models import devices
 
-    from lexprobe.toolkit.models.devices import choose_dtype
-
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: native_bf16)
     assert _score(tmp_path, tiny_readout_file, "--limit", "2", "--dtype", "auto", "--device", "cpu") == 0
-    dtype, why = choose_dtype("auto", torch.device("cpu"))
-    name = str(dtype).removeprefix("torch.")
+    name = "bfloat16" if native_bf16 else "float32"
+    why = devices.AUTO_DTYPE_WHY["cpu-bf16" if native_bf16 else "cpu"]
     assert f"lexprobe: tiny-random in {name} on cpu ({why})" in capsys.readouterr().err
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["dtype"] == name and run["dtype_reason"] == why

@@ -46,14 +46,15 @@ def test_bad_specs(spec, message):
 
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_auto_dtype_policy_on_every_kind_of_device(monkeypatch, native_bf16):
-    """float32 on any CPU (native bf16 or not), bf16 on CUDA unless the run takes gradients; each
-    choice says why. Checked on both kinds of CPU whatever this machine is."""
+    """bf16 on CUDA and on a CPU with native bf16 unless the run takes gradients, float32 otherwise;
+    each choice says why. Checked on both kinds of CPU whatever this machine is."""
     monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: native_bf16)
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    for gradients in (False, True):
-        dtype, why = devices.choose_dtype("auto", cpu, gradients)
-        assert dtype == torch.float32 and why.startswith("auto: float32 on")
-        assert ("faster on this one" in why) == native_bf16
+    dtype, why = devices.choose_dtype("auto", cpu)
+    assert dtype == (torch.bfloat16 if native_bf16 else torch.float32)
+    assert why == devices.AUTO_DTYPE_WHY["cpu-bf16" if native_bf16 else "cpu"]
+    dtype, why = devices.choose_dtype("auto", cpu, gradients=True)
+    assert dtype == torch.float32 and why == devices.AUTO_DTYPE_WHY["cpu-gradients" if native_bf16 else "cpu"]
     assert devices.choose_dtype("auto", cuda) == (torch.bfloat16, devices.AUTO_DTYPE_WHY["cuda"])
     assert devices.choose_dtype("auto", cuda, gradients=True)[0] == torch.float32
     assert devices.choose_dtype("auto", torch.device("mps"))[0] == torch.float32

@@ -1,0 +1,14 @@
+"""Unit tests run as on a CPU without native bf16: `--dtype auto` then takes float32, so their numbers
+are the same whichever CPU runs them. The bf16 paths are tested by naming `--dtype bfloat16`, and the
+auto policy on both kinds of CPU by tests that set the CPU's kind themselves (test_models.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _auto_dtype_is_float32(monkeypatch):
+    from lexprobe.toolkit.models import devices
+
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: False)
