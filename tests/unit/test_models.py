@@ -229,3 +229,21 @@ def test_weights_are_hashed_once_and_again_when_they_change(tmp_path, monkeypatc
     weights.write_bytes(bytes(data))
     os.utime(weights, ns=(old, old + 1))
     assert hashes.file_sha256(weights) == real(weights) != sha
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_converted_cache_holds_the_float32_weights_rounded_and_the_same_files(tmp_path, dtype):
+    """The bf16/float16 sibling of a dequantized cache: every tensor is the float32 one cast (the rounding
+    `from_pretrained(dtype=...)` would apply), every other file the same bytes, and a manifest of its own."""
+    from safetensors.torch import load_file
+
+    source, converted = tmp_path / "abc", tmp_path / "abc-half"
+    _fake_cache(source, b"ok")
+    save_file({"w": torch.linspace(-3, 3, 64) / 7, "b": torch.ones(3)}, source / models.WEIGHTS)
+    models._build_converted_cache(source, converted, "abc", dtype)
+    assert models._cache_is_valid(converted, "abc")
+    want, got = load_file(source / models.WEIGHTS), load_file(converted / models.WEIGHTS)
+    assert set(got) == set(want) and all(got[k].dtype == dtype for k in got)
+    assert all(torch.equal(got[k], want[k].to(dtype)) for k in want)
+    assert not torch.equal(got["w"].float(), want["w"])  # the rounding happened
+    assert (converted / "config.json").read_bytes() == (source / "config.json").read_bytes()
