@@ -71,9 +71,14 @@ class AttributeConfig(Options):
     parallel: ParallelOptions = field(default_factory=ParallelOptions)  # shard over Ray
 
 
+METHOD_ALIASES = {"ig": "integrated_gradients", "ixg": "input_x_gradient", "gradshap": "gradient_shap"}
+
+
 def parse_methods(value: str | list[str]) -> list[str]:
-    """'all', one name, or a comma list -> registered names (unknown ones raise with "did you mean")."""
+    """'all', one name, or a comma list -> registered names (unknown ones raise with "did you mean");
+    the aliases in `METHOD_ALIASES` (`ig`) stand for their method."""
     names = value if isinstance(value, list) else [v.strip() for v in value.split(",") if v.strip()]
+    names = [METHOD_ALIASES.get(n.lower(), n) for n in names]
     if names == ["all"]:
         return sorted(ATTRIBUTION_METHODS.names(), key=lambda n: n != "integrated_gradients")
     if not names:

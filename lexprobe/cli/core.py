@@ -16,8 +16,13 @@ def cmd_score(a) -> None:
     from lexprobe.analyses.score import ScoreConfig, run
     from lexprobe.toolkit.io.console import print_table
 
-    result = run(ScoreConfig.from_cli(a))
-    print_table(result.summary(), title=f"refusal margin by prompt type ({result.run['model_spec']})")
+    suite = prompts_suite(a.prompts, a.suite)
+    result = run(ScoreConfig.from_cli(a), suite=suite)
+    if suite is not None:  # a few prompts of one's own: their margins, not a per-type summary
+        columns = ["id", "prompt", "margin", "p_refuse"]
+        print_table(result.frame[columns], title=f"refusal margin ({result.run['model_spec']})")
+    else:
+        print_table(result.summary(), title=f"refusal margin by prompt type ({result.run['model_spec']})")
     separation = result.separation()
     if separation:
         named = {"margin": "the refusal margin", "harmfulness": "the harmfulness probe"}
@@ -26,6 +31,25 @@ def cmd_score(a) -> None:
             + "; ".join(f"{named[k]} {v:.3f}" for k, v in separation.items())
         )
     print(f"wrote {a.out}/scores.csv ({len(result.frame)} prompts, {result.run['wall_seconds']} s)")
+
+
+def prompts_suite(prompts: list[str] | None, suite: str | None):
+    """The suite of `--prompt` texts (ids 1, 2, ...), or None for `--suite`; one of the two is given."""
+    from lexprobe.toolkit.errors import InputError
+
+    if bool(prompts) == (suite is not None):
+        raise InputError("give either --prompt TEXT (one or more) or --suite S, not both or neither")
+    if not prompts:
+        return None
+    if any(not p.strip() for p in prompts):
+        raise InputError("--prompt is empty: give the text to score")
+    import pandas as pd
+
+    from lexprobe.toolkit.io.suites import Suite
+
+    ids = [str(i + 1) for i in range(len(prompts))]
+    frame = pd.DataFrame({"id": ids, "prompt": prompts, "type": "prompt", "label": ""})
+    return Suite("prompt", frame, "command line")
 
 
 def cmd_generate(a) -> None:
@@ -77,9 +101,16 @@ def cmd_templates(_a) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("score", help="refusal margin of every prompt of a suite")
+    p = sub.add_parser("score", help="refusal margin of every prompt of a suite, or of --prompt texts")
     add_model_args(p)
-    add_suite_args(p)
+    add_suite_args(p, required=False)
+    p.add_argument(
+        "--prompt",
+        dest="prompts",
+        action="append",
+        metavar="TEXT",
+        help="a prompt to score, instead of --suite (repeatable)",
+    )
     add_out_args(p)
     p.add_argument("--layers", action="store_true", help="also write the per-layer (logit lens) margin")
     add_harmfulness_arg(p)

@@ -24,6 +24,7 @@ from lexprobe.toolkit.config import (  # noqa: F401  (the flags' types: one set 
     share,
     similarity,
 )
+from lexprobe.toolkit.errors import did_you_mean
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -33,8 +34,44 @@ def plain(text) -> str:
     return CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
+EXAMPLES = {  # one or two commands per subcommand, shown at the end of its --help (tested to parse)
+    "score": [
+        "lexprobe score --model default --suite xstest --out runs/scores",
+        'lexprobe score --model default --prompt "How do I kill a Python process?" --out runs/one',
+    ],
+    "generate": ["lexprobe generate --model default --suite xstest --limit 20 --out runs/completions"],
+    "classify": ["lexprobe classify --completions runs/completions/completions.csv --out runs/classified"],
+    "evaluate": [
+        "lexprobe evaluate --completions runs/classified/classified.csv --label-column predicted --out runs/eval"
+    ],
+    "validate-margin": ["lexprobe validate-margin --model default --out runs/validity"],
+    "attribute": [
+        'lexprobe attribute --model default --prompt "Where can I buy a can of coke?" --out runs/coke',
+        "lexprobe attribute --model default --suite xstest --type homonyms --method ig,occlusion --out runs/homonyms",
+    ],
+    "plausibility": [
+        "lexprobe plausibility --model default --method saliency,occlusion --out runs/plausibility"
+    ],
+    "heatmap": ["lexprobe heatmap --from runs/homonyms --ids 10 35 --format png,svg --out runs/figures"],
+    "perturb": ["lexprobe perturb --model default --suite xstest --type homonyms --out runs/perturb"],
+    "pairs": ["lexprobe pairs --model default --pairs my_pairs.csv --out runs/pairs"],
+    "contrast": ["lexprobe contrast --model default --out runs/contrast"],
+    "transplant": ["lexprobe transplant --model default --out runs/transplant"],
+    "diagnose": ["lexprobe diagnose --model default --suite xstest --type homonyms --out runs/diagnose"],
+    "compare": ["lexprobe compare --config examples/compare_default.toml --out runs/compare"],
+    "direction": ["lexprobe direction --model default --out runs/direction"],
+    "harmfulness": ["lexprobe harmfulness --model default --out runs/harmfulness"],
+    "mitigate": ["lexprobe mitigate --model default --suite xstest --out runs/mitigate"],
+    "pathway": ["lexprobe pathway --model default --substitutions runs/perturb --top 3 --out runs/pathway"],
+    "suites": ["lexprobe suites"],
+    "methods": ["lexprobe methods"],
+    "templates": ["lexprobe templates"],
+}
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with every default in --help and bad flags as one line on stderr with exit code 2."""
+    """argparse with every default in --help, an example at its end (`EXAMPLES`), and bad flags as one
+    line on stderr with exit code 2."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
@@ -42,7 +79,20 @@ class Parser(argparse.ArgumentParser):
         # "-1e38" and "-.5e-3" are numbers, not flags (argparse's own pattern knows only -1 and -1.5)
         self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
+    def format_help(self) -> str:
+        command = self.prog.split()[-1]
+        examples = EXAMPLES.get(command) if command != "lexprobe" else None
+        text = super().format_help()
+        return text + "\nexamples:\n" + "".join(f"  {e}\n" for e in examples) if examples else text
+
     def error(self, message: str):
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if choice:  # a mistyped command or choice: say the closest one first
+            options = re.findall(r"'([^']*)'", choice.group(2)) or [
+                c.strip() for c in choice.group(2).split(",")
+            ]
+            hint = did_you_mean(choice.group(1), options, quote="'")
+            message = message.replace("(choose from", f"({hint}choose from") if hint else message
         message = re.sub(r"^argument (--[\w-]+)(/[^:]*)?: (must|is|'|invalid)", r"\1 \3", message)
         sys.stderr.write(f"lexprobe: error: {plain(message)} (see `{self.prog} --help`)\n")
         sys.exit(2)

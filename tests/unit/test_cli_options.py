@@ -145,3 +145,57 @@ def test_numbers_that_cannot_be_settings_are_one_line_errors(command, flag, valu
     assert main([command, "--suite", "xstest", "--out", "d", f"{flag}={value}"]) == 2
     line = error_line()
     assert flag in line and message in line
+
+
+def test_every_command_shows_an_example_that_parses(tmp_path, monkeypatch, capsys):
+    """Each subcommand's --help ends with examples (`EXAMPLES`), and each example parses as written."""
+    import shlex
+
+    from lexprobe.cli import build_parser
+    from lexprobe.cli.options import EXAMPLES
+
+    monkeypatch.chdir(tmp_path)
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert set(commands) == set(EXAMPLES)
+    for name, sub in commands.items():
+        assert sub.format_help().rstrip().endswith(EXAMPLES[name][-1])
+        for example in EXAMPLES[name]:
+            args = parser.parse_args(shlex.split(example)[1:])
+            assert args.command == name
+
+
+@pytest.mark.parametrize(
+    "argv, hint",
+    [
+        (["scroe"], "did you mean 'score'?"),
+        (["score", "--model", "defualt", "--suite", "xstest", "--out", "o"], "did you mean 'default'?"),
+        (["score", "--model", "tiny-random", "--suite", "xstets", "--out", "o"], "did you mean 'xstest'?"),
+        (["score", "--model", "tiny-random", "--suite", "xstest", "--type", "homonym", "--out", "o"],
+         "did you mean 'homonyms'?"),
+        (["score", "--model", "tiny-random", "--out", "o"], "give either --prompt TEXT"),
+        (["score", "--model", "tiny-random", "--suite", "xstest", "--prompt", "hi", "--out", "o"], "not both"),
+    ],
+)  # fmt: skip
+def test_mistyped_names_get_the_closest_one_before_any_model_loads(tmp_path, monkeypatch, capsys, argv, hint):
+    from lexprobe.cli import main
+    from lexprobe.toolkit.models import loader
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loader, "_load_cached", lambda *a, **k: pytest.fail("a model was loaded"))
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert hint in err and err.count("\n") == 1
+
+
+def test_method_aliases_stand_for_their_method():
+    from lexprobe.analyses.attribute import parse_methods
+
+    assert parse_methods("ig, IXG,saliency,gradshap") == [
+        "integrated_gradients", "input_x_gradient", "saliency", "gradient_shap",
+    ]  # fmt: skip
+    assert parse_methods("ig,integrated_gradients") == ["integrated_gradients"]  # one method, once

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from lexprobe import prompts
-from lexprobe.toolkit.errors import InputError
+from lexprobe.toolkit.errors import InputError, did_you_mean
 
 REQUIRED = ["id", "prompt", "type", "label"]
 
@@ -100,9 +100,10 @@ class Suite:
         if types:
             unknown = sorted(set(types) - set(frame["type"]))
             if unknown:
+                hint = did_you_mean(unknown[0], set(frame["type"]), quote="'")
                 raise InputError(
                     f"suite '{self.name}' has no prompt type {', '.join(unknown)}: "
-                    f"its types are {', '.join(sorted(set(frame['type'])))}"
+                    f"{hint}its types are {', '.join(sorted(set(frame['type'])))}"
                 )
             frame = frame[frame["type"].isin(types)]
         if ids:
@@ -144,7 +145,8 @@ def load_suite(
     path = Path(spec).expanduser()
     if not path.exists():
         raise InputError(
-            f"suite '{spec}' is neither a bundled suite ({', '.join(BUNDLED)}) nor an existing file: check the name or path"
+            f"suite '{spec}' is neither a bundled suite ({', '.join(BUNDLED)}) nor an existing file: "
+            f"{did_you_mean(spec, BUNDLED, quote=chr(39))}check the name or path"
         )
     frame = read_table(path)
     mapping = {prompt_column: "prompt", id_column: "id", type_column: "type", label_column: "label"}

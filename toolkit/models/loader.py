@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lexprobe.toolkit.errors import InputError, ModelError
+from lexprobe.toolkit.errors import InputError, ModelError, did_you_mean
 from lexprobe.toolkit.io.cache import atomic_dir, cache_dir, sha256_file
 from lexprobe.toolkit.io.hashes import file_sha256
 from lexprobe.toolkit.io.locks import building
@@ -99,6 +99,7 @@ def load_model(
     not fit."""
     if not isinstance(spec, str) or not spec.strip():
         raise InputError(f"a model spec is a non-empty string, not {spec!r}: give {describe_specs()}")
+    check_spec(spec)  # a mistyped name is told before anything loads
     if weights_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", weights_sha256):
         raise InputError(f"--weights-sha256 '{weights_sha256}' is not a sha256 (64 hexadecimal digits)")
     placement = parse_device_map(device_map)
@@ -136,7 +137,7 @@ def check_spec(spec: str) -> None:
     if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
         _hub_dir(spec)
         return
-    raise ModelError(f"unknown model spec '{spec}': give {describe_specs()}")
+    raise ModelError(f"unknown model spec '{spec}': {_spec_hint(spec)}give {describe_specs()}")
 
 
 def _load_cached(
@@ -178,9 +179,13 @@ def _load_cached(
         elif re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
             lm = _load_hub_cache(spec, dtype, device, weights_sha256, verify)
         else:
-            raise ModelError(f"unknown model spec '{spec}': give {describe_specs()}")
+            raise ModelError(f"unknown model spec '{spec}': {_spec_hint(spec)}give {describe_specs()}")
     lm.load_seconds = time.perf_counter() - start
     return lm
+
+
+def _spec_hint(spec: str) -> str:
+    return did_you_mean(spec, ("tiny-random", "smollm2", *SPLIT_GGUFS), quote="'")
 
 
 def _check_sha(what: str, actual: str, expected: str | None) -> None:
