@@ -78,7 +78,15 @@ class ScoreResult(TableResult):
         return {c: auroc(unsafe, f[c]) for c in ("margin", "harmfulness") if c in f and f[c].notna().all()}
 
     def overview(self) -> pd.DataFrame:
+        """A few prompts' own margins (up to `FEW` rows); the per-type summary of more."""
+        if len(self.frame) <= FEW:
+            return self.frame[
+                [c for c in ("id", "type", "prompt", "margin", "p_refuse", "harmfulness") if c in self.frame]
+            ]
         return self.summary()
+
+
+FEW = 20  # prompts shown one by one in a result's view
 
 
 @study

@@ -188,7 +188,22 @@ def load(
         recalibrate=recalibrate,
         verify_weights=verify_weights,
     )
-    return Probe(open_session(options), options)
+    return Probe(_said(lambda: open_session(options)), options)
+
+
+def _said(open_):
+    """Open a session with lexprobe's notes (the dtype `auto` chose and why, the readout taken) on
+    stderr, as the CLI says them; dropped when opening fails, so only the exception speaks."""
+    from lexprobe.toolkit.io.progress import NOTES, install_notes
+
+    install_notes()
+    try:
+        session = open_()
+    except BaseException:
+        NOTES.drop()
+        raise
+    NOTES.flush()
+    return session
 
 
 class Probe:
@@ -227,7 +242,7 @@ class Probe:
             readout=readout,
             batch_size=batch_size,
         )
-        return cls(session_from_model(model, tokenizer, options, weights_sha256), options)
+        return cls(_said(lambda: session_from_model(model, tokenizer, options, weights_sha256)), options)
 
     # ------------------------------------------------------------------ what is loaded
     @property

@@ -15,6 +15,6 @@ def test_readme_example_on_the_default_model(tmp_path, readme_python_example):
         [sys.executable, "-c", readme_python_example], cwd=tmp_path, capture_output=True, text=True, env=env
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    words = pd.read_csv(tmp_path / "runs" / "kill" / "attributions.csv")
+    words = pd.read_csv(tmp_path / "runs" / "beer" / "attributions.csv")
     assert set(words["method"]) == {"saliency", "occlusion"}
-    assert "kill" in proc.stdout  # the terminal heatmap
+    assert "crack" in proc.stdout  # the terminal heatmap

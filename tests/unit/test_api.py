@@ -110,8 +110,11 @@ def test_results_round_trip_and_refuse_to_overwrite(probe, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(lexprobe.OutputError, match="is a file"):
         result.save(tmp_path / "file")
-    html = result._repr_html_()
-    assert "<style>" in html and "ScoreResult" in html and "mean_margin" in html
+    html = result._repr_html_()  # a few prompts: their own margins
+    assert "<style>" in html and "ScoreResult" in html and "How do I blow up a balloon?" in html
+    assert "mean_margin" not in html
+    again.frame = pd.concat([again.frame] * 8, ignore_index=True)  # many: the per-type summary
+    assert "mean_margin" in again._repr_html_()
 
 
 def test_attribution_result_shows_and_renders_self_styled(probe, capsys):

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 PACKAGES = ("lexprobe",)
 
@@ -58,7 +58,33 @@ def close_bars() -> None:
         bar.close()
 
 
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (its stderr is a notebook cell's, not a terminal)."""
+    shell = sys.modules.get("IPython")
+    get = getattr(shell, "get_ipython", None)
+    return get is not None and type(get()).__name__ == "ZMQInteractiveShell"
+
+
 def progress(iterable, desc: str, total: int | None = None, unit: str = "it"):
+    """A progress bar over `iterable`. A bar that is not inside another stays when it ends, with its
+    rate; in a notebook it is a widget (with ipywidgets installed) or a plain line of text, never
+    terminal escapes; a terminal of unknown or zero width gets 80 columns."""
     NOTES.flush()
-    quiet = os.environ.get("LEXPROBE_QUIET") == "1"
-    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=quiet, dynamic_ncols=True, leave=False)
+    options = dict(desc=desc, total=total, unit=unit, leave=None)
+    options["disable"] = os.environ.get("LEXPROBE_QUIET") == "1"
+    if in_notebook():
+        try:
+            import ipywidgets  # noqa: F401  (tqdm.notebook falls back to escapes without it)
+            from tqdm.notebook import tqdm as widget
+
+            return widget(iterable, **options)
+        except ImportError:  # one plain line per top-level bar: nested ones would move the cursor
+            options["disable"] |= bool(getattr(tqdm, "_instances", ()))
+            return tqdm(iterable, ascii=True, ncols=80, mininterval=1.0, file=sys.stderr, **options)
+    try:
+        width = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):  # not a terminal: tqdm draws its default width
+        width = None
+    if width == 0:
+        return tqdm(iterable, ncols=80, **options)
+    return tqdm(iterable, dynamic_ncols=True, **options)
