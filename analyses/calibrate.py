@@ -224,6 +224,13 @@ def get_readout(
             made = readout.details.get("calibrated", {})
             log.info("readout: %s (calibrated on %s)", where, made.get("machine", "an unrecorded machine"))
         else:
+            log.warning(
+                "no readout of this model, dtype and condition is cached or shipped: calibrating one now, once "
+                "(%d calibration prompts generated %d tokens each: 1.5 to 6 minutes for the default model on a "
+                "2-core CPU); --readout FILE takes one you have",
+                2 * settings.n_per_class,
+                settings.max_new_tokens,
+            )
             timer = Timer()
             readout, table = calibrate(lm, fmt, settings, batch_size=max(batch_size, 32))
             readout.details["calibrated"] = {

@@ -361,7 +361,7 @@ class _Reduced:
         union = near.nonzero().flatten()
         if len(union) > vocab // 4:  # rows too flat to screen
             return None
-        exact = lm.logits_of(states, union).to(raw.device)  # [batch, P, len(union)]
+        exact = lm.logits(states, union).to(raw.device)  # [batch, P, len(union)]
         listed = exact.gather(2, torch.searchsorted(union, ids).expand(batch, -1, -1)).double()
         mask = mask_of(vocab, raw.device)
         stats = []

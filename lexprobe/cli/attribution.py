@@ -34,12 +34,8 @@ def cmd_attribute(a) -> None:
         )
     if len(result.method_names) > 1:
         print_table(result.agreement(), title="rank agreement between methods")
-    ig = result.methods[result.methods["method"] == "integrated_gradients"] if len(result.methods) else None
-    if ig is not None and len(ig):
-        print(
-            f"integrated gradients: completeness error max {ig['completeness_error'].max():.4f}, "
-            f"median {ig['completeness_error'].median():.4f}, steps median {int(ig['steps'].median())}"
-        )
+    if result.ig_summary():
+        print(result.ig_summary())
     if a.out:
         print(
             f"wrote {a.out}/attributions.csv, heatmap.html, heatmap.png ({len(result.prompts)} prompts, "

@@ -274,3 +274,16 @@ def test_steering_pathway_and_mitigations_from_the_api(probe, empty_cwd):
     same = (margins["mitigation"] == chosen["mitigation"]) & (margins["strength"] == chosen["strength"])
     np.testing.assert_allclose(fixed, margins[same]["margin"].to_numpy(), atol=1e-4)
     assert list(empty_cwd.iterdir()) == []  # nothing written
+
+
+def test_views_carry_their_caveats(probe, capsys):
+    """IG's completeness error and steps are in its view, and a steered result says it was steered."""
+    result = probe.attribute(PROMPTS[:1], methods=["ig"], faithfulness=False)
+    line = result.ig_summary()
+    assert line.startswith("integrated gradients: completeness error max") and line in result._repr_html_()
+    result.show()
+    assert line in capsys.readouterr().out
+    assert "steered" not in repr(result)
+    result.run["steering"] = "ablate x1 of the refusal direction at block 3"
+    assert "steered: ablate x1 of the refusal direction at block 3" in repr(result)
+    assert probe.attribute(PROMPTS[:1], methods=["saliency"], faithfulness=False).ig_summary() is None

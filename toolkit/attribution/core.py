@@ -98,8 +98,8 @@ class PromptTarget:
         self.temperature = scorer.readout.smooth_temperature
         if settings.target == "smooth" and self.temperature is None:
             raise InputError(
-                "this readout has no smooth-margin temperature: choose one with "
-                "lexprobe.analyses.calibrate.set_smooth_temperature, or use --target decision"
+                "this readout has no smooth-margin temperature (a readout file made without one): use the "
+                "decision target (--target decision), or leave out --readout so lexprobe takes one that has it"
             )
         self.rows_forward = 0  # rows of model input run (a measure of cost)
         self.rows_backward = 0

@@ -114,6 +114,17 @@ class AttributionResult(Result):
         idx = a.groupby(["id", "method"], sort=False)["score"].idxmax()
         return a.loc[idx].reset_index(drop=True)
 
+    def ig_summary(self) -> str | None:
+        """One line on integrated gradients' completeness errors and steps, where it ran."""
+        m = self.methods
+        ig = m[m["method"] == "integrated_gradients"] if len(m) and "method" in m else m.iloc[0:0]
+        if not len(ig):
+            return None
+        return (
+            f"integrated gradients: completeness error max {ig['completeness_error'].max():.4f}, "
+            f"median {ig['completeness_error'].median():.4f}, steps median {int(ig['steps'].median())}"
+        )
+
     def overview(self) -> pd.DataFrame:
         """Per prompt and method: the margin and the top word."""
         tops = self.top_words()[["id", "method", "word", "score"]].rename(columns={"word": "top_word"})
@@ -155,8 +166,13 @@ class AttributionResult(Result):
         from lexprobe.toolkit.viz.heatmaps import print_terminal
 
         print_terminal(self.select(list(self.prompts["id"])[:rows]), console)
+        if self.ig_summary():
+            (console.print if console is not None else print)(self.ig_summary())
 
     def _repr_html_(self) -> str:
+        import html
+
         from lexprobe.toolkit.viz.heatmaps import heatmap_notebook
 
-        return heatmap_notebook(self)
+        note = self.ig_summary()
+        return heatmap_notebook(self) + (f"<p>{html.escape(note)}</p>" if note else "")

@@ -137,13 +137,14 @@ class Result:
         )
 
     def describe(self) -> str:
-        """One line: model, dtype, system prompt."""
+        """One line: model, dtype, system prompt, and the steering where the model was steered."""
         run = self.run or {}
         system = run.get("system_prompt")
         parts = [
             run.get("model_spec"),
             run.get("dtype"),
             f"system prompt {system.get('name') if isinstance(system, dict) else system}" if system else None,
+            f"steered: {run['steering']}" if run.get("steering") else None,
         ]
         return ", ".join(str(p) for p in parts if p)
 

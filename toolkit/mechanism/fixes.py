@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,8 @@ import torch
 
 from lexprobe.probes.steering import Steering
 from lexprobe.toolkit.errors import InputError
+
+log = logging.getLogger(__name__)
 
 MAX_UNSAFE_DROP = 0.05
 KIND = "lexprobe_steering"
@@ -57,6 +60,11 @@ def false_refusal(scorer, direction, sets: dict, minimum: int = 8) -> tuple[Fals
     made = [t for t, k in zip(texts, kinds) if k in HARD]
     plain = [t for t, k in zip(texts, kinds) if k == "harmless"]
     layer, position = direction.layer, direction.position
+    log.warning(
+        "building the false-refusal vector once for this model and condition (then cached): scoring %d "
+        "harmless prompts lexprobe made and %d harmless calibration prompts, %d batches",
+        len(made), len(plain), -(-len(made) // scorer.batch_size) - (-len(plain) // scorer.batch_size),
+    )  # fmt: skip
     states, margins = prompt_states(scorer, made, "harmless prompts lexprobe made", [layer])
     base, base_margins = prompt_states(scorer, plain, "harmless calibration prompts", [layer])
     refused, answered = margins > 0, base_margins < 0

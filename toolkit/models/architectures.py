@@ -80,11 +80,12 @@ class LoadedModel:
     def unembed(self) -> torch.nn.Module:
         return self.submodule(self.arch.unembed)
 
-    def logits(self, states: torch.Tensor) -> torch.Tensor:
+    def logits(self, states: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         """[..., d_model] final-normed states -> [..., vocab] logits as the model's `forward` computes
         them (bias, soft-capping, scaling), but always in float32: a bf16 or float16 model's logits would
-        otherwise come in steps of its resolution (0.125 at 16 in bf16) and tie where they should not."""
-        weight, bias = self._unembed_float32()
+        otherwise come in steps of its resolution (0.125 at 16 in bf16) and tie where they should not.
+        With `ids`, only those tokens' logits [..., len(ids)]."""
+        weight, bias = self._unembed_float32(ids)
         flat = states.to(weight.device).float().reshape(-1, states.shape[-1])  # one 2D matmul
         logits = (flat @ weight.T).view(*states.shape[:-1], -1)
         return self.finish_logits(logits if bias is None else logits + bias)
@@ -122,29 +123,21 @@ class LoadedModel:
         top, bottom = raw.amax().float(), raw.amin().float()
         return raw, 2**-5 * float(torch.maximum(top.abs(), bottom.abs()))
 
-    def logits_of(self, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """[..., d_model] states -> [..., len(ids)]: `logits` of the tokens `ids` only, computed the same way."""
-        weight, bias = self._unembed_float32(ids)
-        flat = states.to(weight.device).float().reshape(-1, states.shape[-1])
-        logits = (flat @ weight.T).view(*states.shape[:-1], -1)
-        return self.finish_logits(logits if bias is None else logits + bias)
-
     def _unembed_float32(self, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The unembedding weight [vocab, d_model] and bias in float32 (the rows `ids` only, when given):
         the weights themselves for a float32 model, else a float32 copy made once (vocab x d_model x 4
-        bytes, on the weight's device), or of the rows asked for."""
+        bytes, on the weight's device) when the whole is asked for, or of the rows asked for."""
         weight = self.unembed.weight
         bias = getattr(self.unembed, "bias", None)
-        if weight.dtype == torch.float32:
-            return (weight, bias) if ids is None else (weight[ids], None if bias is None else bias[ids])
-        if ids is not None and "unembed_float32" not in self.extra:
-            return weight[ids].float(), None if bias is None else bias[ids].float()
-        if "unembed_float32" not in self.extra:
-            self.extra["unembed_float32"] = (
-                weight.detach().float(),
-                None if bias is None else bias.detach().float(),
-            )
-        weight, bias = self.extra["unembed_float32"]
+        if weight.dtype != torch.float32:
+            if ids is not None and "unembed_float32" not in self.extra:  # a few rows: no whole copy
+                return weight[ids].float(), None if bias is None else bias[ids].float()
+            if "unembed_float32" not in self.extra:
+                self.extra["unembed_float32"] = (
+                    weight.detach().float(),
+                    None if bias is None else bias.detach().float(),
+                )
+            weight, bias = self.extra["unembed_float32"]
         return (weight, bias) if ids is None else (weight[ids], None if bias is None else bias[ids])
 
     @property
