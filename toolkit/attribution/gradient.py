@@ -35,6 +35,7 @@ from lexprobe.toolkit.attribution.core import (
     gradients_together,
 )
 from lexprobe.toolkit.attribution.words import to_words
+from lexprobe.toolkit.io.progress import progress
 
 
 def completeness_error(total: float, f_x: float, f_b: float) -> float:
@@ -75,8 +76,11 @@ def integrated_gradients_tokens(
         plans = [_trapezoid(settings, adaptive=settings.rule == "adaptive") for _ in targets]
     asked = {i: next(plan) for i, plan in enumerate(plans)}  # target index -> alphas it needs next
     done: dict[int, tuple[np.ndarray, dict]] = {}
+    # the adaptive rule decides its points as it goes: the bar counts points with their rate, no total
+    bar = progress(None, desc=f"integrating {len(targets)} prompt(s)", unit="point")
     while asked:
         answers = _projected([(targets[i], bases[i], alphas) for i, alphas in asked.items()])
+        bar.update(sum(len(alphas) for alphas in asked.values()))
         following = {}
         for i, answer in zip(asked, answers):
             try:
@@ -86,6 +90,7 @@ def integrated_gradients_tokens(
                 info["converged"] = bool(info["completeness_error"] <= settings.tolerance)
                 done[i] = attr, {"rule": settings.rule, **info}
         asked = following
+    bar.close()
     return [done[i] for i in range(len(targets))]
 
 
