@@ -148,6 +148,8 @@ def faithfulness_png(result, path: str | Path) -> Path | None:
         ax.bar(x + 0.2, rand, 0.4, label="random ranking", color=NEUTRAL)
         ax.set_xticks(x, names, rotation=35, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
+        unit = "area under the margin curve" if metric == "deletion_auc" else "margin drop"
+        ax.set_ylabel(f"{unit}, mean of {f['id'].nunique()} prompts", fontsize=8)
         ax.axhline(0, color="#444", lw=0.6)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper left", ncol=2, fontsize=8, frameon=False)
