@@ -354,7 +354,7 @@ def run(
     if session.lm.dtype != torch.float32 and "integrated_gradients" in methods:
         log.warning(
             "integrated gradients in %s reach their completeness tolerance less often than in float32 "
-            "(8 of 12 refused XSTest prompts against 12 of 12, README): check `completeness_error` "
+            "(8 of 12 refused XSTest prompts against 12 of 12, docs/models.md): check `completeness_error` "
             "in methods.csv, or use --dtype float32",
             str(session.lm.dtype).removeprefix("torch."),
         )

@@ -22,7 +22,7 @@ Three margins come out (`MarginReader`):
                      gradients can integrate; greedy decoding's sign as T -> 0
 
 and p_refuse = sigmoid(margin). On XSTest with the default model the decision margin separated refused
-from answered prompts far better than the sampled one (README, "Margin validity"), because greedy
+from answered prompts far better than the sampled one (docs/margin.md, "Margin validity"), because greedy
 decoding takes the single most likely token while compliance spreads its mass over many openings.
 Logits and log-probabilities are computed in float32 and float64 whatever the model's dtype.
 """

@@ -92,6 +92,6 @@ def test_validate_margin_on_a_sample_of_xstest(tmp_path, default_session):
     result = run(cfg)
     s = result.summary
     assert s["n"] == 24 and 0 < s["refusal_rate"] < 1
-    assert s["auroc"] >= 0.85  # 0.984 on all 450 prompts with 128 new tokens (README)
+    assert s["auroc"] >= 0.85  # 0.984 on all 450 prompts with 128 new tokens (docs/margin.md)
     assert s["auroc_ci95"][0] <= s["auroc"] <= s["auroc_ci95"][1]
     assert (tmp_path / "v" / "reliability.png").exists()

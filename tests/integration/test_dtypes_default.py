@@ -1,7 +1,7 @@
 """The default model in bf16 against float32 (slow: loads it twice). Both use the float32 readout, so
 every difference is arithmetic: no margin is a placeholder, bf16 batched equals bf16 unbatched within
 BF16_BATCH, and bf16 margins stay near float32's. The full 450-prompt comparison with each dtype's own
-readout is `python benchmarks/gpu_check.py --device cpu` (README, dtype table)."""
+readout is `python benchmarks/gpu_check.py --device cpu` (docs/models.md, dtype table)."""
 
 import numpy as np
 import pytest

@@ -4,7 +4,7 @@ The default classifier's weights were fitted on these same rows, so checks of it
 they catch a classifier that no longer loads, featurizes differently from training, or mislabels clear
 cases. Generalisation to an unseen model is checked by `test_cues_generalise_to_the_held_out_model`
 (the cue layer, refitted here on one model and scored on the other) and reported in full, with
-embeddings, by `scripts/train_classifier.py` (README, "The default classifier").
+embeddings, by `scripts/train_classifier.py` (docs/behaviour.md, "The default classifier").
 """
 
 from __future__ import annotations

@@ -96,3 +96,31 @@ def test_the_code_names_no_file_outside_the_repository():
             continue
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"\.\./shared|notes/\w|GUIDE\.md", text), f"{path.relative_to(ROOT)}"
+
+
+def test_the_readme_is_a_landing_page_and_the_docs_site_builds_strictly(tmp_path):
+    """The README stays short (what it is, install, the two commands, the API example, links); the
+    guides in docs/ build as a site with no warning (a broken link or a page outside the nav fails)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 200
+    linked = set(re.findall(r"\]\(docs/([\w-]+\.md)\)", readme))
+    assert linked == {p.name for p in (ROOT / "docs").glob("*.md")} - {
+        "index.md"
+    }  # every guide, no dead link
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "-f",
+            str(ROOT / "mkdocs.yml"),
+            "-d",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0 and "WARNING" not in proc.stderr, proc.stderr[-2000:]
+    assert (tmp_path / "speed" / "index.html").exists()

@@ -51,7 +51,7 @@ def describe_machine(device: torch.device) -> str:
     return f"{name}, {torch.get_num_threads()} threads, {bf16}"
 
 
-# What `--dtype auto` picks, from benchmarks/gpu_check.py on the default model over XSTest (README,
+# What `--dtype auto` picks, from benchmarks/gpu_check.py on the default model over XSTest (docs/models.md,
 # "Dtypes, devices and architectures"): bf16 scores agree with float32 (sign 99.1%, same AUROC), and on
 # a CPU with native bf16 scoring runs 4x faster in 2/3 of the memory (benchmarks/throughput.py); but
 # integrated gradients reached their 5% completeness tolerance on 8 of 12 refused prompts in bf16
