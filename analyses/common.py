@@ -22,6 +22,7 @@ from lexprobe.toolkit.models.architectures import state_dict_sha256, wrap_model
 from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
 from lexprobe.toolkit.models.loader import LoadedModel, load_model
 from lexprobe.toolkit.models.templates import resolve_template, template_for
+from lexprobe.toolkit.readouts.calibrate import calibration_prompts, get_readout, set_smooth_temperature
 
 log = logging.getLogger(__name__)
 # What every resumed run must share with the one it continues (each study adds its own settings)
@@ -151,8 +152,6 @@ class Session:
         """A readout file without the smooth margin's temperature gets one, chosen on the calibration
         prompts as calibration does (a calibrated readout has it already)."""
         if self.readout.smooth_temperature is None:
-            from lexprobe.analyses.calibrate import calibration_prompts, set_smooth_temperature
-
             set_smooth_temperature(
                 self.lm, self.fmt, self.readout, calibration_prompts(), max(batch_size, 32)
             )
@@ -208,7 +207,6 @@ def _session(lm: LoadedModel, system: SystemPrompt, opts: ModelOptions, need_rea
     fmt = ChatFormat(lm.tokenizer, system, template_for(lm, opts.chat_template))
     readout = None
     if need_readout:
-        from lexprobe.analyses.calibrate import get_readout
         from lexprobe.probes.readout import load_readout_file
 
         if isinstance(opts.readout, RefusalReadout):

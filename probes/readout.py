@@ -1,6 +1,6 @@
 """A model's refusal readout from labelled response openings: the trie (`derive_readout`), the
 bundled refusal openings for models that rarely refuse, the smooth margin's temperature rule, and
-readout files. Calibrating one on a model's own responses is a study: `lexprobe.analyses.calibrate`.
+readout files. Calibrating one on a model's own responses: `lexprobe.toolkit.readouts.calibrate`.
 
 The trie: a prefix is *expanded* (its next tokens listed) when at least `min_count` responses of each
 label pass through it, up to `max_depth` tokens. A listed token's refusal rate is smoothed toward its

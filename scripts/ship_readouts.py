@@ -5,7 +5,7 @@ and bfloat16, and write them to prompts/readouts/ so a cold start loads them.
     python scripts/ship_readouts.py --dtype float32 --condition none
     python scripts/ship_readouts.py --model gemma3 --condition model-default   # its gemma template
 
-Each file is named by the readout cache key (analyses/calibrate.py: readout version, weights sha256,
+Each file is named by the readout cache key (toolkit/readouts/calibrate.py: readout version, weights sha256,
 dtype, condition, settings), so lexprobe finds exactly the readout it would calibrate, and carries its
 provenance (machine, seconds, commit, versions) in `details.calibrated`. `prompts/readouts/index.json`
 lists them. Calibration is deterministic on one machine; `tests/integration/test_shipped_readouts.py`
@@ -18,11 +18,11 @@ import argparse
 import json
 from pathlib import Path
 
-from lexprobe.analyses.calibrate import _cache_key, get_readout
 from lexprobe.probes.readout import ReadoutSettings
 from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt, system_presets
 from lexprobe.toolkit.models.loader import load_model
 from lexprobe.toolkit.models.templates import template_for
+from lexprobe.toolkit.readouts.calibrate import _cache_key, get_readout
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "prompts" / "readouts"

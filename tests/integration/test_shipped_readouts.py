@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from lexprobe import prompts
-from lexprobe.analyses.calibrate import SHIPPED, _cache_key, calibrate
 from lexprobe.probes.readout import ReadoutSettings, load_readout_file
 from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.readouts.calibrate import SHIPPED, _cache_key, calibrate
 
 pytestmark = pytest.mark.slow
 

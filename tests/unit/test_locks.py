@@ -43,7 +43,7 @@ def test_a_builder_clears_what_a_killed_build_left(tmp_path):
 def test_two_processes_calibrate_a_readout_once(tmp_path):
     """Started together, one process calibrates while the other waits for the lock and reads the result."""
     script = (
-        "from lexprobe.analyses.calibrate import get_readout\n"
+        "from lexprobe.toolkit.readouts.calibrate import get_readout\n"
         "from lexprobe.probes.readout import ReadoutSettings\n"
         "from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt\n"
         "from lexprobe.toolkit.models.loader import load_model\n"

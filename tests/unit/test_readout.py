@@ -65,9 +65,9 @@ def test_readout_rejects_orphan_paths():
 def test_a_model_that_never_refuses_gets_the_refusal_openings(tiny, tmp_path, monkeypatch, caplog):
     """tiny-random refuses no calibration prompt: calibration still gives a readout, from the bundled
     refusal openings tokenised for it, says so, and records it; its margins are finite."""
-    from lexprobe.analyses.calibrate import get_readout
     from lexprobe.probes.readout import opening_sequences, refusal_openings
     from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+    from lexprobe.toolkit.readouts.calibrate import get_readout
     from lexprobe.toolkit.scoring.scorer import Scorer
 
     monkeypatch.setenv("LEXPROBE_CACHE", str(tmp_path))
@@ -122,10 +122,10 @@ def test_the_default_models_readouts_ship_for_every_preset_condition(condition, 
     import torch
 
     from lexprobe import prompts
-    from lexprobe.analyses.calibrate import SHIPPED, _cache_key
     from lexprobe.probes.readout import load_readout_file
     from lexprobe.toolkit.models.chat import SystemPrompt
     from lexprobe.toolkit.models.loader import DEFAULT_GGUF_SHA256
+    from lexprobe.toolkit.readouts.calibrate import SHIPPED, _cache_key
 
     lm = SimpleNamespace(weights_sha256=DEFAULT_GGUF_SHA256, dtype=getattr(torch, dtype))
     fmt = SimpleNamespace(describe=SystemPrompt.parse(condition).describe)  # the model's own template
@@ -139,8 +139,8 @@ def test_the_default_models_readouts_ship_for_every_preset_condition(condition, 
 
 
 def test_a_shipped_readout_is_used_and_recalibrate_calibrates_all_the_same(tiny, tmp_path, monkeypatch):
-    from lexprobe.analyses import calibrate
     from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+    from lexprobe.toolkit.readouts import calibrate
 
     monkeypatch.setenv("LEXPROBE_CACHE", str(tmp_path / "cache"))
     fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("none"))
