@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import functools
 import inspect
+import logging
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from lexprobe.analyses import attribute as _attribute
 from lexprobe.analyses import contrast as _contrast
@@ -309,6 +311,16 @@ class Probe:
         `settings` are `AttributionSettings` fields: target, n_steps, max_steps, tolerance, rule,
         baseline, n_samples, replacement, group_phrases, seed."""
         settings.setdefault("batch_size", self.options.batch_size)
+        if (
+            self.options.dtype == "auto"
+            and self.session.lm.dtype != torch.float32
+            and not self.options.gradients
+        ):
+            logging.getLogger("lexprobe").warning(
+                "this probe was loaded in %s for forward passes (dtype='auto'); the CLI attributes in float32: "
+                "lexprobe.load(..., attribution=True) for the same numbers",
+                str(self.session.lm.dtype).removeprefix("torch."),
+            )
         config = _attribute.AttributeConfig(
             model=self.options,
             methods=listed(methods),

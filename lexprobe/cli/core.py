@@ -16,7 +16,7 @@ def cmd_score(a) -> None:
     from lexprobe.analyses.score import ScoreConfig, run
     from lexprobe.toolkit.io.console import print_table
 
-    suite = prompts_suite(a.prompts, a.suite)
+    suite = prompts_suite(a)
     result = run(ScoreConfig.from_cli(a), suite=suite)
     if suite is not None:  # a few prompts of one's own: their margins, not a per-type summary
         columns = ["id", "prompt", "margin", "p_refuse"]
@@ -33,12 +33,17 @@ def cmd_score(a) -> None:
     print(f"wrote {a.out}/scores.csv ({len(result.frame)} prompts, {result.run['wall_seconds']} s)")
 
 
-def prompts_suite(prompts: list[str] | None, suite: str | None):
+def prompts_suite(a):
     """The suite of `--prompt` texts (ids 1, 2, ...), or None for `--suite`; one of the two is given."""
     from lexprobe.toolkit.errors import InputError
 
+    prompts, suite = a.prompts, a.suite
     if bool(prompts) == (suite is not None):
         raise InputError("give either --prompt TEXT (one or more) or --suite S, not both or neither")
+    chosen = [f for f, v in (("--type", a.types), ("--ids", a.ids), ("--limit", a.limit)) if v]
+    if prompts and chosen:
+        verb = "selects" if len(chosen) == 1 else "select"
+        raise InputError(f"{', '.join(chosen)} {verb} prompts of a --suite, not --prompt texts")
     if not prompts:
         return None
     if any(not p.strip() for p in prompts):

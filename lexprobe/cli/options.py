@@ -87,12 +87,13 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
-        if choice:  # a mistyped command or choice: say the closest one first
+        if choice:  # a mistyped command or choice
             options = re.findall(r"'([^']*)'", choice.group(2)) or [
                 c.strip() for c in choice.group(2).split(",")
             ]
             hint = did_you_mean(choice.group(1), options, quote="'")
-            message = message.replace("(choose from", f"({hint}choose from") if hint else message
+            if hint:  # the closest one, not the whole list
+                message = message[: choice.start()] + f"invalid choice: '{choice.group(1)}': {hint.rstrip()}"
         message = re.sub(r"^argument (--[\w-]+)(/[^:]*)?: (must|is|'|invalid)", r"\1 \3", message)
         sys.stderr.write(f"lexprobe: error: {plain(message)} (see `{self.prog} --help`)\n")
         sys.exit(2)
@@ -167,7 +168,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--dtype",
         default="auto",
-        help="auto | float32 | bfloat16 | float16; auto: float32 on CPU, on CUDA bf16 (float32 for runs that attribute)",
+        help="auto | float32 | bfloat16 | float16; auto: bf16 on CUDA and on a CPU with native bf16, else float32 "
+        "(float32 everywhere for runs that attribute)",
     )
     g.add_argument(
         "--chat-template", default=None, metavar="T",

@@ -12,6 +12,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import lexprobe
 from lexprobe.cli import main
@@ -287,3 +288,18 @@ def test_views_carry_their_caveats(probe, capsys):
     result.run["steering"] = "ablate x1 of the refusal direction at block 3"
     assert "steered: ablate x1 of the refusal direction at block 3" in repr(result)
     assert probe.attribute(PROMPTS[:1], methods=["saliency"], faithfulness=False).ig_summary() is None
+
+
+def test_attributing_with_a_probe_auto_loaded_in_bf16_says_the_cli_would_use_float32(monkeypatch, capsys):
+    from lexprobe.toolkit.models import devices
+
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)
+    probe = lexprobe.load("tiny-random")
+    assert probe.session.lm.dtype == torch.bfloat16
+    capsys.readouterr()
+    probe.attribute(PROMPTS[:1], methods=["saliency"], faithfulness=False)
+    assert "the CLI attributes in float32" in capsys.readouterr().err
+    lexprobe.load("tiny-random", attribution=True).attribute(
+        PROMPTS[:1], methods=["saliency"], faithfulness=False
+    )
+    assert "the CLI attributes in float32" not in capsys.readouterr().err

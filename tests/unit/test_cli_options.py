@@ -175,6 +175,8 @@ def test_every_command_shows_an_example_that_parses(tmp_path, monkeypatch, capsy
          "did you mean 'homonyms'?"),
         (["score", "--model", "tiny-random", "--out", "o"], "give either --prompt TEXT"),
         (["score", "--model", "tiny-random", "--suite", "xstest", "--prompt", "hi", "--out", "o"], "not both"),
+        (["score", "--model", "tiny-random", "--prompt", "hi", "--type", "homonyms", "--out", "o"],
+         "--type selects prompts of a --suite, not --prompt texts"),
     ],
 )  # fmt: skip
 def test_mistyped_names_get_the_closest_one_before_any_model_loads(tmp_path, monkeypatch, capsys, argv, hint):

@@ -57,13 +57,13 @@ def describe_machine(device: torch.device) -> str:
 # integrated gradients reached their 5% completeness tolerance on 8 of 12 refused prompts in bf16
 # against 12 of 12 in float32, so a run that attributes takes float32 everywhere.
 AUTO_DTYPE_WHY = {
-    "cuda": "auto: bfloat16 on CUDA for forward passes (scores agree with float32; the readout stays float32)",
-    "cuda-gradients": "auto: float32 on CUDA because this run attributes (IG converges in float32)",
-    "cpu-bf16": "auto: bfloat16 on this CPU, which has native bf16, for forward passes (scores agree with "
-    "float32; the readout stays float32)",
-    "cpu-gradients": "auto: float32 on CPU because this run attributes (IG converges in float32)",
-    "cpu": "auto: float32 on this CPU, which has no native bf16 (emulated bf16 is slower)",
-    "other": "auto: float32 (bf16 is not tested on this device)",
+    "cuda": "auto: bfloat16 on CUDA for forward passes; scores agree with float32, the readout stays float32",
+    "cuda-gradients": "auto: float32 on CUDA because this run attributes; IG converges in float32",
+    "cpu-bf16": "auto: bfloat16 on this CPU, which has native bf16, for forward passes; scores agree with "
+    "float32, the readout stays float32",
+    "cpu-gradients": "auto: float32 on CPU because this run attributes; IG converges in float32",
+    "cpu": "auto: float32 on this CPU, which has no native bf16; emulated bf16 is slower",
+    "other": "auto: float32; bf16 is not tested on this device",
 }
 DTYPES = {
     "float32": torch.float32,

@@ -344,7 +344,11 @@ def _build_converted_cache(source: Path, directory: Path, gguf_sha: str, dtype: 
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    log.warning("first load in %s: converting the cached weights once into %s", dtype, directory)
+    log.warning(
+        "first load in %s: converting the cached weights once into %s",
+        str(dtype).removeprefix("torch."),
+        directory,
+    )
     with atomic_dir(directory) as tmp:
         for path in source.iterdir():
             if path.name not in (MANIFEST, WEIGHTS):
