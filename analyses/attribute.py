@@ -38,7 +38,7 @@ from lexprobe.toolkit.attribution.core import attribute_together, score_texts
 from lexprobe.toolkit.attribution.result import ATTRIBUTION_COLUMNS, PROMPT_COLUMNS, AttributionResult
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
-from lexprobe.toolkit.io.progress import progress
+from lexprobe.toolkit.io.progress import count, progress
 from lexprobe.toolkit.io.results import Timer, provenance, write_run
 from lexprobe.toolkit.io.rows import append_whole, check_resumable
 from lexprobe.toolkit.io.suites import Suite
@@ -400,12 +400,12 @@ def run(
     if config.parallel.active and groups:
         with config.parallel.cluster(session, config.settings.batch_size) as cluster:
             done_groups = cluster.run(attribute_shard, [(g, methods, config) for g in groups])
-            bar = f"attributing {len(records)} prompts on {cluster.workers} Ray workers"
+            bar = f"attributing {count(len(records), 'prompt')} on {cluster.workers} Ray workers"
             for _, done_parts in progress(done_groups, desc=bar, total=len(groups), unit="group"):
                 parts += _keep(out, done_parts)
     else:
         with progress(
-            None, total=len(records), desc=f"attributing {len(records)} prompts", unit="prompt"
+            None, total=len(records), desc=f"attributing {count(len(records), 'prompt')}", unit="prompt"
         ) as bar:
             for group in groups:
                 parts += _keep(out, attribute_records(scorer, group, methods, config))

@@ -36,6 +36,7 @@ from lexprobe.analyses.common import (
 from lexprobe.toolkit import stats
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
+from lexprobe.toolkit.io.progress import count
 from lexprobe.toolkit.io.results import MultiTableResult, Timer, provenance
 from lexprobe.toolkit.io.suites import read_table
 from lexprobe.toolkit.scoring.scorer import Scorer
@@ -149,7 +150,7 @@ def run(config: ContrastConfig, session: Session | None = None) -> ContrastResul
     probe = probe_option(session, config.harmfulness, config.model.batch_size)
     scorer = VariantScorer(Scorer(session.lm, session.fmt, session.readout, config.model.batch_size, probe))
     texts = list(dict.fromkeys(pairs["safe_prompt"].tolist() + pairs["unsafe_prompt"].tolist()))
-    scorer.score(texts, desc=f"scoring {len(texts)} prompts")
+    scorer.score(texts, desc=f"scoring {count(len(texts), 'prompt')}")
     pairs["margin_safe"] = scorer.margins(pairs["safe_prompt"].tolist())
     pairs["margin_unsafe"] = scorer.margins(pairs["unsafe_prompt"].tolist())
     if probe is not None:

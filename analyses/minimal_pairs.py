@@ -35,7 +35,7 @@ from lexprobe.probes.harmfulness import HarmfulnessProbe
 from lexprobe.toolkit import stats
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError
-from lexprobe.toolkit.io.progress import progress
+from lexprobe.toolkit.io.progress import count, progress
 from lexprobe.toolkit.io.results import MultiTableResult, provenance
 from lexprobe.toolkit.io.suites import Suite, read_table
 from lexprobe.toolkit.scoring.scorer import Scorer
@@ -142,14 +142,14 @@ def run(config: PerturbConfig, session: Session | None = None, suite: Suite | No
         shipped = replace(config, attributions=None, parallel=ParallelOptions())  # what a shard needs
         jobs = [(c.to_dict("records"), shipped, lexicon, rewrites, threshold) for c in chunks]
         with config.parallel.cluster(session, config.model.batch_size) as cluster:
-            bar = f"perturbing {len(todo)} prompts on {cluster.workers} Ray workers"
+            bar = f"perturbing {count(len(todo), 'prompt')} on {cluster.workers} Ray workers"
             for _, (rows, n) in progress(
                 cluster.run(perturb_shard, jobs), desc=bar, total=len(chunks), unit="chunk"
             ):
                 out.write(rows)
                 scored += n
     else:
-        for chunk in progress(chunks, desc=f"perturbing {len(todo)} prompts", unit="chunk"):
+        for chunk in progress(chunks, desc=f"perturbing {count(len(todo), 'prompt')}", unit="chunk"):
             out.write(_sweep(chunk, sub, scorer, threshold))
         scored = len(scorer.cache)
     result = out.finish(n_perturbed_this_run=len(todo), n_texts_scored_this_run=scored)

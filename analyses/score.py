@@ -21,6 +21,7 @@ from lexprobe.analyses.common import (
     with_harmfulness,
 )
 from lexprobe.toolkit.config import Options
+from lexprobe.toolkit.io.progress import count
 from lexprobe.toolkit.io.results import TableResult, provenance
 from lexprobe.toolkit.io.suites import Suite
 from lexprobe.toolkit.scoring.scorer import Scorer
@@ -134,7 +135,7 @@ def run(config: ScoreConfig, session: Session | None = None, suite: Suite | None
         out.write(rows)
 
     if len(todo) and config.parallel.active:
-        desc = f"scoring {len(todo)} prompts"
+        desc = f"scoring {count(len(todo), 'prompt')}"
         probe_json = probe.to_json() if probe is not None else None
         config.parallel.run(
             session, config.model.batch_size, todo, score_shard, (config.layers, probe_json), write, desc
@@ -144,7 +145,7 @@ def run(config: ScoreConfig, session: Session | None = None, suite: Suite | None
         scorer.score(
             todo["prompt"].tolist(),
             layers=config.layers,
-            desc=f"scoring {len(todo)} prompts",
+            desc=f"scoring {count(len(todo), 'prompt')}",
             on_batch=write,
             ids=todo["id"].tolist(),
         )

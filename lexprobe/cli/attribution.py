@@ -21,6 +21,7 @@ FIGURE_FORMATS = ["html", "png", "svg", "pdf"]
 def cmd_attribute(a) -> None:
     from lexprobe.analyses.attribute import AttributeConfig, run
     from lexprobe.toolkit.io.console import print_table
+    from lexprobe.toolkit.io.progress import count
     from lexprobe.toolkit.viz.heatmaps import print_terminal
 
     result = run(AttributeConfig.from_cli(a))
@@ -38,7 +39,7 @@ def cmd_attribute(a) -> None:
         print(result.ig_summary())
     if a.out:
         print(
-            f"wrote {a.out}/attributions.csv, heatmap.html, heatmap.png ({len(result.prompts)} prompts, "
+            f"wrote {a.out}/attributions.csv, heatmap.html, heatmap.png ({count(len(result.prompts), 'prompt')}, "
             f"{result.run['wall_seconds']} s)"
         )
 

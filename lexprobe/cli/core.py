@@ -15,6 +15,7 @@ from lexprobe.cli.options import (
 def cmd_score(a) -> None:
     from lexprobe.analyses.score import ScoreConfig, run
     from lexprobe.toolkit.io.console import print_table
+    from lexprobe.toolkit.io.progress import count
 
     suite = prompts_suite(a)
     result = run(ScoreConfig.from_cli(a), suite=suite)
@@ -30,7 +31,7 @@ def cmd_score(a) -> None:
             "AUROC, unsafe against safe prompts: "
             + "; ".join(f"{named[k]} {v:.3f}" for k, v in separation.items())
         )
-    print(f"wrote {a.out}/scores.csv ({len(result.frame)} prompts, {result.run['wall_seconds']} s)")
+    print(f"wrote {a.out}/scores.csv ({count(len(result.frame), 'prompt')}, {result.run['wall_seconds']} s)")
 
 
 def prompts_suite(a):

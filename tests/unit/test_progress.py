@@ -39,3 +39,7 @@ def test_in_a_notebook_without_ipywidgets_bars_are_plain_lines_and_never_nested(
     list(inner)
     list(outer)
     assert "\x1b[" not in err.getvalue() and "outer" in err.getvalue()
+
+
+def test_counts_read_as_english():
+    assert [P.count(n, "prompt") for n in (0, 1, 2)] == ["0 prompts", "1 prompt", "2 prompts"]

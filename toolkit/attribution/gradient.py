@@ -35,7 +35,7 @@ from lexprobe.toolkit.attribution.core import (
     gradients_together,
 )
 from lexprobe.toolkit.attribution.words import to_words
-from lexprobe.toolkit.io.progress import progress
+from lexprobe.toolkit.io.progress import count, progress
 
 
 def completeness_error(total: float, f_x: float, f_b: float) -> float:
@@ -77,7 +77,7 @@ def integrated_gradients_tokens(
     asked = {i: next(plan) for i, plan in enumerate(plans)}  # target index -> alphas it needs next
     done: dict[int, tuple[np.ndarray, dict]] = {}
     # the adaptive rule decides its points as it goes: the bar counts points with their rate, no total
-    bar = progress(None, desc=f"integrating {len(targets)} prompt(s)", unit="point")
+    bar = progress(None, desc=f"integrating {count(len(targets), 'prompt')}", unit="point")
     while asked:
         answers = _projected([(targets[i], bases[i], alphas) for i, alphas in asked.items()])
         bar.update(sum(len(alphas) for alphas in asked.values()))

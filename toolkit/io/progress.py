@@ -52,6 +52,11 @@ def install_notes() -> None:
         logger.propagate = False
 
 
+def count(n: int, noun: str) -> str:
+    """'1 prompt', '2 prompts': a number of things, for progress bars and summaries."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def close_bars() -> None:
     """Close the progress bars still drawn (they clear their line), so what follows starts a line."""
     for bar in list(getattr(tqdm, "_instances", ())):
