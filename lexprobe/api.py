@@ -311,11 +311,7 @@ class Probe:
         `settings` are `AttributionSettings` fields: target, n_steps, max_steps, tolerance, rule,
         baseline, n_samples, replacement, group_phrases, seed."""
         settings.setdefault("batch_size", self.options.batch_size)
-        if (
-            self.options.dtype == "auto"
-            and self.session.lm.dtype != torch.float32
-            and not self.options.gradients
-        ):
+        if self.options.dtype == "auto" and self.session.lm.dtype != torch.float32:  # auto chose bf16
             logging.getLogger("lexprobe").warning(
                 "this probe was loaded in %s for forward passes (dtype='auto'); the CLI attributes in float32: "
                 "lexprobe.load(..., attribution=True) for the same numbers",

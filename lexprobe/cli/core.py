@@ -51,11 +51,9 @@ def prompts_suite(a):
         raise InputError("--prompt is empty: give the text to score")
     import pandas as pd
 
-    from lexprobe.toolkit.io.suites import Suite
+    from lexprobe.toolkit.io.suites import suite_from_frame
 
-    ids = [str(i + 1) for i in range(len(prompts))]
-    frame = pd.DataFrame({"id": ids, "prompt": prompts, "type": "prompt", "label": ""})
-    return Suite("prompt", frame, "command line")
+    return suite_from_frame(pd.DataFrame({"prompt": prompts}), "prompt", "command line")
 
 
 def cmd_generate(a) -> None:

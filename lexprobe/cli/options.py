@@ -80,8 +80,7 @@ class Parser(argparse.ArgumentParser):
         self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
     def format_help(self) -> str:
-        command = self.prog.split()[-1]
-        examples = EXAMPLES.get(command) if command != "lexprobe" else None
+        examples = EXAMPLES.get(self.prog.split()[-1])  # a subcommand's; none for `lexprobe` itself
         text = super().format_help()
         return text + "\nexamples:\n" + "".join(f"  {e}\n" for e in examples) if examples else text
 

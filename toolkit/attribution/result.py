@@ -166,8 +166,9 @@ class AttributionResult(Result):
         from lexprobe.toolkit.viz.heatmaps import print_terminal
 
         print_terminal(self.select(list(self.prompts["id"])[:rows]), console)
-        if self.ig_summary():
-            (console.print if console is not None else print)(self.ig_summary())
+        note = self.ig_summary()
+        if note:
+            (console.print if console is not None else print)(note)
 
     def _repr_html_(self) -> str:
         import html

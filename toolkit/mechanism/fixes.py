@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def false_refusal(scorer, direction, sets: dict, minimum: int = 8) -> tuple[Fals
     log.warning(
         "building the false-refusal vector once for this model and condition (then cached): scoring %d "
         "harmless prompts lexprobe made and %d harmless calibration prompts, %d batches",
-        len(made), len(plain), -(-len(made) // scorer.batch_size) - (-len(plain) // scorer.batch_size),
+        len(made), len(plain), sum(math.ceil(n / scorer.batch_size) for n in (len(made), len(plain))),
     )  # fmt: skip
     states, margins = prompt_states(scorer, made, "harmless prompts lexprobe made", [layer])
     base, base_margins = prompt_states(scorer, plain, "harmless calibration prompts", [layer])
