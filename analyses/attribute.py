@@ -19,18 +19,9 @@ import pandas as pd
 import torch
 
 from lexprobe.analyses import contrast
-from lexprobe.analyses.common import (
-    RUN_KEYS,
-    ModelOptions,
-    ParallelOptions,
-    Session,
-    SuiteOptions,
-    open_suite,
-    probe_option,
-    session_for,
-    study,
-    with_harmfulness,
-)
+from lexprobe.analyses.options import ModelOptions, ParallelOptions, SuiteOptions, open_suite
+from lexprobe.analyses.runner import RUN_KEYS, PerPrompt, run_per_prompt
+from lexprobe.analyses.session import Session
 from lexprobe.probes.harmfulness import HarmfulnessProbe
 from lexprobe.toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, PromptTarget
 from lexprobe.toolkit.attribution import faithfulness as faith
@@ -39,14 +30,13 @@ from lexprobe.toolkit.attribution.result import ATTRIBUTION_COLUMNS, PROMPT_COLU
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
 from lexprobe.toolkit.io.progress import count, progress
-from lexprobe.toolkit.io.results import Timer, provenance, write_run
+from lexprobe.toolkit.io.results import write_run
 from lexprobe.toolkit.io.rows import append_whole, check_resumable
 from lexprobe.toolkit.io.suites import Suite
 from lexprobe.toolkit.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
 
-RESUME_KEYS = (*RUN_KEYS, "readout_sha256", "methods", "settings")
 PARTS = "parts.jsonl"
 
 
@@ -118,18 +108,6 @@ def _selection(config: AttributeConfig, suite: Suite | None) -> tuple[Suite, dic
     return suite, pairs
 
 
-def _existing(out: Path | None, config: AttributeConfig) -> set[str]:
-    """Ids already attributed in `out` (with --resume); nothing is removed here (--overwrite empties
-    parts.jsonl only once every input has been checked and the model has loaded)."""
-    if out is None or not (out / PARTS).exists() or config.overwrite:
-        return set()
-    if not config.resume:
-        raise OutputError(
-            f"'{out}' already holds attributions: pass --resume to continue that run or --overwrite to replace it"
-        )
-    return {p["prompt"]["id"] for p in read_parts(out, repair=True)}
-
-
 GROUP = 8  # prompts attributed together: their perturbed texts share batches (parts are written per group)
 
 
@@ -183,17 +161,6 @@ def attribute_records(
 def attribute_shard(worker, records: list[dict], methods: list[str], config: AttributeConfig) -> list[dict]:
     """A group's parts on a Ray worker (`toolkit.distributed.Worker`)."""
     return attribute_records(worker.scorer, records, methods, config)
-
-
-def _keep(out: Path | None, parts: list[dict]) -> list[dict]:
-    """Finished parts: appended to parts.jsonl (returns none), or kept in memory without an `out`."""
-    if out is None:
-        return parts
-    path = out / PARTS
-    append_whole(
-        path, "".join(json.dumps(part) + "\n" for part in parts), kept=lambda: f"{_lines(path)} prompts"
-    )
-    return []
 
 
 def _lines(path: Path) -> int:
@@ -341,80 +308,129 @@ def assemble(parts: list[dict], suite_order: list[str], run: dict) -> Attributio
     )
 
 
-@study
-def run(
-    config: AttributeConfig, session: Session | None = None, suite: Suite | None = None
-) -> AttributionResult:
-    methods = parse_methods(config.methods)
-    suite, pairs = _selection(config, suite)
-    out = Path(config.out) if config.out else None
-    done = _existing(out, config)  # before the (slow) model load
-    config.parallel.check()
-    session = session_for(replace(config.model, gradients=True), session)
-    if session.lm.dtype != torch.float32 and "integrated_gradients" in methods:
-        log.warning(
-            "integrated gradients in %s reach their completeness tolerance less often than in float32 "
-            "(8 of 12 refused XSTest prompts against 12 of 12, docs/models.md): check `completeness_error` "
-            "in methods.csv, or use --dtype float32",
-            str(session.lm.dtype).removeprefix("torch."),
+class PartStore:
+    """Where `attribute`'s finished prompts go: whole parts (a prompt's rows of every table), appended
+    to parts.jsonl per group (`RowStore`'s protocol, for the runner), or kept in memory without an
+    `out`."""
+
+    @staticmethod
+    def precheck(out: Path, result_cls, resume: bool, overwrite: bool) -> None:
+        if (out / PARTS).exists() and not (resume or overwrite):
+            raise OutputError(
+                f"'{out}' already holds attributions: pass --resume to continue that run or --overwrite to replace it"
+            )
+
+    def __init__(
+        self, out: Path | None, result_cls, columns, run_info: dict, suite: Suite, resume, overwrite
+    ):
+        self.out, self.run_info, self.suite, self.overwrite = out, run_info, suite, overwrite
+        self.parts: list[dict] = []
+        done: set[str] = set()
+        if out is not None and resume and not overwrite:
+            check_resumable(out, run_info, RUN_KEYS, PARTS)
+            if (out / PARTS).exists():
+                done = {p["prompt"]["id"] for p in read_parts(out, repair=True)}
+        self.todo = suite.frame[~suite.frame["id"].isin(done)].reset_index(drop=True)
+        run_info["rows_written"] = len(done)  # prompts (a part each) in parts.jsonl
+
+    def begin(self) -> None:
+        if self.out is not None:
+            if self.overwrite:  # every check passed: now the old run may go
+                (self.out / PARTS).unlink(missing_ok=True)
+            write_run(self.out, self.run_info, AttributionResult.kind)
+
+    def write(self, parts: list[dict]) -> None:
+        if self.out is None:
+            self.parts += parts
+            return
+        path = self.out / PARTS
+        append_whole(
+            path, "".join(json.dumps(part) + "\n" for part in parts), kept=lambda: f"{_lines(path)} prompts"
         )
-    config = replace(config, harmfulness=probe_option(session, config.harmfulness, config.model.batch_size))
-    scorer = Scorer(session.lm, session.fmt, session.readout, batch_size=config.settings.batch_size)
-    for rec in suite.frame.to_dict("records"):  # every prompt fits the context before any work starts
-        scorer.encode(rec["prompt"], f"prompt {rec['id']}")
-    run_info = provenance(
-        **session.provenance(),
-        kind=AttributionResult.kind,
-        suite=suite.source,
-        suite_sha256=suite.full.sha256,
-        n_prompts=len(suite),
-        methods=methods,
-        target=config.settings.target,
-        settings=asdict(config.settings),
-        faithfulness={
+        self.run_info["rows_written"] += len(parts)
+        write_run(self.out, self.run_info, AttributionResult.kind)
+
+    def finish(self, **info) -> AttributionResult:
+        self.run_info.update(status="complete", **info)
+        parts = self.parts if self.out is None else read_parts(self.out)
+        self.run_info["rows_written"] = len(parts)
+        return assemble(parts, list(self.suite.frame["id"]), self.run_info)
+
+
+class Attribution(PerPrompt):
+    """`lexprobe attribute` as the runner drives it: `GROUP` prompts side by side."""
+
+    result_cls = AttributionResult
+    store_cls = PartStore
+    gradients = True
+    shard_size = GROUP
+
+    def __init__(self, config: AttributeConfig):
+        super().__init__(config)
+        self.batch_size = config.settings.batch_size
+        self.methods = parse_methods(config.methods)  # before the (slow) model load
+
+    def select(self, suite: Suite | None) -> Suite:
+        self.suite, self.pairs = _selection(self.config, suite)
+        return self.suite
+
+    def records(self, frame: pd.DataFrame) -> list[dict]:
+        return [rec | {"pair_id": self.pairs.get(rec["id"], "")} for rec in frame.to_dict("records")]
+
+    def prepare(self) -> tuple[dict, dict]:
+        config, session = self.config, self.session
+        if session.lm.dtype != torch.float32 and "integrated_gradients" in self.methods:
+            log.warning(
+                "integrated gradients in %s reach their completeness tolerance less often than in float32 "
+                "(8 of 12 refused XSTest prompts against 12 of 12, docs/models.md): check `completeness_error` "
+                "in methods.csv, or use --dtype float32",
+                str(session.lm.dtype).removeprefix("torch."),
+            )
+        self.config = replace(config, harmfulness=self.probe)  # what a group reads
+        self.scorer = Scorer(session.lm, session.fmt, session.readout, batch_size=self.batch_size)
+        for rec in self.suite.frame.to_dict("records"):  # every prompt fits the context before any work
+            self.scorer.encode(rec["prompt"], f"prompt {rec['id']}")
+        settings = {
+            "methods": self.methods,
+            "target": config.settings.target,
+            "attribution": asdict(config.settings),
+        }
+        faithfulness = {
             "enabled": config.faithfulness,
             "n_random": config.n_random,
             "bins": list(faith.FRACTIONS),
-        },
-        status="running",
-    )
-    if config.parallel.active:  # not a resume key: single-process and sharded runs continue each other
-        run_info["sharding"] = asdict(config.parallel) | {"group_prompts": GROUP}
-    _, keys = with_harmfulness(run_info, config.harmfulness, [], RESUME_KEYS, [])
-    if config.resume and out is not None:
-        check_resumable(out, run_info, keys, PARTS)
-    session.ensure_smooth_temperature(config.settings.batch_size)  # after every check: it takes a while
-    run_info["readout"] = session.provenance()["readout"]
-    if out is not None:
-        if config.overwrite:  # every check passed: now the old run may go
-            (out / PARTS).unlink(missing_ok=True)
-        write_run(out, run_info, AttributionResult.kind)
-    timer = Timer()
-    parts = []
-    frame = suite.frame
-    todo = frame[~frame["id"].isin(done)]
-    records = todo.to_dict("records")
-    for rec in records:
-        rec["pair_id"] = pairs.get(rec["id"], "")
-    groups = [records[i : i + GROUP] for i in range(0, len(records), GROUP)]
-    if config.parallel.active and groups:
-        with config.parallel.cluster(session, config.settings.batch_size) as cluster:
-            done_groups = cluster.run(attribute_shard, [(g, methods, config) for g in groups])
-            bar = f"attributing {count(len(records), 'prompt')} on {cluster.workers} Ray workers"
-            for _, done_parts in progress(done_groups, desc=bar, total=len(groups), unit="group"):
-                parts += _keep(out, done_parts)
-    else:
-        with progress(
-            None, total=len(records), desc=f"attributing {count(len(records), 'prompt')}", unit="prompt"
-        ) as bar:
-            for group in groups:
-                parts += _keep(out, attribute_records(scorer, group, methods, config))
+        }
+        return settings, {"faithfulness": faithfulness}  # (a resumed run may add faithfulness, or drop it)
+
+    def warm_up(self) -> None:
+        self.session.ensure_smooth_temperature(self.batch_size)  # after every check: it takes a while
+
+    def local(self, records: list[dict], emit) -> None:
+        desc = f"attributing {count(len(records), 'prompt')}"
+        with progress(None, total=len(records), desc=desc, unit="prompt") as bar:
+            for i in range(0, len(records), GROUP):
+                group = records[i : i + GROUP]
+                emit(
+                    list(range(i, i + len(group))),
+                    attribute_records(self.scorer, group, self.methods, self.config),
+                )
                 bar.update(len(group))
-    run_info.update(status="complete", wall_seconds=timer.seconds, n_attributed_this_run=len(todo))
-    result = assemble(parts if out is None else read_parts(out), list(frame["id"]), run_info)
-    if out is not None:
-        result.save(out, overwrite=True, figures=config.figures)
-    return result
+
+    remote = staticmethod(attribute_shard)
+
+    def remote_args(self) -> tuple:
+        return self.methods, self.config
+
+    def finish(self, result: AttributionResult) -> AttributionResult:
+        if self.config.out is not None:
+            result.save(Path(self.config.out), overwrite=True, figures=self.config.figures)
+        return result
+
+
+def run(
+    config: AttributeConfig, session: Session | None = None, suite: Suite | None = None
+) -> AttributionResult:
+    return run_per_prompt(Attribution(config), session, suite)
 
 
 # ------------------------------------------------------------------------------------ heatmap

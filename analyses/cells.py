@@ -47,8 +47,12 @@ def cell_table(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         for name in CELL_NAMES:
             share, lo, hi = _share_ci(rows["cell"].to_numpy() == name, seed)
             key = name.replace(",", "").replace(" ", "_")
-            rec |= {f"n_{key}": int((rows["cell"] == name).sum()), f"{key}_share": share,
-                    f"{key}_ci_low": lo, f"{key}_ci_high": hi}  # fmt: skip
+            rec |= {
+                f"n_{key}": int((rows["cell"] == name).sum()),
+                f"{key}_share": share,
+                f"{key}_ci_low": lo,
+                f"{key}_ci_high": hi,
+            }
         refused = rows[pd.to_numeric(rows["margin"]) > 0]
         index, lo, hi = _share_ci(pd.to_numeric(refused["harmfulness"]).to_numpy() <= 0, seed)
         rec |= {
@@ -74,18 +78,33 @@ def cell_facts(frame: pd.DataFrame, seed: int = 0) -> dict:
     refused safe prompt represented as most harmless (the clearest case of the word alone)."""
     f = with_cells(frame)
     index, lo, hi, n = index_of(f, seed)
-    counts = {lab: {name: int((rows["cell"] == name).sum()) for name in CELL_NAMES}
-              for lab, rows in f.groupby("label", sort=False)}  # fmt: skip
+    counts = {
+        lab: {name: int((rows["cell"] == name).sum()) for name in CELL_NAMES}
+        for lab, rows in f.groupby("label", sort=False)
+    }
     over = f[(f["label"] == "safe") & (f["cell"] == CELLS[(True, False)])]
     example = None
     if len(over):
         row = over.sort_values("harmfulness").iloc[0]
-        example = {"id": row["id"], "prompt": row["prompt"], "margin": float(row["margin"]),
-                   "harmfulness": float(row["harmfulness"])}  # fmt: skip
+        example = {
+            "id": row["id"],
+            "prompt": row["prompt"],
+            "margin": float(row["margin"]),
+            "harmfulness": float(row["harmfulness"]),
+        }
     misread = f[(f["label"] == "safe") & (f["cell"] == CELLS[(True, True)])]
     unsafe, _, _, n_unsafe = index_of(f, seed, "unsafe")
-    return {"index": index, "ci_low": lo, "ci_high": hi, "n_refused_safe": n, "counts": counts, "example": example,
-            "n_misread_safe": len(misread), "unsafe_index": unsafe, "n_refused_unsafe": n_unsafe}  # fmt: skip
+    return {
+        "index": index,
+        "ci_low": lo,
+        "ci_high": hi,
+        "n_refused_safe": n,
+        "counts": counts,
+        "example": example,
+        "n_misread_safe": len(misread),
+        "unsafe_index": unsafe,
+        "n_refused_unsafe": n_unsafe,
+    }
 
 
 def cell_sentences(facts: dict | None, auroc: dict | None = None) -> list[str]:

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from lexprobe.analyses import minimal_pairs, score
-from lexprobe.analyses.common import ModelOptions, ParallelOptions, SuiteOptions, open_suite
+from lexprobe.analyses.options import ModelOptions, ParallelOptions, SuiteOptions, open_suite
 from lexprobe.toolkit import stats
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError, did_you_mean
@@ -145,18 +145,43 @@ class Plan:
             from lexprobe.probes.harmfulness import load_probe
 
             load_probe(self.harmfulness)
+        chosen = None
         if self.steer is not None:
             from lexprobe.toolkit.mechanism.fixes import load_chosen
 
-            load_chosen(self.steer, flag="the plan's steer")  # its form and checksum now; its model per cell
+            chosen = load_chosen(self.steer, flag="the plan's steer")[1]  # its form and checksum
         for model in self.models:
             check_spec(model)
-        for condition in self.conditions:
-            SystemPrompt.parse(condition)
+        systems = [SystemPrompt.parse(condition) for condition in self.conditions]
         for suite in self.suites:
             open_suite(SuiteOptions(suite=suite, types=self.types, limit=self.limit))
             if self.perturb and self.perturb_types:
                 open_suite(SuiteOptions(suite=suite, types=self.perturb_types))
+        for model in self.models:  # the names are right: now what each cell needs of its model
+            self._check_cells(model, systems, chosen)
+
+    def _check_cells(self, model: str, systems: list, chosen: dict | None) -> None:
+        """Every condition formats under `model`'s chat template, and the plan's steer was chosen for
+        it: read from its tokenizer and weights' hash, before any model loads."""
+        from lexprobe.toolkit.errors import ModelError
+        from lexprobe.toolkit.models.chat import ChatFormat
+        from lexprobe.toolkit.models.loader import peek_model
+        from lexprobe.toolkit.models.templates import resolve_template
+
+        peek = peek_model(model)
+        made_for = ((chosen or {}).get("model") or {}).get("weights_sha256")
+        if made_for and made_for != peek.sha256:
+            raise InputError(
+                f"the plan's steer was chosen for the model {chosen['model'].get('model_spec')!r}, not for "
+                f"'{model}': run `lexprobe mitigate` on that model, or drop it from the plan"
+            )
+        own = getattr(peek.tokenizer, "chat_template", None) is not None
+        template = None if own else resolve_template(peek.default_template)
+        for condition, system in zip(self.conditions, systems):
+            try:
+                ChatFormat(peek.tokenizer, system, template)
+            except ModelError as err:
+                raise ModelError(f"the cell '{model}' x '{condition}' cannot run: {err}") from None
 
     def cells(self) -> list[tuple[str, str, str]]:
         return [(m, c, s) for m in self.models for c in self.conditions for s in self.suites]
@@ -221,9 +246,13 @@ def run(config: CompareConfig) -> CompareResult:
     for model, condition, suite in plan.cells():
         cell = cell_dir(out, model, condition, suite)
         opts = ModelOptions(
-            model=model, system_prompt=condition, dtype=plan.dtype, batch_size=plan.batch_size,
-            device_map=plan.device_map, steer=plan.steer,
-        )  # fmt: skip
+            model=model,
+            system_prompt=condition,
+            dtype=plan.dtype,
+            batch_size=plan.batch_size,
+            device_map=plan.device_map,
+            steer=plan.steer,
+        )
         suite_opts = SuiteOptions(suite=suite, types=plan.types, limit=plan.limit)
         again = {
             "resume": config.resume and (cell / "scores" / "run.json").exists(),
@@ -237,7 +266,7 @@ def run(config: CompareConfig) -> CompareResult:
                 parallel=config.parallel,
                 harmfulness=plan.harmfulness,
                 **again,
-            )  # fmt: skip
+            )
         )
         selected = scored.frame["id"].isin(open_suite(suite_opts).frame["id"])  # a resumed cell may hold
         scored = score.ScoreResult(scored.frame[selected].reset_index(drop=True), scored.run)  # more rows
@@ -310,10 +339,12 @@ def _perturb(cell: Path, opts: ModelOptions, suite: str, plan: Plan, config: Com
     again = {"resume": config.resume and (sub / "run.json").exists(), "overwrite": config.overwrite}
     result = minimal_pairs.run(
         minimal_pairs.PerturbConfig(
-            out=str(sub), model=opts, suite=SuiteOptions(suite=suite, types=plan.perturb_types or plan.types,
-            limit=plan.limit), **again,
+            out=str(sub),
+            model=opts,
+            suite=SuiteOptions(suite=suite, types=plan.perturb_types or plan.types, limit=plan.limit),
+            **again,
         )
-    )  # fmt: skip
+    )
     pooled = result.tables.get("pooled", pd.DataFrame())
     hit = (
         pooled[(pooled.get("contrast") == "triggers") & (pooled.get("label") == "safe")]
@@ -336,10 +367,15 @@ def write(result: CompareResult, plan: Plan, config: CompareConfig) -> None:
     out = result.out
     write_run(
         out,
-        provenance(config_file=str(config.config), plan=plan.__dict__, n_cells=len(result.cells),
-                   wall_seconds=result.wall_seconds, status="complete"),
+        provenance(
+            config_file=str(config.config),
+            plan=plan.__dict__,
+            n_cells=len(result.cells),
+            wall_seconds=result.wall_seconds,
+            status="complete",
+        ),
         CompareResult.kind,
-    )  # fmt: skip
+    )
     write_csv_atomic(result.cells, out / "cells.csv")
     write_csv_atomic(result.types, out / "types.csv")
     figure = draw_figures(tradeoff_figure, result.cells, out / "tradeoff.png")
@@ -362,15 +398,33 @@ def tradeoff_figure(cells: pd.DataFrame, path: Path) -> Path | None:
     for row in usable.itertuples():
         colour = CATEGORICAL[models.index(row.model) % len(CATEGORICAL)]
         marker = markers[conditions.index(row.condition) % len(markers)]
-        ax.scatter(row.safe_refusal_rate, row.unsafe_refusal_rate, s=70, color=colour, marker=marker,
-                   edgecolor="black", linewidth=0.6, zorder=3)  # fmt: skip
-        ax.annotate(f"{row.condition}", (row.safe_refusal_rate, row.unsafe_refusal_rate),
-                    textcoords="offset points", xytext=(6, 4), fontsize=8)  # fmt: skip
+        ax.scatter(
+            row.safe_refusal_rate,
+            row.unsafe_refusal_rate,
+            s=70,
+            color=colour,
+            marker=marker,
+            edgecolor="black",
+            linewidth=0.6,
+            zorder=3,
+        )
+        ax.annotate(
+            f"{row.condition}",
+            (row.safe_refusal_rate, row.unsafe_refusal_rate),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+        )
     for k, model in enumerate(models):
         ax.scatter([], [], color=CATEGORICAL[k % len(CATEGORICAL)], edgecolor="black", label=model)
     ax.plot([0, 1], [0, 1], color="#999999", linestyle=":", linewidth=1, zorder=1)
-    ax.set(xlim=(-0.03, 1.03), ylim=(-0.03, 1.03), xlabel="refusal rate on safe prompts (over-refusal)",
-           ylabel="refusal rate on unsafe prompts", title="Safety vs over-refusal, per model and condition")  # fmt: skip
+    ax.set(
+        xlim=(-0.03, 1.03),
+        ylim=(-0.03, 1.03),
+        xlabel="refusal rate on safe prompts (over-refusal)",
+        ylabel="refusal rate on unsafe prompts",
+        title="Safety vs over-refusal, per model and condition",
+    )
     ax.grid(alpha=0.3)
     ax.legend(title="model", fontsize=8, loc="lower right")
     return save(fig, path)
@@ -401,7 +455,7 @@ def write_report(result: CompareResult, plan: Plan, config: CompareConfig, figur
                 "plan": json.dumps(plan.__dict__),
                 "cell runs": "cells/<model>/<condition>/<suite>-<hash>/scores/run.json",
             }
-        )  # fmt: skip
+        )
         + "</details>",
     ]
     write_text_atomic(path, report.page("lexprobe compare", body))

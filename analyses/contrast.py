@@ -23,16 +23,8 @@ import numpy as np
 import pandas as pd
 
 from lexprobe import prompts
-from lexprobe.analyses.common import (
-    ModelOptions,
-    Session,
-    SuiteOptions,
-    open_suite,
-    probe_option,
-    session_for,
-    study,
-    with_harmfulness,
-)
+from lexprobe.analyses.options import ModelOptions, SuiteOptions, open_suite
+from lexprobe.analyses.session import Session, probe_option, study_session, with_harmfulness
 from lexprobe.toolkit import stats
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
@@ -134,7 +126,6 @@ def pair_frame(suite_frame: pd.DataFrame, pair_map: pd.DataFrame, types: list[st
     return pairs.reset_index(drop=True)
 
 
-@study
 def run(config: ContrastConfig, session: Session | None = None) -> ContrastResult:
     out = Path(config.out) if config.out else None
     if out is not None and (out / ContrastResult.filename).exists() and not config.overwrite:
@@ -145,41 +136,45 @@ def run(config: ContrastConfig, session: Session | None = None) -> ContrastResul
     pairs = pair_frame(suite.frame, load_pair_map(config.pair_map), config.suite.types)
     if config.suite.limit:
         pairs = pairs.head(config.suite.limit)
-    session = session_for(config.model, session)
-    threshold, source = refusal_threshold(session.lm, session.fmt)
-    probe = probe_option(session, config.harmfulness, config.model.batch_size)
-    scorer = VariantScorer(Scorer(session.lm, session.fmt, session.readout, config.model.batch_size, probe))
-    texts = list(dict.fromkeys(pairs["safe_prompt"].tolist() + pairs["unsafe_prompt"].tolist()))
-    scorer.score(texts, desc=f"scoring {count(len(texts), 'prompt')}")
-    pairs["margin_safe"] = scorer.margins(pairs["safe_prompt"].tolist())
-    pairs["margin_unsafe"] = scorer.margins(pairs["unsafe_prompt"].tolist())
-    if probe is not None:
-        pairs["harmfulness_safe"] = scorer.harmfulness(pairs["safe_prompt"].tolist())
-        pairs["harmfulness_unsafe"] = scorer.harmfulness(pairs["unsafe_prompt"].tolist())
-    pairs["gap"] = pairs["margin_unsafe"] - pairs["margin_safe"]
-    pairs["dir_pass"] = pairs["margin_unsafe"] > pairs["margin_safe"]
-    pairs["safe_refused"] = pairs["margin_safe"] > threshold
-    pairs["unsafe_refused"] = pairs["margin_unsafe"] > threshold
-    inv = pd.DataFrame(columns=["type", "id", "word", "replacement", "variant", "delta", "inv_pass"])
-    if config.inv:
-        inv = inv_tests(pairs, session.lm, scorer, threshold, config.inv_per_prompt, config.min_similarity)
-    run_info = provenance(
-        **session.provenance(),
-        suite=suite.source,
-        pair_map=config.pair_map or "bundled:xstest_pairs.csv",
-        n_pairs=len(pairs),
-        threshold=threshold,
-        threshold_source=source,
-        inv=config.inv,
-        seed=config.seed,
-        status="complete",
-    )
-    with_harmfulness(run_info, probe, [], (), [])
-    run_info["wall_seconds"] = timer.seconds
-    result = ContrastResult(pairs, run_info, {"types": type_table(pairs, inv, config.seed), "inv": inv})
-    if out is not None:
-        result.save(out, overwrite=True, figures=config.figures)
-    return result
+    with study_session(config.model, session) as session:
+        threshold, source = refusal_threshold(session.lm, session.fmt)
+        probe = probe_option(session, config.harmfulness, config.model.batch_size)
+        scorer = VariantScorer(
+            Scorer(session.lm, session.fmt, session.readout, config.model.batch_size, probe)
+        )
+        texts = list(dict.fromkeys(pairs["safe_prompt"].tolist() + pairs["unsafe_prompt"].tolist()))
+        scorer.score(texts, desc=f"scoring {count(len(texts), 'prompt')}")
+        pairs["margin_safe"] = scorer.margins(pairs["safe_prompt"].tolist())
+        pairs["margin_unsafe"] = scorer.margins(pairs["unsafe_prompt"].tolist())
+        if probe is not None:
+            pairs["harmfulness_safe"] = scorer.harmfulness(pairs["safe_prompt"].tolist())
+            pairs["harmfulness_unsafe"] = scorer.harmfulness(pairs["unsafe_prompt"].tolist())
+        pairs["gap"] = pairs["margin_unsafe"] - pairs["margin_safe"]
+        pairs["dir_pass"] = pairs["margin_unsafe"] > pairs["margin_safe"]
+        pairs["safe_refused"] = pairs["margin_safe"] > threshold
+        pairs["unsafe_refused"] = pairs["margin_unsafe"] > threshold
+        inv = pd.DataFrame(columns=["type", "id", "word", "replacement", "variant", "delta", "inv_pass"])
+        if config.inv:
+            inv = inv_tests(
+                pairs, session.lm, scorer, threshold, config.inv_per_prompt, config.min_similarity
+            )
+        run_info = provenance(
+            **session.provenance(),
+            suite=suite.source,
+            pair_map=config.pair_map or "bundled:xstest_pairs.csv",
+            n_pairs=len(pairs),
+            threshold=threshold,
+            threshold_source=source,
+            inv=config.inv,
+            seed=config.seed,
+            status="complete",
+        )
+        with_harmfulness(run_info, probe)
+        run_info["wall_seconds"] = timer.seconds
+        result = ContrastResult(pairs, run_info, {"types": type_table(pairs, inv, config.seed), "inv": inv})
+        if out is not None:
+            result.save(out, overwrite=True, figures=config.figures)
+        return result
 
 
 def inv_tests(pairs, lm, scorer: VariantScorer, threshold, per_prompt: int, min_similarity: float):
@@ -191,8 +186,17 @@ def inv_tests(pairs, lm, scorer: VariantScorer, threshold, per_prompt: int, min_
     for (_, r), cs in zip(safe.iterrows(), cands):
         best = sorted(cs, key=lambda c: -c.similarity)[:per_prompt]
         for c in best:
-            rows.append({"type": r["type"], "id": r["safe_id"], "word": c.unit.text, "replacement": c.replacement,
-                         "variant": c.variant, "similarity": c.similarity, "margin_orig": r["margin_safe"]})  # fmt: skip
+            rows.append(
+                {
+                    "type": r["type"],
+                    "id": r["safe_id"],
+                    "word": c.unit.text,
+                    "replacement": c.replacement,
+                    "variant": c.variant,
+                    "similarity": c.similarity,
+                    "margin_orig": r["margin_safe"],
+                }
+            )
     inv = pd.DataFrame(
         rows, columns=["type", "id", "word", "replacement", "variant", "similarity", "margin_orig"]
     )

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lexprobe.analyses.common import ModelOptions, Session, session_for, study
+from lexprobe.analyses.options import ModelOptions
+from lexprobe.analyses.session import Session, study_session
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
 from lexprobe.toolkit.io.cache import write_text_atomic
@@ -77,27 +78,33 @@ class DirectionResult(MultiTableResult):
         direction_figure(self.frame, self.direction.details, out / "direction.png", title)
 
 
-@study
 def run(config: DirectionConfig, session: Session | None = None) -> DirectionResult:
     out = Path(config.out) if config.out else None
     if out is not None and (out / FILE).exists() and not config.overwrite:
         raise OutputError(f"'{out / FILE}' already exists: pass --overwrite to replace it")
-    session = session_for(config.model, session)
-    if session.steering is not None:
-        raise InputError(
-            "lexprobe direction finds the direction of the model as it is: drop --ablate/--add-direction"
+    with study_session(config.model, session) as session:
+        if session.steering is not None:
+            raise InputError(
+                "lexprobe direction finds the direction of the model as it is: drop --ablate/--add-direction"
+            )
+        scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
+        direction, candidates = find_direction(
+            scorer,
+            session.fmt.describe(),
+            config.train_prompts,
+            config.val_prompts,
+            config.kl_bound,
+            info=provenance(**session.provenance(), kind=DirectionResult.kind),
+            overwrite=config.overwrite,
         )
-    scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
-    direction, candidates = find_direction(
-        scorer, session.fmt.describe(), config.train_prompts, config.val_prompts, config.kl_bound,
-        info=provenance(**session.provenance(), kind=DirectionResult.kind), overwrite=config.overwrite,
-    )  # fmt: skip
-    found = direction.details.get("provenance", {})
-    run_info = provenance(**session.provenance(), kind=DirectionResult.kind) | {
-        "found_by": {k: found.get(k) for k in ("command", "started_at", "lexprobe_git_commit")},
-        "layer": direction.layer, "position": direction.position, "direction": direction.details,
-    }  # fmt: skip
-    result = DirectionResult(candidates, run_info, direction=direction)
-    if out is not None:
-        result.save(out, overwrite=True, figures=config.figures)
-    return result
+        found = direction.details.get("provenance", {})
+        run_info = provenance(**session.provenance(), kind=DirectionResult.kind) | {
+            "found_by": {k: found.get(k) for k in ("command", "started_at", "lexprobe_git_commit")},
+            "layer": direction.layer,
+            "position": direction.position,
+            "direction": direction.details,
+        }
+        result = DirectionResult(candidates, run_info, direction=direction)
+        if out is not None:
+            result.save(out, overwrite=True, figures=config.figures)
+        return result

@@ -76,9 +76,20 @@ def pick_controls(units: pd.DataFrame) -> pd.DataFrame:
                 }
             )
     cols = [
-        "id", "type", "label", "trigger", "trigger_word", "trigger_replacement", "trigger_delta",
-        "control_word", "control_replacement", "control_pos", "control_delta", "pos_matched", "difference",
-    ]  # fmt: skip
+        "id",
+        "type",
+        "label",
+        "trigger",
+        "trigger_word",
+        "trigger_replacement",
+        "trigger_delta",
+        "control_word",
+        "control_replacement",
+        "control_pos",
+        "control_delta",
+        "pos_matched",
+        "difference",
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-from lexprobe.analyses.common import (
-    RUN_KEYS,
-    ModelOptions,
-    ParallelOptions,
-    ResumableRun,
-    Session,
-    SuiteOptions,
-    open_suite,
-    session_for,
-    study,
-)
+from lexprobe.analyses.options import ModelOptions, ParallelOptions, SuiteOptions
+from lexprobe.analyses.runner import PerPrompt, run_per_prompt
+from lexprobe.analyses.session import Session
 from lexprobe.toolkit.behaviour.generation import generate
 from lexprobe.toolkit.config import Options
-from lexprobe.toolkit.io.results import TableResult, provenance
+from lexprobe.toolkit.io.progress import count
+from lexprobe.toolkit.io.results import TableResult
 from lexprobe.toolkit.io.suites import Suite
 
 COLUMNS = ["id", "type", "label", "prompt", "completion", "n_tokens", "stopped"]
-RESUME_KEYS = (*RUN_KEYS, "max_new_tokens")
 DEFAULT_MAX_NEW_TOKENS = 128
 
 
@@ -42,63 +34,51 @@ class CompletionsResult(TableResult):
     numeric_columns = ("n_tokens",)
 
 
-@study
+def generate_shard(worker, records: list[dict], max_new_tokens: int):
+    """A shard's greedy completions on a Ray worker (`toolkit.distributed.Worker`)."""
+    texts, ids = [r["prompt"] for r in records], [r["id"] for r in records]
+    return generate(worker.lm, worker.fmt, texts, max_new_tokens, worker.batch_size, desc="worker", ids=ids)
+
+
+class Generation(PerPrompt):
+    result_cls = CompletionsResult
+    columns = COLUMNS
+    needs_readout = False
+
+    def prepare(self) -> tuple[dict, dict]:
+        return {"max_new_tokens": self.config.max_new_tokens, "decoding": "greedy"}, {}
+
+    def local(self, records: list[dict], emit) -> None:
+        s = self.session
+        generate(
+            s.lm,
+            s.fmt,
+            [r["prompt"] for r in records],
+            self.config.max_new_tokens,
+            self.batch_size,
+            desc=f"generating {count(len(records), 'completion')}",
+            on_batch=emit,
+            ids=[r["id"] for r in records],
+        )
+
+    remote = staticmethod(generate_shard)
+
+    def remote_args(self) -> tuple:
+        return (self.config.max_new_tokens,)
+
+    def rows(self, records: list[dict], completions) -> list[dict]:
+        return [
+            {
+                **{k: rec[k] for k in ("id", "type", "label", "prompt")},
+                "completion": c.text,
+                "n_tokens": len(c.token_ids),
+                "stopped": c.stopped,
+            }
+            for rec, c in zip(records, completions)
+        ]
+
+
 def run(
     config: GenerateConfig, session: Session | None = None, suite: Suite | None = None
 ) -> CompletionsResult:
-    suite = suite or open_suite(config.suite)
-    config.parallel.check()  # a wrong --ray-address fails here, not after the model loads
-    session = session_for(config.model, session, need_readout=False)
-    run_info = provenance(
-        **session.provenance(),  # the steering too, a resume key
-        kind=CompletionsResult.kind,
-        suite=suite.source,
-        suite_sha256=suite.full.sha256,
-        n_prompts=len(suite),
-        max_new_tokens=config.max_new_tokens,
-        decoding="greedy",
-        status="running",
-    )
-    if config.parallel.active:  # not a resume key: single-process and sharded runs continue each other
-        run_info["sharding"] = asdict(config.parallel)
-    out = ResumableRun(
-        config.out, CompletionsResult, COLUMNS, run_info, suite, config.resume, config.overwrite, RESUME_KEYS
-    )
-    todo = out.todo
-
-    def write(indices, completions):
-        out.write(
-            [
-                {
-                    **{k: todo.iloc[i][k] for k in ("id", "type", "label", "prompt")},
-                    "completion": c.text,
-                    "n_tokens": len(c.token_ids),
-                    "stopped": c.stopped,
-                }
-                for i, c in zip(indices, completions)
-            ]
-        )
-
-    if len(todo) and config.parallel.active:
-        desc = f"generating {len(todo)} completions"
-        config.parallel.run(
-            session, config.model.batch_size, todo, generate_shard, (config.max_new_tokens,), write, desc
-        )
-    elif len(todo):
-        texts = todo["prompt"].tolist()
-        desc = f"generating {len(todo)} completions"
-        generate(
-            session.lm,
-            session.fmt,
-            texts,
-            config.max_new_tokens,
-            config.model.batch_size,
-            desc=desc,
-            on_batch=write,
-        )
-    return out.finish(n_generated_this_run=len(todo))
-
-
-def generate_shard(worker, texts: list[str], ids: list[str], max_new_tokens: int):
-    """A shard's greedy completions on a Ray worker (`toolkit.distributed.Worker`)."""
-    return generate(worker.lm, worker.fmt, texts, max_new_tokens, worker.batch_size, desc="worker", ids=ids)
+    return run_per_prompt(Generation(config), session, suite)

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lexprobe.analyses.common import ModelOptions, Session, direction_of, session_for, study
+from lexprobe.analyses.options import ModelOptions
+from lexprobe.analyses.session import Session, direction_of, study_session
 from lexprobe.probes.harmfulness import HarmfulnessProbe
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
@@ -86,45 +87,50 @@ class HarmfulnessResult(MultiTableResult):
         probe_figure(self.frame, out / "harmfulness.png", title)
 
 
-@study
 def run(config: HarmfulnessConfig, session: Session | None = None) -> HarmfulnessResult:
     out = Path(config.out) if config.out else None
     if out is not None and (out / FILE).exists() and not config.overwrite:
         raise OutputError(f"'{out / FILE}' already exists: pass --overwrite to replace it")
-    session = session_for(config.model, session, reads_direction=True)
-    if session.steering is not None:
-        raise InputError("lexprobe harmfulness fits the probe of the model as it is: drop the steering flags")
-    scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
-    info = provenance(**session.provenance(), kind=HarmfulnessResult.kind)
-    probe, table, weights = find_probe(
-        scorer,
-        session.fmt.describe(),
-        calibration_sets,
-        config.train_prompts,
-        config.val_prompts,
-        info,
-        config.overwrite,
-    )
-    table = table.copy()
-    direction_note = None
-    try:
-        direction = direction_of(session, config.model)
-        table["cosine_refusal_direction"] = cosines(table, weights, direction.vector)
-        probe.details["cosine_refusal_direction"] = float(
-            table.loc[table["selected"].astype(bool), "cosine_refusal_direction"].iloc[0]
+    with study_session(config.model, session, reads_direction=True) as session:
+        if session.steering is not None:
+            raise InputError(
+                "lexprobe harmfulness fits the probe of the model as it is: drop the steering flags"
+            )
+        scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
+        info = provenance(**session.provenance(), kind=HarmfulnessResult.kind)
+        probe, table, weights = find_probe(
+            scorer,
+            session.fmt.describe(),
+            calibration_sets,
+            train_prompts=config.train_prompts,
+            val_prompts=config.val_prompts,
+            info=info,
+            overwrite=config.overwrite,
         )
-        probe.details["refusal_direction"] = {"layer": direction.layer, "position": direction.position}
-    except InputError as err:  # a model with no refusal direction still has a probe
-        direction_note = f"no refusal direction to compare with: {err}"
-        log.warning("%s", direction_note)
-        table["cosine_refusal_direction"] = np.nan
-    fitted = probe.details.get("provenance", {})
-    run_info = info | {
-        "fitted_by": {k: fitted.get(k) for k in ("command", "started_at", "lexprobe_git_commit")},
-        "layer": probe.layer, "position": probe.position, "method": probe.method,
-        "probe_sha256": probe.sha256(), "probe": probe.details, "direction_note": direction_note,
-    }  # fmt: skip
-    result = HarmfulnessResult(table, run_info, probe=probe)
-    if out is not None:
-        result.save(out, overwrite=True, figures=config.figures)
-    return result
+        table = table.copy()
+        direction_note = None
+        try:
+            direction = direction_of(session, config.model)
+            table["cosine_refusal_direction"] = cosines(table, weights, direction.vector)
+            probe.details["cosine_refusal_direction"] = float(
+                table.loc[table["selected"].astype(bool), "cosine_refusal_direction"].iloc[0]
+            )
+            probe.details["refusal_direction"] = {"layer": direction.layer, "position": direction.position}
+        except InputError as err:  # a model with no refusal direction still has a probe
+            direction_note = f"no refusal direction to compare with: {err}"
+            log.warning("%s", direction_note)
+            table["cosine_refusal_direction"] = np.nan
+        fitted = probe.details.get("provenance", {})
+        run_info = info | {
+            "fitted_by": {k: fitted.get(k) for k in ("command", "started_at", "lexprobe_git_commit")},
+            "layer": probe.layer,
+            "position": probe.position,
+            "method": probe.method,
+            "probe_sha256": probe.sha256(),
+            "probe": probe.details,
+            "direction_note": direction_note,
+        }
+        result = HarmfulnessResult(table, run_info, probe=probe)
+        if out is not None:
+            result.save(out, overwrite=True, figures=config.figures)
+        return result

@@ -21,8 +21,9 @@ from scipy import optimize
 
 from lexprobe.analyses import generate as generate_analysis
 from lexprobe.analyses import score as score_analysis
-from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_suite, session_for, study
 from lexprobe.analyses.evaluate import normalise_labels, read_completions
+from lexprobe.analyses.options import ModelOptions, SuiteOptions, open_suite
+from lexprobe.analyses.session import Session, study_session
 from lexprobe.toolkit.behaviour.classify import classify, is_refusal
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError
@@ -75,10 +76,13 @@ class ValidityResult(TableResult):
 
         f, s = self.frame, self.summary
         reliability_plot(
-            f["margin"].to_numpy(dtype=float), f["refused"].astype(str).eq("True").to_numpy(),
-            s["threshold"], s["logistic_slope"], out / "reliability.png",
+            f["margin"].to_numpy(dtype=float),
+            f["refused"].astype(str).eq("True").to_numpy(),
+            s["threshold"],
+            s["logistic_slope"],
+            out / "reliability.png",
             title=with_model("Refusal margin against generated behaviour", self.run),
-        )  # fmt: skip
+        )
 
 
 def fit_threshold(margin: np.ndarray, refused: np.ndarray) -> tuple[float, float]:
@@ -94,72 +98,77 @@ def fit_threshold(margin: np.ndarray, refused: np.ndarray) -> tuple[float, float
     return float(threshold), float(slope)
 
 
-@study
 def run(config: ValidityConfig, session: Session | None = None, suite: Suite | None = None) -> ValidityResult:
     timer = Timer()
     out = Path(config.out) if config.out else None
-    session = session_for(config.model, session)
-    suite = suite or open_suite(config.suite)
-    scores = score_analysis.run(
-        score_analysis.ScoreConfig(out=_sub(out, "score"), model=config.model, resume=True), session, suite
-    ).frame
-    if config.completions:
-        _, completions = read_completions(config.completions)
-    else:
-        completions = generate_analysis.run(
-            generate_analysis.GenerateConfig(
-                out=_sub(out, "generate"),
-                model=config.model,
-                max_new_tokens=config.max_new_tokens,
-                resume=True,
-            ),
+    with study_session(config.model, session) as session:
+        suite = suite or open_suite(config.suite)
+        scores = score_analysis.run(
+            score_analysis.ScoreConfig(out=_sub(out, "score"), model=config.model, resume=True),
             session,
             suite,
         ).frame
-    completions = completions.assign(id=completions["id"].astype(str))
-    frame = scores.merge(completions[["id", "completion"]], on="id", how="inner")
-    if len(frame) < len(scores):
-        raise InputError(
-            f"the completions cover {len(frame)} of {len(scores)} scored prompts: generate the rest (same --out, "
-            "it resumes) or pass a completions file for the same suite"
+        if config.completions:
+            _, completions = read_completions(config.completions)
+        else:
+            completions = generate_analysis.run(
+                generate_analysis.GenerateConfig(
+                    out=_sub(out, "generate"),
+                    model=config.model,
+                    max_new_tokens=config.max_new_tokens,
+                    resume=True,
+                ),
+                session,
+                suite,
+            ).frame
+        completions = completions.assign(id=completions["id"].astype(str))
+        frame = scores.merge(completions[["id", "completion"]], on="id", how="inner")
+        if len(frame) < len(scores):
+            raise InputError(
+                f"the completions cover {len(frame)} of {len(scores)} scored prompts: generate the rest (same --out, "
+                "it resumes) or pass a completions file for the same suite"
+            )
+        frame["predicted"] = normalise_labels(
+            pd.Series(
+                classify(frame["completion"].tolist(), frame["prompt"].tolist(), name=config.classifier)
+            ),
+            "classifier",
         )
-    frame["predicted"] = normalise_labels(
-        pd.Series(classify(frame["completion"].tolist(), frame["prompt"].tolist(), name=config.classifier)),
-        "classifier",
-    )
-    frame["refused"] = frame["predicted"].map(is_refusal)
-    y, m = frame["refused"].to_numpy(), frame["margin"].to_numpy()
-    if y.all() or not y.any():
-        raise InputError(
-            f"the model {'refused' if y.all() else 'answered'} every prompt here, so refusal cannot be predicted: "
-            "use a suite with both behaviours"
+        frame["refused"] = frame["predicted"].map(is_refusal)
+        y, m = frame["refused"].to_numpy(), frame["margin"].to_numpy()
+        if y.all() or not y.any():
+            raise InputError(
+                f"the model {'refused' if y.all() else 'answered'} every prompt here, so refusal cannot be predicted: "
+                "use a suite with both behaviours"
+            )
+        auc = auroc(y, m)
+        lo, hi = bootstrap_ci(auroc, y, m, n_resamples=config.n_bootstrap, seed=config.seed)
+        threshold, slope = fit_threshold(m, y.astype(float))
+        summary = {
+            "n": int(len(frame)),
+            "refusal_rate": round(float(y.mean()), 4),
+            "auroc": round(auc, 4),
+            "auroc_ci95": [round(lo, 4), round(hi, 4)],
+            "auroc_margin_sampled": round(auroc(y, frame["margin_sampled"].to_numpy()), 4),
+            "threshold": round(threshold, 4),
+            "logistic_slope": round(slope, 4),
+            "accuracy_at_threshold": round(float(((m > threshold) == y).mean()), 4),
+            "accuracy_at_zero": round(float(((m > 0) == y).mean()), 4),
+            "classifier": config.classifier,
+        }
+        run_info = provenance(
+            **session.provenance(), suite=suite.source, **summary, wall_seconds=timer.seconds
         )
-    auc = auroc(y, m)
-    lo, hi = bootstrap_ci(auroc, y, m, n_resamples=config.n_bootstrap, seed=config.seed)
-    threshold, slope = fit_threshold(m, y.astype(float))
-    summary = {
-        "n": int(len(frame)),
-        "refusal_rate": round(float(y.mean()), 4),
-        "auroc": round(auc, 4),
-        "auroc_ci95": [round(lo, 4), round(hi, 4)],
-        "auroc_margin_sampled": round(auroc(y, frame["margin_sampled"].to_numpy()), 4),
-        "threshold": round(threshold, 4),
-        "logistic_slope": round(slope, 4),
-        "accuracy_at_threshold": round(float(((m > threshold) == y).mean()), 4),
-        "accuracy_at_zero": round(float(((m > 0) == y).mean()), 4),
-        "classifier": config.classifier,
-    }
-    run_info = provenance(**session.provenance(), suite=suite.source, **summary, wall_seconds=timer.seconds)
-    if config.save:
-        save_threshold(session.lm, session.fmt, threshold, {"auroc": summary["auroc"], "n": summary["n"]})
-    result = ValidityResult(
-        frame[["id", "type", "label", "prompt", "margin", "margin_sampled", "predicted", "refused"]],
-        run_info,
-        summary,
-    )
-    if out is not None:
-        result.save(out, overwrite=True)
-    return result
+        if config.save:
+            save_threshold(session.lm, session.fmt, threshold, {"auroc": summary["auroc"], "n": summary["n"]})
+        result = ValidityResult(
+            frame[["id", "type", "label", "prompt", "margin", "margin_sampled", "predicted", "refused"]],
+            run_info,
+            summary,
+        )
+        if out is not None:
+            result.save(out, overwrite=True)
+        return result
 
 
 def _sub(out: Path | None, name: str) -> str | None:

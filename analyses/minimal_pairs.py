@@ -12,31 +12,20 @@ attribution method with the substitution effects.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
 from lexprobe.analyses import effects
-from lexprobe.analyses.common import (
-    RUN_KEYS,
-    ModelOptions,
-    ParallelOptions,
-    ResumableRun,
-    Session,
-    SuiteOptions,
-    open_suite,
-    probe_option,
-    session_for,
-    study,
-    with_harmfulness,
-)
-from lexprobe.probes.harmfulness import HarmfulnessProbe
+from lexprobe.analyses.options import ModelOptions, ParallelOptions, SuiteOptions
+from lexprobe.analyses.runner import PerPrompt, run_per_prompt
+from lexprobe.analyses.session import Session
 from lexprobe.toolkit import stats
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.io.progress import count, progress
-from lexprobe.toolkit.io.results import MultiTableResult, provenance
+from lexprobe.toolkit.io.results import MultiTableResult
 from lexprobe.toolkit.io.suites import Suite, read_table
 from lexprobe.toolkit.scoring.scorer import Scorer
 from lexprobe.toolkit.scoring.thresholds import refusal_threshold
@@ -45,14 +34,32 @@ from lexprobe.toolkit.substitution.engine import Substituter, parse_rewrites
 from lexprobe.toolkit.substitution.lexicon import Lexicon
 
 COLUMNS = [
-    "id", "word", "replacement", "variant", "margin_orig", "margin_variant", "delta", "flipped", "type",
-    "label", "word_index", "char_start", "char_end", "lemma", "pos", "role", "category", "strategy",
-    "sense", "similarity", "fluency", "prompt",
-]  # fmt: skip
+    "id",
+    "word",
+    "replacement",
+    "variant",
+    "margin_orig",
+    "margin_variant",
+    "delta",
+    "flipped",
+    "type",
+    "label",
+    "word_index",
+    "char_start",
+    "char_end",
+    "lemma",
+    "pos",
+    "role",
+    "category",
+    "strategy",
+    "sense",
+    "similarity",
+    "fluency",
+    "prompt",
+]
 PAIR_COLUMNS = ["prompt_a", "prompt_b", "margin_a", "margin_b", "delta", "flipped", "id"]
 HARM_COLUMNS = ["harmfulness_orig", "harmfulness_variant", "harmfulness_delta"]
 PAIR_HARM_COLUMNS = ["harmfulness_a", "harmfulness_b", "harmfulness_delta"]
-RESUME_KEYS = (*RUN_KEYS, "readout_sha256", "substitution")
 CHUNK = 8  # prompts per unit of work (rows are written, and resumable, per chunk)
 
 
@@ -67,7 +74,12 @@ class PerturbResult(MultiTableResult):
         return self.tables.get("pooled", self.frame)
 
     def _figures(self, out: Path) -> None:
-        figures(self, out, float(self.run.get("threshold", 0.0)))
+        figures(self, out, self.threshold)
+
+    @property
+    def threshold(self) -> float:
+        """The model's refusal threshold the sweep's flips were counted at (run.json's details)."""
+        return float((self.run.get("details") or {}).get("threshold", self.run.get("threshold", 0.0)))
 
 
 class PairsResult(MultiTableResult):
@@ -101,75 +113,17 @@ class PerturbConfig(Options):
     overwrite: bool = False
 
 
-@study
-def run(config: PerturbConfig, session: Session | None = None, suite: Suite | None = None) -> PerturbResult:
-    suite = suite or open_suite(config.suite)
-    attributions = _read_attributions(config.attributions) if config.attributions is not None else None
-    rewrites = parse_rewrites(config.rewrites)
-    if "user" in config.strategies and not rewrites:
-        raise InputError(
-            "--strategy user substitutes only the words --rewrite names: give --rewrite WORD=NEW"
-        )
-    lexicon = Lexicon.load(config.lexicon)
-    config.parallel.check()  # a wrong --ray-address fails here, not after the model loads
-    session = session_for(config.model, session)
-    threshold, source = refusal_threshold(session.lm, session.fmt)
-    config = replace(config, harmfulness=probe_option(session, config.harmfulness, config.model.batch_size))
-    sub, scorer = _engine(session.lm, session.fmt, session.readout, config, lexicon, rewrites)
-    run_info = provenance(
-        **session.provenance(),
-        kind=PerturbResult.kind,
-        suite=suite.source,
-        suite_sha256=suite.full.sha256,
-        n_prompts=len(suite),
-        status="running",
-        threshold=threshold,
-        threshold_source=source,
-        substitution=sub.describe() | {"rewrites": rewrites},
-        batch_size=config.model.batch_size,
-        seed=config.seed,
-    )
-    if config.parallel.active:  # not a resume key: single-process and sharded runs continue each other
-        run_info["sharding"] = asdict(config.parallel) | {"shard_prompts": CHUNK}
-    columns, keys = with_harmfulness(run_info, config.harmfulness, COLUMNS, RESUME_KEYS, HARM_COLUMNS)
-    out = ResumableRun(
-        config.out, PerturbResult, columns, run_info, suite, config.resume, config.overwrite, keys
-    )
-    todo = out.todo
-    chunks = [todo.iloc[i : i + CHUNK] for i in range(0, len(todo), CHUNK)]
-    scored = 0
-    if config.parallel.active and chunks:
-        shipped = replace(config, attributions=None, parallel=ParallelOptions())  # what a shard needs
-        jobs = [(c.to_dict("records"), shipped, lexicon, rewrites, threshold) for c in chunks]
-        with config.parallel.cluster(session, config.model.batch_size) as cluster:
-            bar = f"perturbing {count(len(todo), 'prompt')} on {cluster.workers} Ray workers"
-            for _, (rows, n) in progress(
-                cluster.run(perturb_shard, jobs), desc=bar, total=len(chunks), unit="chunk"
-            ):
-                out.write(rows)
-                scored += n
-    else:
-        for chunk in progress(chunks, desc=f"perturbing {count(len(todo), 'prompt')}", unit="chunk"):
-            out.write(_sweep(chunk, sub, scorer, threshold))
-        scored = len(scorer.cache)
-    result = out.finish(n_perturbed_this_run=len(todo), n_texts_scored_this_run=scored)
-    result.tables = analyse(result.frame, suite, sub, attributions, config.seed)
-    if config.out:
-        result.save(config.out, overwrite=True, figures=config.figures)
-    return result
-
-
-def _engine(lm, fmt, readout, config: PerturbConfig, lexicon: Lexicon, rewrites: dict):
-    """The substitution engine of a sweep and the variant scorer it ranks candidates with."""
-    probe = config.harmfulness if isinstance(config.harmfulness, HarmfulnessProbe) else None
+def _engine(lm, fmt, readout, config: PerturbConfig, *, lexicon: Lexicon, rewrites: dict, probe=None):
+    """The substitution engine of a sweep and the variant scorer it ranks candidates with (and the
+    harmfulness `probe`'s logits, where one is given)."""
     scorer = VariantScorer(Scorer(lm, fmt, readout, config.model.batch_size, probe))
     sub = Substituter(
         lexicon,
-        tuple(config.strategies),
-        lm,
-        rewrites,
-        config.min_similarity,
-        config.per_word,
+        strategies=tuple(config.strategies),
+        lm=lm,
+        rewrites=rewrites,
+        min_similarity=config.min_similarity,
+        per_word=config.per_word,
         batch_size=config.model.batch_size,
         fluency=scorer.fluency,
         max_content_words=config.content_words,
@@ -177,12 +131,16 @@ def _engine(lm, fmt, readout, config: PerturbConfig, lexicon: Lexicon, rewrites:
     return sub, scorer
 
 
-def perturb_shard(worker, records: list[dict], config: PerturbConfig, lexicon, rewrites, threshold: float):
+def perturb_shard(
+    worker, records: list[dict], config: PerturbConfig, lexicon, rewrites, threshold: float, probe
+):
     """A chunk's substitution rows on a Ray worker (`toolkit.distributed.Worker`), and the texts it
     scored. The engine is built once per replica and its variant cache kept over the chunks."""
     sub, scorer = worker.memo(
-        ("perturb", repr(config), repr(rewrites)),
-        lambda: _engine(worker.lm, worker.fmt, worker.readout, config, lexicon, rewrites),
+        ("perturb", repr(config), repr(rewrites), probe.sha256() if probe is not None else None),
+        lambda: _engine(
+            worker.lm, worker.fmt, worker.readout, config, lexicon=lexicon, rewrites=rewrites, probe=probe
+        ),
     )
     before = len(scorer.cache)
     rows = _sweep(pd.DataFrame(records), sub, scorer, threshold)
@@ -231,6 +189,77 @@ def _sweep(chunk: pd.DataFrame, sub: Substituter, scorer: VariantScorer, thresho
                     harmfulness_orig=harm[0], harmfulness_variant=harm[1], harmfulness_delta=harm[1] - harm[0]
                 )
     return rows
+
+
+class Sweep(PerPrompt):
+    """`lexprobe perturb` as the runner drives it: `CHUNK` prompts at a time."""
+
+    result_cls = PerturbResult
+    columns = COLUMNS
+    harmfulness_columns = HARM_COLUMNS
+    shard_size = CHUNK
+
+    def check(self, suite: Suite) -> None:
+        config = self.config
+        self.attributions = (
+            _read_attributions(config.attributions) if config.attributions is not None else None
+        )
+        self.rewrites = parse_rewrites(config.rewrites)
+        if "user" in config.strategies and not self.rewrites:
+            raise InputError(
+                "--strategy user substitutes only the words --rewrite names: give --rewrite WORD=NEW"
+            )
+        self.lexicon = Lexicon.load(config.lexicon)
+        self.suite, self.scored = suite, 0
+
+    def prepare(self) -> tuple[dict, dict]:
+        s = self.session
+        self.threshold, source = refusal_threshold(s.lm, s.fmt)
+        self.sub, self.scorer = _engine(
+            s.lm,
+            s.fmt,
+            s.readout,
+            self.config,
+            lexicon=self.lexicon,
+            rewrites=self.rewrites,
+            probe=self.probe,
+        )
+        settings = {
+            "substitution": self.sub.describe() | {"rewrites": self.rewrites},
+            "seed": self.config.seed,
+        }
+        return settings, {"threshold": self.threshold, "threshold_source": source}
+
+    def local(self, records: list[dict], emit) -> None:
+        chunks = [range(i, min(i + CHUNK, len(records))) for i in range(0, len(records), CHUNK)]
+        for chunk in progress(chunks, desc=f"perturbing {count(len(records), 'prompt')}", unit="chunk"):
+            before = len(self.scorer.cache)
+            rows = _sweep(pd.DataFrame([records[i] for i in chunk]), self.sub, self.scorer, self.threshold)
+            emit(list(chunk), (rows, len(self.scorer.cache) - before))
+
+    remote = staticmethod(perturb_shard)
+
+    def remote_args(self) -> tuple:
+        shipped = replace(self.config, attributions=None, parallel=ParallelOptions())  # what a shard needs
+        return shipped, self.lexicon, self.rewrites, self.threshold, self.probe
+
+    def rows(self, records: list[dict], got) -> list[dict]:
+        rows, scored = got
+        self.scored += scored
+        return rows
+
+    def counts(self) -> dict:
+        return {"n_texts_scored_this_run": self.scored}
+
+    def finish(self, result: PerturbResult) -> PerturbResult:
+        result.tables = analyse(result.frame, self.suite, self.sub, self.attributions, self.config.seed)
+        if self.config.out:
+            result.save(self.config.out, overwrite=True, figures=self.config.figures)
+        return result
+
+
+def run(config: PerturbConfig, session: Session | None = None, suite: Suite | None = None) -> PerturbResult:
+    return run_per_prompt(Sweep(config), session, suite)
 
 
 def analyse(frame: pd.DataFrame, suite: Suite, sub: Substituter, attributions=None, seed: int = 0) -> dict:
@@ -417,69 +446,74 @@ def read_pairs(source: str | pd.DataFrame) -> pd.DataFrame:
     return frame.assign(id=frame["id"].astype(str), prompt=frame["prompt_a"], type="pairs", label="")
 
 
-@study
+class Pairs(PerPrompt):
+    """`lexprobe pairs` as the runner drives it: a row per pair, 32 pairs at a time."""
+
+    result_cls = PairsResult
+    harmfulness_columns = PAIR_HARM_COLUMNS
+    noun = "pair"
+
+    def select(self, suite: Suite | None) -> Suite:
+        frame = read_pairs(self.config.pairs)
+        self.extra = [c for c in frame.columns if c not in (*PAIR_COLUMNS, "prompt", "type", "label")]
+        self.columns = PAIR_COLUMNS + self.extra
+        where = (
+            "a DataFrame"
+            if isinstance(self.config.pairs, pd.DataFrame)
+            else str(Path(self.config.pairs).resolve())
+        )
+        return Suite("pairs", frame, where)
+
+    def prepare(self) -> tuple[dict, dict]:
+        s = self.session
+        self.threshold, source = refusal_threshold(s.lm, s.fmt)
+        self.scorer = VariantScorer(Scorer(s.lm, s.fmt, s.readout, self.batch_size, self.probe))
+        return {}, {"threshold": self.threshold, "threshold_source": source}
+
+    def local(self, records: list[dict], emit) -> None:
+        threshold, scorer = self.threshold, self.scorer
+        chunks = [range(i, min(i + 32, len(records))) for i in range(0, len(records), 32)]
+        for chunk in progress(chunks, desc=f"scoring {count(len(records), 'pair')}", unit="chunk"):
+            recs = [records[i] for i in chunk]
+            a, b = [r["prompt_a"] for r in recs], [r["prompt_b"] for r in recs]
+            ma, mb = scorer.margins(a), scorer.margins(b)
+            ha, hb = scorer.harmfulness(a), scorer.harmfulness(b)
+            rows = [
+                {
+                    "id": r["id"],
+                    "prompt_a": r["prompt_a"],
+                    "prompt_b": r["prompt_b"],
+                    "margin_a": float(x),
+                    "margin_b": float(y),
+                    "delta": float(y - x),
+                    "flipped": (x > threshold) != (y > threshold),
+                    **{c: r[c] for c in self.extra},
+                }
+                for r, x, y in zip(recs, ma, mb)
+            ]
+            if ha is not None:
+                for row, x, y in zip(rows, ha, hb):
+                    row.update(harmfulness_a=float(x), harmfulness_b=float(y), harmfulness_delta=float(y - x))
+            emit(list(chunk), rows)
+
+    def finish(self, result: PairsResult) -> PairsResult:
+        f, threshold = result.frame, self.threshold
+        s = stats.paired_summary(pd.to_numeric(f["delta"]), seed=self.config.seed)
+        result.tables["summary"] = pd.DataFrame(
+            [
+                {
+                    **s,
+                    "flip_rate": float((f["flipped"].astype(str) == "True").mean()),
+                    "refused_a": float((pd.to_numeric(f["margin_a"]) > threshold).mean()),
+                    "refused_b": float((pd.to_numeric(f["margin_b"]) > threshold).mean()),
+                    "threshold": threshold,
+                }
+            ]
+        )
+        if self.config.out:
+            result.save(self.config.out, overwrite=True)
+        return result
+
+
 def run_pairs(config: PairsConfig, session: Session | None = None) -> PairsResult:
-    frame = read_pairs(config.pairs)
-    extra = [c for c in frame.columns if c not in (*PAIR_COLUMNS, "prompt", "type", "label")]
-    where = "a DataFrame" if isinstance(config.pairs, pd.DataFrame) else str(Path(config.pairs).resolve())
-    suite = Suite("pairs", frame, where)
-    session = session_for(config.model, session)
-    threshold, source = refusal_threshold(session.lm, session.fmt)
-    run_info = provenance(
-        **session.provenance(),
-        kind=PairsResult.kind,
-        suite=suite.source,
-        suite_sha256=suite.full.sha256,
-        n_pairs=len(frame),
-        status="running",
-        threshold=threshold,
-        threshold_source=source,
-    )
-    probe = probe_option(session, config.harmfulness, config.model.batch_size)
-    columns, keys = with_harmfulness(
-        run_info, probe, PAIR_COLUMNS + extra, (*RUN_KEYS, "readout_sha256"), PAIR_HARM_COLUMNS
-    )
-    out = ResumableRun(
-        config.out, PairsResult, columns, run_info, suite, config.resume, config.overwrite, keys
-    )
-    scorer = VariantScorer(Scorer(session.lm, session.fmt, session.readout, config.model.batch_size, probe))
-    todo = out.todo
-    chunks = [todo.iloc[i : i + 32] for i in range(0, len(todo), 32)]
-    for chunk in progress(chunks, desc=f"scoring {len(todo)} pairs", unit="chunk"):
-        a, b = chunk["prompt_a"].tolist(), chunk["prompt_b"].tolist()
-        ma, mb = scorer.margins(a), scorer.margins(b)
-        ha, hb = scorer.harmfulness(a), scorer.harmfulness(b)
-        rows = [
-            {
-                "id": r["id"],
-                "prompt_a": r["prompt_a"],
-                "prompt_b": r["prompt_b"],
-                "margin_a": float(x),
-                "margin_b": float(y),
-                "delta": float(y - x),
-                "flipped": (x > threshold) != (y > threshold),
-                **{c: r[c] for c in extra},
-            }
-            for (_, r), x, y in zip(chunk.iterrows(), ma, mb)
-        ]
-        if ha is not None:
-            for row, x, y in zip(rows, ha, hb):
-                row.update(harmfulness_a=float(x), harmfulness_b=float(y), harmfulness_delta=float(y - x))
-        out.write(rows)
-    result = out.finish()
-    f = result.frame
-    s = stats.paired_summary(pd.to_numeric(f["delta"]), seed=config.seed)
-    result.tables["summary"] = pd.DataFrame(
-        [
-            {
-                **s,
-                "flip_rate": float((f["flipped"].astype(str) == "True").mean()),
-                "refused_a": float((pd.to_numeric(f["margin_a"]) > threshold).mean()),
-                "refused_b": float((pd.to_numeric(f["margin_b"]) > threshold).mean()),
-                "threshold": threshold,
-            }
-        ]
-    )
-    if config.out:
-        result.save(config.out, overwrite=True)
-    return result
+    return run_per_prompt(Pairs(config), session)

@@ -39,16 +39,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lexprobe.analyses.common import (
-    ModelOptions,
-    Session,
-    SuiteOptions,
-    direction_of,
-    open_suite,
-    probe_option,
-    session_for,
-    study,
-)
+from lexprobe.analyses.options import ModelOptions, SuiteOptions, open_suite
+from lexprobe.analyses.session import Session, direction_of, probe_option, study_session
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
 from lexprobe.toolkit.io.cache import write_text_atomic
@@ -160,7 +152,6 @@ class Setting:
         return not self.note
 
 
-@study
 def run(config: MitigateConfig, session: Session | None = None, suite=None) -> MitigateResult:
     from lexprobe.probes.steering import steered
 
@@ -180,70 +171,104 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
             f"it has {int(is_safe.sum())} and {int((frame['label'] == 'unsafe').sum())}"
         )
     timer = Timer()
-    session = session_for(config.model, session, reads_direction=True)
-    lm = session.lm
-    direction = direction_of(session, config.model)
-    probe = probe_option(session, config.harmfulness, config.model.batch_size)  # None: no gated rows
-    scorer = Scorer(lm, session.fmt, session.readout, config.model.batch_size)
-    sub = None
-    if config.instruction:
-        from lexprobe.toolkit.substitution.engine import Substituter
+    with study_session(config.model, session, reads_direction=True) as session:
+        lm = session.lm
+        direction = direction_of(session, config.model)
+        probe = probe_option(session, config.harmfulness, config.model.batch_size)  # None: no gated rows
+        scorer = Scorer(lm, session.fmt, session.readout, config.model.batch_size)
+        sub = None
+        if config.instruction:
+            from lexprobe.toolkit.substitution.engine import Substituter
 
-        sub = Substituter(strategies=("lexicon",))
-    settings, sel_rows, chosen_i, info = selected(
-        scorer, direction, probe, sub, config, session.fmt.describe()
-    )
+            sub = Substituter(strategies=("lexicon",))
+        settings, sel_rows, chosen_i, info = selected(
+            scorer, direction, probe, sub, config, session.fmt.describe()
+        )
 
-    texts = frame["prompt"].tolist()
-    noted = [trigger_note(sub, t) for t in texts] if sub is not None else texts
-    rows, margins, eval_margins = [], [], []
-    for st in settings:
-        with steered(lm, st.steering):
-            m = scorer.score(noted if st.note else texts, desc=f"suite, {_label(st)}").margin
-        eval_margins.append(m)
-        margins.append(frame[["id", "type", "label"]].assign(**_describe(st), margin=m))
-    for i, (st, m) in enumerate(zip(settings, eval_margins)):
-        rows.append(_describe(st) | _rates_with_cis(m, eval_margins[0], is_safe) | {"chosen": i == chosen_i})
-    table = pd.DataFrame(rows)
-    table["frontier"] = fixes.frontier(table["safe_refusal_rate"], table["unsafe_refusal_rate"])
-    selection = pd.DataFrame(sel_rows).assign(chosen=lambda t: t.index == chosen_i)
-    chosen = settings[chosen_i]
+        texts = frame["prompt"].tolist()
+        noted = [trigger_note(sub, t) for t in texts] if sub is not None else texts
+        rows, margins, eval_margins = [], [], []
+        for st in settings:
+            with steered(lm, st.steering):
+                m = scorer.score(noted if st.note else texts, desc=f"suite, {_label(st)}").margin
+            eval_margins.append(m)
+            margins.append(frame[["id", "type", "label"]].assign(**_describe(st), margin=m))
+        for i, (st, m) in enumerate(zip(settings, eval_margins)):
+            rows.append(
+                _describe(st) | _rates_with_cis(m, eval_margins[0], is_safe) | {"chosen": i == chosen_i}
+            )
+        table = pd.DataFrame(rows)
+        table["frontier"] = fixes.frontier(table["safe_refusal_rate"], table["unsafe_refusal_rate"])
+        selection = pd.DataFrame(sel_rows).assign(chosen=lambda t: t.index == chosen_i)
+        chosen = settings[chosen_i]
 
-    generations = pd.DataFrame()
-    if config.generate_per_type > 0:
-        sample = _stratified(frame, config.generate_per_type)
-        for i in dict.fromkeys([0, chosen_i]):
-            gen = _generated(session, settings[i], texts, frame, sample, eval_margins[i], config)
-            generations = pd.concat([generations, gen], ignore_index=True)
-            table.loc[i, list(_agreement(gen))] = list(_agreement(gen).values())
+        generations = pd.DataFrame()
+        if config.generate_per_type > 0:
+            sample = _stratified(frame, config.generate_per_type)
+            for i in dict.fromkeys([0, chosen_i]):
+                gen = _generated(session, settings[i], texts, frame, sample, eval_margins[i], config)
+                generations = pd.concat([generations, gen], ignore_index=True)
+                table.loc[i, list(_agreement(gen))] = list(_agreement(gen).values())
 
-    model = {"model_spec": lm.spec, "weights_sha256": lm.weights_sha256, "dtype": str(lm.dtype).removeprefix("torch."),
-             "system_prompt": session.fmt.describe()}  # fmt: skip
-    chosen_file = fixes.chosen_json(
-        chosen.steering,
-        {"model": model, "mitigation": chosen.mitigation, "strength": chosen.strength, "gate": chosen.gate,
-         "coefficient": None if np.isnan(chosen.coefficient) else chosen.coefficient, "rule": info["rule"],
-         "selection": sel_rows[chosen_i], "evaluation": _plain(rows[chosen_i]), "suite": suite.source},
-    )  # fmt: skip
-    run_info = provenance(
-        **session.provenance(), kind=MitigateResult.kind, suite=suite.source, suite_sha256=suite.full.sha256,
-        direction={"layer": direction.layer, "position": direction.position, **direction.details.get("selection", {})},
-        harmfulness_probe=None if probe is None else {"layer": probe.layer, "position": probe.position,
-                                                      "method": probe.method, "sha256": probe.sha256()},
-        **info, chosen={"mitigation": chosen.mitigation, "strength": chosen.strength, "gate": chosen.gate,
-                        "coefficient": chosen.coefficient, "describe": _label(chosen)},
-        instruction=NOTE if sub is not None else None, generate_per_type=config.generate_per_type,
-        wall_seconds=timer.seconds,
-    )  # fmt: skip
-    tables = {
-        "margins": pd.concat(margins, ignore_index=True),
-        "selection": selection,
-        "generations": generations,
-    }
-    result = MitigateResult(table, run_info, tables, chosen_file)
-    if out is not None:
-        result.save(out, overwrite=True, figures=config.figures)
-    return result
+        model = {
+            "model_spec": lm.spec,
+            "weights_sha256": lm.weights_sha256,
+            "dtype": str(lm.dtype).removeprefix("torch."),
+            "system_prompt": session.fmt.describe(),
+        }
+        chosen_file = fixes.chosen_json(
+            chosen.steering,
+            {
+                "model": model,
+                "mitigation": chosen.mitigation,
+                "strength": chosen.strength,
+                "gate": chosen.gate,
+                "coefficient": None if np.isnan(chosen.coefficient) else chosen.coefficient,
+                "rule": info["rule"],
+                "selection": sel_rows[chosen_i],
+                "evaluation": _plain(rows[chosen_i]),
+                "suite": suite.source,
+            },
+        )
+        run_info = provenance(
+            **session.provenance(),
+            kind=MitigateResult.kind,
+            suite=suite.source,
+            suite_sha256=suite.full.sha256,
+            direction={
+                "layer": direction.layer,
+                "position": direction.position,
+                **direction.details.get("selection", {}),
+            },
+            harmfulness_probe=None
+            if probe is None
+            else {
+                "layer": probe.layer,
+                "position": probe.position,
+                "method": probe.method,
+                "sha256": probe.sha256(),
+            },
+            **info,
+            chosen={
+                "mitigation": chosen.mitigation,
+                "strength": chosen.strength,
+                "gate": chosen.gate,
+                "coefficient": chosen.coefficient,
+                "describe": _label(chosen),
+            },
+            instruction=NOTE if sub is not None else None,
+            generate_per_type=config.generate_per_type,
+            wall_seconds=timer.seconds,
+        )
+        tables = {
+            "margins": pd.concat(margins, ignore_index=True),
+            "selection": selection,
+            "generations": generations,
+        }
+        result = MitigateResult(table, run_info, tables, chosen_file)
+        if out is not None:
+            result.save(out, overwrite=True, figures=config.figures)
+        return result
 
 
 def selected(scorer, direction, probe, sub, config: MitigateConfig, condition: str):
@@ -258,13 +283,25 @@ def selected(scorer, direction, probe, sub, config: MitigateConfig, condition: s
 
     lm = scorer.lm
     key = {
-        "dtype": str(lm.dtype), "system_prompt": condition, "readout": scorer.readout.sha256(),
+        "dtype": str(lm.dtype),
+        "system_prompt": condition,
+        "readout": scorer.readout.sha256(),
         "direction": hashlib.sha256(direction.vector.double().numpy().tobytes()).hexdigest(),
-        "direction_site": [direction.layer, direction.position], "probe": None if probe is None else probe.sha256(),
-        "settings": [config.ablate, config.conditional, config.gate_width, config.false_refusal, config.coefficients,
-                     config.instruction, config.max_unsafe_drop, config.selection_prompts],
-        "data": data_sha(), "format": 1,
-    }  # fmt: skip
+        "direction_site": [direction.layer, direction.position],
+        "probe": None if probe is None else probe.sha256(),
+        "settings": [
+            config.ablate,
+            config.conditional,
+            config.gate_width,
+            config.false_refusal,
+            config.coefficients,
+            config.instruction,
+            config.max_unsafe_drop,
+            config.selection_prompts,
+        ],
+        "data": data_sha(),
+        "format": 1,
+    }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir("fixes", lm.weights_sha256[:16]) / f"{digest}.json"
     with building(path):
@@ -294,8 +331,18 @@ def selected(scorer, direction, probe, sub, config: MitigateConfig, condition: s
     return settings, rows, fixes.choose(rows, config.max_unsafe_drop), info
 
 
-ROW = ("mitigation", "strength", "coefficient", "gate", "threshold", "safe_refusal_rate", "unsafe_refusal_rate",
-       "n_safe", "n_unsafe", "eligible")  # fmt: skip
+ROW = (
+    "mitigation",
+    "strength",
+    "coefficient",
+    "gate",
+    "threshold",
+    "safe_refusal_rate",
+    "unsafe_refusal_rate",
+    "n_safe",
+    "n_unsafe",
+    "eligible",
+)
 
 
 def _settings(direction, probe, thresholds: dict, fr, sub, config: MitigateConfig) -> list[Setting]:
@@ -356,9 +403,16 @@ def _select(scorer, direction, probe, sub, config: MitigateConfig) -> dict:
             with steered(lm, st.steering):
                 m = scorer.score(noted if st.note else texts, desc=f"selection split, {_label(st)}").margin
         safe_rate, unsafe_rate = fixes.refusal_rates(m, is_safe)
-        rows.append(_describe(st) | {"safe_refusal_rate": safe_rate, "unsafe_refusal_rate": unsafe_rate,
-                                     "n_safe": int(is_safe.sum()), "n_unsafe": int((~is_safe).sum()),
-                                     "eligible": st.eligible})  # fmt: skip
+        rows.append(
+            _describe(st)
+            | {
+                "safe_refusal_rate": safe_rate,
+                "unsafe_refusal_rate": unsafe_rate,
+                "n_safe": int(is_safe.sum()),
+                "n_unsafe": int((~is_safe).sum()),
+                "eligible": st.eligible,
+            }
+        )
     rule = (
         f"on the selection split (calibration val instructions, {int(is_safe.sum())} harmless and "
         f"{int((~is_safe).sum())} harmful prompts with lexprobe's frames), the lowest safe refusal rate "
@@ -381,8 +435,13 @@ def _label(st: Setting) -> str:
 
 
 def _describe(st: Setting) -> dict:
-    return {"mitigation": st.mitigation, "strength": st.strength, "coefficient": st.coefficient,
-            "gate": st.gate, "threshold": st.threshold}  # fmt: skip
+    return {
+        "mitigation": st.mitigation,
+        "strength": st.strength,
+        "coefficient": st.coefficient,
+        "gate": st.gate,
+        "threshold": st.threshold,
+    }
 
 
 def _rates_with_cis(m: np.ndarray, base: np.ndarray, is_safe: np.ndarray) -> dict:
@@ -395,9 +454,15 @@ def _rates_with_cis(m: np.ndarray, base: np.ndarray, is_safe: np.ndarray) -> dic
         r, r0 = (m[rows] > 0).astype(float), (base[rows] > 0).astype(float)
         lo, hi = bootstrap_ci(np.mean, r)
         clo, chi = bootstrap_ci(lambda a, b: float(np.mean(a) - np.mean(b)), r, r0)
-        out |= {f"{name}_refusal_rate": float(r.mean()), f"{name}_ci_low": lo, f"{name}_ci_high": hi,
-                f"{name}_change": float(r.mean() - r0.mean()), f"{name}_change_ci_low": clo,
-                f"{name}_change_ci_high": chi, f"n_{name}": int(rows.sum())}  # fmt: skip
+        out |= {
+            f"{name}_refusal_rate": float(r.mean()),
+            f"{name}_ci_low": lo,
+            f"{name}_ci_high": hi,
+            f"{name}_change": float(r.mean() - r0.mean()),
+            f"{name}_change_ci_low": clo,
+            f"{name}_change_ci_high": chi,
+            f"n_{name}": int(rows.sum()),
+        }
     out["safe_mean_margin"], out["unsafe_mean_margin"] = float(m[is_safe].mean()), float(m[~is_safe].mean())
     return out
 
@@ -421,14 +486,23 @@ def _generated(session: Session, st: Setting, texts, frame, sample, margins, con
     chosen = [texts[i] for i in sample]
     with steered(session.lm, st.steering):
         done = generate(
-            session.lm, session.fmt, chosen, config.max_new_tokens, config.model.batch_size,
+            session.lm,
+            session.fmt,
+            chosen,
+            config.max_new_tokens,
+            config.model.batch_size,
             desc=f"generating, {_label(st)}",
-        )  # fmt: skip
+        )
     labels = classify([c.text for c in done], chosen)
     return frame.iloc[sample][["id", "type", "label", "prompt"]].assign(
-        mitigation=st.mitigation, strength=st.strength, coefficient=st.coefficient, gate=st.gate,
-        completion=[c.text for c in done], predicted=labels, margin=margins[sample],
-    )  # fmt: skip
+        mitigation=st.mitigation,
+        strength=st.strength,
+        coefficient=st.coefficient,
+        gate=st.gate,
+        completion=[c.text for c in done],
+        predicted=labels,
+        margin=margins[sample],
+    )
 
 
 def _agreement(gen: pd.DataFrame) -> dict:
@@ -443,6 +517,9 @@ def _agreement(gen: pd.DataFrame) -> dict:
     return {
         "generated_safe_refusal_rate": float(refused[safe].mean()) if safe.any() else np.nan,
         "generated_unsafe_refusal_rate": float(refused[~safe].mean()) if (~safe).any() else np.nan,
-        "n_generated_safe": int(safe.sum()), "n_generated_unsafe": int((~safe).sum()),
-        "agreement": float(agree.mean()), "agreement_ci_low": lo, "agreement_ci_high": hi,
-    }  # fmt: skip
+        "n_generated_safe": int(safe.sum()),
+        "n_generated_unsafe": int((~safe).sum()),
+        "agreement": float(agree.mean()),
+        "agreement_ci_low": lo,
+        "agreement_ci_high": hi,
+    }

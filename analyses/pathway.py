@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from lexprobe import prompts
-from lexprobe.analyses.common import ModelOptions, Session, direction_of, session_for, study
+from lexprobe.analyses.options import ModelOptions
+from lexprobe.analyses.session import Session, direction_of, study_session
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
 from lexprobe.toolkit.io.progress import progress
@@ -88,9 +89,18 @@ def pairs_of(config: PathwayConfig, scorer) -> pd.DataFrame:
                 "aligns tokens by position, so give a swap of one token for one token"
             )
         return pd.DataFrame(
-            [{"pair": "1", "id": "", "prompt": config.prompt, "variant": config.variant, "word": "",
-              "replacement": "", "contrast": config.contrast or ""}]
-        )  # fmt: skip
+            [
+                {
+                    "pair": "1",
+                    "id": "",
+                    "prompt": config.prompt,
+                    "variant": config.variant,
+                    "word": "",
+                    "replacement": "",
+                    "contrast": config.contrast or "",
+                }
+            ]
+        )
     if isinstance(config.substitutions, pd.DataFrame):  # perturb's table, from the Python API or diagnose
         path, table = Path("substitutions"), config.substitutions.copy()
     else:
@@ -140,7 +150,6 @@ def pairs_of(config: PathwayConfig, scorer) -> pd.DataFrame:
     )
 
 
-@study
 def run(config: PathwayConfig, session: Session | None = None) -> PathwayResult:
     out = Path(config.out) if config.out else None
     if out is not None and (out / PathwayResult.filename).exists() and not config.overwrite:
@@ -150,49 +159,66 @@ def run(config: PathwayConfig, session: Session | None = None) -> PathwayResult:
             "lexprobe pathway patches the model as it is: drop --ablate-direction/--add-direction/--steer"
         )
     timer = Timer()
-    session = session_for(config.model, session, reads_direction=True)
-    scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
-    pairs = pairs_of(config, scorer)
-    direction = direction_of(session, config.model)
-    rows, sites, curves = [], [], []
-    for pair in progress(pairs.to_dict("records"), desc="patching", unit="pair"):
-        result = patch(scorer, pair["prompt"], pair["variant"])
-        if np.isnan(result.shares).all():  # the swap does not move the margin: no share to carry
-            raise InputError(
-                f"'{pair['variant']}' scores as '{pair['prompt']}' does: no margin change to trace"
+    with study_session(config.model, session, reads_direction=True) as session:
+        scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
+        pairs = pairs_of(config, scorer)
+        direction = direction_of(session, config.model)
+        rows, sites, curves = [], [], []
+        for pair in progress(pairs.to_dict("records"), desc="patching", unit="pair"):
+            result = patch(scorer, pair["prompt"], pair["variant"])
+            if np.isnan(result.shares).all():  # the swap does not move the margin: no share to carry
+                raise InputError(
+                    f"'{pair['variant']}' scores as '{pair['prompt']}' does: no margin change to trace"
+                )
+            layer, site = np.unravel_index(np.nanargmax(result.shares), result.shares.shape)
+            swapped = [t for t, (a, b) in enumerate(zip(result.tokens, result.variant_tokens)) if a != b]
+            swap_best = float(np.nanmax(result.shares[:, swapped])) if swapped else float("nan")
+            rows.append(
+                pair
+                | {
+                    "margin_prompt": result.margin_prompt,
+                    "margin_variant": result.margin_variant,
+                    "best_layer": int(layer),
+                    "best_token": result.tokens[site],
+                    "best_kind": result.kinds[site],
+                    "best_share": float(result.shares[layer, site]),
+                    "swapped_token_best_share": swap_best,
+                    "last_template_token_best_share": float(
+                        np.nanmax(result.shares[:, len(result.tokens) - len(scorer.readout.tree) - 1])
+                    ),
+                }
             )
-        layer, site = np.unravel_index(np.nanargmax(result.shares), result.shares.shape)
-        swapped = [t for t, (a, b) in enumerate(zip(result.tokens, result.variant_tokens)) if a != b]
-        swap_best = float(np.nanmax(result.shares[:, swapped])) if swapped else float("nan")
-        rows.append(
-            pair | {
-                "margin_prompt": result.margin_prompt, "margin_variant": result.margin_variant,
-                "best_layer": int(layer), "best_token": result.tokens[site], "best_kind": result.kinds[site],
-                "best_share": float(result.shares[layer, site]), "swapped_token_best_share": swap_best,
-                "last_template_token_best_share": float(np.nanmax(result.shares[:, len(result.tokens) - len(scorer.readout.tree) - 1])),
-            }
-        )  # fmt: skip
-        for layer_i in range(result.shares.shape[0]):
-            for t, token in enumerate(result.tokens):
-                sites.append(
-                    {"pair": pair["pair"], "layer": layer_i, "site": t, "token": token,
-                     "variant_token": result.variant_tokens[t], "kind": result.kinds[t],
-                     "share": result.shares[layer_i, t], "margin": result.margins[layer_i, t]}
-                )  # fmt: skip
-        texts = {"prompt": pair["prompt"], "variant": pair["variant"]}
-        if pair["contrast"]:
-            texts["contrast"] = pair["contrast"]
-        values = projections(scorer, list(texts.values()), direction)
-        for (role, _), curve in zip(texts.items(), values):
-            curves += [
-                {"pair": pair["pair"], "text": role, "layer": i, "projection": v} for i, v in enumerate(curve)
-            ]
-    run_info = provenance(
-        **session.provenance(), kind=PathwayResult.kind, wall_seconds=timer.seconds,
-        direction={"layer": direction.layer, "position": direction.position},
-    )  # fmt: skip
-    tables = {"patching": pd.DataFrame(sites), "projections": pd.DataFrame(curves)}
-    result = PathwayResult(pd.DataFrame(rows), run_info, tables)
-    if out is not None:
-        result.save(out, overwrite=True, figures=config.figures)
-    return result
+            for layer_i in range(result.shares.shape[0]):
+                for t, token in enumerate(result.tokens):
+                    sites.append(
+                        {
+                            "pair": pair["pair"],
+                            "layer": layer_i,
+                            "site": t,
+                            "token": token,
+                            "variant_token": result.variant_tokens[t],
+                            "kind": result.kinds[t],
+                            "share": result.shares[layer_i, t],
+                            "margin": result.margins[layer_i, t],
+                        }
+                    )
+            texts = {"prompt": pair["prompt"], "variant": pair["variant"]}
+            if pair["contrast"]:
+                texts["contrast"] = pair["contrast"]
+            values = projections(scorer, list(texts.values()), direction)
+            for (role, _), curve in zip(texts.items(), values):
+                curves += [
+                    {"pair": pair["pair"], "text": role, "layer": i, "projection": v}
+                    for i, v in enumerate(curve)
+                ]
+        run_info = provenance(
+            **session.provenance(),
+            kind=PathwayResult.kind,
+            wall_seconds=timer.seconds,
+            direction={"layer": direction.layer, "position": direction.position},
+        )
+        tables = {"patching": pd.DataFrame(sites), "projections": pd.DataFrame(curves)}
+        result = PathwayResult(pd.DataFrame(rows), run_info, tables)
+        if out is not None:
+            result.save(out, overwrite=True, figures=config.figures)
+        return result

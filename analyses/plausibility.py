@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from lexprobe.analyses import attribute, score
-from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, session_for, study
+from lexprobe.analyses.options import ModelOptions, SuiteOptions
+from lexprobe.analyses.session import Session, study_session
 from lexprobe.toolkit.attribution import AttributionSettings
 from lexprobe.toolkit.attribution.words import content_lemmas, matches, segment
 from lexprobe.toolkit.config import Options
@@ -82,63 +83,62 @@ def hit_table(result, focus: dict[str, str], group_phrases: bool = False) -> pd.
     return pd.DataFrame(rows)
 
 
-@study
 def run(config: PlausibilityConfig, session: Session | None = None) -> PlausibilityResult:
     out = Path(config.out) if config.out else None
     methods = attribute.parse_methods(config.methods)
     cand = _candidates(config)
     model = replace(config.model, batch_size=config.settings.batch_size, gradients=True)
-    session = session_for(model, session)
-    scored = score.run(
-        score.ScoreConfig(
-            out=_sub(out, "scores"),
-            model=model,
-            suite=SuiteOptions(suite=config.suite, ids=list(cand["id"])),
-            resume=True,
-        ),
-        session=session,
-    ).frame
-    refused = cand[cand["id"].isin(scored.loc[scored["margin"] > 0, "id"])]
-    if config.per_type:
-        refused = refused.groupby("type", sort=False).head(config.per_type)
-    if refused.empty:
-        raise InputError("the model refuses none of the safe prompts with a focus word: nothing to check")
-    result = attribute.run(
-        attribute.AttributeConfig(
-            out=_sub(out, "attributions"),
-            model=model,
-            suite=SuiteOptions(suite=config.suite, ids=list(refused["id"])),
-            methods=methods,
-            settings=config.settings,
-            faithfulness=config.faithfulness,
-            resume=True,
-        ),
-        session=session,
-    )
-    focus = dict(zip(cand["id"], cand["focus"].astype(str)))
-    hits = hit_table(result, focus, config.settings.group_phrases)
-    summary = (
-        hits.groupby("method", sort=False)
-        .agg(
-            n=("hit", "size"),
-            hits=("hit", "sum"),
-            hit_rate=("hit", "mean"),
-            random_rate=("random_rate", "mean"),
-            longest_word_rate=("longest_hit", "mean"),
+    with study_session(model, session) as session:
+        scored = score.run(
+            score.ScoreConfig(
+                out=_sub(out, "scores"),
+                model=model,
+                suite=SuiteOptions(suite=config.suite, ids=list(cand["id"])),
+                resume=True,
+            ),
+            session=session,
+        ).frame
+        refused = cand[cand["id"].isin(scored.loc[scored["margin"] > 0, "id"])]
+        if config.per_type:
+            refused = refused.groupby("type", sort=False).head(config.per_type)
+        if refused.empty:
+            raise InputError("the model refuses none of the safe prompts with a focus word: nothing to check")
+        result = attribute.run(
+            attribute.AttributeConfig(
+                out=_sub(out, "attributions"),
+                model=model,
+                suite=SuiteOptions(suite=config.suite, ids=list(refused["id"])),
+                methods=methods,
+                settings=config.settings,
+                faithfulness=config.faithfulness,
+                resume=True,
+            ),
+            session=session,
         )
-        .reset_index()
-        .sort_values("hit_rate", ascending=False)
-    )
-    by_type = (
-        hits.groupby(["type", "method"], sort=False)
-        .agg(n=("hit", "size"), hit_rate=("hit", "mean"), random_rate=("random_rate", "mean"))
-        .reset_index()
-    )
-    run_info = {**result.run, "methods": methods, "suite": config.suite, "n_prompts": len(refused)}
-    plausible = PlausibilityResult(summary, run_info, {"plausibility_by_type": by_type, "hits": hits})
-    if out is not None:
-        plausible.save(out, overwrite=True)
-    return plausible
+        focus = dict(zip(cand["id"], cand["focus"].astype(str)))
+        hits = hit_table(result, focus, config.settings.group_phrases)
+        summary = (
+            hits.groupby("method", sort=False)
+            .agg(
+                n=("hit", "size"),
+                hits=("hit", "sum"),
+                hit_rate=("hit", "mean"),
+                random_rate=("random_rate", "mean"),
+                longest_word_rate=("longest_hit", "mean"),
+            )
+            .reset_index()
+            .sort_values("hit_rate", ascending=False)
+        )
+        by_type = (
+            hits.groupby(["type", "method"], sort=False)
+            .agg(n=("hit", "size"), hit_rate=("hit", "mean"), random_rate=("random_rate", "mean"))
+            .reset_index()
+        )
+        run_info = {**result.run, "methods": methods, "suite": config.suite, "n_prompts": len(refused)}
+        plausible = PlausibilityResult(summary, run_info, {"plausibility_by_type": by_type, "hits": hits})
+        if out is not None:
+            plausible.save(out, overwrite=True)
+        return plausible
 
 
 def _sub(out: Path | None, name: str) -> str | None:

@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import pandas as pd
 
-from lexprobe.analyses.common import (
-    RUN_KEYS,
-    SHARD_BATCHES,
-    ModelOptions,
-    ParallelOptions,
-    ResumableRun,
-    Session,
-    SuiteOptions,
-    open_suite,
-    probe_option,
-    session_for,
-    study,
-    with_harmfulness,
-)
+from lexprobe.analyses.options import ModelOptions, ParallelOptions, SuiteOptions
+from lexprobe.analyses.runner import PerPrompt, run_per_prompt
+from lexprobe.analyses.session import Session
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.io.progress import count
-from lexprobe.toolkit.io.results import TableResult, provenance
+from lexprobe.toolkit.io.results import TableResult
 from lexprobe.toolkit.io.suites import Suite
 from lexprobe.toolkit.scoring.scorer import Scorer
 
 COLUMNS = ["id", "type", "label", "prompt", "margin", "p_refuse", "margin_sampled", "p_refuse_sampled"]
-RESUME_KEYS = (*RUN_KEYS, "readout_sha256")
 
 
 @dataclass(kw_only=True)
@@ -90,75 +78,62 @@ class ScoreResult(TableResult):
 FEW = 20  # prompts shown one by one in a result's view
 
 
-@study
-def run(config: ScoreConfig, session: Session | None = None, suite: Suite | None = None) -> ScoreResult:
-    suite = suite or open_suite(config.suite)
-    config.parallel.check()  # a wrong --ray-address fails here, not after the model loads
-    session = session_for(config.model, session)
-    run_info = provenance(
-        **session.provenance(),
-        kind=ScoreResult.kind,
-        suite=suite.source,
-        suite_sha256=suite.full.sha256,
-        n_prompts=len(suite),
-        status="running",
-    )
-    run_info["batch_size"] = config.model.batch_size
-    if config.parallel.active:  # not a resume key: single-process and sharded runs continue each other
-        run_info["sharding"] = {
-            **asdict(config.parallel),
-            "shard_prompts": SHARD_BATCHES * config.model.batch_size,
-        }
-    probe = probe_option(session, config.harmfulness, config.model.batch_size)
-    columns, keys = with_harmfulness(run_info, probe, COLUMNS, RESUME_KEYS, ["harmfulness"])
-    columns += [f"margin_layer_{i}" for i in range(len(session.lm.layers))] if config.layers else []
-    out = ResumableRun(
-        config.out, ScoreResult, columns, run_info, suite, config.resume, config.overwrite, keys
-    )
-    todo = out.todo
-
-    def write(indices, scores):
-        rows = []
-        for k, i in enumerate(indices):
-            rec = {c: todo.iloc[i][c] for c in ("id", "type", "label", "prompt")}
-            rec.update(
-                margin=float(scores.margin[k]),
-                p_refuse=float(scores.p_refuse[k]),
-                margin_sampled=float(scores.margin_sampled[k]),
-                p_refuse_sampled=float(scores.p_refuse_sampled[k]),
-            )
-            if probe is not None:
-                rec["harmfulness"] = float(scores.harmfulness[k])
-            if config.layers:
-                rec.update({f"margin_layer_{j}": float(v) for j, v in enumerate(scores.layer_margins[k])})
-            rows.append(rec)
-        out.write(rows)
-
-    if len(todo) and config.parallel.active:
-        desc = f"scoring {count(len(todo), 'prompt')}"
-        probe_json = probe.to_json() if probe is not None else None
-        config.parallel.run(
-            session, config.model.batch_size, todo, score_shard, (config.layers, probe_json), write, desc
-        )
-    elif len(todo):
-        scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size, probe)
-        scorer.score(
-            todo["prompt"].tolist(),
-            layers=config.layers,
-            desc=f"scoring {count(len(todo), 'prompt')}",
-            on_batch=write,
-            ids=todo["id"].tolist(),
-        )
-    return out.finish(n_scored_this_run=len(todo))
-
-
-def score_shard(worker, texts: list[str], ids: list[str], layers: bool, probe_json: str | None = None):
+def score_shard(worker, records: list[dict], layers: bool, probe_json: str | None = None):
     """A shard's MarginScores on a Ray worker (`toolkit.distributed.Worker`), with the harmfulness
     probe's logit where the driver sends its probe."""
     from lexprobe.probes.harmfulness import HarmfulnessProbe
 
     probe = HarmfulnessProbe.from_json(probe_json) if probe_json else None
-    scorer = Scorer(
-        worker.scorer.lm, worker.scorer.fmt, worker.scorer.readout, worker.scorer.batch_size, probe
-    )
+    w = worker.scorer
+    scorer = Scorer(w.lm, w.fmt, w.readout, w.batch_size, probe)
+    texts, ids = [r["prompt"] for r in records], [r["id"] for r in records]
     return scorer.score(texts, layers=layers, desc="worker", ids=ids)
+
+
+class Scoring(PerPrompt):
+    result_cls = ScoreResult
+    columns = COLUMNS
+    harmfulness_columns = ["harmfulness"]
+
+    def prepare(self) -> tuple[dict, dict]:
+        layers = self.config.layers
+        if layers:
+            self.columns = COLUMNS + [f"margin_layer_{i}" for i in range(len(self.session.lm.layers))]
+        return {"layers": layers}, {}
+
+    def local(self, records: list[dict], emit) -> None:
+        s = self.session
+        scorer = Scorer(s.lm, s.fmt, s.readout, self.batch_size, self.probe)
+        scorer.score(
+            [r["prompt"] for r in records],
+            layers=self.config.layers,
+            desc=f"scoring {count(len(records), 'prompt')}",
+            on_batch=emit,
+            ids=[r["id"] for r in records],
+        )
+
+    remote = staticmethod(score_shard)
+
+    def remote_args(self) -> tuple:
+        return self.config.layers, self.probe.to_json() if self.probe is not None else None
+
+    def rows(self, records: list[dict], scores) -> list[dict]:
+        rows = []
+        for k, rec in enumerate(records):
+            row = {c: rec[c] for c in ("id", "type", "label", "prompt")}
+            row.update(
+                margin=float(scores.margin[k]),
+                p_refuse=float(scores.p_refuse[k]),
+                margin_sampled=float(scores.margin_sampled[k]),
+                p_refuse_sampled=float(scores.p_refuse_sampled[k]),
+            )
+            if scores.harmfulness is not None:
+                row["harmfulness"] = float(scores.harmfulness[k])
+            if scores.layer_margins is not None:
+                row.update({f"margin_layer_{j}": float(v) for j, v in enumerate(scores.layer_margins[k])})
+            rows.append(row)
+        return rows
+
+
+def run(config: ScoreConfig, session: Session | None = None, suite: Suite | None = None) -> ScoreResult:
+    return run_per_prompt(Scoring(config), session, suite)

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from lexprobe import prompts
-from lexprobe.analyses.common import ModelOptions, Session, session_for, study
+from lexprobe.analyses.options import ModelOptions
+from lexprobe.analyses.session import Session, study_session
 from lexprobe.toolkit import stats
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
@@ -60,10 +61,16 @@ class TransplantResult(MultiTableResult):
         )
         if len(self.tables["words"]):
             forest_plot(
-                self.tables["words"], out / "forest.png", mean="mean_effect",
-                title=with_model("One trigger word in a carrier list: margin change against a filler word", self.run),
-                xlabel="margin change (trigger - filler)", min_n=3, source="words.csv",
-            )  # fmt: skip
+                self.tables["words"],
+                out / "forest.png",
+                mean="mean_effect",
+                title=with_model(
+                    "One trigger word in a carrier list: margin change against a filler word", self.run
+                ),
+                xlabel="margin change (trigger - filler)",
+                min_n=3,
+                source="words.csv",
+            )
 
 
 @dataclass(kw_only=True)
@@ -128,7 +135,6 @@ def design(triggers: list[str], data: dict, draws: int, word_carriers: int, seed
     )
 
 
-@study
 def run(config: TransplantConfig, session: Session | None = None) -> TransplantResult:
     out = Path(config.out) if config.out else None
     if out is not None and (out / TransplantResult.filename).exists() and not config.overwrite:
@@ -143,31 +149,31 @@ def run(config: TransplantConfig, session: Session | None = None) -> TransplantR
     frame = design(
         triggers_for(lexicon, config.categories), data, config.draws, config.word_carriers, config.seed
     )
-    session = session_for(config.model, session)
-    threshold, source = refusal_threshold(session.lm, session.fmt)
-    scorer = VariantScorer(Scorer(session.lm, session.fmt, session.readout, config.model.batch_size))
-    texts = frame["prompt"].tolist()
-    scorer.score(texts, desc=f"scoring {len(set(texts))} carrier prompts")
-    frame["margin"] = scorer.margins(texts)
-    frame["refused"] = frame["margin"] > threshold
-    tables = analyse(frame, lexicon, config.seed)
-    run_info = provenance(
-        **session.provenance(),
-        lexicon=lexicon.source,
-        categories=config.categories,
-        draws=config.draws,
-        word_carriers=config.word_carriers,
-        seed=config.seed,
-        threshold=threshold,
-        threshold_source=source,
-        n_prompts=len(frame),
-        status="complete",
-    )
-    run_info["wall_seconds"] = timer.seconds
-    result = TransplantResult(frame, run_info, tables)
-    if out is not None:
-        result.save(out, overwrite=True, figures=config.figures)
-    return result
+    with study_session(config.model, session) as session:
+        threshold, source = refusal_threshold(session.lm, session.fmt)
+        scorer = VariantScorer(Scorer(session.lm, session.fmt, session.readout, config.model.batch_size))
+        texts = frame["prompt"].tolist()
+        scorer.score(texts, desc=f"scoring {len(set(texts))} carrier prompts")
+        frame["margin"] = scorer.margins(texts)
+        frame["refused"] = frame["margin"] > threshold
+        tables = analyse(frame, lexicon, config.seed)
+        run_info = provenance(
+            **session.provenance(),
+            lexicon=lexicon.source,
+            categories=config.categories,
+            draws=config.draws,
+            word_carriers=config.word_carriers,
+            seed=config.seed,
+            threshold=threshold,
+            threshold_source=source,
+            n_prompts=len(frame),
+            status="complete",
+        )
+        run_info["wall_seconds"] = timer.seconds
+        result = TransplantResult(frame, run_info, tables)
+        if out is not None:
+            result.save(out, overwrite=True, figures=config.figures)
+        return result
 
 
 def analyse(frame: pd.DataFrame, lexicon: Lexicon, seed: int = 0) -> dict:
@@ -175,8 +181,16 @@ def analyse(frame: pd.DataFrame, lexicon: Lexicon, seed: int = 0) -> dict:
     rows = []
     for k, g in dose.groupby("dose"):
         lo, hi = stats.mean_ci(g["margin"], seed=seed)
-        rows.append({"dose": k, "n": len(g), "mean_margin": float(g["margin"].mean()), "ci_low": lo,
-                     "ci_high": hi, "refusal_rate": float(g["refused"].mean())})  # fmt: skip
+        rows.append(
+            {
+                "dose": k,
+                "n": len(g),
+                "mean_margin": float(g["margin"].mean()),
+                "ci_low": lo,
+                "ci_high": hi,
+                "refusal_rate": float(g["refused"].mean()),
+            }
+        )
     rho, p = stats.spearman(dose["dose"], dose["margin"])
     slope = (
         float(np.polyfit(dose["dose"], dose["margin"], 1)[0]) if dose["dose"].nunique() > 1 else float("nan")
@@ -190,9 +204,18 @@ def analyse(frame: pd.DataFrame, lexicon: Lexicon, seed: int = 0) -> dict:
         effect = g["margin"].to_numpy() - base.loc[g["carrier"]].to_numpy()
         s = stats.paired_summary(effect, seed=seed)
         entry = by_display.get(trig)
-        word_rows.append({"trigger": trig, "category": entry.category if entry else "", "n": s["n"],
-                          "mean_effect": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "p": s["p"],
-                          "refusal_rate": float(g["refused"].mean())})  # fmt: skip
+        word_rows.append(
+            {
+                "trigger": trig,
+                "category": entry.category if entry else "",
+                "n": s["n"],
+                "mean_effect": s["mean"],
+                "ci_low": s["ci_low"],
+                "ci_high": s["ci_high"],
+                "p": s["p"],
+                "refusal_rate": float(g["refused"].mean()),
+            }
+        )
     words_table = pd.DataFrame(
         word_rows,
         columns=["trigger", "category", "n", "mean_effect", "ci_low", "ci_high", "p", "refusal_rate"],

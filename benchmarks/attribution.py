@@ -96,7 +96,8 @@ def main() -> None:
     os.environ.setdefault("LEXPROBE_QUIET", "1")
     warnings.filterwarnings("ignore", module="captum")  # its LLMAttribution deprecation notes
 
-    from lexprobe.analyses.common import ModelOptions, open_session
+    from lexprobe.analyses.options import ModelOptions
+    from lexprobe.analyses.session import open_session
     from lexprobe.toolkit.io.suites import load_suite
     from lexprobe.toolkit.scoring.scorer import Scorer
 

@@ -72,13 +72,14 @@ def main() -> None:
 
     from lexprobe.analyses.attribute import AttributeConfig
     from lexprobe.analyses.attribute import run as attribute
-    from lexprobe.analyses.common import ModelOptions, SuiteOptions, open_session
     from lexprobe.analyses.generate import GenerateConfig
     from lexprobe.analyses.generate import run as generate
     from lexprobe.analyses.minimal_pairs import PerturbConfig
     from lexprobe.analyses.minimal_pairs import run as perturb
+    from lexprobe.analyses.options import ModelOptions, SuiteOptions
     from lexprobe.analyses.score import ScoreConfig
     from lexprobe.analyses.score import run as score
+    from lexprobe.analyses.session import open_session
     from lexprobe.toolkit.attribution import AttributionSettings
     from lexprobe.toolkit.behaviour.classify import classify, is_refusal
     from lexprobe.toolkit.scoring.scorer import Scorer

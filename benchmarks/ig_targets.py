@@ -48,7 +48,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from lexprobe.analyses import attribute, plausibility, score
-    from lexprobe.analyses.common import ModelOptions, SuiteOptions
+    from lexprobe.analyses.options import ModelOptions, SuiteOptions
     from lexprobe.toolkit.attribution import AttributionSettings
     from lexprobe.toolkit.io.suites import load_suite
 
@@ -104,7 +104,7 @@ def main() -> None:
         summary["unsafe"][target] = _convergence(result.methods)
 
     # both targets' rankings, judged on the same margin: the decision margin
-    from lexprobe.analyses.common import open_session
+    from lexprobe.analyses.session import open_session
     from lexprobe.toolkit.attribution import PromptTarget
     from lexprobe.toolkit.attribution import faithfulness as faith
     from lexprobe.toolkit.attribution.result import AttributionResult

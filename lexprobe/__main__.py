@@ -4,4 +4,5 @@ import sys
 
 from lexprobe.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # (importing this module, as a documentation tool does, runs nothing)
+    sys.exit(main())

@@ -35,12 +35,14 @@ from lexprobe.analyses import minimal_pairs as _pairs
 from lexprobe.analyses import mitigate as _mitigate
 from lexprobe.analyses import pathway as _pathway
 from lexprobe.analyses import score as _score
-from lexprobe.analyses.common import ModelOptions, Session, SuiteOptions, open_session, session_from_model
+from lexprobe.analyses.options import ModelOptions, SuiteOptions
+from lexprobe.analyses.session import Session, open_session, session_from_model
 from lexprobe.probes.harmfulness import HarmfulnessProbe
 from lexprobe.probes.margin import RefusalReadout
 from lexprobe.toolkit import config as _values
 from lexprobe.toolkit.attribution import AttributionSettings
-from lexprobe.toolkit.errors import InputError, did_you_mean
+from lexprobe.toolkit.config import as_keywords
+from lexprobe.toolkit.errors import InputError, LexprobeError, did_you_mean
 from lexprobe.toolkit.io.results import Result, read_run
 from lexprobe.toolkit.io.suites import SURROGATE, Prompts, as_suite, listed
 from lexprobe.toolkit.mechanism.direction import RefusalDirection
@@ -52,27 +54,68 @@ from lexprobe.toolkit.mechanism.direction import RefusalDirection
 TEXTS = (str, Path)
 ID = (str, int)  # a prompt id: "7" or 7
 ARGUMENTS = {
-    "limit": _values.positive_int, "max_new_tokens": _values.positive_int, "n_random": _values.positive_int,
-    "per_word": _values.positive_int, "content_words": _values.non_negative_int,
-    "inv_per_prompt": _values.positive_int, "val_prompts": _values.positive_int,
-    "train_prompts": _values.positive_int, "top": _values.positive_int, "batch_size": _values.positive_int,
-    "n_steps": _values.positive_int, "max_steps": _values.positive_int, "n_samples": _values.positive_int,
-    "generate_per_type": _values.non_negative_int, "seed": _values.seed,
-    "min_similarity": _values.similarity, "kl_bound": _values.positive_float,
-    "tolerance": _values.positive_float, "gate_width": _values.non_negative_float,
-    "max_unsafe_drop": _values.share, "ablate": [_values.positive_float],
-    "conditional": [_values.positive_float], "false_refusal": [_values.positive_float],
-    "coefficients": [_values.share], "types": [str], "ids": [ID], "methods": [str], "strategies": [str],
-    "rewrites": [str], "layers": bool, "faithfulness": bool, "contrasts": bool, "inv": bool,
-    "attribution": bool, "perturb": bool, "instruction": bool, "group_phrases": bool,
-    "recalibrate": bool, "verify_weights": bool, "prompt": str, "variant": str, "contrast": str,
-    "pair_map": TEXTS, "lexicon": TEXTS, "target": str, "rule": str, "baseline": str, "replacement": str,
-    "system_prompt": str, "chat_template": TEXTS, "dtype": str,
-    "harmfulness": (bool, str, Path, HarmfulnessProbe), "direction": (str, Path, RefusalDirection),
-    "attributions": (str, Path, pd.DataFrame, Result), "substitutions": (pd.DataFrame, Result),
-    "pairs": (str, Path, pd.DataFrame, list, tuple), "fix": (str, Path, Result),
-    "readout": (str, Path, RefusalReadout), "device": str, "weights_sha256": str, "classifier": str,
-}  # fmt: skip
+    "limit": _values.positive_int,
+    "max_new_tokens": _values.positive_int,
+    "n_random": _values.positive_int,
+    "per_word": _values.positive_int,
+    "content_words": _values.non_negative_int,
+    "inv_per_prompt": _values.positive_int,
+    "val_prompts": _values.positive_int,
+    "train_prompts": _values.positive_int,
+    "top": _values.positive_int,
+    "batch_size": _values.positive_int,
+    "n_steps": _values.positive_int,
+    "max_steps": _values.positive_int,
+    "n_samples": _values.positive_int,
+    "generate_per_type": _values.non_negative_int,
+    "seed": _values.seed,
+    "min_similarity": _values.similarity,
+    "kl_bound": _values.positive_float,
+    "tolerance": _values.positive_float,
+    "gate_width": _values.non_negative_float,
+    "max_unsafe_drop": _values.share,
+    "ablate": [_values.positive_float],
+    "conditional": [_values.positive_float],
+    "false_refusal": [_values.positive_float],
+    "coefficients": [_values.share],
+    "types": [str],
+    "ids": [ID],
+    "methods": [str],
+    "strategies": [str],
+    "rewrites": [str],
+    "layers": bool,
+    "faithfulness": bool,
+    "contrasts": bool,
+    "inv": bool,
+    "attribution": bool,
+    "perturb": bool,
+    "instruction": bool,
+    "group_phrases": bool,
+    "recalibrate": bool,
+    "verify_weights": bool,
+    "prompt": str,
+    "variant": str,
+    "contrast": str,
+    "pair_map": TEXTS,
+    "lexicon": TEXTS,
+    "target": str,
+    "rule": str,
+    "baseline": str,
+    "replacement": str,
+    "system_prompt": str,
+    "chat_template": TEXTS,
+    "dtype": str,
+    "harmfulness": (bool, str, Path, HarmfulnessProbe),
+    "direction": (str, Path, RefusalDirection),
+    "attributions": (str, Path, pd.DataFrame, Result),
+    "substitutions": (pd.DataFrame, Result),
+    "pairs": (str, Path, pd.DataFrame, list, tuple),
+    "fix": (str, Path, Result),
+    "readout": (str, Path, RefusalReadout),
+    "device": str,
+    "weights_sha256": str,
+    "classifier": str,
+}
 
 
 def check_argument(name: str, value, kind):
@@ -134,7 +177,12 @@ def checked(method=None, **kinds):
                 bound.arguments[name] = {k: value_of(k, v, None) for k, v in value.items()}
             else:
                 bound.arguments[name] = value_of(name, value, param.default)
-        return method(*bound.args, **bound.kwargs)
+        try:
+            return method(*bound.args, **bound.kwargs)
+        except LexprobeError as err:  # told in the caller's terms: `types=`, where the CLI says `--type`
+            if err.args and isinstance(err.args[0], str):
+                err.args = (as_keywords(err.args[0]), *err.args[1:])
+            raise
 
     return wrapper
 
@@ -401,10 +449,15 @@ class Probe:
         `suite`: a bundled suite name or file with a pair map (XSTest's, or `pair_map` with safe_id,
         unsafe_id); `types`: the safe types to pair (all by default)."""
         config = _contrast.ContrastConfig(
-            model=self.options, suite=SuiteOptions(suite=str(suite), types=listed(types) or []), pair_map=pair_map,
-            inv=inv, inv_per_prompt=inv_per_prompt, min_similarity=min_similarity, seed=seed,
+            model=self.options,
+            suite=SuiteOptions(suite=str(suite), types=listed(types) or []),
+            pair_map=pair_map,
+            inv=inv,
+            inv_per_prompt=inv_per_prompt,
+            min_similarity=min_similarity,
+            seed=seed,
             harmfulness=harmfulness,
-        )  # fmt: skip
+        )
         return _contrast.run(config, session=self.session)
 
     @checked
@@ -489,9 +542,10 @@ class Probe:
                 }
             else:
                 found = (
-                    self.direction().direction if direction is None
+                    self.direction().direction
+                    if direction is None
                     else load_direction(direction, lm.text_config.hidden_size, len(lm.layers))
-                )  # fmt: skip
+                )
                 new, by = found.steering(ablate=ablate, add=add), None
             before = self.session.steering, self.session.steered_by
             self.session.steering, self.session.steered_by = new, by
@@ -513,8 +567,16 @@ class Probe:
         return _harmfulness.run(config, session=self.session)
 
     @checked
-    def pathway(self, prompt: str | None = None, variant: str | None = None, *, contrast: str | None = None,
-                substitutions=None, top: int = 3, direction=None):  # fmt: skip
+    def pathway(
+        self,
+        prompt: str | None = None,
+        variant: str | None = None,
+        *,
+        contrast: str | None = None,
+        substitutions=None,
+        top: int = 3,
+        direction=None,
+    ):
         """Activation patching from `variant` into `prompt` (or the largest swaps of a perturb result's
         `substitutions`), and projections on the refusal direction (this model's, or `direction`, a
         `RefusalDirection`) (`PathwayResult`)."""
@@ -533,10 +595,24 @@ class Probe:
         return _pathway.run(config, session=self.session)
 
     @checked
-    def mitigate(self, prompts: Prompts = "xstest", *, types=None, ids=None, limit=None, ablate=(0.25, 0.5, 1.0),
-                 conditional=(1.0,), gate_width: float = 1.0, false_refusal=(1.0, 2.0),
-                 coefficients=(0.0, 0.5, 1.0), instruction: bool = True, generate_per_type: int = 5,
-                 max_unsafe_drop: float = 0.05, direction=None, harmfulness=True):  # fmt: skip
+    def mitigate(
+        self,
+        prompts: Prompts = "xstest",
+        *,
+        types=None,
+        ids=None,
+        limit=None,
+        ablate=(0.25, 0.5, 1.0),
+        conditional=(1.0,),
+        gate_width: float = 1.0,
+        false_refusal=(1.0, 2.0),
+        coefficients=(0.0, 0.5, 1.0),
+        instruction: bool = True,
+        generate_per_type: int = 5,
+        max_unsafe_drop: float = 0.05,
+        direction=None,
+        harmfulness=True,
+    ):
         """Each fix's refusal rates on the safe and the unsafe prompts with paired bootstrap CIs
         (`MitigateResult`; its frame is tradeoff.csv), the selection split's rates, and the fix the rule
         chooses there (`result.chosen`, chosen.json; `probe.steered(result)` applies it), with this
@@ -544,11 +620,17 @@ class Probe:
         from dataclasses import replace
 
         config = _mitigate.MitigateConfig(
-            model=replace(self.options, direction=direction), harmfulness=harmfulness, ablate=list(ablate),
-            conditional=list(conditional), gate_width=gate_width, false_refusal=list(false_refusal),
-            coefficients=list(coefficients), instruction=instruction, generate_per_type=generate_per_type,
+            model=replace(self.options, direction=direction),
+            harmfulness=harmfulness,
+            ablate=list(ablate),
+            conditional=list(conditional),
+            gate_width=gate_width,
+            false_refusal=list(false_refusal),
+            coefficients=list(coefficients),
+            instruction=instruction,
+            generate_per_type=generate_per_type,
             max_unsafe_drop=max_unsafe_drop,
-        )  # fmt: skip
+        )
         return _mitigate.run(config, session=self.session, suite=as_suite(prompts, types, ids, limit))
 
 
@@ -576,12 +658,23 @@ def result_types() -> tuple[type, ...]:
     from lexprobe.toolkit.attribution.result import AttributionResult
 
     return (
-        ValidityResult, _diagnose.DiagnoseResult, _score.ScoreResult, _generate.CompletionsResult,
-        _evaluate.ClassifiedResult, _evaluate.EvaluationResult, AttributionResult, _pairs.PerturbResult,
-        _pairs.PairsResult, _contrast.ContrastResult, TransplantResult, PlausibilityResult,
-        _direction.DirectionResult, _pathway.PathwayResult, _mitigate.MitigateResult,
+        ValidityResult,
+        _diagnose.DiagnoseResult,
+        _score.ScoreResult,
+        _generate.CompletionsResult,
+        _evaluate.ClassifiedResult,
+        _evaluate.EvaluationResult,
+        AttributionResult,
+        _pairs.PerturbResult,
+        _pairs.PairsResult,
+        _contrast.ContrastResult,
+        TransplantResult,
+        PlausibilityResult,
+        _direction.DirectionResult,
+        _pathway.PathwayResult,
+        _mitigate.MitigateResult,
         _harmfulness.HarmfulnessResult,
-    )  # fmt: skip
+    )
 
 
 def load_result(directory: str | Path):

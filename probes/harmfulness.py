@@ -48,13 +48,18 @@ class HarmfulnessProbe:
     def to_json(self) -> str:
         return json.dumps(
             {
-                "kind": "harmfulness_probe", "format": FORMAT, "layer": self.layer,
-                "position": self.position, "method": self.method, "bias": float(self.bias),
-                "weight": [float(x) for x in self.weight.double()], "sha256": self.sha256(),
+                "kind": "harmfulness_probe",
+                "format": FORMAT,
+                "layer": self.layer,
+                "position": self.position,
+                "method": self.method,
+                "bias": float(self.bias),
+                "weight": [float(x) for x in self.weight.double()],
+                "sha256": self.sha256(),
                 "details": self.details,
             },
             indent=1,
-        )  # fmt: skip
+        )
 
     @classmethod
     def from_json(cls, text: str, source: str = "harmfulness probe", d_model: int | None = None):
@@ -69,8 +74,14 @@ class HarmfulnessProbe:
             method = data.get("method", "logistic")
             if method not in ("logistic", "mean_difference"):
                 raise ValueError(f"method {method!r} is neither logistic nor mean_difference")
-            probe = cls(weight, float(data["bias"]), data["layer"], data["position"],
-                        method, dict(data.get("details") or {}))  # fmt: skip
+            probe = cls(
+                weight,
+                float(data["bias"]),
+                data["layer"],
+                data["position"],
+                method,
+                dict(data.get("details") or {}),
+            )
         except (ValueError, KeyError, TypeError) as err:
             raise InputError(
                 f"{source} is not a lexprobe harmfulness probe ({err}): write one with `lexprobe harmfulness`"
@@ -133,8 +144,12 @@ def probe_logits(lm, rows: list[list[int]], probe: HarmfulnessProbe, batch_size:
         got.clear()
         try:
             with hooks([(module, read)]):
-                lm.base(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
-                        position_ids=positions.to(lm.device), use_cache=False)  # fmt: skip
+                lm.base(
+                    input_ids=ids.to(lm.device),
+                    attention_mask=mask.to(lm.device),
+                    position_ids=positions.to(lm.device),
+                    use_cache=False,
+                )
         except _Enough:
             pass
         out[chunk] = got[0].double().cpu().numpy()

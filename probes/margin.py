@@ -401,9 +401,15 @@ class _Reduced:
         if self.lse_t is not None:
             rest_t = self.lse_t[:, row] - norm / self.temperature
         return _Node(
-            lp, outcome, ids_t, self.top[:, row] - norm[:, None], self.top_id[:, row], other > 0.5,
-            self.lse[:, row] - norm, rest_t,
-        )  # fmt: skip
+            lp,
+            outcome,
+            ids_t,
+            self.top[:, row] - norm[:, None],
+            self.top_id[:, row],
+            other > 0.5,
+            self.lse[:, row] - norm,
+            rest_t,
+        )
 
 
 BLOCK = 1 << 21  # elements of one temporary of the readout (16 MB in float64)

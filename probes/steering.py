@@ -122,8 +122,13 @@ class Steering:
 
     def to_dict(self) -> dict:
         """This steering as JSON-ready data (`from_dict` reads it back; the gate's probe included)."""
-        out = {"name": self.name, "ablate": float(self.ablate), "add": float(self.add), "at": self.at,
-               "vector": [float(x) for x in self.direction.detach().double().cpu()]}  # fmt: skip
+        out = {
+            "name": self.name,
+            "ablate": float(self.ablate),
+            "add": float(self.add),
+            "at": self.at,
+            "vector": [float(x) for x in self.direction.detach().double().cpu()],
+        }
         if self.gate is not None:
             probe = json.loads(self.gate.probe.to_json())
             out["gate"] = {"threshold": self.gate.threshold, "width": self.gate.width, "probe": probe}

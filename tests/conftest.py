@@ -63,7 +63,8 @@ def default_lm():
 
 @pytest.fixture(scope="session")
 def default_session(default_lm):
-    from lexprobe.analyses.common import ModelOptions, open_session
+    from lexprobe.analyses.options import ModelOptions
+    from lexprobe.analyses.session import open_session
 
     return open_session(ModelOptions(model="default", dtype="float32"))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import typing
 from functools import cache
 
@@ -35,6 +36,41 @@ class Options:
             elif f.name in values:
                 kwargs[f.name] = values[f.name]
         return cls(**kwargs)
+
+
+# The flags whose field is not their own name with "-" read as "_" (every other flag's is): the Python
+# API says `types=` where the command line says `--type`. tests/unit/test_cli_options.py checks this
+# table against every command's flags.
+FLAG_FIELDS = {
+    "--bootstrap": "n_bootstrap",
+    "--format": "formats",
+    "--from": "source",
+    "--ig-rule": "rule",
+    "--method": "methods",
+    "--random-orders": "n_random",
+    "--rewrite": "rewrites",
+    "--samples": "n_samples",
+    "--steps": "n_steps",
+    "--strategy": "strategies",
+    "--type": "types",
+}
+_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
+
+
+def field_of(flag: str) -> str:
+    """The config field (and API keyword) a `--flag` sets: `--type` -> `types`."""
+    return FLAG_FIELDS.get(flag, flag[2:].replace("-", "_"))
+
+
+def as_keywords(message: str) -> str:
+    """A message of the layers below the interfaces, which name options by their flags, as the Python
+    API says it: `--type` as `types=`, `--no-figures` as `figures=False`."""
+
+    def keyword(m: re.Match) -> str:
+        flag = m.group(0)
+        return f"{field_of('--' + flag[5:])}=False" if flag.startswith("--no-") else f"{field_of(flag)}="
+
+    return _FLAG.sub(keyword, message)
 
 
 @cache

@@ -202,3 +202,10 @@ class Cluster:
                 ) from err
             submit(actor)
             yield k, result
+
+
+def run_shards(cluster: Cluster, fn, jobs: list[tuple], desc: str) -> Iterator[tuple[int, object]]:
+    """`cluster.run`'s (job index, result) pairs, with a progress bar counting shards."""
+    from lexprobe.toolkit.io.progress import progress
+
+    yield from progress(cluster.run(fn, jobs), desc=desc, total=len(jobs), unit="shard")

@@ -75,6 +75,7 @@ def register(sub) -> None:
     p.add_argument(
         "--pair-map", default=None, metavar="FILE", help="CSV of safe_id, unsafe_id (none: XSTest's)"
     )
+    p.add_argument("--no-figures", dest="figures", action="store_false", help="write no heatmaps or figures")
     add_out_args(p, required=False)
     p.epilog = "With --prompt and no --out the heatmap is printed and nothing is written."
     p.set_defaults(func=cmd_attribute)

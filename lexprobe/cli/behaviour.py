@@ -9,6 +9,7 @@ from lexprobe.cli.options import (
     add_suite_args,
     out_dir,
     positive_int,
+    seed,
 )
 
 
@@ -58,22 +59,28 @@ def register(sub) -> None:
         "--classifier", default="default", help="default | strmatch | rules | judge (see `lexprobe methods`)"
     )
     p.add_argument(
-        "--judge-model", default=None, metavar="M",
+        "--judge-model",
+        default=None,
+        metavar="M",
         help="--classifier judge: the chat model that judges, any --model spec (none: the embedded model)",
-    )  # fmt: skip
+    )
     add_out_args(p, resume=False)
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("evaluate", help="XSTest's results table from labelled completions")
     p.add_argument(
-        "--completions", action=ListAction, required=True, metavar="FILE",
+        "--completions",
+        action=ListAction,
+        required=True,
+        metavar="FILE",
         help="one file per model, or the bundled xstest-llama2orig / xstest-mistralguard",
-    )  # fmt: skip
+    )
     p.add_argument("--label-column", default="final_label", help="final_label (human) or predicted")
     p.add_argument(
-        "--compare-column", default=None,
+        "--compare-column",
+        default=None,
         help="a second label column to check against --label-column (none: predicted, if present)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--type", dest="types", action=ListAction, default=[], metavar="T", help="only these prompt types"
     )
@@ -84,9 +91,11 @@ def register(sub) -> None:
     add_model_args(p)
     add_suite_args(p, required=False, default="xstest")
     p.add_argument(
-        "--completions", default=None, metavar="FILE",
+        "--completions",
+        default=None,
+        metavar="FILE",
         help="completions of this model and condition (none: generated, resumable in --out)",
-    )  # fmt: skip
+    )
     p.add_argument("--classifier", default="default", help="labels the completions (see `lexprobe methods`)")
     p.add_argument(
         "--max-new-tokens", type=positive_int, default=128, metavar="N", help="tokens per completion"
@@ -94,6 +103,15 @@ def register(sub) -> None:
     p.add_argument(
         "--no-save", dest="save", action="store_false", help="don't store the threshold for later studies"
     )
+    p.add_argument(
+        "--bootstrap",
+        dest="n_bootstrap",
+        type=positive_int,
+        default=2000,
+        metavar="N",
+        help="bootstrap resamples behind the AUROC's confidence interval",
+    )
+    p.add_argument("--seed", type=seed, default=0, help="bootstrap seed")
     p.add_argument(
         "--out",
         type=out_dir,

@@ -28,9 +28,11 @@ def register(sub) -> None:
         "--config", required=True, metavar="FILE", help="the plan (see examples/compare_default.toml)"
     )
     p.add_argument(
-        "--steer", default=None, metavar="FILE",
+        "--steer",
+        default=None,
+        metavar="FILE",
         help="apply a fix `lexprobe mitigate` chose (its chosen.json) to every cell (or the plan's `steer`)",
-    )  # fmt: skip
+    )
     add_out_args(p)
     add_parallel_args(p)
     p.set_defaults(func=cmd_compare)

@@ -38,17 +38,23 @@ def register(sub) -> None:
         "--no-perturb", dest="perturb", action="store_false", help="skip the word-substitution sweep"
     )
     p.add_argument(
-        "--no-mechanism", dest="mechanism", action="store_false",
+        "--no-mechanism",
+        dest="mechanism",
+        action="store_false",
         help="skip the patching of the top trigger swaps and the mitigations",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--harmfulness", default=True, metavar="PROBE",
+        "--harmfulness",
+        default=True,
+        metavar="PROBE",
         help="the harmfulness probe behind the four cells, a probe.json (default: this model's, fitted once and cached)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--no-harmfulness", dest="harmfulness", action="store_false",
+        "--no-harmfulness",
+        dest="harmfulness",
+        action="store_false",
         help="skip what the model represents (the harmfulness probe and its four cells)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--mechanism-pairs", type=positive_int, default=2, metavar="N", help="trigger swaps patched"
     )

@@ -80,8 +80,9 @@ def cmd_mitigate(a) -> None:
     view = view.assign(
         selection_safe=[f"{r:.0%}" for r in sel["safe_refusal_rate"]],
         selection_unsafe=[f"{r:.0%}" for r in sel["unsafe_refusal_rate"]],
-        frontier=t["frontier"].map({True: "yes", False: ""}), chosen=t["chosen"].map({True: "<-", False: ""}),
-    )  # fmt: skip
+        frontier=t["frontier"].map({True: "yes", False: ""}),
+        chosen=t["chosen"].map({True: "<-", False: ""}),
+    )
     print_table(
         view, title="refused (margin > 0, 95% CI) on the suite, and on the selection split, by setting"
     )
@@ -114,10 +115,13 @@ def cmd_pathway(a) -> None:
 
     result = run(PathwayConfig.from_cli(a))
     t = result.frame
-    view = t[["pair", "prompt", "variant", "margin_prompt", "margin_variant", "best_layer", "best_token"]].assign(
-        best_share=t["best_share"].round(2), swapped_token=t["swapped_token_best_share"].round(2),
+    view = t[
+        ["pair", "prompt", "variant", "margin_prompt", "margin_variant", "best_layer", "best_token"]
+    ].assign(
+        best_share=t["best_share"].round(2),
+        swapped_token=t["swapped_token_best_share"].round(2),
         last_template_token=t["last_template_token_best_share"].round(2),
-    )  # fmt: skip
+    )
     print_table(view, title="share of the margin change carried by the best site (1: all of it)")
     print(plain(f"wrote {a.out}/pathway.csv, patching.csv, projections.csv and figures"))
 
@@ -128,13 +132,19 @@ def register(sub) -> None:
     )
     add_model_args(p)
     p.add_argument(
-        "--train-prompts", type=positive_int, default=None, metavar="N",
+        "--train-prompts",
+        type=positive_int,
+        default=None,
+        metavar="N",
         help="harmful and harmless calibration train instructions each (default: all 260)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--val-prompts", type=positive_int, default=32, metavar="N",
+        "--val-prompts",
+        type=positive_int,
+        default=32,
+        metavar="N",
         help="harmful and harmless val instructions each, for the selection",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--kl-bound", type=positive_float, default=0.1, help="largest KL on harmless prompts under ablation"
     )
@@ -148,13 +158,19 @@ def register(sub) -> None:
     )
     add_model_args(p)
     p.add_argument(
-        "--train-prompts", type=positive_int, default=None, metavar="N",
+        "--train-prompts",
+        type=positive_int,
+        default=None,
+        metavar="N",
         help="harmful and harmless calibration train instructions each, with lexprobe's frames of them (default: all 260)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--val-prompts", type=positive_int, default=None, metavar="N",
+        "--val-prompts",
+        type=positive_int,
+        default=None,
+        metavar="N",
         help="harmful and harmless val instructions each, for the selection (default: all 39)",
-    )  # fmt: skip
+    )
     p.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
     add_out_args(p, resume=False)
     p.set_defaults(func=cmd_harmfulness)
@@ -166,29 +182,50 @@ def register(sub) -> None:
     add_model_args(p)
     add_suite_args(p, required=False, default="xstest")
     p.add_argument(
-        "--harmfulness", default=True, metavar="PROBE",
+        "--harmfulness",
+        default=True,
+        metavar="PROBE",
         help="the harmfulness probe that gates the conditional ablation: a probe.json (default: this model's, fitted once and cached)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--ablate", action=ListAction, item=positive_float, default=[0.25, 0.5, 1.0], metavar="S",
+        "--ablate",
+        action=ListAction,
+        item=positive_float,
+        default=[0.25, 0.5, 1.0],
+        metavar="S",
         help="shares of the refusal direction removed, one row each",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--conditional", action=ListAction, item=positive_float, default=[1.0], metavar="S",
+        "--conditional",
+        action=ListAction,
+        item=positive_float,
+        default=[1.0],
+        metavar="S",
         help="shares of the refusal direction removed where the probe reads the prompt as harmless",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--gate-width", type=non_negative_float, default=1.0, metavar="W",
+        "--gate-width",
+        type=non_negative_float,
+        default=1.0,
+        metavar="W",
         help="the soft gate's width in probe logits (0: hard gates only)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--false-refusal", action=ListAction, item=positive_float, default=[1.0, 2.0], metavar="S",
+        "--false-refusal",
+        action=ListAction,
+        item=positive_float,
+        default=[1.0, 2.0],
+        metavar="S",
         help="shares of the false-refusal vector removed, one row each",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--coefficients", action=ListAction, item=share, default=[0.0, 0.5, 1.0], metavar="C",
+        "--coefficients",
+        action=ListAction,
+        item=share,
+        default=[0.0, 0.5, 1.0],
+        metavar="C",
         help="shares of the false-refusal vector's component along the refusal direction removed before use",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--no-instruction",
         dest="instruction",
@@ -196,17 +233,26 @@ def register(sub) -> None:
         help="no row for the note naming the trigger",
     )
     p.add_argument(
-        "--max-unsafe-drop", type=share, default=0.05, metavar="D",
+        "--max-unsafe-drop",
+        type=share,
+        default=0.05,
+        metavar="D",
         help="the rule: the largest drop in unsafe refusal a chosen fix may cost on the selection split",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--selection-prompts", type=positive_int, default=None, metavar="N",
+        "--selection-prompts",
+        type=positive_int,
+        default=None,
+        metavar="N",
         help="harmful and harmless calibration val instructions each in the selection split (default: all 39)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--generate-per-type", type=non_negative_int, default=5, metavar="N",
+        "--generate-per-type",
+        type=non_negative_int,
+        default=5,
+        metavar="N",
         help="generate and classify N prompts of each type, as is and under the chosen fix (0: margins only)",
-    )  # fmt: skip
+    )
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens generated per prompt")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
     add_out_args(p, resume=False)
@@ -220,9 +266,11 @@ def register(sub) -> None:
     p.add_argument("--variant", default=None, help="... and its variant (one token swapped for one token)")
     p.add_argument("--contrast", default=None, help="... and an unsafe contrast, for the projections")
     p.add_argument(
-        "--substitutions", default=None, metavar="FILE",
+        "--substitutions",
+        default=None,
+        metavar="FILE",
         help="or a `lexprobe perturb` output (its substitutions.csv): its largest margin drops",
-    )  # fmt: skip
+    )
     p.add_argument("--top", type=positive_int, default=3, help="pairs taken from --substitutions")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
     add_out_args(p, resume=False)

@@ -138,9 +138,12 @@ def register(sub) -> None:
     p = sub.add_parser("transplant", help="trigger words in neutral carrier requests: dose response")
     add_model_args(p)
     p.add_argument(
-        "--categories", action=ListAction, default=["violence", "drugs", "crime"], metavar="C",
+        "--categories",
+        action=ListAction,
+        default=["violence", "drugs", "crime"],
+        metavar="C",
         help="trigger categories of the lexicon",
-    )  # fmt: skip
+    )
     p.add_argument("--draws", type=positive_int, default=6, help="random word lists per carrier and dose")
     p.add_argument(
         "--word-carriers", type=int, default=3, help="carriers for the one-word design (0: skip it)"

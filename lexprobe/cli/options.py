@@ -171,15 +171,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "(float32 everywhere for runs that attribute)",
     )
     g.add_argument(
-        "--chat-template", default=None, metavar="T",
+        "--chat-template",
+        default=None,
+        metavar="T",
         help="a chat template for a model whose files have none, or to replace its own: a family (see "
         "`lexprobe templates`), a Jinja file, or none for the raw prompt of a base model (default: the model's own; gemma for gemma3)",
-    )  # fmt: skip
+    )
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     g.add_argument(
-        "--device-map", default=None, metavar="M",
+        "--device-map",
+        default=None,
+        metavar="M",
         help="spread the model over devices (accelerate): auto | balanced | sequential | a JSON file of module -> device",
-    )  # fmt: skip
+    )
     g.add_argument("--batch-size", type=positive_int, default=16, help="prompts per forward pass")
     g.add_argument(
         "--threads",
@@ -196,21 +200,33 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="hash the weights files again (by default a file is hashed once, and again when its size or mtime change)",
     )
     g.add_argument(
-        "--direction", default=None, metavar="FILE",
+        "--direction",
+        default=None,
+        metavar="FILE",
         help="a direction.json of `lexprobe direction` for --ablate/--add-direction (none: this model's, found once and cached)",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--ablate-direction", type=ablate_share, nargs="?", const=1.0, default=None, metavar="S",
+        "--ablate-direction",
+        type=ablate_share,
+        nargs="?",
+        const=1.0,
+        default=None,
+        metavar="S",
         help="project the refusal direction out of every layer, every position (S: the share removed, up to 2; 1 if not given)",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--add-direction", type=add_multiple, default=None, metavar="ALPHA",
+        "--add-direction",
+        type=add_multiple,
+        default=None,
+        metavar="ALPHA",
         help="add ALPHA (-50 to 50) times the refusal direction at its layer, every position",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--steer", default=None, metavar="FILE",
+        "--steer",
+        default=None,
+        metavar="FILE",
         help="apply a fix `lexprobe mitigate` chose (its chosen.json) to every forward pass",
-    )  # fmt: skip
+    )
     g.add_argument(
         "--readout",
         default=None,
@@ -226,26 +242,38 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_harmfulness_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--harmfulness", nargs="?", const=True, default=False, metavar="PROBE",
+        "--harmfulness",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="PROBE",
         help="also write the harmfulness probe's logit beside each margin (> 0: represented harmful): this "
         "model's probe, fitted once and cached (`lexprobe harmfulness`), or PROBE, a probe.json (default: off)",
-    )  # fmt: skip
+    )
 
 
 def add_parallel_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("distributed (Ray)")
     g.add_argument(
-        "--workers", type=positive_int, default=None, metavar="N",
+        "--workers",
+        type=positive_int,
+        default=None,
+        metavar="N",
         help="shard the prompts over N model replicas on Ray (a local cluster unless --ray-address)",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--ray-address", default=None, metavar="A",
+        "--ray-address",
+        default=None,
+        metavar="A",
         help="join the Ray cluster at A (e.g. auto, or host:6379) instead of starting one here",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--num-gpus", type=non_negative_float, default=None, metavar="G",
+        "--num-gpus",
+        type=non_negative_float,
+        default=None,
+        metavar="G",
         help="GPUs per replica (none: 1 where the cluster has GPUs, else 0)",
-    )  # fmt: skip
+    )
 
 
 def add_suite_args(p: argparse.ArgumentParser, required: bool = True, default: str | None = None) -> None:
@@ -291,9 +319,13 @@ def add_out_args(p: argparse.ArgumentParser, required: bool = True, resume: bool
 def add_attribution_args(p: argparse.ArgumentParser, methods: list[str]) -> None:
     g = p.add_argument_group("attribution")
     g.add_argument(
-        "--method", dest="methods", action=ListAction, default=list(methods), metavar="M",
+        "--method",
+        dest="methods",
+        action=ListAction,
+        default=list(methods),
+        metavar="M",
         help="attribution methods (`all` for every one; see `lexprobe methods`)",
-    )  # fmt: skip
+    )
     g.add_argument(
         "--target",
         default="smooth",
@@ -319,16 +351,21 @@ def add_attribution_args(p: argparse.ArgumentParser, methods: list[str]) -> None
         help="integrated gradients: completeness error to reach",
     )
     g.add_argument(
-        "--ig-rule", dest="rule", default="adaptive",
+        "--ig-rule",
+        dest="rule",
+        default="adaptive",
         help="integrated gradients: quadrature rule, adaptive | trapezoid | gausslegendre",
-    )  # fmt: skip
+    )
     g.add_argument(
         "--baseline", default="pad", help="integrated gradients: reference for the user tokens, pad | zero"
     )
     g.add_argument(
-        "--samples", dest="n_samples", type=positive_int, default=None,
+        "--samples",
+        dest="n_samples",
+        type=positive_int,
+        default=None,
         help="samples of shapley / kernel_shap / lime / gradient_shap (none: each method's own default)",
-    )  # fmt: skip
+    )
     g.add_argument(
         "--replacement", default=None, help="perturbation methods put this text in a removed word's place"
     )
@@ -355,13 +392,21 @@ def add_faithfulness_args(p: argparse.ArgumentParser) -> None:
 def add_substitution_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("substitution")
     g.add_argument(
-        "--strategy", dest="strategies", action=ListAction, default=["lexicon", "auto"], metavar="S",
+        "--strategy",
+        dest="strategies",
+        action=ListAction,
+        default=["lexicon", "auto"],
+        metavar="S",
         help="lexicon | auto | user",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--rewrite", dest="rewrites", action=ListAction, default=[], metavar="WORD=SUB",
+        "--rewrite",
+        dest="rewrites",
+        action=ListAction,
+        default=[],
+        metavar="WORD=SUB",
         help="user rewrites, e.g. kill=stop,end (more substitutes of one word follow it after commas)",
-    )  # fmt: skip
+    )
     g.add_argument(
         "--lexicon", default=None, metavar="FILE", help="a trigger lexicon JSON instead of the bundled one"
     )
@@ -370,6 +415,9 @@ def add_substitution_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--per-word", type=positive_int, default=1, help="substitutes kept per word")
     g.add_argument(
-        "--content-words", type=non_negative_int, default=None, metavar="N",
+        "--content-words",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
         help="rewrite at most N non-trigger words per prompt, a trigger's part of speech first (none: all)",
-    )  # fmt: skip
+    )

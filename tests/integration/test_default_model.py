@@ -78,8 +78,8 @@ def test_margin_sign_predicts_greedy_refusal(default_session):
 
 
 def test_validate_margin_on_a_sample_of_xstest(tmp_path, default_session):
-    from lexprobe.analyses.common import ModelOptions, SuiteOptions
     from lexprobe.analyses.margin_validity import ValidityConfig, run
+    from lexprobe.analyses.options import ModelOptions, SuiteOptions
 
     ids = [str(i) for i in range(1, 451, 19)]  # 24 prompts across all types
     cfg = ValidityConfig(

@@ -25,7 +25,8 @@ LONG = "Please repeat: " + " ".join(["the quick brown fox jumps"] * 120) + " How
 
 @pytest.fixture(scope="module")
 def session():
-    from lexprobe.analyses.common import ModelOptions, open_session
+    from lexprobe.analyses.options import ModelOptions
+    from lexprobe.analyses.session import open_session
 
     return open_session(ModelOptions(model="gemma3", dtype="float32"))
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lexprobe.analyses.common import ModelOptions, open_session
+from lexprobe.analyses.options import ModelOptions
+from lexprobe.analyses.session import open_session
 from lexprobe.toolkit.attribution.core import AttributionSettings, PromptTarget, attribute
 from lexprobe.toolkit.io.suites import load_suite
 from lexprobe.toolkit.scoring.scorer import Scorer

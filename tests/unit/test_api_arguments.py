@@ -97,3 +97,14 @@ def test_load_checks_its_arguments_too():
 def test_one_value_is_a_list_of_one(probe):
     assert api.check_argument("ablate", 0.5, api.ARGUMENTS["ablate"]) == [0.5]
     assert api.check_argument("types", "homonyms", api.ARGUMENTS["types"]) == ["homonyms"]
+
+
+def test_errors_from_below_name_the_keyword_not_the_flag(probe):
+    """A study's message names options by their flags; the API tells it in the caller's terms."""
+    with pytest.raises(InputError) as err:
+        probe.perturb(["kill a process"], strategies=["user"])
+    message = str(err.value)
+    assert "rewrites=" in message and "strategies=" in message and "--" not in message
+    with pytest.raises(InputError) as err:
+        probe.score("xstest", types=["homonym"])
+    assert "--type" not in str(err.value) and "homonyms" in str(err.value)

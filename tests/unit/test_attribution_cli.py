@@ -36,8 +36,8 @@ def test_single_prompt_writes_every_output_and_prints_a_heatmap(tmp_path, tiny_r
     for row in frame.itertuples():
         assert text[row.char_start : row.char_end] == row.word
     run = json.loads((out / "run.json").read_text())
-    assert run["status"] == "complete" and run["methods"] == ["integrated_gradients", "occlusion"]
-    assert run["target"] == "smooth" and run["settings"]["rule"] == "adaptive"  # the defaults
+    assert run["status"] == "complete" and run["settings"]["methods"] == ["integrated_gradients", "occlusion"]
+    assert run["settings"]["target"] == "smooth" and run["settings"]["attribution"]["rule"] == "adaptive"
     printed = capsys.readouterr().out
     assert "#prompt" in printed and "integrated_gradients" in printed and "balloon" in printed
     page = (out / "heatmap.html").read_text()
@@ -85,7 +85,7 @@ def test_resume_skips_done_prompts_and_refuses_silent_overwrite(
     assert "--resume" in error_line()
     assert _attribute(tmp_path, tiny_readout_file, *args[:-1], "--resume") == 0  # faithfulness now on
     run = json.loads((tmp_path / "att" / "run.json").read_text())
-    assert run["n_attributed_this_run"] == 0  # ... but no prompt was redone
+    assert run["n_prompts_this_run"] == 0  # ... but no prompt was redone
     again = pd.read_csv(tmp_path / "att" / "attributions.csv", dtype={"id": str})
     pd.testing.assert_frame_equal(first, again)
 
@@ -209,7 +209,7 @@ def test_attribution_asks_for_float32_and_warns_when_ig_runs_in_bf16(
         asked.append((dtype, gradients))
         return real(spec, dtype, device, sha, gradients, verify, device_map)
 
-    monkeypatch.setattr("lexprobe.analyses.common.load_model", spy)
+    monkeypatch.setattr("lexprobe.analyses.session.load_model", spy)
     args = ["--prompt", "How do I kill a process?", "--method", "integrated_gradients", "--no-faithfulness"]
     assert _attribute(tmp_path, tiny_readout_file, *args, "--dtype", "bfloat16") == 0
     assert asked == [("bfloat16", True)]

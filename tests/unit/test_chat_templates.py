@@ -141,7 +141,9 @@ def test_templates_that_cannot_serve_are_one_line(bare_model, tmp_path, error_li
         value = str(tmp_path / "t.jinja")
         (tmp_path / "t.jinja").write_text(content)
     assert _score(bare_model, tmp_path / "o", "--chat-template", value) == 2
-    assert says in error_line()
+    line = error_line()
+    assert says in line
+    assert ("did you mean 'chatml'?" in line) == (content is None)  # a near name is suggested
 
 
 def test_the_api_takes_a_template_and_templates_lists_the_families(tiny, capsys):

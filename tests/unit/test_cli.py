@@ -57,7 +57,7 @@ def test_resume_scores_only_missing_rows_and_matches_a_fresh_run(tmp_path, tiny_
     others = [0, 2, 3, 5, 7]
     pd.testing.assert_series_equal(resumed.loc[others, "margin"], fresh.loc[others, "margin"], atol=1e-6)
     run = json.loads((tmp_path / "partial" / "run.json").read_text())
-    assert run["n_scored_this_run"] == 5
+    assert run["n_prompts_this_run"] == 5
 
 
 @pytest.mark.parametrize(

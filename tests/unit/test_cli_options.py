@@ -201,3 +201,94 @@ def test_method_aliases_stand_for_their_method():
         "integrated_gradients", "input_x_gradient", "saliency", "gradient_shap",
     ]  # fmt: skip
     assert parse_methods("ig,integrated_gradients") == ["integrated_gradients"]  # one method, once
+
+
+def _fields(cls) -> dict:
+    """A config's fields, nested `Options` flattened, with their defaults (`Options.from_cli` reads them
+    from the flags of the same name)."""
+    import dataclasses
+
+    from lexprobe.toolkit.config import _options_type
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        nested = _options_type(cls, f.name)
+        if nested is not None:
+            out |= _fields(nested)
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+        else:
+            out[f.name] = f.default
+    return out
+
+
+def _configs() -> dict:
+    """Every study command's config."""
+    from lexprobe.analyses import compare, direction, harmfulness, mitigate, pathway
+
+    others = {
+        "compare": compare.CompareConfig, "direction": direction.DirectionConfig,
+        "harmfulness": harmfulness.HarmfulnessConfig, "mitigate": mitigate.MitigateConfig,
+        "pathway": pathway.PathwayConfig,
+    }  # fmt: skip
+    return {command: config for command, _, config, _ in COMMANDS} | others
+
+
+INTERNAL = {"gradients"}  # set by the study that differentiates, never by the user
+
+
+def test_every_config_field_has_the_flag_of_its_name():
+    """One source per option: `Options.from_cli` fills a field from the flag whose dest is its name, so
+    a field without one would silently keep its default on the command line."""
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    configs = _configs()
+    study_commands = {n for n, p in subparsers.choices.items() if p.get_default("func") and p._actions[1:]}
+    assert study_commands - {"suites", "methods", "templates"} <= set(configs)
+    for command, config in configs.items():
+        dests = {a.dest for a in subparsers.choices[command]._actions}
+        missing = sorted(set(_fields(config)) - dests - INTERNAL)
+        assert not missing, f"{command}: {config.__name__} fields without a flag: {missing}"
+
+
+def test_the_api_keywords_are_config_fields_with_the_configs_defaults():
+    """`Probe.score(..., limit=...)` and `--limit` are one option: same name, same default."""
+    import inspect
+
+    from lexprobe import api
+
+    configs = _configs()
+    checked = 0
+    for method in ("score", "generate", "attribute", "perturb", "pairs", "contrast", "diagnose", "direction",
+                   "harmfulness", "pathway", "mitigate"):  # fmt: skip
+        fields = _fields(configs[method])
+        for name, param in inspect.signature(getattr(api.Probe, method)).parameters.items():
+            if param.kind is not param.KEYWORD_ONLY:
+                continue
+            assert name in fields, f"Probe.{method}({name}=...) is no field of {configs[method].__name__}"
+            api_default, default = param.default, fields[name]
+            if isinstance(api_default, tuple):
+                api_default = list(api_default)
+            assert api_default == default or (api_default is None and default in ([], None)), (method, name)
+            checked += 1
+    assert checked >= 40
+
+
+def test_flag_fields_names_every_flag_whose_field_is_not_its_own_name():
+    """`toolkit.config.FLAG_FIELDS` (how the API names a flag in an error) is the parser's own mapping."""
+    from lexprobe.toolkit.config import FLAG_FIELDS, field_of
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    irregular = set()
+    for command, parser in subparsers.choices.items():
+        for action in parser._actions:
+            for flag in action.option_strings:
+                if not flag.startswith("--") or flag == "--help":
+                    continue
+                named = field_of("--" + flag[5:]) if flag.startswith("--no-") else field_of(flag)
+                if (command, flag) in {("diagnose", "--contrasts"), ("score", "--prompt")}:
+                    continue  # the API takes these as `attribute_contrasts=` and its `prompts` argument
+                assert named == action.dest, f"{command} {flag} sets {action.dest}, not {named}"
+                irregular |= (
+                    {flag} if flag[2:].replace("-", "_") != action.dest and "--no-" not in flag else set()
+                )
+    assert irregular == set(FLAG_FIELDS)  # no stale entries

@@ -124,3 +124,22 @@ def test_with_a_probe_each_cell_has_its_lexical_over_refusal_index(tmp_path, tin
     assert cell["harmfulness_auroc"] == pytest.approx(
         auroc(scored["label"] == "unsafe", scored["harmfulness"])
     )
+
+
+def test_a_cell_that_cannot_run_is_refused_before_the_first_cell(tmp_path, tiny, capsys):
+    """A model whose files carry no chat template fails its cells in the plan check, not after the
+    cells of the models before it have run."""
+    import copy
+
+    bare = tmp_path / "bare"
+    tiny.model.save_pretrained(bare)
+    tokenizer = copy.deepcopy(tiny.tokenizer)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(bare)
+    plan = f'models = ["tiny-random", "{bare}"]\nconditions = ["none"]\nlimit = 2\n'
+    assert _compare(tmp_path, plan) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and f"the cell '{bare}' x 'none' cannot run" in err[0] and "--chat-template" in err[0]
+    )
+    assert not (tmp_path / "cmp").exists()  # no cell ran

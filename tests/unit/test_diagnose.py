@@ -112,7 +112,7 @@ def test_summary_numbers_are_the_sub_runs_numbers(diagnosed):
     assert trig["mean"] == pytest.approx(float(pooled.loc["triggers", "mean"]))
     subs = _read(diagnosed / "perturb" / "substitutions.csv")
     assert set(subs["id"]) <= set(selected)
-    threshold = json.loads((diagnosed / "perturb" / "run.json").read_text())["threshold"]
+    threshold = json.loads((diagnosed / "perturb" / "run.json").read_text())["details"]["threshold"]
     assert s["perturb"]["threshold"] == threshold
     orig = pd.to_numeric(subs["margin_orig"])
     refused_with_trigger = subs[(subs["role"] == "trigger") & (orig > threshold)]
@@ -146,9 +146,9 @@ def test_rerun_needs_resume_loses_nothing_and_resume_redoes_nothing(
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
     assert _diagnose(out, mixed_readout_file, *SELECT, "--harmfulness", tiny_probe_file, "--resume") == 0
-    assert json.loads((out / "scores" / "run.json").read_text())["n_scored_this_run"] == 0
-    assert json.loads((out / "attribution" / "run.json").read_text())["n_attributed_this_run"] == 0
-    assert json.loads((out / "perturb" / "run.json").read_text())["n_perturbed_this_run"] == 0
+    assert json.loads((out / "scores" / "run.json").read_text())["n_prompts_this_run"] == 0
+    assert json.loads((out / "attribution" / "run.json").read_text())["n_prompts_this_run"] == 0
+    assert json.loads((out / "perturb" / "run.json").read_text())["n_prompts_this_run"] == 0
     again, first = (json.loads((d / "summary.json").read_text()) for d in (out, diagnosed))
     assert again["verdict"] == first["verdict"] and again["margins"] == first["margins"]
 
@@ -211,7 +211,7 @@ def _facts(trig, diff, ctl, n=25, n_refused=8):
 
 
 def test_verdict_calls_lexical_only_when_both_cis_exclude_zero():
-    from lexprobe.analyses.diagnose import verdict
+    from lexprobe.analyses.diagnose_report import verdict
 
     lexical = " ".join(verdict(_facts((-0.61, -0.84, -0.37), (-0.7, -1.0, -0.4), (0.07, -0.07, 0.21))))
     assert "Refused 8 of 25 selected prompts (32%" in lexical

@@ -41,9 +41,8 @@ def test_sharded_scores_equal_one_process(tmp_path, tiny_readout_file, cluster):
     np.testing.assert_allclose(sharded["margin_sampled"], one["margin_sampled"], atol=1e-5)
     run = json.loads((tmp_path / "sharded" / "run.json").read_text())
     assert run["status"] == "complete" and run["rows_written"] == 40
-    assert run["sharding"]["workers"] == 2 and "sharding" not in json.loads(
-        (tmp_path / "one" / "run.json").read_text()
-    )
+    assert run["sharding"]["workers"] == 2
+    assert json.loads((tmp_path / "one" / "run.json").read_text())["sharding"] is None
 
 
 def test_resume_mixes_single_process_and_sharded_runs(tmp_path, tiny_readout_file, cluster):
@@ -53,7 +52,7 @@ def test_resume_mixes_single_process_and_sharded_runs(tmp_path, tiny_readout_fil
     mixed, one = _frame(tmp_path, "mixed"), _frame(tmp_path, "one")
     assert list(mixed["id"]) == list(one["id"])
     np.testing.assert_allclose(mixed["margin"], one["margin"], atol=1e-5)
-    assert json.loads((tmp_path / "mixed" / "run.json").read_text())["n_scored_this_run"] == 30
+    assert json.loads((tmp_path / "mixed" / "run.json").read_text())["n_prompts_this_run"] == 30
 
 
 def test_a_killed_workers_shard_is_done_again(tiny, tiny_readout, cluster):
@@ -65,11 +64,12 @@ def test_a_killed_workers_shard_is_done_again(tiny, tiny_readout, cluster):
     system = SystemPrompt.parse("model-default")
     replica = Replica("tiny-random", "float32", "cpu", tiny.weights_sha256, system, tiny_readout.to_json(), 4)
     texts = [f"How do I kill process number {i}?" for i in range(12)]
-    shards = [(texts[i : i + 4], [str(j) for j in range(i, i + 4)]) for i in range(0, 12, 4)]
+    records = [{"id": str(i), "prompt": t} for i, t in enumerate(texts)]
+    shards = [records[i : i + 4] for i in range(0, 12, 4)]
     with Cluster(replica, workers=2) as c:
         victim = ray.get(c.actors[0].pid.remote())
         os.kill(victim, signal.SIGKILL)  # the worker dies before it is handed its shards
-        got = dict(c.run(score_shard, [(*shard, False) for shard in shards]))
+        got = dict(c.run(score_shard, [(shard, False) for shard in shards]))
         assert ray.get(c.actors[0].pid.remote()) != victim  # restarted
     want = Scorer(tiny, ChatFormat(tiny.tokenizer, system), tiny_readout, 4).score(texts)
     assert sorted(got) == [0, 1, 2]
@@ -150,7 +150,7 @@ def test_sharded_perturbation_equals_one_process(tmp_path, tiny_readout_file, cl
     np.testing.assert_allclose(sharded["delta"], one["delta"], atol=1e-5)
     runs = [json.loads((tmp_path / d / "run.json").read_text()) for d in ("one", "sharded")]
     assert runs[1]["sharding"]["workers"] == 2
-    assert runs[0]["n_texts_scored_this_run"] == runs[1]["n_texts_scored_this_run"]
+    assert runs[0]["details"]["n_texts_scored_this_run"] == runs[1]["details"]["n_texts_scored_this_run"]
 
 
 def test_more_gpus_than_the_cluster_has_is_one_line_not_a_wait(tmp_path, tiny_readout_file, capsys, cluster):

@@ -124,3 +124,6 @@ def test_the_readme_is_a_landing_page_and_the_docs_site_builds_strictly(tmp_path
     )
     assert proc.returncode == 0 and "WARNING" not in proc.stderr, proc.stderr[-2000:]
     assert (tmp_path / "speed" / "index.html").exists()
+    reference = (tmp_path / "api" / "index.html").read_text(encoding="utf-8")  # from the docstrings
+    for name in ("lexprobe.api.load", "lexprobe.api.Probe.score", "lexprobe.api.Probe.attribute"):
+        assert f'id="{name}"' in reference, name

@@ -50,7 +50,8 @@ def test_perturb_end_to_end(tmp_path, tiny_readout_file, capsys):
     assert {"kill", "Python", "process"} <= set(words.loc[words["id"] == "1", "word"])
     assert words.loc[words["word"] == "Python", "note"].iloc[0]  # not substituted, and says why
     run = json.loads((out / "run.json").read_text())
-    assert run["status"] == "complete" and run["threshold"] == 0.0 and run["substitution"]["per_word"] == 1
+    assert run["status"] == "complete" and run["details"]["threshold"] == 0.0
+    assert run["settings"]["substitution"]["per_word"] == 1
     assert "trigger knockout" in capsys.readouterr().out
 
 

@@ -56,8 +56,10 @@ def classify(
     fn = CLASSIFIERS.get(name)
     prompts_ = list(prompts_) if prompts_ is not None else [None] * len(completions)
     # a completion of only zero-width characters is as blank as an empty one
-    completions = [INVISIBLE.sub("", c) if isinstance(c, str) and not INVISIBLE.sub("", c).strip() else c
-                   for c in completions]  # fmt: skip
+    completions = [
+        INVISIBLE.sub("", c) if isinstance(c, str) and not INVISIBLE.sub("", c).strip() else c
+        for c in completions
+    ]
     if len(prompts_) != len(completions):
         raise ValueError(f"{len(completions)} completions but {len(prompts_)} prompts")
     if hasattr(fn, "classify_many"):

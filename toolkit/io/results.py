@@ -243,10 +243,30 @@ class MultiTableResult(TableResult):
 # Columns whose cells are text from the user's suite or from the model (a prompt "007", a type "01",
 # a word "1e3"): read back as written, never parsed as numbers. Columns a table lacks are ignored.
 TEXT_COLUMNS = (
-    "id", "type", "label", "prompt", "completion", "word", "replacement", "variant", "lemma", "pos",
-    "role", "category", "strategy", "sense", "prompt_a", "prompt_b", "pair_id", "final_label",
-    "predicted", "model", "text", "token", "trigger",
-)  # fmt: skip
+    "id",
+    "type",
+    "label",
+    "prompt",
+    "completion",
+    "word",
+    "replacement",
+    "variant",
+    "lemma",
+    "pos",
+    "role",
+    "category",
+    "strategy",
+    "sense",
+    "prompt_a",
+    "prompt_b",
+    "pair_id",
+    "final_label",
+    "predicted",
+    "model",
+    "text",
+    "token",
+    "trigger",
+)
 
 
 def read_csv_table(path: Path, text_columns: tuple[str, ...] = TEXT_COLUMNS) -> pd.DataFrame:

@@ -68,8 +68,10 @@ class RowWriter:
                 log.warning(
                     "%s has %d complete rows but run.json records %d written, so rows were lost after "
                     "they were written (an edit, a copy cut short?): the missing ones are computed again",
-                    path, kept, recorded,
-                )  # fmt: skip
+                    path,
+                    kept,
+                    recorded,
+                )
             old = read_csv_table(path)
             if list(old.columns) != columns:
                 raise OutputError(
@@ -141,8 +143,10 @@ def repair_torn_tail(path: Path, columns: list[str], at_most: int | None = None)
         log.warning(
             "%s ended in an unfinished write (%d characters after the last complete row): cut it off, "
             "kept %d rows",
-            path, len(text) - good_end, max(rows, 0),
-        )  # fmt: skip
+            path,
+            len(text) - good_end,
+            max(rows, 0),
+        )
         with open(path, "r+b") as fh:
             fh.truncate(len(text[:good_end].encode("utf-8")))
     return max(rows, 0)

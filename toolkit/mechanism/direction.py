@@ -287,8 +287,12 @@ def select_direction(
     harmless = _kept(scorer, train[1], False, "harmless train prompts", by_margin)
     val_harmful = _kept(scorer, val[0], True, "harmful val prompts", by_margin)
     val_harmless = _kept(scorer, val[1], False, "harmless val prompts", by_margin)
-    counts = {"harmful_train": len(harmful), "harmless_train": len(harmless),
-              "harmful_val": len(val_harmful), "harmless_val": len(val_harmless)}  # fmt: skip
+    counts = {
+        "harmful_train": len(harmful),
+        "harmless_train": len(harmless),
+        "harmful_val": len(val_harmful),
+        "harmless_val": len(val_harmless),
+    }
     if min(counts.values()) < 2:
         raise InputError(
             f"too few calibration prompts the model treats as their class ({counts}): it refuses too little "
@@ -328,9 +332,17 @@ def select_direction(
                 table.at[i, f"induce_{which}"] = float(first_token_scores(scorer, good)[0].mean())
 
     table = pd.DataFrame(
-        [{"layer": layer, "position": pos - n_pos, "norm": float(diff[layer, pos].norm()), "eligible": layer < cutoff}
-         for layer in range(n_layers) for pos in range(n_pos)]
-    )  # fmt: skip
+        [
+            {
+                "layer": layer,
+                "position": pos - n_pos,
+                "norm": float(diff[layer, pos].norm()),
+                "eligible": layer < cutoff,
+            }
+            for layer in range(n_layers)
+            for pos in range(n_pos)
+        ]
+    )
     for column in ("bypass_screen", "induce_screen", "kl_screen", "bypass_val", "induce_val", "kl_val"):
         table[column] = np.nan
     live = table.index[table["norm"] > 0]  # the embedding's output: the same template tokens, no difference
@@ -373,15 +385,20 @@ def select_direction(
     }
     details = {
         "selection": {
-            "bypass": float(row["bypass_val"]), "induce": float(row["induce_val"]), "kl": float(row["kl_val"]),
-            "kl_bound": kl_bound, "induce_min": induce_min, "last_layers_excluded": n_layers - cutoff,
-            "candidates": int(len(live)), "measured_on_val": int(table["kl_val"].notna().sum()),
+            "bypass": float(row["bypass_val"]),
+            "induce": float(row["induce_val"]),
+            "kl": float(row["kl_val"]),
+            "kl_bound": kl_bound,
+            "induce_min": induce_min,
+            "last_layers_excluded": n_layers - cutoff,
+            "candidates": int(len(live)),
+            "measured_on_val": int(table["kl_val"].notna().sum()),
         },
         "prompts": counts | {"screen": screen},
         "baseline": baseline,
         "n_layers": n_layers,
         "template_positions": n_pos,
-    }  # fmt: skip
+    }
     direction = RefusalDirection(vec(chosen), int(row["layer"]), int(row["position"]), details)
     return Selection(direction, table, baseline)
 
@@ -412,9 +429,14 @@ def find_direction(
 
     lm = scorer.lm
     key = {
-        "dtype": str(lm.dtype), "system_prompt": condition, "readout": scorer.readout.sha256(),
-        "train": train_prompts, "val": val_prompts, "kl_bound": kl_bound, "format": 1,
-    }  # fmt: skip
+        "dtype": str(lm.dtype),
+        "system_prompt": condition,
+        "readout": scorer.readout.sha256(),
+        "train": train_prompts,
+        "val": val_prompts,
+        "kl_bound": kl_bound,
+        "format": 1,
+    }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir("directions", lm.weights_sha256[:16]) / f"{digest}.json"
     table = path.with_suffix(".csv")
@@ -443,10 +465,15 @@ def find_direction(
             )
         direction = selection.direction
         direction.details.update(
-            provenance=info or {}, seconds=timer.seconds,
-            data={"candidates": "calibration harmful/harmless, train split", "selection": "their val split",
-                  "n_train": n or "all", "n_val": v},
-        )  # fmt: skip
+            provenance=info or {},
+            seconds=timer.seconds,
+            data={
+                "candidates": "calibration harmful/harmless, train split",
+                "selection": "their val split",
+                "n_train": n or "all",
+                "n_val": v,
+            },
+        )
         write_csv_atomic(selection.candidates, table)
         write_text_atomic(path, direction.to_json())
         return direction, selection.candidates

@@ -64,8 +64,10 @@ def false_refusal(scorer, direction, sets: dict, minimum: int = 8) -> tuple[Fals
     log.warning(
         "building the false-refusal vector once for this model and condition (then cached): scoring %d "
         "harmless prompts lexprobe made and %d harmless calibration prompts, %d batches",
-        len(made), len(plain), sum(math.ceil(n / scorer.batch_size) for n in (len(made), len(plain))),
-    )  # fmt: skip
+        len(made),
+        len(plain),
+        sum(math.ceil(n / scorer.batch_size) for n in (len(made), len(plain))),
+    )
     states, margins = prompt_states(scorer, made, "harmless prompts lexprobe made", [layer])
     base, base_margins = prompt_states(scorer, plain, "harmless calibration prompts", [layer])
     refused, answered = margins > 0, base_margins < 0
@@ -97,9 +99,12 @@ def refusal_rates(margins: np.ndarray, is_safe: np.ndarray) -> tuple[float, floa
 
 
 def choose_threshold(
-    logits: np.ndarray, plain: np.ndarray, ablated: np.ndarray, is_safe: np.ndarray,
+    logits: np.ndarray,
+    plain: np.ndarray,
+    ablated: np.ndarray,
+    is_safe: np.ndarray,
     max_unsafe_drop: float = MAX_UNSAFE_DROP,
-) -> tuple[float, dict]:  # fmt: skip
+) -> tuple[float, dict]:
     """The hard gate's threshold: prompts whose harmfulness logit is below it take their `ablated`
     margin, the rest their `plain` one. The threshold with the lowest safe refusal rate among those
     that lower the unsafe rate by at most `max_unsafe_drop` (ties: the lowest threshold, the gate that

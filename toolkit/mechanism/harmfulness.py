@@ -132,9 +132,13 @@ def _logistic(x: torch.Tensor, y: torch.Tensor, penalty: float, start=None, iter
 
 
 def fit_sites(
-    train_x: torch.Tensor, train_y: np.ndarray, val_x: torch.Tensor, val_y: np.ndarray,
-    val_hard: np.ndarray | None = None, logistic_sites: int | None = LOGISTIC_SITES,
-):  # fmt: skip
+    train_x: torch.Tensor,
+    train_y: np.ndarray,
+    val_x: torch.Tensor,
+    val_y: np.ndarray,
+    val_hard: np.ndarray | None = None,
+    logistic_sites: int | None = LOGISTIC_SITES,
+):
     """Both methods at every site. train_x [n, sites, d], val_x [m, sites, d] (float32). The logistic
     probe is fitted at the `logistic_sites` sites where the mean difference reads best on the val split
     (its hard prompts where `val_hard` marks them; None: every site); elsewhere its row is NaN.
@@ -188,11 +192,16 @@ def fit_sites(
         nan = np.where(fitted, 1.0, np.nan)
         rows.append(
             pd.DataFrame(
-                {"site": np.arange(n_sites), "method": method, "auroc_train": aurocs(train_y, lt) * nan,
-                 "auroc_val": aurocs(val_y, lv) * nan, "loss_val": log_losses(val_y, lv) * nan,
-                 "penalty": penalties[k]}
+                {
+                    "site": np.arange(n_sites),
+                    "method": method,
+                    "auroc_train": aurocs(train_y, lt) * nan,
+                    "auroc_val": aurocs(val_y, lv) * nan,
+                    "loss_val": log_losses(val_y, lv) * nan,
+                    "penalty": penalties[k],
+                }
             )
-        )  # fmt: skip
+        )
     return pd.concat(rows, ignore_index=True), weights, biases
 
 
@@ -236,8 +245,11 @@ def choose_probe(sets: dict, xt: torch.Tensor, mt: np.ndarray, xv: torch.Tensor,
     table["selected"] = table.index == best
     row = table.loc[best]
     k, s = k_of[row["method"]], int(row["site"])
-    counts = {f"{split}_{kind}": int(sum(x == kind for x in ks))
-              for split, ks in (("train", tk), ("val", vk)) for kind in dict.fromkeys(ks)}  # fmt: skip
+    counts = {
+        f"{split}_{kind}": int(sum(x == kind for x in ks))
+        for split, ks in (("train", tk), ("val", vk))
+        for kind in dict.fromkeys(ks)
+    }
     details = {
         "selection": {c: _plain(row[c]) for c in table.columns if c not in ("site", "selected")},
         "rule": "the highest AUROC on the val split's harmful prompts against its hard negatives; ties: the "
@@ -245,10 +257,17 @@ def choose_probe(sets: dict, xt: torch.Tensor, mt: np.ndarray, xv: torch.Tensor,
         "prompts": counts,
         "val_refused": {kind: float((mv[vk == kind] > 0).mean()) for kind in dict.fromkeys(vk)},
         "train_refused": {kind: float((mt[np.asarray(tk) == kind] > 0).mean()) for kind in dict.fromkeys(tk)},
-        "n_layers": n_layers, "positions": n_pos,
-    }  # fmt: skip
-    probe = HarmfulnessProbe(weights[k, s].clone(), float(biases[k, s]), int(row["layer"]),
-                             int(row["position"]), str(row["method"]), details)  # fmt: skip
+        "n_layers": n_layers,
+        "positions": n_pos,
+    }
+    probe = HarmfulnessProbe(
+        weights[k, s].clone(),
+        float(biases[k, s]),
+        int(row["layer"]),
+        int(row["position"]),
+        str(row["method"]),
+        details,
+    )
     return probe, table, weights
 
 
@@ -286,8 +305,14 @@ def find_probe(
     from lexprobe.toolkit.io.results import Timer, write_csv_atomic
 
     lm = scorer.lm
-    key = {"dtype": str(lm.dtype), "system_prompt": condition, "train": train_prompts, "val": val_prompts,
-           "data": data_sha(), "format": 2}  # fmt: skip
+    key = {
+        "dtype": str(lm.dtype),
+        "system_prompt": condition,
+        "train": train_prompts,
+        "val": val_prompts,
+        "data": data_sha(),
+        "format": 2,
+    }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir("harmfulness", lm.weights_sha256[:16]) / f"{digest}.json"
     table_path, weights_path = path.with_suffix(".csv"), path.with_suffix(".safetensors")
@@ -306,11 +331,16 @@ def find_probe(
         with unsteered(lm):  # the probe of the model as it is, whatever steering a study has on
             probe, table, weights = select_probe(scorer, make_sets(train_prompts, val_prompts))
         probe.details.update(
-            provenance=info or {}, seconds=timer.seconds,
-            data={"fit": "calibration harmful/harmless + hard negatives, train split",
-                  "selection": "their val split", "n_train": train_prompts or "all", "n_val": val_prompts or "all"},
+            provenance=info or {},
+            seconds=timer.seconds,
+            data={
+                "fit": "calibration harmful/harmless + hard negatives, train split",
+                "selection": "their val split",
+                "n_train": train_prompts or "all",
+                "n_val": val_prompts or "all",
+            },
             weights_sha256=_sha(weights),
-        )  # fmt: skip
+        )
         write_csv_atomic(table, table_path)
         save_file({"weights": weights.contiguous()}, str(weights_path))
         write_text_atomic(path, probe.to_json())
@@ -322,8 +352,14 @@ def data_sha() -> str:
     from lexprobe import prompts
 
     digest = hashlib.sha256()
-    for name in ("harm_frames.json", "trigger_lexicon.json", "calibration_harmful_train.json",
-                 "calibration_harmless_train.json", "calibration_harmful_val.json", "calibration_harmless_val.json"):  # fmt: skip
+    for name in (
+        "harm_frames.json",
+        "trigger_lexicon.json",
+        "calibration_harmful_train.json",
+        "calibration_harmless_train.json",
+        "calibration_harmful_val.json",
+        "calibration_harmless_val.json",
+    ):
         digest.update(prompts.path(name).read_bytes())
     return digest.hexdigest()[:16]
 

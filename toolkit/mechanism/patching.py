@@ -100,9 +100,14 @@ def patch(scorer, prompt: str, variant: str) -> Patching:
     kinds = ["user" if k == USER else "template" for k in a.token_kinds[p:]] + ["readout"] * (q - len(sa))
     tree = list(scorer.readout.extra_tokens)
     return Patching(
-        shares, margins, m_prompt, m_variant,
-        [tok.decode([t]) for t in sa + tree], [tok.decode([t]) for t in sb + tree], kinds,
-    )  # fmt: skip
+        shares,
+        margins,
+        m_prompt,
+        m_variant,
+        [tok.decode([t]) for t in sa + tree],
+        [tok.decode([t]) for t in sb + tree],
+        kinds,
+    )
 
 
 @torch.no_grad()

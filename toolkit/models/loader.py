@@ -184,6 +184,46 @@ def _load_cached(
     return lm
 
 
+@dataclass(frozen=True)
+class ModelPeek:
+    """What a plan needs of a model before it loads: its weights' sha256, its tokenizer (with the chat
+    template its files carry) and the family its loader falls back on where they carry none."""
+
+    sha256: str
+    tokenizer: object
+    default_template: str | None = None
+
+
+def peek_model(spec: str) -> ModelPeek:
+    """The `ModelPeek` of `spec`, without loading its weights (a GGUF's dequantized cache is built if it
+    is missing: the model's first load would build it all the same)."""
+    from transformers import AutoTokenizer
+
+    check_spec(spec)
+    default = None
+    if spec == "tiny-random":
+        from lexprobe.toolkit.models.tiny import build_tiny_model
+
+        _, tokenizer, sha = build_tiny_model()
+        return ModelPeek(sha, tokenizer)
+    if spec in SPLIT_GGUFS:
+        split = SPLIT_GGUFS[spec]
+        sha, default = split.sha256, split.template
+        directory = _dequantized_cache(sha, functools.partial(_assemble_split, spec))
+    elif spec == "smollm2" or spec.endswith(".gguf") or Path(spec).expanduser().is_file():
+        path = _smollm2_path() if spec == "smollm2" else Path(spec).expanduser()
+        sha = file_sha256(path)
+        directory = _dequantized_cache(sha, lambda target: target.symlink_to(path.resolve()))
+    else:
+        directory = Path(spec).expanduser() if Path(spec).expanduser().is_dir() else _hub_dir(spec)
+        sha = _hash_weights_dir(directory)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except Exception as err:  # noqa: BLE001  (a broken tokenizer file raises whatever its reader raises)
+        raise ModelError(f"cannot load the tokenizer of '{spec}': {_first_line(err)}") from err
+    return ModelPeek(sha, tokenizer, default)
+
+
 def _spec_hint(spec: str) -> str:
     return did_you_mean(spec, ("tiny-random", "smollm2", *SPLIT_GGUFS), quote="'")
 

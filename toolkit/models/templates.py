@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lexprobe.toolkit.errors import InputError
+from lexprobe.toolkit.errors import InputError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,14 @@ FAMILIES: dict[str, tuple[str, str]] = {  # name: (what it is, the Jinja templat
         "{% endif %}{% endfor %}",
     ),
 }
-ALIASES = {"qwen": "chatml", "smollm": "chatml", "llama2": "llama-2", "llama3": "llama-3", "phi3": "phi-3",
-           "raw": "none"}  # fmt: skip
+ALIASES = {
+    "qwen": "chatml",
+    "smollm": "chatml",
+    "llama2": "llama-2",
+    "llama3": "llama-3",
+    "phi3": "phi-3",
+    "raw": "none",
+}
 MAX_BYTES = 1 << 20  # a template file larger than this is not one
 
 
@@ -120,9 +126,10 @@ def resolve_template(value) -> ChatTemplate | None:
         return ChatTemplate(family, FAMILIES[family][1])
     path = Path(text).expanduser()
     if not path.exists():
+        hint = did_you_mean(text.lower(), [*FAMILIES, *ALIASES], quote="'")
         raise InputError(
             f"--chat-template '{value}' is neither a family ({names()}) nor an existing file: "
-            "see `lexprobe templates`"
+            f"{hint}see `lexprobe templates`"
         )
     if not path.is_file() or path.stat().st_size > MAX_BYTES:
         raise InputError(f"--chat-template '{value}' is not a template file (a folder, or over 1 MB)")
@@ -172,5 +179,6 @@ def warn_unknown_markers(template: ChatTemplate, tokenizer, rendered: str) -> No
         log.warning(
             "chat template '%s': this tokenizer has no token for %s, so the model was likely not trained "
             "on this template; its margins describe the model under a format it does not know",
-            template.name, ", ".join(split),
-        )  # fmt: skip
+            template.name,
+            ", ".join(split),
+        )

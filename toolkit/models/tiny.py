@@ -82,10 +82,17 @@ def tiny_config(model_type: str, vocab_size: int, pad_token_id: int, eos_token_i
 
     if model_type == "gpt2":
         return AutoConfig.for_model(
-            "gpt2", vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=512,
-            initializer_range=0.2, eos_token_id=eos_token_id, bos_token_id=eos_token_id,
+            "gpt2",
+            vocab_size=vocab_size,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=512,
+            initializer_range=0.2,
+            eos_token_id=eos_token_id,
+            bos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
-        )  # fmt: skip
+        )
     text = {
         "vocab_size": vocab_size,
         "hidden_size": 64,
@@ -101,13 +108,23 @@ def tiny_config(model_type: str, vocab_size: int, pad_token_id: int, eos_token_i
         **_TINY_EXTRA.get(model_type, {}),
     }
     if model_type == "gemma3":  # the multimodal wrapper: a text config plus a tiny vision tower
-        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                  "image_size": 28, "patch_size": 14}  # fmt: skip
+        vision = {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 28,
+            "patch_size": 14,
+        }
         return AutoConfig.for_model(
-            "gemma3", text_config={**text, **_TINY_EXTRA["gemma3_text"]}, vision_config=vision,
-            mm_tokens_per_image=4, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+            "gemma3",
+            text_config={**text, **_TINY_EXTRA["gemma3_text"]},
+            vision_config=vision,
+            mm_tokens_per_image=4,
+            pad_token_id=pad_token_id,
+            eos_token_id=eos_token_id,
             tie_word_embeddings=False,
-        )  # fmt: skip
+        )
     return AutoConfig.for_model(model_type, **text)
 
 

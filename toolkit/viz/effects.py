@@ -76,9 +76,15 @@ def forest_figure(
         ax.set_yticks([])
         ax.set_xticks([])
         ax.text(
-            0.5, 0.5, f"no {label} with n >= {min_n} (all {label}s are in {source})",
-            transform=ax.transAxes, ha="center", va="center", fontsize=9, color="#444",
-        )  # fmt: skip
+            0.5,
+            0.5,
+            f"no {label} with n >= {min_n} (all {label}s are in {source})",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=9,
+            color="#444",
+        )
     else:
         ax.axvline(0, color="grey", lw=0.8, ls="--")
         ax.set_xlabel(xlabel)

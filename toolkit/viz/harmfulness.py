@@ -54,8 +54,16 @@ def probe_figure(sites: pd.DataFrame, path: str | Path, title: str) -> Path:
                 chosen["layer"], chosen["cosine_refusal_direction"], marker="*", ms=13, color=ACCENT, ls=""
             )
     if not has_cosine:
-        axes[1].text(0.5, 0.5, "no refusal direction to compare with", ha="center", va="center",
-                     transform=axes[1].transAxes, color="#666", fontsize=9)  # fmt: skip
+        axes[1].text(
+            0.5,
+            0.5,
+            "no refusal direction to compare with",
+            ha="center",
+            va="center",
+            transform=axes[1].transAxes,
+            color="#666",
+            fontsize=9,
+        )
     axes[0].axhline(0.5, color="grey", ls="--", lw=0.8)
     axes[0].set_ylabel("AUROC, harmful vs hard harmless (val)")
     axes[0].set_title("how well each site reads harm (mean difference; crosses: logistic)", fontsize=9)
@@ -90,15 +98,30 @@ def cells_figure(frame: pd.DataFrame, path: str | Path, title: str) -> Path:
     for label, colour, marker in (("safe", MAIN, "o"), ("unsafe", ACCENT, "^")):
         rows = frame[frame["label"] == label]
         if len(rows):
-            ax.scatter(rows["margin"], rows["harmfulness"], s=14, alpha=0.65, color=colour, marker=marker,
-                       label=f"{label} ({len(rows)})", edgecolors="none")  # fmt: skip
+            ax.scatter(
+                rows["margin"],
+                rows["harmfulness"],
+                s=14,
+                alpha=0.65,
+                color=colour,
+                marker=marker,
+                label=f"{label} ({len(rows)})",
+                edgecolors="none",
+            )
     ax.axvline(0, color="black", lw=0.6)
     ax.axhline(0, color="black", lw=0.6)
     x0, x1 = ax.get_xlim()
     y0, y1 = ax.get_ylim()
     for (refused, harmful), name in CELLS.items():
-        ax.text(x1 if refused else x0, y1 if harmful else y0, name, fontsize=7.5, color="#555",
-                ha="right" if refused else "left", va="top" if harmful else "bottom")  # fmt: skip
+        ax.text(
+            x1 if refused else x0,
+            y1 if harmful else y0,
+            name,
+            fontsize=7.5,
+            color="#555",
+            ha="right" if refused else "left",
+            va="top" if harmful else "bottom",
+        )
     ax.set_xlabel("refusal margin (> 0: refused)")
     ax.set_ylabel("harmfulness logit (> 0: represented harmful)")
     ax.legend(fontsize=7, loc="center left")

@@ -163,7 +163,7 @@ def heatmap_html(result, path: str | Path) -> Path:
         for k, v in (
             ("model", display_name(run.get("model_spec")) or None),
             ("system prompt", (run.get("system_prompt") or {}).get("name")),
-            ("attributed margin", run.get("target")),
+            ("attributed margin", attributed_target(run)),
             ("dtype", run.get("dtype")),
         )
         if v is not None
@@ -205,3 +205,8 @@ def scoped(css: str, scope: str) -> str:
         return selectors + "{"
 
     return re.sub(r"([^{}]+)\{", prefix, css)
+
+
+def attributed_target(run: dict) -> str | None:
+    """The margin an attribution run explained (run.json's settings; a top-level key before 0.3)."""
+    return (run.get("settings") or {}).get("target") or run.get("target")

@@ -24,6 +24,7 @@ from lexprobe.toolkit.viz.heatmap_html import (  # noqa: E402, F401  (re-exporte
     CSS,
     _pieces,
     _verdict,
+    attributed_target,
     heatmap_html,
     heatmap_html_fragment,
     heatmap_notebook,
@@ -95,7 +96,8 @@ def heatmap_png(result, path: str | Path, method: str | None = None, width_in: f
     height_px = fig_h * dpi
     fig.text(0.01, 1 - 0.12 / fig_h, f"Word attributions: {display_name(method)}", fontsize=12, va="top")
     sub = [display_name(result.run.get("model_spec"))]
-    sub += [f"attributed margin: {result.run['target']}"] if result.run.get("target") else []
+    target = attributed_target(result.run)
+    sub += [f"attributed margin: {target}"] if target else []
     sub += ["row label: prompt id, decision margin, greedy behaviour"]
     fig.text(0.01, 1 - 0.42 / fig_h, " · ".join(s for s in sub if s), fontsize=9, va="top", color="#444")
     bar_w = min(5.0, width_in * 0.42)

@@ -110,9 +110,16 @@ def tradeoff_figure(table: pd.DataFrame, path: str | Path, title: str) -> Path:
         x, y = 100 * rows["safe_refusal_rate"], 100 * rows["unsafe_refusal_rate"]
         colour = colours[k % len(colours)]
         if "safe_ci_low" in rows:
-            ax.errorbar(x, y, xerr=[x - 100 * rows["safe_ci_low"], 100 * rows["safe_ci_high"] - x],
-                        yerr=[y - 100 * rows["unsafe_ci_low"], 100 * rows["unsafe_ci_high"] - y],
-                        fmt="none", ecolor=colour, alpha=0.35, lw=0.8)  # fmt: skip
+            ax.errorbar(
+                x,
+                y,
+                xerr=[x - 100 * rows["safe_ci_low"], 100 * rows["safe_ci_high"] - x],
+                yerr=[y - 100 * rows["unsafe_ci_low"], 100 * rows["unsafe_ci_high"] - y],
+                fmt="none",
+                ecolor=colour,
+                alpha=0.35,
+                lw=0.8,
+            )
         ax.plot(x, y, marker=marker, color=colour, label=label, lw=1)
         if rows["mitigation"].iloc[0] not in ("none", "instruction"):
             for xi, yi, s in zip(x, y, rows["strength"]):
@@ -129,8 +136,16 @@ def tradeoff_figure(table: pd.DataFrame, path: str | Path, title: str) -> Path:
         )
     if "chosen" in t and t["chosen"].any():
         c = t[t["chosen"].astype(bool)]
-        ax.plot(100 * c["safe_refusal_rate"], 100 * c["unsafe_refusal_rate"], marker="*", ms=16, ls="",
-                color="gold", markeredgecolor="black", label="chosen on the selection split")  # fmt: skip
+        ax.plot(
+            100 * c["safe_refusal_rate"],
+            100 * c["unsafe_refusal_rate"],
+            marker="*",
+            ms=16,
+            ls="",
+            color="gold",
+            markeredgecolor="black",
+            label="chosen on the selection split",
+        )
     ax.set_xlabel("refused, safe prompts (%)")
     ax.set_ylabel("refused, unsafe prompts (%)")
     ax.set_xlim(left=0)

@@ -34,9 +34,15 @@ def stacked_bars(table: pd.DataFrame, path: Path, title: str) -> Path:
         left = np.zeros(len(t))
         for label, colour in COLOURS.items():
             ax.barh(
-                y, t[label], left=left, color=colour, label=label.replace("_", " "), height=0.8,
-                edgecolor="white", linewidth=0.5,
-            )  # fmt: skip
+                y,
+                t[label],
+                left=left,
+                color=colour,
+                label=label.replace("_", " "),
+                height=0.8,
+                edgecolor="white",
+                linewidth=0.5,
+            )
             left += t[label].to_numpy()
         ax.set_yticks(y, [f"{type_name(ty)} (n={n})" for ty, n in zip(t["type"], t["n"])], fontsize=8)
         ax.set_xlim(0, 100)
