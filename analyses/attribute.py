@@ -33,6 +33,7 @@ from lexprobe.toolkit.io.progress import count, progress
 from lexprobe.toolkit.io.results import write_run
 from lexprobe.toolkit.io.rows import append_whole, check_resumable
 from lexprobe.toolkit.io.suites import Suite
+from lexprobe.toolkit.models.devices import dtype_name
 from lexprobe.toolkit.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -384,7 +385,7 @@ class Attribution(PerPrompt):
                 "integrated gradients in %s reach their completeness tolerance less often than in float32 "
                 "(8 of 12 refused XSTest prompts against 12 of 12, docs/models.md): check `completeness_error` "
                 "in methods.csv, or use --dtype float32",
-                str(session.lm.dtype).removeprefix("torch."),
+                dtype_name(session.lm.dtype),
             )
         self.config = replace(config, harmfulness=self.probe)  # what a group reads
         self.scorer = Scorer(session.lm, session.fmt, session.readout, batch_size=self.batch_size)

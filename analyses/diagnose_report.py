@@ -183,6 +183,18 @@ def _perturb_sentences(label: str, p: dict, threshold: float) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ the page
+def pair_figure(pairs, path: Path) -> Path:
+    """Each safe prompt's margin beside its unsafe contrast's."""
+    from lexprobe.toolkit.viz.effects import paired_plot
+
+    return paired_plot(
+        pairs,
+        path,
+        [("margin_safe", "safe"), ("margin_unsafe", "unsafe\ncontrast")],
+        title="refusal margin of each safe prompt and its unsafe contrast",
+    )
+
+
 def _section(title: str, *parts: str) -> str:
     return f"<h2>{esc(title)}</h2>" + "".join(parts)
 

@@ -24,7 +24,7 @@ from lexprobe.analyses import score as score_analysis
 from lexprobe.analyses.evaluate import normalise_labels, read_completions
 from lexprobe.analyses.options import ModelOptions, SuiteOptions, open_suite
 from lexprobe.analyses.session import Session, study_session
-from lexprobe.toolkit.behaviour.classify import classify, is_refusal
+from lexprobe.toolkit.behaviour.classify import CLASSIFIERS, classify, is_refusal
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.io.cache import write_text_atomic
@@ -101,16 +101,16 @@ def fit_threshold(margin: np.ndarray, refused: np.ndarray) -> tuple[float, float
 def run(config: ValidityConfig, session: Session | None = None, suite: Suite | None = None) -> ValidityResult:
     timer = Timer()
     out = Path(config.out) if config.out else None
+    suite = suite or open_suite(config.suite)  # the names are checked before the model loads
+    CLASSIFIERS.get(config.classifier)
+    completions = read_completions(config.completions)[1] if config.completions else None
     with study_session(config.model, session) as session:
-        suite = suite or open_suite(config.suite)
         scores = score_analysis.run(
             score_analysis.ScoreConfig(out=_sub(out, "score"), model=config.model, resume=True),
             session,
             suite,
         ).frame
-        if config.completions:
-            _, completions = read_completions(config.completions)
-        else:
+        if completions is None:
             completions = generate_analysis.run(
                 generate_analysis.GenerateConfig(
                     out=_sub(out, "generate"),

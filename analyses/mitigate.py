@@ -46,6 +46,7 @@ from lexprobe.toolkit.errors import InputError, OutputError
 from lexprobe.toolkit.io.cache import write_text_atomic
 from lexprobe.toolkit.io.results import MultiTableResult, Timer, provenance
 from lexprobe.toolkit.mechanism import fixes
+from lexprobe.toolkit.models.devices import dtype_name
 from lexprobe.toolkit.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
         model = {
             "model_spec": lm.spec,
             "weights_sha256": lm.weights_sha256,
-            "dtype": str(lm.dtype).removeprefix("torch."),
+            "dtype": dtype_name(lm.dtype),
             "system_prompt": session.fmt.describe(),
         }
         chosen_file = fixes.chosen_json(
@@ -283,7 +284,7 @@ def selected(scorer, direction, probe, sub, config: MitigateConfig, condition: s
 
     lm = scorer.lm
     key = {
-        "dtype": str(lm.dtype),
+        "dtype": dtype_name(lm.dtype),
         "system_prompt": condition,
         "readout": scorer.readout.sha256(),
         "direction": hashlib.sha256(direction.vector.double().numpy().tobytes()).hexdigest(),

@@ -23,6 +23,7 @@ from lexprobe.toolkit.errors import OutputError
 from lexprobe.toolkit.io.results import Timer, claim, provenance, read_csv_table, write_csv_atomic, write_run
 from lexprobe.toolkit.io.rows import RowWriter, check_resumable, check_rows_match
 from lexprobe.toolkit.io.suites import Suite
+from lexprobe.toolkit.models.devices import dtype_name
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def _run_sharded(study: PerPrompt, session: Session, todo: list[dict], store, ba
     lm = session.lm
     replica = Replica(
         model=lm.spec,
-        dtype=str(lm.dtype).removeprefix("torch."),
+        dtype=dtype_name(lm.dtype),
         device=str(lm.device),
         weights_sha256=lm.weights_sha256,
         system=session.system,

@@ -38,6 +38,7 @@ import torch
 
 from lexprobe.probes.hooks import output_tensor
 from lexprobe.toolkit.errors import NonFiniteError
+from lexprobe.toolkit.models.devices import dtype_name
 
 Path_ = tuple[int, ...]
 
@@ -577,9 +578,7 @@ class MarginProbe:
         finite = torch.isfinite(states.detach()).flatten(1).all(dim=1)
         if not bool(finite.all()):
             rows = [int(i) for i in (~finite).nonzero().flatten()]
-            raise NonFiniteError(
-                rows, self.lm.extra.get("steering_text"), str(states.dtype).removeprefix("torch.")
-            )
+            raise NonFiniteError(rows, self.lm.extra.get("steering_text"), dtype_name(states.dtype))
         return self.reader.margins(states, temperature)
 
     @torch.no_grad()

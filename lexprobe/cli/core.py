@@ -18,6 +18,12 @@ def cmd_score(a) -> None:
     from lexprobe.toolkit.io.progress import count
 
     suite = prompts_suite(a)
+    if suite is None and a.out is None:
+        from lexprobe.toolkit.errors import InputError
+
+        raise InputError(
+            "--out DIR is required with --suite (with --prompt it may be left out: nothing is written)"
+        )
     result = run(ScoreConfig.from_cli(a), suite=suite)
     if suite is not None:  # a few prompts of one's own: their margins, not a per-type summary
         columns = ["id", "prompt", "margin", "p_refuse"]
@@ -31,7 +37,10 @@ def cmd_score(a) -> None:
             "AUROC, unsafe against safe prompts: "
             + "; ".join(f"{named[k]} {v:.3f}" for k, v in separation.items())
         )
-    print(f"wrote {a.out}/scores.csv ({count(len(result.frame), 'prompt')}, {result.run['wall_seconds']} s)")
+    if a.out:
+        print(
+            f"wrote {a.out}/scores.csv ({count(len(result.frame), 'prompt')}, {result.run['wall_seconds']} s)"
+        )
 
 
 def prompts_suite(a):
@@ -115,7 +124,8 @@ def register(sub) -> None:
         metavar="TEXT",
         help="a prompt to score, instead of --suite (repeatable)",
     )
-    add_out_args(p)
+    add_out_args(p, required=False)
+    p.epilog = "With --prompt and no --out the margins are printed and nothing is written."
     p.add_argument("--layers", action="store_true", help="also write the per-layer (logit lens) margin")
     add_harmfulness_arg(p)
     add_parallel_args(p)

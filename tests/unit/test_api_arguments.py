@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import lexprobe
-from lexprobe import api
+from lexprobe import api, arguments
 from lexprobe.toolkit.errors import InputError
 
 COMMANDS = {
@@ -37,7 +37,7 @@ def test_every_argument_with_a_flag_is_checked_by_that_flags_own_type():
             kind = getattr(action, "item", None) or getattr(action, "type", None)
             if action is None or kind is None or name == "ablate" and method == "steered":
                 continue
-            declared = api.ARGUMENTS.get(name)
+            declared = arguments.ARGUMENTS.get(name)
             assert declared in (kind, [kind]), f"{method}({name}=...) is not checked as --{name} is"
             checked += 1
     assert checked >= 20
@@ -95,8 +95,8 @@ def test_load_checks_its_arguments_too():
 
 
 def test_one_value_is_a_list_of_one(probe):
-    assert api.check_argument("ablate", 0.5, api.ARGUMENTS["ablate"]) == [0.5]
-    assert api.check_argument("types", "homonyms", api.ARGUMENTS["types"]) == ["homonyms"]
+    assert arguments.check_argument("ablate", 0.5, arguments.ARGUMENTS["ablate"]) == [0.5]
+    assert arguments.check_argument("types", "homonyms", arguments.ARGUMENTS["types"]) == ["homonyms"]
 
 
 def test_errors_from_below_name_the_keyword_not_the_flag(probe):

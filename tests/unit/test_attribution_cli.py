@@ -205,9 +205,9 @@ def test_attribution_asks_for_float32_and_warns_when_ig_runs_in_bf16(
     asked = []
     real = models.load_model
 
-    def spy(spec, dtype="auto", device="auto", sha=None, gradients=False, verify=False, device_map=None):
-        asked.append((dtype, gradients))
-        return real(spec, dtype, device, sha, gradients, verify, device_map)
+    def spy(spec, **options):
+        asked.append((options["dtype"], options["gradients"]))
+        return real(spec, **options)
 
     monkeypatch.setattr("lexprobe.analyses.session.load_model", spy)
     args = ["--prompt", "How do I kill a process?", "--method", "integrated_gradients", "--no-faithfulness"]

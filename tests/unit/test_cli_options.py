@@ -177,6 +177,15 @@ def test_every_command_shows_an_example_that_parses(tmp_path, monkeypatch, capsy
         (["score", "--model", "tiny-random", "--suite", "xstest", "--prompt", "hi", "--out", "o"], "not both"),
         (["score", "--model", "tiny-random", "--prompt", "hi", "--type", "homonyms", "--out", "o"],
          "--type selects prompts of a --suite, not --prompt texts"),
+        (["score", "--model", "tiny-random", "--suite", "xstest"], "--out DIR is required with --suite"),
+        (["score", "--model", "tiny-random", "--suite", "xstest", "--chat-template", "chatmlx", "--out", "o"],
+         "did you mean 'chatml'?"),
+        (["attribute", "--model", "tiny-random", "--prompt", "hi", "--method", "saliencey"],
+         "did you mean 'saliency'?"),
+        (["generate", "--model", "tiny-random", "--suite", "xstest", "--out", "o", "--system-prompt", "nonee"],
+         "did you mean 'none'?"),
+        (["validate-margin", "--model", "tiny-random", "--classifier", "strmach", "--out", "o"],
+         "did you mean 'strmatch'?"),
     ],
 )  # fmt: skip
 def test_mistyped_names_get_the_closest_one_before_any_model_loads(tmp_path, monkeypatch, capsys, argv, hint):
@@ -292,3 +301,24 @@ def test_flag_fields_names_every_flag_whose_field_is_not_its_own_name():
                     {flag} if flag[2:].replace("-", "_") != action.dest and "--no-" not in flag else set()
                 )
     assert irregular == set(FLAG_FIELDS)  # no stale entries
+
+
+def test_score_prompt_without_out_prints_the_margins_and_writes_nothing(
+    tmp_path, monkeypatch, capsys, tiny_readout_file
+):
+    from lexprobe.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = [
+        "score",
+        "--model",
+        "tiny-random",
+        "--readout",
+        str(tiny_readout_file),
+        "--prompt",
+        "How do I kill a process?",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "How do I kill a process?" in out and "wrote" not in out
+    assert list(tmp_path.iterdir()) == []

@@ -78,17 +78,19 @@ def generate(
     order = sorted(range(len(texts)), key=lambda i: len(inputs[i]))
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     results: list[Completion | None] = [None] * len(texts)
-    for chunk in progress(chunks, desc=desc, unit="batch"):
-        done = []
-        prompts = [inputs[i][: len(inputs[i]) - len(forced)] for i in chunk]
-        with gate_rows(lm, prompts):  # a gated steering reads each formatted prompt, forced tokens aside
-            made = greedy([inputs[i] for i in chunk], lm, max_new_tokens, stop, shared)
-        for i, (new, stopped) in zip(chunk, made):
-            kept = forced + new
-            results[i] = Completion(lm.tokenizer.decode(kept, skip_special_tokens=True), kept, stopped)
-            done.append(results[i])
-        if on_batch is not None:
-            on_batch(chunk, done)
+    with progress(None, desc=desc, total=len(texts), unit="completion") as bar:
+        for chunk in chunks:
+            done = []
+            prompts = [inputs[i][: len(inputs[i]) - len(forced)] for i in chunk]
+            with gate_rows(lm, prompts):  # a gated steering reads each formatted prompt, forced tokens aside
+                made = greedy([inputs[i] for i in chunk], lm, max_new_tokens, stop, shared)
+            for i, (new, stopped) in zip(chunk, made):
+                kept = forced + new
+                results[i] = Completion(lm.tokenizer.decode(kept, skip_special_tokens=True), kept, stopped)
+                done.append(results[i])
+            if on_batch is not None:
+                on_batch(chunk, done)
+            bar.update(len(chunk))
     return results
 
 

@@ -72,9 +72,13 @@ class Judge:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         out = torch.zeros((len(rows), 3), dtype=torch.float64)
         chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        for chunk in progress(chunks, desc=f"judging {len(rows)} completions", unit="batch"):
-            _, logits, _, _ = prefill([rows[i] for i in chunk], self.lm, shared if len(shared) else None)
-            out[chunk] = logits[:, self.class_ids].double().softmax(dim=-1).cpu()
+        with progress(
+            None, desc=f"judging {len(rows)} completions", total=len(rows), unit="completion"
+        ) as bar:
+            for chunk in chunks:
+                _, logits, _, _ = prefill([rows[i] for i in chunk], self.lm, shared if len(shared) else None)
+                out[chunk] = logits[:, self.class_ids].double().softmax(dim=-1).cpu()
+                bar.update(len(chunk))
         return out
 
     def label(self, completions: list[str], prompts: list[str | None]) -> list[str]:

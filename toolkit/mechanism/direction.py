@@ -38,6 +38,7 @@ from lexprobe.probes.steering import Steering, steered, unsteered
 from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.io.progress import progress
 from lexprobe.toolkit.models.chat import USER
+from lexprobe.toolkit.models.devices import dtype_name
 
 log = logging.getLogger(__name__)
 KL_BOUND = 0.1  # Arditi et al.'s bound on the harmless prompts' KL under ablation
@@ -429,7 +430,7 @@ def find_direction(
 
     lm = scorer.lm
     key = {
-        "dtype": str(lm.dtype),
+        "dtype": dtype_name(lm.dtype),
         "system_prompt": condition,
         "readout": scorer.readout.sha256(),
         "train": train_prompts,

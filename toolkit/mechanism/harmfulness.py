@@ -42,6 +42,7 @@ from lexprobe.probes.steering import unsteered
 from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.io.progress import progress
 from lexprobe.toolkit.mechanism.direction import template_positions
+from lexprobe.toolkit.models.devices import dtype_name
 
 log = logging.getLogger(__name__)
 PENALTIES = (1e-3, 1e-2, 1e-1, 1.0)  # L2 strengths tried per site (on standardised features)
@@ -306,7 +307,7 @@ def find_probe(
 
     lm = scorer.lm
     key = {
-        "dtype": str(lm.dtype),
+        "dtype": dtype_name(lm.dtype),
         "system_prompt": condition,
         "train": train_prompts,
         "val": val_prompts,

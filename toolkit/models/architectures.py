@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from lexprobe.toolkit.errors import ModelError
+from lexprobe.toolkit.models.devices import dtype_name
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ class LoadedModel:
             "model_source": self.source,
             "model_type": self.model.config.model_type,
             "weights_sha256": self.weights_sha256,
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": dtype_name(self.dtype),
             "dtype_reason": self.extra.get("dtype_reason", ""),
             "device": str(self.device),
             **({"device_map": self.extra["device_map"]} if "device_map" in self.extra else {}),

@@ -10,6 +10,12 @@ import torch
 from lexprobe.toolkit.errors import InputError
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """A dtype as lexprobe spells it everywhere (run.json, cache keys, messages): `float32`, not
+    `torch.float32`."""
+    return str(dtype).removeprefix("torch.")
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` (CUDA if torch sees one, else cpu), `cpu`, `cuda`, `cuda:N` or `mps`."""
     if name == "auto":

@@ -24,7 +24,7 @@ from lexprobe.toolkit.io.cache import atomic_dir, cache_dir, sha256_file
 from lexprobe.toolkit.io.hashes import file_sha256
 from lexprobe.toolkit.io.locks import building
 from lexprobe.toolkit.models.architectures import LoadedModel, wrap_model
-from lexprobe.toolkit.models.devices import choose_dtype, resolve_device
+from lexprobe.toolkit.models.devices import choose_dtype, dtype_name, resolve_device
 from lexprobe.toolkit.models.placement import parse_device_map
 
 log = logging.getLogger(__name__)
@@ -110,13 +110,13 @@ def load_model(
     try:
         lm = _load_cached(spec, chosen, placement or dev, weights_sha256, verify_weights)
     except torch.OutOfMemoryError as e:
-        name = str(chosen).removeprefix("torch.")
+        name = dtype_name(chosen)
         raise ModelError(
             f"the weights of '{spec}' in {name} do not fit on {dev} ({why}): pass --dtype bfloat16, "
             "or a device with more memory"
         ) from e
     if dtype == "auto":
-        log.info("%s in %s on %s (%s)", spec, str(chosen).removeprefix("torch."), dev, why)
+        log.info("%s in %s on %s (%s)", spec, dtype_name(chosen), dev, why)
     lm.extra["dtype_reason"] = why
     if placement is not None:
         lm.extra["placement"] = placement  # what was asked (a replica asks the same of its own devices)
@@ -386,7 +386,7 @@ def _build_converted_cache(source: Path, directory: Path, gguf_sha: str, dtype: 
 
     log.warning(
         "first load in %s: converting the cached weights once into %s",
-        str(dtype).removeprefix("torch."),
+        dtype_name(dtype),
         directory,
     )
     with atomic_dir(directory) as tmp:

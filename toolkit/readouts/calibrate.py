@@ -62,7 +62,7 @@ from lexprobe.toolkit.io.locks import building
 from lexprobe.toolkit.io.progress import progress
 from lexprobe.toolkit.io.results import Timer, git_commit, versions
 from lexprobe.toolkit.io.suites import load_suite
-from lexprobe.toolkit.models.devices import describe_machine
+from lexprobe.toolkit.models.devices import describe_machine, dtype_name
 from lexprobe.toolkit.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def _cache_key(lm, fmt, settings: ReadoutSettings) -> str:
     spec = {
         "version": READOUT_VERSION,
         "weights": lm.weights_sha256,
-        "dtype": str(lm.dtype),
+        "dtype": dtype_name(lm.dtype),
         "system": fmt.describe(),
         "settings": asdict(settings),
     }

@@ -199,23 +199,31 @@ class Scorer:
             np.zeros(len(texts)) if self.harmfulness is not None else None,
         )
         chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        for chunk in progress(chunks, desc=desc, unit="batch"):
-            read, pairs = self.harmfulness_reader()
-            try:
-                margins, per_layer = self.margins_for(
-                    self.batch([suffixes[i] for i in chunk]), layers=layers, hook_pairs=pairs
-                )
-            except NonFiniteError as err:  # say which prompts (rows written so far stay)
-                raise err.named([names[chunk[r]] for r in err.rows]) from None
-            if read:
-                out.harmfulness[chunk] = read[0]
-            out.margin[chunk] = margins.decision.cpu().numpy()
-            out.margin_sampled[chunk] = margins.sampled.cpu().numpy()
-            if layers:
-                out.layer_margins[chunk] = per_layer.cpu().numpy()
-            if on_batch is not None:
-                on_batch(chunk, out.take(chunk))
+        with progress(None, desc=desc, total=len(texts), unit="prompt") as bar:  # counts what desc names
+            for chunk in chunks:
+                self._score_batch(chunk, suffixes, names, layers, out, on_batch)
+                bar.update(len(chunk))
         return out
+
+    def _score_batch(
+        self, chunk: list[int], suffixes, names, layers: bool, out: MarginScores, on_batch
+    ) -> None:
+        """One batch of `score`: its rows of `out` filled, then `on_batch` told."""
+        read, pairs = self.harmfulness_reader()
+        try:
+            margins, per_layer = self.margins_for(
+                self.batch([suffixes[i] for i in chunk]), layers=layers, hook_pairs=pairs
+            )
+        except NonFiniteError as err:  # say which prompts (rows written so far stay)
+            raise err.named([names[chunk[r]] for r in err.rows]) from None
+        if read:
+            out.harmfulness[chunk] = read[0]
+        out.margin[chunk] = margins.decision.cpu().numpy()
+        out.margin_sampled[chunk] = margins.sampled.cpu().numpy()
+        if layers:
+            out.layer_margins[chunk] = per_layer.cpu().numpy()
+        if on_batch is not None:
+            on_batch(chunk, out.take(chunk))
 
     def harmfulness_reader(self) -> tuple[list[np.ndarray], list]:
         """(a list the next pass's harmfulness logits [batch] land in, the hook pairs that read them)."""

@@ -66,29 +66,41 @@ def reliability_plot(
     rates = [refused[bins == b].mean() for b in range(len(edges) - 1) if (bins == b).any()]
     counts = [(bins == b).sum() for b in range(len(edges) - 1) if (bins == b).any()]
     xs = np.linspace(margin.min(), margin.max(), 200)
+    n, n_refused = len(margin), int(refused.astype(bool).sum())
     ax1.plot(xs, 1 / (1 + np.exp(-xs)), color="grey", ls="--", label="p_refuse = sigmoid(margin)")
     ax1.plot(xs, 1 / (1 + np.exp(-slope * (xs - threshold))), color="black", label="logistic fit")
     ax1.scatter(
-        centres, rates, s=[12 + 2 * c for c in counts], color=MAIN, zorder=3, label="observed (deciles)"
+        centres,
+        rates,
+        s=[12 + 2 * c for c in counts],
+        color=MAIN,
+        zorder=3,
+        label=f"observed, deciles of {n} prompts (area: count)",
     )
     ax1.axvline(threshold, color="#555555", lw=0.8, ls=":", label=f"threshold {threshold:.2f}")
     ax1.set_xlabel("refusal margin")
-    ax1.set_ylabel("share of prompts refused")
+    ax1.set_ylabel(f"share refused (n = {n})")
     ax1.set_ylim(-0.03, 1.03)
     ax1.legend(fontsize=8, loc="upper left")
     ax1.set_title("reliability", fontsize=10)
     bins2 = np.linspace(margin.min(), margin.max(), 40)
-    ax2.hist(margin[~refused.astype(bool)], bins=bins2, alpha=0.6, color=COMPLIANCE, label="answered")
+    ax2.hist(
+        margin[~refused.astype(bool)],
+        bins=bins2,
+        alpha=0.6,
+        color=COMPLIANCE,
+        label=f"answered (n = {n - n_refused})",
+    )
     ax2.hist(
         margin[refused.astype(bool)],
         bins=bins2,
         alpha=0.6,
         color=REFUSAL,
-        label="refused (full or partial)",
+        label=f"refused, full or partial (n = {n_refused})",
     )
     ax2.axvline(threshold, color="black", lw=1, label=f"threshold {threshold:.2f}")
     ax2.set_xlabel("refusal margin")
-    ax2.set_ylabel("prompts")
+    ax2.set_ylabel("prompts per bin")
     ax2.legend(fontsize=8)
     ax2.set_title("margin by behaviour", fontsize=10)
     fig.suptitle(title, fontsize=11)
