@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +26,22 @@ def cache_root() -> Path:
 def cache_dir(*parts: str) -> Path:
     path = cache_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def keyed_entry(directory: Path, key: dict, legacy: dict | None = None) -> Path:
+    """`directory/<sha256 of key>.json`: where a cache entry of `key` lives (its other files beside it,
+    other suffixes). Where only the entry of `legacy` is there (the same key as an earlier version
+    spelled it), its files are renamed to this name first, so an upgrade never redoes finished work."""
+
+    def name(k: dict) -> str:
+        return hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:16]
+
+    path = directory / f"{name(key)}.json"
+    if legacy is not None and legacy != key and not path.exists():
+        for old in directory.glob(f"{name(legacy)}.*"):
+            with contextlib.suppress(OSError):  # another process moved it first
+                old.rename(path.with_suffix(old.suffix))
     return path
 
 

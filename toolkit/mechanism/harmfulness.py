@@ -28,7 +28,6 @@ split is made the same way from the calibration val instructions; XSTest is neve
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 
 import numpy as np
@@ -301,7 +300,7 @@ def find_probe(
     that fails is fitted again), else fitted and selected here on the bundled calibration splits."""
     from safetensors.torch import load_file, save_file
 
-    from lexprobe.toolkit.io.cache import cache_dir, write_text_atomic
+    from lexprobe.toolkit.io.cache import cache_dir, keyed_entry, write_text_atomic
     from lexprobe.toolkit.io.locks import building
     from lexprobe.toolkit.io.results import Timer, write_csv_atomic
 
@@ -314,8 +313,8 @@ def find_probe(
         "data": data_sha(),
         "format": 2,
     }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir("harmfulness", lm.weights_sha256[:16]) / f"{digest}.json"
+    legacy = key | {"dtype": str(lm.dtype)}  # lexprobe 0.2 spelled it torch.float32
+    path = keyed_entry(cache_dir("harmfulness", lm.weights_sha256[:16]), key, legacy)
     table_path, weights_path = path.with_suffix(".csv"), path.with_suffix(".safetensors")
     with building(path):
         if path.exists() and table_path.exists() and weights_path.exists() and not overwrite:
