@@ -20,6 +20,7 @@ import pandas as pd
 from lexprobe.analyses.options import ModelOptions, ParallelOptions, open_suite
 from lexprobe.analyses.session import Session, probe_option, study_session, with_harmfulness
 from lexprobe.toolkit.errors import OutputError
+from lexprobe.toolkit.io.progress import count
 from lexprobe.toolkit.io.results import Timer, claim, provenance, read_csv_table, write_csv_atomic, write_run
 from lexprobe.toolkit.io.rows import RowWriter, check_resumable, check_rows_match
 from lexprobe.toolkit.io.suites import Suite
@@ -91,7 +92,7 @@ class PerPrompt:
         raise NotImplementedError
 
     remote = None  # fn(worker, records, *remote_args()) -> a result for those records, on a Ray worker
-    shard_size = SHARD_BATCHES  # prompts per shard: an int, or SHARD_BATCHES batches by default
+    shard_size: int | None = None  # prompts per shard (None: SHARD_BATCHES batches)
 
     def remote_args(self) -> tuple:
         return ()
@@ -162,7 +163,7 @@ def run_per_prompt(study: PerPrompt, session: Session | None = None, suite: Suit
 
 
 def _shard_prompts(study: PerPrompt, batch_size: int) -> int:
-    return study.shard_size * batch_size if study.shard_size is SHARD_BATCHES else study.shard_size
+    return study.shard_size or SHARD_BATCHES * batch_size
 
 
 def _run_sharded(study: PerPrompt, session: Session, todo: list[dict], store, batch_size: int) -> None:
@@ -186,7 +187,7 @@ def _run_sharded(study: PerPrompt, session: Session, todo: list[dict], store, ba
     jobs = [(shard, *study.remote_args()) for shard in shards]
     parallel = study.config.parallel
     with Cluster(replica, parallel.workers or 2, parallel.ray_address, parallel.num_gpus) as c:
-        desc = f"{study.result_cls.kind}: {len(todo)} {study.noun}s on {c.workers} Ray workers"
+        desc = f"{study.result_cls.kind}: {count(len(todo), study.noun)} on {c.workers} Ray workers"
         for k, got in run_shards(c, study.remote, jobs, desc):
             store.write(study.rows(shards[k], got))
 

@@ -64,7 +64,7 @@ def probe_figure(sites: pd.DataFrame, path: str | Path, title: str) -> Path:
             color="#666",
             fontsize=9,
         )
-    axes[0].axhline(0.5, color="grey", ls="--", lw=0.8)
+    axes[0].axhline(0.5, color="grey", ls="--", lw=0.8, label="chance (0.5)")
     axes[0].set_ylabel("AUROC, harmful vs hard harmless (val)")
     axes[0].set_title("how well each site reads harm (mean difference; crosses: logistic)", fontsize=9)
     axes[1].axhline(0, color="black", lw=0.5)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lexprobe.toolkit.viz.palettes import ACCENT, MAIN, save
+from lexprobe.toolkit.viz.palettes import ACCENT, DIVERGING, MAIN, save
 
 
 def direction_figure(candidates: pd.DataFrame, details: dict, path: str | Path, title: str) -> Path:
@@ -42,7 +42,13 @@ def direction_figure(candidates: pd.DataFrame, details: dict, path: str | Path, 
         ax.axhline(line, color="grey", ls="--", lw=1, label=line_label)
         if column != "kl_screen":
             ax.axhline(0, color="black", lw=0.5)
-        ax.axvspan(n_layers - sel["last_layers_excluded"] - 0.5, n_layers - 0.5, color="grey", alpha=0.12)
+        ax.axvspan(
+            n_layers - sel["last_layers_excluded"] - 0.5,
+            n_layers - 0.5,
+            color="grey",
+            alpha=0.12,
+            label="last layers, never selected",
+        )
         if len(chosen):
             ax.plot(chosen["layer"], chosen[column], marker="*", ms=12, color=ACCENT, ls="", label="selected")
         ax.set_xlabel("layer (block input)")
@@ -170,7 +176,7 @@ def patching_figure(sites: pd.DataFrame, pair, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(5.0, 0.42 * grid.shape[1] + 2), 0.22 * grid.shape[0] + 2.2))
     limit = max(1.0, float(np.nanmax(np.abs(grid.to_numpy(float)), initial=0)))
     image = ax.imshow(
-        grid.to_numpy(float), aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, origin="lower"
+        grid.to_numpy(float), aspect="auto", cmap=DIVERGING, vmin=-limit, vmax=limit, origin="lower"
     )
     ax.set_xticks(range(grid.shape[1]))
     ax.set_xticklabels([repr(t)[1:-1] for t in labels["token"]], rotation=70, fontsize=7)

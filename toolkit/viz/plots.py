@@ -59,7 +59,7 @@ def reliability_plot(
 ):
     """Left: observed refusal rate in margin deciles against p_refuse = sigmoid(margin) and the
     logistic fit. Right: margin distributions of refused and answered prompts, with the threshold."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.8))
     edges = np.unique(np.quantile(margin, np.linspace(0, 1, 11)))
     bins = np.clip(np.digitize(margin, edges[1:-1]), 0, len(edges) - 2)
     centres = [margin[bins == b].mean() for b in range(len(edges) - 1) if (bins == b).any()]
@@ -81,7 +81,8 @@ def reliability_plot(
     ax1.set_xlabel("refusal margin")
     ax1.set_ylabel(f"share refused (n = {n})")
     ax1.set_ylim(-0.03, 1.03)
-    ax1.legend(fontsize=8, loc="upper left")
+    below = dict(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
+    ax1.legend(**below)  # under the axes: the curves and points fill the panel
     ax1.set_title("reliability", fontsize=10)
     bins2 = np.linspace(margin.min(), margin.max(), 40)
     ax2.hist(
@@ -101,7 +102,7 @@ def reliability_plot(
     ax2.axvline(threshold, color="black", lw=1, label=f"threshold {threshold:.2f}")
     ax2.set_xlabel("refusal margin")
     ax2.set_ylabel("prompts per bin")
-    ax2.legend(fontsize=8)
+    ax2.legend(**below)
     ax2.set_title("margin by behaviour", fontsize=10)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
