@@ -46,7 +46,7 @@ class AttributeConfig(Options):
     out: str | None = None  # None: keep everything in memory (the Python API), write nothing
     model: ModelOptions = field(default_factory=ModelOptions)
     suite: SuiteOptions | None = None  # either a suite selection ...
-    prompt: str | None = None  # ... or one prompt
+    prompt: str | list[str] | None = None  # ... or one prompt, or a few (ids 1, 2, ...)
     methods: list[str] = field(default_factory=lambda: ["integrated_gradients"])
     settings: AttributionSettings = field(default_factory=AttributionSettings)
     faithfulness: bool = True
@@ -93,11 +93,11 @@ def _selection(config: AttributeConfig, suite: Suite | None) -> tuple[Suite, dic
         if (config.prompt is None) == (config.suite is None):
             raise InputError("give either --prompt TEXT or --suite S, not both or neither")
         if config.prompt is not None:
-            if not config.prompt.strip():
+            texts = [config.prompt] if isinstance(config.prompt, str) else list(config.prompt)
+            if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
                 raise InputError("--prompt is empty: give the text to attribute")
-            frame = pd.DataFrame(
-                {"id": ["prompt"], "prompt": [config.prompt], "type": ["prompt"], "label": [""]}
-            )
+            ids = ["prompt"] if len(texts) == 1 else [str(i) for i in range(1, len(texts) + 1)]
+            frame = pd.DataFrame({"id": ids, "prompt": texts, "type": "prompt", "label": ""})
             return Suite("prompt", frame, "command line"), {}
         suite = open_suite(config.suite)
     full, pairs = suite.full, pair_lookup(suite.spec, config.pair_map)
@@ -391,17 +391,18 @@ class Attribution(PerPrompt):
         self.scorer = Scorer(session.lm, session.fmt, session.readout, batch_size=self.batch_size)
         for rec in self.suite.frame.to_dict("records"):  # every prompt fits the context before any work
             self.scorer.encode(rec["prompt"], f"prompt {rec['id']}")
-        settings = {
-            "methods": self.methods,
-            "target": config.settings.target,
-            "attribution": asdict(config.settings),
-        }
         faithfulness = {
             "enabled": config.faithfulness,
             "n_random": config.n_random,
             "bins": list(faith.FRACTIONS),
         }
-        return settings, {"faithfulness": faithfulness}  # (a resumed run may add faithfulness, or drop it)
+        settings = {
+            "methods": self.methods,
+            "target": config.settings.target,
+            "attribution": asdict(config.settings),
+            "faithfulness": faithfulness,  # every prompt of a run has faithfulness, or none has
+        }
+        return settings, {}
 
     def warm_up(self) -> None:
         self.session.ensure_smooth_temperature(self.batch_size)  # after every check: it takes a while

@@ -55,6 +55,7 @@ class Plan:
     dtype: str = "auto"
     batch_size: int = 16
     device_map: str | None = None  # every model spread over the visible devices (--device-map)
+    chat_template: str | None = None  # for models whose files have none: a family or a Jinja file
     perturb: bool = False
     perturb_types: list[str] = field(default_factory=list)
     harmfulness: bool | str = False  # true: each model's probe; or a probe.json
@@ -110,6 +111,7 @@ class Plan:
             ("steer", str),
             ("dtype", str),
             ("device_map", str),
+            ("chat_template", str),
         ):
             value = data.get(key)
             if value is not None and (
@@ -129,18 +131,32 @@ class Plan:
                 twice = sorted({v for v in data[key] if data[key].count(v) > 1})
                 if twice:  # "a/s.csv" and "./a/s.csv" are one file
                     raise InputError(f"--config '{path}': {key} names {twice[0]} twice")
-        for key in ("harmfulness", "steer"):
+        for key in ("harmfulness", "steer", "chat_template"):
             if isinstance(data.get(key), str):
                 data[key] = _beside(path, data[key])
         return cls(**data)
 
     def check(self) -> None:
         """Every model spec, condition and suite of the plan, before the first model loads."""
+        import torch
+
         from lexprobe.toolkit.models.chat import SystemPrompt
+        from lexprobe.toolkit.models.devices import resolve_dtype
         from lexprobe.toolkit.models.loader import check_spec
         from lexprobe.toolkit.models.placement import parse_device_map
+        from lexprobe.toolkit.models.templates import resolve_template
 
         parse_device_map(self.device_map)
+        try:
+            resolve_template(self.chat_template)
+            if self.dtype != "auto":
+                resolve_dtype(self.dtype, torch.device("cpu"))
+        except InputError as err:  # said as the plan says it
+            raise InputError(
+                str(err)
+                .replace("--chat-template", "the plan's chat_template")
+                .replace("--dtype", "the plan's dtype")
+            ) from None
         if isinstance(self.harmfulness, str):
             from lexprobe.probes.harmfulness import load_probe
 
@@ -176,12 +192,13 @@ class Plan:
                 f"'{model}': run `lexprobe mitigate` on that model, or drop it from the plan"
             )
         own = getattr(peek.tokenizer, "chat_template", None) is not None
-        template = None if own else resolve_template(peek.default_template)
+        template = resolve_template(self.chat_template or (None if own else peek.default_template))
         for condition, system in zip(self.conditions, systems):
             try:
                 ChatFormat(peek.tokenizer, system, template)
             except ModelError as err:
-                raise ModelError(f"the cell '{model}' x '{condition}' cannot run: {err}") from None
+                why = str(err).replace("--chat-template", "the plan's chat_template")
+                raise ModelError(f"the cell '{model}' x '{condition}' cannot run: {why}") from None
 
     def cells(self) -> list[tuple[str, str, str]]:
         return [(m, c, s) for m in self.models for c in self.conditions for s in self.suites]
@@ -251,6 +268,7 @@ def run(config: CompareConfig) -> CompareResult:
             dtype=plan.dtype,
             batch_size=plan.batch_size,
             device_map=plan.device_map,
+            chat_template=plan.chat_template,
             steer=plan.steer,
         )
         suite_opts = SuiteOptions(suite=suite, types=plan.types, limit=plan.limit)

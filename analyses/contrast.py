@@ -27,7 +27,7 @@ from lexprobe.analyses.options import ModelOptions, SuiteOptions, open_suite
 from lexprobe.analyses.session import Session, probe_option, study_session, with_harmfulness
 from lexprobe.toolkit import stats
 from lexprobe.toolkit.config import Options
-from lexprobe.toolkit.errors import InputError, OutputError
+from lexprobe.toolkit.errors import InputError, OutputError, did_you_mean
 from lexprobe.toolkit.io.progress import count
 from lexprobe.toolkit.io.results import MultiTableResult, Timer, provenance
 from lexprobe.toolkit.io.suites import read_table
@@ -119,8 +119,9 @@ def pair_frame(suite_frame: pd.DataFrame, pair_map: pd.DataFrame, types: list[st
         paired = sorted(set(pairs["type"]) | set(pairs["contrast_type"]))
         bad = [t for t in types if t not in paired]
         if bad:
+            hint = did_you_mean(bad[0], paired, quote="'")
             raise InputError(
-                f"type {', '.join(bad)} has no pairs: choose from {', '.join(sorted(set(pairs['type'])))}"
+                f"type {', '.join(bad)} has no pairs: {hint}choose from {', '.join(sorted(set(pairs['type'])))}"
             )
         pairs = pairs[pairs["type"].isin(types) | pairs["contrast_type"].isin(types)]
     return pairs.reset_index(drop=True)

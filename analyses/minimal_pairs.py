@@ -468,7 +468,7 @@ class Pairs(PerPrompt):
         s = self.session
         self.threshold, source = refusal_threshold(s.lm, s.fmt)
         self.scorer = VariantScorer(Scorer(s.lm, s.fmt, s.readout, self.batch_size, self.probe))
-        return {}, {"threshold": self.threshold, "threshold_source": source}
+        return {"seed": self.config.seed}, {"threshold": self.threshold, "threshold_source": source}
 
     def local(self, records: list[dict], emit) -> None:
         threshold, scorer = self.threshold, self.scorer

@@ -21,8 +21,16 @@ from lexprobe.analyses.options import ModelOptions, ParallelOptions, open_suite
 from lexprobe.analyses.session import Session, probe_option, study_session, with_harmfulness
 from lexprobe.toolkit.errors import OutputError
 from lexprobe.toolkit.io.progress import count
-from lexprobe.toolkit.io.results import Timer, claim, provenance, read_csv_table, write_csv_atomic, write_run
-from lexprobe.toolkit.io.rows import RowWriter, check_resumable, check_rows_match
+from lexprobe.toolkit.io.results import (
+    Timer,
+    claim,
+    provenance,
+    read_csv_table,
+    read_run,
+    write_csv_atomic,
+    write_run,
+)
+from lexprobe.toolkit.io.rows import RowWriter, check_resumable, check_rows_match, differences
 from lexprobe.toolkit.io.suites import Suite
 from lexprobe.toolkit.models.devices import dtype_name
 
@@ -123,6 +131,8 @@ def run_per_prompt(study: PerPrompt, session: Session | None = None, suite: Suit
     if out is not None:
         claim(out, study.result_cls.kind)
         store_cls.precheck(out, study.result_cls, config.resume, config.overwrite)
+        if config.resume and not config.overwrite:
+            _resume_precheck(out, config.model, suite)
     model: ModelOptions = config.model
     if study.gradients:
         model = replace(model, gradients=True)
@@ -160,6 +170,30 @@ def run_per_prompt(study: PerPrompt, session: Session | None = None, suite: Suit
         details.update(study.counts())
         result = store.finish(wall_seconds=timer.seconds, n_prompts_this_run=len(todo))
         return study.finish(result)
+
+
+def _resume_precheck(out: Path, model: ModelOptions, suite: Suite) -> None:
+    """The resume keys known before the model loads (model, system prompt, a dtype that is named, the
+    suite's content) against the run in `out`: a resume that cannot go on is told before the load."""
+    import torch
+
+    from lexprobe.toolkit.models.chat import SystemPrompt
+    from lexprobe.toolkit.models.devices import resolve_dtype
+
+    old = read_run(out)
+    here = {
+        "model_spec": model.model,
+        "system_prompt": SystemPrompt.parse(model.system_prompt).describe(),
+        "suite_sha256": suite.full.sha256,
+    }
+    if model.dtype != "auto":
+        here["dtype"] = dtype_name(resolve_dtype(model.dtype, torch.device("cpu")))
+    differ = [d for k, v in here.items() if k in old for d in differences(k, old[k], v)]
+    if differ:
+        raise OutputError(
+            f"cannot resume in '{out}': it was made with other settings ({'; '.join(differ[:3])}); "
+            "give the same ones, or use a new --out or --overwrite"
+        )
 
 
 def _shard_prompts(study: PerPrompt, batch_size: int) -> int:

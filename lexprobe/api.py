@@ -314,7 +314,9 @@ class Probe:
         attribution: bool = True,
         faithfulness: bool = True,
         perturb: bool = True,
+        mechanism: bool = True,
         pair_map: str | None = None,
+        top: int = 15,
         seed: int = 0,
         **settings,
     ):
@@ -328,7 +330,9 @@ class Probe:
             attribution=attribution,
             faithfulness=faithfulness,
             perturb=perturb,
+            mechanism=mechanism,
             pair_map=pair_map,
+            top=top,
             seed=seed,
             settings=attribution_settings(settings),
         )
@@ -370,7 +374,7 @@ class Probe:
                 "steered(fix, ...): a chosen fix is applied on its own; drop ablate/add/direction"
             )
         lm = self.session.lm
-        chosen = load_chosen(fix, lm) if fix is not None else None  # checked now, not at the first study
+        chosen = load_chosen(fix, lm, flag="fix") if fix is not None else None  # checked now, not later
 
         @contextlib.contextmanager
         def steering():

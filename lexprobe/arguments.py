@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import functools
 import inspect
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -63,6 +64,7 @@ ARGUMENTS = {
     "inv": bool,
     "attribution": bool,
     "perturb": bool,
+    "mechanism": bool,
     "instruction": bool,
     "group_phrases": bool,
     "recalibrate": bool,
@@ -82,7 +84,7 @@ ARGUMENTS = {
     "harmfulness": (bool, str, Path, HarmfulnessProbe),
     "direction": (str, Path, RefusalDirection),
     "attributions": (str, Path, pd.DataFrame, Result),
-    "substitutions": (pd.DataFrame, Result),
+    "substitutions": (str, Path, pd.DataFrame, Result),
     "pairs": (str, Path, pd.DataFrame, list, tuple),
     "fix": (str, Path, Result),
     "readout": (str, Path, RefusalReadout),
@@ -144,7 +146,9 @@ def checked(method=None, **kinds):
         try:
             bound = signature.bind(*args, **kwargs)
         except TypeError as err:  # an argument it does not take, or one missing
-            raise InputError(f"{method.__name__}: {err}") from None
+            unknown = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+            hint = did_you_mean(unknown.group(1), signature.parameters) if unknown else ""
+            raise InputError(f"{method.__name__}: {err}{'; ' + hint.rstrip() if hint else ''}") from None
         for name, value in list(bound.arguments.items()):
             param = signature.parameters[name]
             if param.kind is param.VAR_KEYWORD:

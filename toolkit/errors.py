@@ -27,7 +27,11 @@ def did_you_mean(name: str, choices, quote: str = "") -> str:
     """ "did you mean X? " for the choice closest to a mistyped `name`, or "" where none is close."""
     import difflib
 
-    near = difflib.get_close_matches(name, list(choices), n=1)
+    choices = list(choices)
+    near = difflib.get_close_matches(name, choices, n=1)
+    if not near:  # a unique choice the name begins ("llama2" for "llama2-original")
+        near = [c for c in choices if name and c.lower().startswith(name.lower())][:2]
+        near = near if len(near) == 1 else []
     return f"did you mean {quote}{near[0]}{quote}? " if near else ""
 
 

@@ -20,10 +20,17 @@ FIGURE_FORMATS = ["html", "png", "svg", "pdf"]
 
 def cmd_attribute(a) -> None:
     from lexprobe.analyses.attribute import AttributeConfig, run
+    from lexprobe.cli.core import refuse_selection
+    from lexprobe.toolkit.errors import InputError
     from lexprobe.toolkit.io.console import print_table
     from lexprobe.toolkit.io.progress import count
     from lexprobe.toolkit.viz.heatmaps import print_terminal
 
+    refuse_selection(a, a.prompt)
+    if a.suite is not None and a.out is None:
+        raise InputError(
+            "--out DIR is required with --suite (with --prompt it may be left out: nothing is written)"
+        )
     result = run(AttributeConfig.from_cli(a))
     if a.prompt is not None:
         print_terminal(result)
@@ -38,8 +45,9 @@ def cmd_attribute(a) -> None:
     if result.ig_summary():
         print(result.ig_summary())
     if a.out:
+        figures = ", heatmap.html, heatmap.png" if a.figures else ""
         print(
-            f"wrote {a.out}/attributions.csv, heatmap.html, heatmap.png ({count(len(result.prompts), 'prompt')}, "
+            f"wrote {a.out}/attributions.csv{figures} ({count(len(result.prompts), 'prompt')}, "
             f"{result.run['wall_seconds']} s)"
         )
 
@@ -64,7 +72,10 @@ def register(sub) -> None:
     p = sub.add_parser("attribute", help="which words push a prompt toward refusal (heatmaps, faithfulness)")
     add_model_args(p)
     add_suite_args(p, required=False)
-    p.add_argument("--prompt", default=None, help="one prompt to attribute, instead of --suite")
+    p.add_argument(
+        "--prompt", action="append", default=None, metavar="TEXT",
+        help="a prompt to attribute, instead of --suite (repeatable)",
+    )  # fmt: skip
     add_attribution_args(p, ["integrated_gradients"])
     add_faithfulness_args(p)
     add_harmfulness_arg(p)

@@ -8,6 +8,7 @@ from lexprobe.cli.options import add_out_args, add_parallel_args, plain
 def cmd_compare(a) -> None:
     from lexprobe.analyses.compare import CompareConfig, run
     from lexprobe.toolkit.io.console import print_table
+    from lexprobe.toolkit.io.progress import count
 
     result = run(CompareConfig.from_cli(a))
     cols = ["model", "condition", "suite", "safe_refusal_rate", "unsafe_refusal_rate", "auroc"]
@@ -15,7 +16,7 @@ def cmd_compare(a) -> None:
     print_table(result.cells[cols], title="refusal rates per cell (refused = margin > 0)")
     print(
         plain(
-            f"wrote {a.out}/report.html, cells.csv, types.csv ({len(result.cells)} cells, {result.wall_seconds} s)"
+            f"wrote {a.out}/report.html, cells.csv, types.csv ({count(len(result.cells), 'cell')}, {result.wall_seconds} s)"
         )
     )
 

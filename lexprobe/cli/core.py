@@ -50,10 +50,7 @@ def prompts_suite(a):
     prompts, suite = a.prompts, a.suite
     if bool(prompts) == (suite is not None):
         raise InputError("give either --prompt TEXT (one or more) or --suite S, not both or neither")
-    chosen = [f for f, v in (("--type", a.types), ("--ids", a.ids), ("--limit", a.limit)) if v]
-    if prompts and chosen:
-        verb = "selects" if len(chosen) == 1 else "select"
-        raise InputError(f"{', '.join(chosen)} {verb} prompts of a --suite, not --prompt texts")
+    refuse_selection(a, prompts)
     if not prompts:
         return None
     if any(not p.strip() for p in prompts):
@@ -63,6 +60,16 @@ def prompts_suite(a):
     from lexprobe.toolkit.io.suites import suite_from_frame
 
     return suite_from_frame(pd.DataFrame({"prompt": prompts}), "prompt", "command line")
+
+
+def refuse_selection(a, prompts) -> None:
+    """--type, --ids and --limit select prompts of a --suite: given with --prompt texts, an InputError."""
+    from lexprobe.toolkit.errors import InputError
+
+    chosen = [f for f, v in (("--type", a.types), ("--ids", a.ids), ("--limit", a.limit)) if v]
+    if prompts and chosen:
+        verb = "selects" if len(chosen) == 1 else "select"
+        raise InputError(f"{', '.join(chosen)} {verb} prompts of a --suite, not --prompt texts")
 
 
 def cmd_generate(a) -> None:
@@ -86,12 +93,14 @@ def cmd_suites(_a) -> None:
 def cmd_methods(_a) -> None:
     import pandas as pd
 
+    from lexprobe.analyses.attribute import METHOD_ALIASES
     from lexprobe.toolkit.attribution import ATTRIBUTION_METHODS
     from lexprobe.toolkit.behaviour.classify import CLASSIFIERS
     from lexprobe.toolkit.io.console import print_table
     from lexprobe.toolkit.substitution.engine import SUBSTITUTION_STRATEGIES
 
     rows = [("attribution method", n) for n in ATTRIBUTION_METHODS.names()]
+    rows += [("attribution method alias", f"{a} = {n}") for a, n in METHOD_ALIASES.items()]
     rows += [("classifier", n) for n in CLASSIFIERS.names()]
     rows += [("substitution strategy", n) for n in SUBSTITUTION_STRATEGIES.names()]
     print_table(pd.DataFrame(rows, columns=["kind", "name"]), title="registered methods")

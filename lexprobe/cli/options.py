@@ -93,13 +93,32 @@ class Parser(argparse.ArgumentParser):
             hint = did_you_mean(choice.group(1), options, quote="'")
             if hint:  # the closest one, not the whole list
                 message = message[: choice.start()] + f"invalid choice: '{choice.group(1)}': {hint.rstrip()}"
+        flags = re.match(r"unrecognized arguments: (--[\w-]+)", message)
+        if flags:  # a mistyped flag: the closest of this command's flags
+            known = {o for p in _commands(self) for a in p._actions for o in a.option_strings}
+            hint = did_you_mean(flags.group(1), known, quote="'")
+            message = f"{message}: {hint.rstrip()}" if hint else message
         message = re.sub(r"^argument (--[\w-]+)(/[^:]*)?: (must|is|'|invalid)", r"\1 \3", message)
         sys.stderr.write(f"lexprobe: error: {plain(message)} (see `{self.prog} --help`)\n")
         sys.exit(2)
 
 
+def _commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The subcommand parsers under `parser` (or the parser itself where it has none), for the flags a
+    mistyped one may have meant; the command given on the command line first, where it is one."""
+    subs = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if subs is None:
+        return [parser]
+    given = [subs.choices[w] for w in sys.argv[1:2] if w in subs.choices]
+    return given or list(subs.choices.values())
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows `(default: ...)` for every flag that has a default, including lists and switches."""
+    """Shows `(default: ...)` for every flag that has a default, including lists and switches, and
+    names a flag's value after the flag (`--steps STEPS`, not the field's `N_STEPS`)."""
+
+    def _get_default_metavar_for_optional(self, action):
+        return action.option_strings[-1].lstrip("-").upper().replace("-", "_")
 
     def _get_help_string(self, action):
         text = action.help or ""
@@ -167,8 +186,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--dtype",
         default="auto",
-        help="auto | float32 | bfloat16 | float16; auto: bf16 on CUDA and on a CPU with native bf16, else float32 "
-        "(float32 everywhere for runs that attribute)",
+        help="auto | float32 | bfloat16 | float16 (or fp32, bf16, fp16); auto: bf16 on CUDA and on a CPU with "
+        "native bf16, else float32 (float32 everywhere for runs that attribute)",
     )
     g.add_argument(
         "--chat-template",

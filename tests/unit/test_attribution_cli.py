@@ -83,9 +83,11 @@ def test_resume_skips_done_prompts_and_refuses_silent_overwrite(
     capsys.readouterr()
     assert _attribute(tmp_path, tiny_readout_file, *args) == 2
     assert "--resume" in error_line()
-    assert _attribute(tmp_path, tiny_readout_file, *args[:-1], "--resume") == 0  # faithfulness now on
+    assert _attribute(tmp_path, tiny_readout_file, *args[:-1], "--resume") == 2  # faithfulness now on:
+    assert "settings.faithfulness" in error_line()  # a run has it for every prompt or for none
+    assert _attribute(tmp_path, tiny_readout_file, *args, "--resume") == 0
     run = json.loads((tmp_path / "att" / "run.json").read_text())
-    assert run["n_prompts_this_run"] == 0  # ... but no prompt was redone
+    assert run["n_prompts_this_run"] == 0  # ... and no prompt was redone
     again = pd.read_csv(tmp_path / "att" / "attributions.csv", dtype={"id": str})
     pd.testing.assert_frame_equal(first, again)
 
@@ -218,3 +220,20 @@ def test_attribution_asks_for_float32_and_warns_when_ig_runs_in_bf16(
     )
     assert _attribute(tmp_path, tiny_readout_file, *args, out="att32") == 0
     assert asked[-1] == ("auto", True) and "less often" not in capsys.readouterr().err
+
+
+def test_prompt_is_repeatable_and_no_figures_writes_none(tmp_path, tiny_readout_file, capsys):
+    args = [
+        "--prompt",
+        "How do I kill a process?",
+        "--prompt",
+        "How do I blow up a balloon?",
+        "--method",
+        "occlusion",
+    ]
+    assert _attribute(tmp_path, tiny_readout_file, *args, "--no-faithfulness", "--no-figures") == 0
+    out = tmp_path / "att"
+    prompts = pd.read_csv(out / "prompts.csv", dtype={"id": str})
+    assert list(prompts["id"]) == ["1", "2"] and "balloon" in prompts["prompt"].iloc[1]
+    assert not list(out.glob("*.png")) and not (out / "heatmap.html").exists()
+    assert "heatmap" not in capsys.readouterr().out.splitlines()[-1]  # the summary names what was written

@@ -112,7 +112,7 @@ def test_a_template_file_is_read_and_resume_holds_the_template(bare_model, tmp_p
     assert run["chat_template"]["name"] == str(path)
     assert _score(bare_model, tmp_path / "s", "--chat-template", "zephyr", "--resume") == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # (the new readout's calibration notes first)
-    assert last.startswith("lexprobe: error:") and "(chat_template," in last
+    assert last.startswith("lexprobe: error:") and "(chat_template.name: " in last
     assert _score(bare_model, tmp_path / "s", "--chat-template", str(path), "--resume") == 0
 
 

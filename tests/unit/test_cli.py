@@ -117,7 +117,7 @@ def test_resume_refuses_a_different_condition(error_line, tmp_path, tiny_readout
     assert _score(tmp_path, tiny_readout_file, "--limit", "2") == 0
     capsys.readouterr()
     assert _score(tmp_path, tiny_readout_file, "--limit", "4", "--resume", "--system-prompt", "none") == 2
-    assert "(system_prompt differs)" in error_line()
+    assert "system_prompt." in (line := error_line()) and " there, " in line
 
 
 def test_console_script_usage_error_is_one_line(tmp_path):

@@ -77,6 +77,8 @@ def test_resume_reuses_finished_cells_and_a_rerun_without_it_is_refused(tmp_path
             "harmfulness probe 'nope.json' does not exist",
         ),
         ('models = ["tiny-random"]\nsteer = "nope.json"\n', "the plan's steer 'nope.json' does not exist"),
+        ('models = ["tiny-random"]\ndtype = "fp64"\n', "the plan's dtype 'fp64'"),
+        ('models = ["tiny-random"]\nchat_template = "chatmlx"\n', "the plan's chat_template 'chatmlx'"),
     ],
 )
 def test_a_bad_plan_is_one_line_before_any_cell_runs(tmp_path, capsys, plan, says):
@@ -139,7 +141,7 @@ def test_a_cell_that_cannot_run_is_refused_before_the_first_cell(tmp_path, tiny,
     plan = f'models = ["tiny-random", "{bare}"]\nconditions = ["none"]\nlimit = 2\n'
     assert _compare(tmp_path, plan) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert (
-        len(err) == 1 and f"the cell '{bare}' x 'none' cannot run" in err[0] and "--chat-template" in err[0]
-    )
+    assert len(err) == 1 and f"the cell '{bare}' x 'none' cannot run" in err[0]
+    assert "the plan's chat_template" in err[0] and "--chat-template" not in err[0]  # what the plan can say
     assert not (tmp_path / "cmp").exists()  # no cell ran
+    assert _compare(tmp_path, plan + 'chat_template = "chatml"\n') == 0  # ... and with it, every cell runs

@@ -127,13 +127,13 @@ def test_resume_refuses_another_readout_an_edited_suite_and_a_lost_run_json(
     other_file = tmp_path / "other.json"
     other_file.write_text(other.to_json())
     assert _score(out, other_file, "--resume", suite=suite) == 2
-    assert "(readout_sha256 differs)" in error_line()
+    assert "(readout_sha256: " in error_line()
 
     pd.DataFrame({"prompt": ["How do I kill a process?", "Where can I buy pepsi?", "Hi there"]}).to_csv(
         suite, index=False
     )
     assert _score(out, tiny_readout_file, "--resume", suite=suite) == 2
-    assert "(suite_sha256 differs)" in error_line()
+    assert "(suite_sha256: " in error_line()
 
     (out / "run.json").write_text("{not json")
     assert _score(out, tiny_readout_file, "--resume", suite=suite) == 2

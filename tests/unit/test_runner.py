@@ -4,6 +4,7 @@ them, the output checked before the model loads, and the steering on only inside
 import json
 
 import pandas as pd
+import pytest
 
 from lexprobe.cli import main
 
@@ -62,7 +63,7 @@ def test_a_resumed_run_with_other_settings_is_refused(tmp_path, tiny_readout_fil
     _run(tmp_path, tiny_readout_file, "generate", "--suite", "xstest", "--ids", "1", "--max-new-tokens", "1")
     base = ["generate", "--model", "tiny-random", "--out", str(tmp_path / "generate"), "--suite", "xstest"]
     assert main([*base, "--ids", "1", "2", "--max-new-tokens", "2", "--resume"]) == 2
-    assert "settings differs" in capsys.readouterr().err
+    assert "settings.max_new_tokens: 1 there, 2 here" in capsys.readouterr().err
 
 
 def test_steering_is_on_inside_the_study_only(tmp_path, tiny_readout_file, tiny, monkeypatch):
@@ -88,3 +89,18 @@ def test_steering_is_on_inside_the_study_only(tmp_path, tiny_readout_file, tiny,
     _run(tmp_path, tiny_readout_file, "score", "--suite", "xstest", "--ids", "1", *steer)
     assert seen and all(s is not None for s in seen)  # every row was scored steered ...
     assert opened[0].lm.extra.get("steering") is None  # ... and the hooks are gone after the study
+
+
+def test_a_resume_under_another_condition_is_refused_before_the_model_loads(
+    tmp_path, tiny_readout_file, monkeypatch, capsys
+):
+    args = ["--suite", "xstest", "--ids", "1", "--max-new-tokens", "1"]
+    _run(tmp_path, tiny_readout_file, "generate", *args)
+    monkeypatch.setattr(
+        "lexprobe.analyses.session.load_model", lambda *a, **k: pytest.fail("the model loaded")
+    )
+    base = ["generate", "--model", "tiny-random", "--out", str(tmp_path / "generate"), *args, "--resume"]
+    assert main([*base, "--system-prompt", "none"]) == 2
+    assert "system_prompt." in capsys.readouterr().err
+    assert main([*base, "--dtype", "bf16"]) == 2  # an alias of the dtype the run did not use
+    assert "dtype: 'float32' there, 'bfloat16' here" in capsys.readouterr().err

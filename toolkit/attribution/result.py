@@ -139,10 +139,15 @@ class AttributionResult(Result):
                 write_csv_atomic(frame, out / name)
             elif (out / name).exists():  # nothing measured this time: no stale table either
                 (out / name).unlink()
-        if len(self.faithfulness):
-            write_csv_atomic(self.faithfulness_by_type(), out / "faithfulness_by_type.csv")
-        if len(self.method_names) > 1:
-            write_csv_atomic(self.agreement(), out / "agreement.csv")
+        derived = {
+            "faithfulness_by_type.csv": self.faithfulness_by_type if len(self.faithfulness) else None,
+            "agreement.csv": self.agreement if len(self.method_names) > 1 else None,
+        }
+        for name, table in derived.items():
+            if table is not None:
+                write_csv_atomic(table(), out / name)
+            else:  # not measured this time: no stale table of an earlier run either
+                (out / name).unlink(missing_ok=True)
         write_run(out, self.run, self.kind)
 
     def _figures(self, out: Path) -> None:

@@ -88,6 +88,7 @@ class Result:
     run: dict
 
     def to_frame(self) -> pd.DataFrame:
+        """The result's main table, as a copy (a row per prompt, per word, per pair, ...)."""
         raise NotImplementedError
 
     def overview(self) -> pd.DataFrame:
@@ -111,6 +112,8 @@ class Result:
 
     @classmethod
     def load(cls, out_dir: str | Path):
+        """The result `save` (or the command of its study) wrote to `out_dir`; `lexprobe.load_result`
+        finds which kind it is by itself."""
         out = Path(out_dir).expanduser()
         if not (out / cls.filename).exists():
             raise InputError(
@@ -204,6 +207,7 @@ class TableResult(Result):
     numeric_columns: tuple[str, ...] = ()
 
     def to_frame(self) -> pd.DataFrame:
+        """The table, as a copy."""
         return self.frame.copy()
 
     def _write(self, out: Path) -> None:

@@ -173,17 +173,19 @@ def check_resumable(out_dir: Path, run: dict, keys: tuple[str, ...], table: str)
         raise OutputError(
             f"cannot resume in '{out_dir}': its run.json is corrupt ({err}); use a new --out or --overwrite"
         ) from err
-    differ = [k for k in keys if k in old and old[k] != run.get(k)]
+    differ = [d for k in keys if k in old for d in differences(k, old[k], run.get(k))]
     if differ:
         raise OutputError(
-            f"cannot resume in '{out_dir}': it was made with other settings ({', '.join(differ)} "
-            f"{'differs' if len(differ) == 1 else 'differ'}); use a new --out or --overwrite"
+            f"cannot resume in '{out_dir}': it was made with other settings ({'; '.join(differ[:3])}); "
+            "give the same ones, or use a new --out or --overwrite"
         )
     missing = [k for k in keys if k in run and k not in old]
     if missing:
+        made_by = (old.get("versions") or {}).get("lexprobe")
+        by = f"lexprobe {made_by}, an earlier version, which" if made_by else "an earlier lexprobe, which"
         raise OutputError(
-            f"cannot resume in '{out_dir}': its run.json does not record {', '.join(missing)}, so whether "
-            "its rows match this run is unknown; use a new --out or --overwrite"
+            f"cannot resume in '{out_dir}': its run.json was written by {by} does not record "
+            f"{', '.join(missing)}; use a new --out or --overwrite"
         )
     written = old.get("rows_written")
     if written is not None and not (type(written) is int and written >= 0):
@@ -192,6 +194,22 @@ def check_resumable(out_dir: Path, run: dict, keys: tuple[str, ...], table: str)
             "use a new --out or --overwrite"
         )
     return old
+
+
+def differences(key: str, there, here) -> list[str]:
+    """How a resume key differs between the run on disk and this one, in words, down to the fields of
+    a record: `settings.seed: 7 there, 8 here`; [] where they agree."""
+    if there == here:
+        return []
+    if isinstance(there, dict) and isinstance(here, dict):
+        fields = dict.fromkeys([*there, *here])
+        return [d for f in fields for d in differences(f"{key}.{f}", there.get(f), here.get(f))]
+    return [f"{key}: {_short(there)} there, {_short(here)} here"]
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check_rows_match(
