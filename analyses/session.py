@@ -51,6 +51,7 @@ class Session:
         if self.readout is not None:
             out["readout"] = self.readout.describe(self.lm.tokenizer) | {"details": self.readout.details}
             out["readout_sha256"] = self.readout.sha256()
+        out["steering"] = None  # a resume key: a steered run and an unsteered one never continue each other
         if self.steering is not None:
             out["steering"] = f"{self.steering.describe()} ({self.steering.key})"
         if self.steered_by is not None:

@@ -132,7 +132,7 @@ def test_any_command_runs_steered_and_records_it(tmp_path, tiny_readout_file, di
     assert np.abs(added["margin"] - plain["margin"]).max() > 1e-3
     run = json.loads((tmp_path / "ablated" / "run.json").read_text())
     assert run["steering"].startswith("ablate refusal direction")
-    assert "steering" not in json.loads((tmp_path / "plain" / "run.json").read_text())
+    assert json.loads((tmp_path / "plain" / "run.json").read_text())["steering"] is None
     assert "steering" not in scorer.lm.extra  # the hooks are gone after the run
     # a resumed run must be steered as the one it continues
     assert _score(tmp_path, tiny_readout_file, "ablated", "--resume", "--limit", "12") == 2
