@@ -20,7 +20,7 @@ import torch
 
 from lexprobe.analyses import contrast
 from lexprobe.analyses.options import ModelOptions, ParallelOptions, SuiteOptions, open_suite
-from lexprobe.analyses.runner import RUN_KEYS, PerPrompt, run_per_prompt
+from lexprobe.analyses.runner import RUN_KEYS, PerPrompt, earlier_runs, run_per_prompt
 from lexprobe.analyses.session import Session
 from lexprobe.probes.harmfulness import HarmfulnessProbe
 from lexprobe.toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, PromptTarget
@@ -328,7 +328,7 @@ class PartStore:
         self.parts: list[dict] = []
         done: set[str] = set()
         if out is not None and resume and not overwrite:
-            check_resumable(out, run_info, RUN_KEYS, PARTS)
+            run_info["earlier_runs"] = earlier_runs(check_resumable(out, run_info, RUN_KEYS, PARTS))
             if (out / PARTS).exists():
                 done = {p["prompt"]["id"] for p in read_parts(out, repair=True)}
         self.todo = suite.frame[~suite.frame["id"].isin(done)].reset_index(drop=True)

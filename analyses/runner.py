@@ -155,6 +155,7 @@ def run_per_prompt(study: PerPrompt, session: Session | None = None, suite: Suit
         )
         if parallel.active:  # not a resume key: single-process and sharded runs continue each other
             run_info["sharding"] = asdict(parallel) | {"shard_prompts": _shard_prompts(study, batch_size)}
+        run_info["earlier_runs"] = []  # the invocations a resumed run continues (the store fills it)
         columns = with_harmfulness(run_info, study.probe, study.columns, study.harmfulness_columns)
         store = store_cls(
             out, study.result_cls, columns, run_info, suite, resume=config.resume, overwrite=config.overwrite
@@ -170,6 +171,15 @@ def run_per_prompt(study: PerPrompt, session: Session | None = None, suite: Suit
         details.update(study.counts())
         result = store.finish(wall_seconds=timer.seconds, n_prompts_this_run=len(todo))
         return study.finish(result)
+
+
+def earlier_runs(old: dict) -> list[dict]:
+    """What the run a resume continues did, and the runs it continued in turn: each invocation's
+    command, start, wall time and prompts, so run.json keeps the record of the work it holds."""
+    if not old:
+        return []
+    keys = ("command", "started_at", "wall_seconds", "n_prompts_this_run", "status", "lexprobe_git_commit")
+    return [*old.get("earlier_runs", []), {k: old.get(k) for k in keys}]
 
 
 def _resume_precheck(out: Path, model: ModelOptions, suite: Suite) -> None:
@@ -250,6 +260,7 @@ class RowStore:
         done: set[str] = set()
         if out is not None:
             old = check_resumable(out, run_info, RUN_KEYS, result_cls.filename) if resume else {}
+            run_info["earlier_runs"] = earlier_runs(old)
             self.writer = RowWriter(
                 out / result_cls.filename,
                 columns,

@@ -104,3 +104,16 @@ def test_a_resume_under_another_condition_is_refused_before_the_model_loads(
     assert "system_prompt." in capsys.readouterr().err
     assert main([*base, "--dtype", "bf16"]) == 2  # an alias of the dtype the run did not use
     assert "dtype: 'float32' there, 'bfloat16' here" in capsys.readouterr().err
+
+
+def test_a_resumed_run_keeps_the_record_of_the_runs_it_continues(tmp_path, tiny_readout_file):
+    first = _run(
+        tmp_path, tiny_readout_file, "generate", "--suite", "xstest", "--ids", "1", "--max-new-tokens", "1"
+    )
+    assert first["earlier_runs"] == []
+    args = ["--suite", "xstest", "--ids", "1", "2", "--max-new-tokens", "1", "--resume"]
+    second = _run(tmp_path, tiny_readout_file, "generate", *args)
+    third = _run(tmp_path, tiny_readout_file, "generate", *args)
+    assert [r["n_prompts_this_run"] for r in third["earlier_runs"]] == [1, 1]  # what each invocation did
+    assert third["earlier_runs"][0]["started_at"] == first["started_at"] and third["n_prompts_this_run"] == 0
+    assert second["earlier_runs"] == third["earlier_runs"][:1]
