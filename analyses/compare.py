@@ -152,11 +152,7 @@ class Plan:
             if self.dtype != "auto":
                 resolve_dtype(self.dtype, torch.device("cpu"))
         except InputError as err:  # said as the plan says it
-            raise InputError(
-                str(err)
-                .replace("--chat-template", "the plan's chat_template")
-                .replace("--dtype", "the plan's dtype")
-            ) from None
+            raise InputError(_in_plan_terms(str(err))) from None
         if isinstance(self.harmfulness, str):
             from lexprobe.probes.harmfulness import load_probe
 
@@ -197,7 +193,7 @@ class Plan:
             try:
                 ChatFormat(peek.tokenizer, system, template)
             except ModelError as err:
-                why = str(err).replace("--chat-template", "the plan's chat_template")
+                why = _in_plan_terms(str(err))
                 raise ModelError(f"the cell '{model}' x '{condition}' cannot run: {why}") from None
 
     def cells(self) -> list[tuple[str, str, str]]:
@@ -225,6 +221,13 @@ class CompareResult:
 
     def to_frame(self) -> pd.DataFrame:
         return self.cells.copy()
+
+
+def _in_plan_terms(message: str) -> str:
+    """A message that names the flags a plan's keys stand for, naming the keys instead."""
+    return message.replace("--chat-template", "the plan's chat_template").replace(
+        "--dtype", "the plan's dtype"
+    )
 
 
 def _beside(plan: Path, value: str) -> str:

@@ -276,7 +276,7 @@ def selected(scorer, direction, probe, sub, config: MitigateConfig, condition: s
     records of them). The selection split does not depend on the evaluation suite, so all of this is
     cached per model, condition, direction, probe and settings: a second suite (or `diagnose`) only
     scores its own prompts."""
-    from lexprobe.toolkit.io.cache import cache_dir, keyed_entry, write_json_atomic
+    from lexprobe.toolkit.io.cache import model_entry, write_json_atomic
     from lexprobe.toolkit.io.locks import building
     from lexprobe.toolkit.io.results import read_json_file
     from lexprobe.toolkit.mechanism.harmfulness import data_sha
@@ -302,8 +302,7 @@ def selected(scorer, direction, probe, sub, config: MitigateConfig, condition: s
         "data": data_sha(),
         "format": 1,
     }
-    legacy = key | {"dtype": str(lm.dtype)}  # lexprobe 0.2 spelled it torch.float32
-    path = keyed_entry(cache_dir("fixes", lm.weights_sha256[:16]), key, legacy)
+    path, legacy = model_entry("fixes", lm, key)
     with building(path):
         record = read_json_file(path, None) if path.exists() else None
         if isinstance(record, dict) and record.get("key") in (key, legacy):

@@ -30,7 +30,7 @@ from lexprobe.toolkit.io.results import (
     write_csv_atomic,
     write_run,
 )
-from lexprobe.toolkit.io.rows import RowWriter, check_resumable, check_rows_match, differences
+from lexprobe.toolkit.io.rows import RowWriter, check_resumable, check_rows_match, refuse_differences
 from lexprobe.toolkit.io.suites import Suite
 from lexprobe.toolkit.models.devices import dtype_name
 
@@ -198,12 +198,7 @@ def _resume_precheck(out: Path, model: ModelOptions, suite: Suite) -> None:
     }
     if model.dtype != "auto":
         here["dtype"] = dtype_name(resolve_dtype(model.dtype, torch.device("cpu")))
-    differ = [d for k, v in here.items() if k in old for d in differences(k, old[k], v)]
-    if differ:
-        raise OutputError(
-            f"cannot resume in '{out}': it was made with other settings ({'; '.join(differ[:3])}); "
-            "give the same ones, or use a new --out or --overwrite"
-        )
+    refuse_differences(out, old, here)
 
 
 def _shard_prompts(study: PerPrompt, batch_size: int) -> int:

@@ -45,6 +45,13 @@ def keyed_entry(directory: Path, key: dict, legacy: dict | None = None) -> Path:
     return path
 
 
+def model_entry(kind: str, lm, key: dict) -> tuple[Path, dict]:
+    """`keyed_entry` in the `kind` cache of `lm`'s weights, and the key lexprobe 0.2 gave the same entry
+    (the dtype spelled `torch.float32`), whose entry is renamed to this one's name on first use."""
+    legacy = key | {"dtype": str(lm.dtype)}
+    return keyed_entry(cache_dir(kind, lm.weights_sha256[:16]), key, legacy), legacy
+
+
 def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -173,12 +173,7 @@ def check_resumable(out_dir: Path, run: dict, keys: tuple[str, ...], table: str)
         raise OutputError(
             f"cannot resume in '{out_dir}': its run.json is corrupt ({err}); use a new --out or --overwrite"
         ) from err
-    differ = [d for k in keys if k in old for d in differences(k, old[k], run.get(k))]
-    if differ:
-        raise OutputError(
-            f"cannot resume in '{out_dir}': it was made with other settings ({'; '.join(differ[:3])}); "
-            "give the same ones, or use a new --out or --overwrite"
-        )
+    refuse_differences(out_dir, old, {k: run.get(k) for k in keys if k in old})
     missing = [k for k in keys if k in run and k not in old]
     if missing:
         made_by = (old.get("versions") or {}).get("lexprobe")
@@ -194,6 +189,17 @@ def check_resumable(out_dir: Path, run: dict, keys: tuple[str, ...], table: str)
             "use a new --out or --overwrite"
         )
     return old
+
+
+def refuse_differences(out_dir: Path, old: dict, here: dict) -> None:
+    """OutputError naming how `here`'s resume keys differ from those of the run in `out_dir` (`old`,
+    its run.json); nothing where they agree."""
+    differ = [d for k, v in here.items() if k in old for d in differences(k, old[k], v)]
+    if differ:
+        raise OutputError(
+            f"cannot resume in '{out_dir}': it was made with other settings ({'; '.join(differ[:3])}); "
+            "give the same ones, or use a new --out or --overwrite"
+        )
 
 
 def differences(key: str, there, here) -> list[str]:

@@ -424,7 +424,7 @@ def find_direction(
     candidates table: cached per model, dtype, condition, readout and settings, else selected here on
     the bundled calibration splits (`train_prompts`, `val_prompts` of each class; None: all) and
     cached; `overwrite` selects again. `info` (provenance) goes into the direction's details."""
-    from lexprobe.toolkit.io.cache import cache_dir, keyed_entry, write_text_atomic
+    from lexprobe.toolkit.io.cache import model_entry, write_text_atomic
     from lexprobe.toolkit.io.locks import building
     from lexprobe.toolkit.io.results import Timer, write_csv_atomic
 
@@ -438,8 +438,7 @@ def find_direction(
         "kl_bound": kl_bound,
         "format": 1,
     }
-    legacy = key | {"dtype": str(lm.dtype)}  # lexprobe 0.2 spelled it torch.float32
-    path = keyed_entry(cache_dir("directions", lm.weights_sha256[:16]), key, legacy)
+    path, _ = model_entry("directions", lm, key)
     table = path.with_suffix(".csv")
     with building(path):
         if path.exists() and table.exists() and not overwrite:

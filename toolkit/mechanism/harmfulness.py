@@ -300,7 +300,7 @@ def find_probe(
     that fails is fitted again), else fitted and selected here on the bundled calibration splits."""
     from safetensors.torch import load_file, save_file
 
-    from lexprobe.toolkit.io.cache import cache_dir, keyed_entry, write_text_atomic
+    from lexprobe.toolkit.io.cache import model_entry, write_text_atomic
     from lexprobe.toolkit.io.locks import building
     from lexprobe.toolkit.io.results import Timer, write_csv_atomic
 
@@ -313,8 +313,7 @@ def find_probe(
         "data": data_sha(),
         "format": 2,
     }
-    legacy = key | {"dtype": str(lm.dtype)}  # lexprobe 0.2 spelled it torch.float32
-    path = keyed_entry(cache_dir("harmfulness", lm.weights_sha256[:16]), key, legacy)
+    path, _ = model_entry("harmfulness", lm, key)
     table_path, weights_path = path.with_suffix(".csv"), path.with_suffix(".safetensors")
     with building(path):
         if path.exists() and table_path.exists() and weights_path.exists() and not overwrite:
