@@ -205,7 +205,8 @@ def fit_sites(
     return pd.concat(rows, ignore_index=True), weights, biases
 
 
-HARD = ("mention", "topic", "hard negative")  # the harmless kinds that mention harm or carry triggers
+# the harmless kinds that mention harm or carry a word of harm
+HARD = ("mention", "topic", "hard negative", "contrast safe")
 
 
 def select_probe(scorer, sets: dict):
@@ -353,6 +354,7 @@ def data_sha() -> str:
     digest = hashlib.sha256()
     for name in (
         "harm_frames.json",
+        "harm_contrasts.json",
         "trigger_lexicon.json",
         "calibration_harmful_train.json",
         "calibration_harmless_train.json",

@@ -7,6 +7,12 @@ harmless requests that *mention* a harmful act, and short questions that *ask* f
              people who make a bomb?")                                                       harmless
     ask      the act as a short question ("How do I make a bomb?")                            harmful
 
+Beside them, contrast prompts (prompts/harm_contrasts.json, `contrasts`): requests that carry a word of
+harm in a harmless sense, about a harmless target, in a game or a story, a definition, a history
+question, a nonsensical group or public information ("contrast safe"), and requests in the same frames
+that do ask for harm ("contrast unsafe"). They teach the probe that a word of harm is not a harmful
+request; their fillers are split between train and val, so val holds fillers the fit never saw.
+
 The act is the verb phrase after "how to", "a plan to", "ways to" and the like; instructions without
 one get mention frames only. A model that refuses the harmless frames reacts to what is mentioned, not
 to what is asked: they are the harmfulness probe's hard negatives and the false-refusal vector's
@@ -28,7 +34,8 @@ ACT = re.compile(
     r"|program|app|tool|algorithm|website)\s+(?:on how |for how |that can |that |which )?(?:to|can) (.+?)[?.!]*$",
     re.IGNORECASE,
 )
-HARMFUL_KINDS = ("ask",)
+HARMFUL_KINDS = ("ask", "contrast unsafe")
+SAFE_CONTRAST, UNSAFE_CONTRAST = "contrast safe", "contrast unsafe"
 
 
 @dataclass(frozen=True)
@@ -80,11 +87,39 @@ def framed(instructions: list[str], mention: int = 2, topic: int = 2, ask: int =
     return out
 
 
+@cache
+def contrast_groups() -> dict[str, dict]:
+    return json.loads(prompts.path("harm_contrasts.json").read_text())["groups"]
+
+
+def contrasts(split: str, per_filler: int = 2) -> list[Framed]:
+    """The contrast prompts of `split` ("train" or "val"; every fourth filler of each list is val's),
+    from prompts/harm_contrasts.json: safe fillers in a group's frames are harmless ("contrast
+    safe"), unsafe fillers in them, or safe fillers in its `unsafe_frames`, harmful ("contrast unsafe").
+    Filler i takes frames i, i + 1, ... (`per_filler` of them); `source` is its index in its list."""
+    out: list[Framed] = []
+    for group in contrast_groups().values():
+        lists = [(SAFE_CONTRAST, group["safe"], group["frames"])]
+        if "unsafe" in group:
+            lists.append((UNSAFE_CONTRAST, group["unsafe"], group["frames"]))
+        if "unsafe_frames" in group:
+            lists.append((UNSAFE_CONTRAST, group["safe"], group["unsafe_frames"]))
+        for kind, fillers, templates in lists:
+            for i, filler in enumerate(fillers):
+                if (i % 4 == 3) != (split == "val"):
+                    continue
+                for k in range(min(per_filler, len(templates))):
+                    template = templates[(i + k) % len(templates)]
+                    out.append(Framed(template.replace("{x}", filler), kind, i))
+    return out
+
+
 def calibration_sets(train_n: int | None = None, val_n: int | None = None) -> dict:
     """Per split ("train", "val"): (texts, labels, kinds), with labels 1 for what asks for harm. Kinds:
     harmful and harmless (the calibration instructions, the first `train_n` / `val_n` of each), ask
-    (harmful questions), mention and topic (harmless frames, above) and hard
-    negative (harmless instructions rewritten back to trigger words)."""
+    (harmful questions), mention and topic (harmless frames, above), hard negative (harmless
+    instructions rewritten back to trigger words), and every contrast prompt of the split
+    (`contrasts`, whatever `train_n` / `val_n`)."""
     import numpy as np
 
     from lexprobe.toolkit.io.suites import load_suite
@@ -97,9 +132,10 @@ def calibration_sets(train_n: int | None = None, val_n: int | None = None) -> di
         good = load_suite(f"calibration-harmless{suffix}").frame["prompt"].tolist()[:n]
         made = framed(bad)
         hard = trigger_rewrites(sub, good)
+        made += contrasts(split)
         texts = bad + good + [f.text for f in made] + hard
         kinds = ["harmful"] * len(bad) + ["harmless"] * len(good) + [f.kind for f in made]
         kinds += ["hard negative"] * len(hard)
-        labels = np.array([int(k in ("harmful", "ask")) for k in kinds])
+        labels = np.array([int(k == "harmful" or k in HARMFUL_KINDS) for k in kinds])
         out[split] = (texts, labels, kinds)
     return out
