@@ -12,7 +12,9 @@ counts as refused where its decision margin is above 0. The settings (`tradeoff.
     conditional        the same ablation, only for prompts the harmfulness probe (`lexprobe
                        harmfulness`) reads as harmless: a hard gate at the threshold chosen on the
                        selection split (`toolkit.mechanism.fixes.choose_threshold`), and a soft gate
-                       (a sigmoid of `gate_width` logits) around it
+                       (a sigmoid of `gate_width` logits) around it; the hard gate's margins are put
+                       together from the plain and ablated ones and the gate's logits, which every
+                       gate of the probe reads once (the same margins the gated steering scores)
     false_refusal      a false-refusal vector (`toolkit.mechanism.fixes.false_refusal`) ablated, built
                        from the harmless prompts lexprobe makes that the model refuses; `coefficient`
                        is the share of its component along the refusal direction removed
@@ -153,8 +155,6 @@ class Setting:
 
 
 def run(config: MitigateConfig, session: Session | None = None, suite=None) -> MitigateResult:
-    from lexprobe.probes.steering import steered
-
     out = Path(config.out) if config.out else None
     if out is not None and (out / MitigateResult.filename).exists() and not config.overwrite:
         raise OutputError(f"'{out / MitigateResult.filename}' already exists: pass --overwrite to replace it")
@@ -187,12 +187,13 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
 
         texts = frame["prompt"].tolist()
         noted = [trigger_note(sub, t) for t in texts] if sub is not None else texts
-        rows, margins, eval_margins = [], [], []
-        for st in settings:
-            with steered(lm, st.steering):
-                m = scorer.score(noted if st.note else texts, desc=f"suite, {_label(st)}").margin
-            eval_margins.append(m)
-            margins.append(frame[["id", "type", "label"]].assign(**_describe(st), margin=m))
+        plain = scorer.score(texts, desc="suite, as is").margin
+        eval_margins = _margins(scorer, settings, texts, noted, "suite", plain)
+        margins = [
+            frame[["id", "type", "label"]].assign(**_describe(st), margin=m)
+            for st, m in zip(settings, eval_margins)
+        ]
+        rows = []
         for i, (st, m) in enumerate(zip(settings, eval_margins)):
             rows.append(
                 _describe(st) | _rates_with_cis(m, eval_margins[0], is_safe) | {"chosen": i == chosen_i}
@@ -300,7 +301,7 @@ def selected(scorer, direction, probe, sub, config: MitigateConfig, condition: s
             config.selection_prompts,
         ],
         "data": data_sha(),
-        "format": 1,
+        "format": 2,  # 2: the gates' thresholds chosen on the logits the gates read
     }
     path, legacy = model_entry("fixes", lm, key)
     with building(path):
@@ -377,15 +378,14 @@ def _select(scorer, direction, probe, sub, config: MitigateConfig) -> dict:
     sets = calibration_sets(None, config.selection_prompts)
     texts, labels, _kinds = sets["val"]
     is_safe = np.asarray(labels) == 0
-    probed = Scorer(lm, scorer.fmt, scorer.readout, scorer.batch_size, probe)
-    plain = probed.score(texts, desc="selection split, as is")  # the probe's logits in the same pass
-    gates = {}
+    plain = scorer.score(texts, desc="selection split, as is").margin
+    logits = None if probe is None else gate_logits_of(scorer, probe, texts)
+    gates, ablations = {}, {}
     for s in config.conditional if probe is not None else []:
         with steered(lm, direction.steering(ablate=s)):
             ablated = scorer.score(texts, desc=f"selection split, direction ablated x{s:g}").margin
-        threshold, info = fixes.choose_threshold(
-            plain.harmfulness, plain.margin, ablated, is_safe, config.max_unsafe_drop
-        )
+        ablations[s] = ablated
+        threshold, info = fixes.choose_threshold(logits, plain, ablated, is_safe, config.max_unsafe_drop)
         gates[f"{s:g}"] = {"threshold": threshold, **info}
     fr, fr_info = fixes.false_refusal(scorer, direction, sets) if config.false_refusal else (None, None)
     if fr is None and config.false_refusal:
@@ -395,12 +395,7 @@ def _select(scorer, direction, probe, sub, config: MitigateConfig) -> dict:
     )
     noted = [trigger_note(sub, t) for t in texts] if sub is not None else texts
     rows = []
-    for st in settings:
-        if st.mitigation == "none":
-            m = plain.margin
-        else:
-            with steered(lm, st.steering):
-                m = scorer.score(noted if st.note else texts, desc=f"selection split, {_label(st)}").margin
+    for st, m in zip(settings, _margins(scorer, settings, texts, noted, "selection split", plain, ablations)):
         safe_rate, unsafe_rate = fixes.refusal_rates(m, is_safe)
         rows.append(
             _describe(st)
@@ -421,6 +416,46 @@ def _select(scorer, direction, probe, sub, config: MitigateConfig) -> dict:
     if fr is not None:
         fr_record |= {"raw": fr.raw.tolist(), "unit": fr.unit.tolist()}
     return {"gates": gates, "false_refusal": fr_record, "selection": [_plain(r) for r in rows], "rule": rule}
+
+
+def gate_logits_of(scorer, probe, texts: list[str]) -> np.ndarray:
+    """Each text's harmfulness logit as a gate on `scorer.score` reads it: the same rows in the same
+    batches (`probes.steering.gate_logits`, remembered, so the gated settings read each prompt once)."""
+    from lexprobe.probes.steering import gate_logits
+
+    prompts = [scorer.encode(t, f"prompt {i + 1}") for i, t in enumerate(texts)]
+    logits = np.zeros(len(texts))
+    for chunk in scorer.chunks([scorer.suffix_ids(p) for p in prompts]):
+        logits[chunk] = gate_logits(scorer.lm, probe, [prompts[i].input_ids for i in chunk])
+    return logits
+
+
+def _margins(scorer, settings, texts, noted, where: str, plain, ablations: dict | None = None) -> list:
+    """Every setting's margins on `texts` (`noted`: with the trigger note). The model as it is is
+    `plain`; a hard-gated ablation is put together from its parts, each prompt taking the margin of the
+    plain ablation at its strength where its gate is open and its plain margin elsewhere (the gate
+    reads the prompt as the gated steering would: the same margins); an ablation already scored
+    (`ablations`: strength -> margins) is not scored again; the rest are scored."""
+    from lexprobe.probes.steering import steered
+
+    ablations = dict(ablations or {})
+    out = []
+    for st in settings:
+        gate = st.steering.gate if st.steering is not None else None
+        if st.mitigation == "none":
+            m = plain
+        elif st.mitigation == "refusal_direction" and st.strength in ablations:
+            m = ablations[st.strength]
+        elif gate is not None and gate.width == 0 and st.strength in ablations:
+            opened = gate.scales(gate_logits_of(scorer, gate.probe, texts)) > 0
+            m = np.where(opened, ablations[st.strength], plain)
+        else:
+            with steered(scorer.lm, st.steering):
+                m = scorer.score(noted if st.note else texts, desc=f"{where}, {_label(st)}").margin
+        if st.mitigation == "refusal_direction":
+            ablations[st.strength] = m
+        out.append(m)
+    return out
 
 
 def _label(st: Setting) -> str:

@@ -42,6 +42,8 @@ from lexprobe.probes.hooks import hooks
 from lexprobe.toolkit.config import ABLATE_MAX, ADD_MAX
 from lexprobe.toolkit.errors import InputError
 
+GATE_BATCH = 16  # rows of a gate pass
+
 
 @dataclass(frozen=True)
 class Gate:
@@ -169,38 +171,34 @@ class GateControl:
     """The gates of the rows of the forward pass under way (`lm.extra["gate"]` while a gated steering
     is on): a scale per row, set by `rows` (from the prompts' own harmfulness) or `uniform`."""
 
-    def __init__(self, lm, gate: Gate, batch_size: int = 16):
-        self.lm, self.gate, self.batch_size = lm, gate, batch_size
+    def __init__(self, lm, gate: Gate, around: str = "", batch_size: int = GATE_BATCH):
+        self.lm, self.gate, self.around, self.batch_size = lm, gate, around, batch_size
         self.scale: torch.Tensor | float | None = None  # [batch] or one value for every row
-        self.memo: dict[tuple[int, ...], float] = {}
 
     def scales(self, rows: list[list[int]]) -> np.ndarray:
-        """Each formatted prompt's gate [n] (its probe logit read unsteered, remembered)."""
-        todo = list(dict.fromkeys(tuple(r) for r in rows if tuple(r) not in self.memo))
-        if todo:
-            with self.uniform(0.0):
-                logits = probe_logits(self.lm, [list(r) for r in todo], self.gate.probe, self.batch_size)
-            self.memo.update(zip(todo, self.gate.scales(logits)))
-        return np.array([self.memo[tuple(r)] for r in rows])
+        """Each formatted prompt's gate [n] (its probe logit read without this gate's steering)."""
+        with self.uniform(0.0):
+            logits = gate_logits(self.lm, self.gate.probe, rows, self.batch_size, self.around)
+        return self.gate.scales(logits)
 
     @contextmanager
     def rows(self, rows: list[list[int]]) -> Iterator[None]:
         """Passes inside run row i of a batch at its prompt's gate, `rows[i]` the whole formatted
         prompt (template head to template tail, nothing generated or appended)."""
-        scale = torch.tensor(self.scales(rows), dtype=torch.float32)
+        with self.scaled(torch.tensor(self.scales(rows), dtype=torch.float32)):
+            yield
+
+    @contextmanager
+    def scaled(self, scale: torch.Tensor | float) -> Iterator[None]:
+        """Passes inside run row i at `scale[i]` (a tensor [batch]) or every row at `scale` (a float)."""
         before, self.scale = self.scale, scale
         try:
             yield
         finally:
             self.scale = before
 
-    @contextmanager
-    def uniform(self, value: float) -> Iterator[None]:
-        before, self.scale = self.scale, float(value)
-        try:
-            yield
-        finally:
-            self.scale = before
+    def uniform(self, value: float):
+        return self.scaled(float(value))
 
     def select(self, index: torch.Tensor) -> None:
         """Keep the rows at `index` (a batch whose finished rows leave it)."""
@@ -216,6 +214,25 @@ class GateControl:
         if len(self.scale) != x.shape[0]:
             raise RuntimeError(f"a gated pass of {x.shape[0]} rows has gates for {len(self.scale)}")
         return self.scale.to(x.device)[(...,) + (None,) * (x.ndim - 1)]
+
+
+GATE_MEMO = 100_000  # prompts whose gate logits a model keeps, per probe and surrounding steering
+
+
+def gate_logits(
+    lm, probe: HarmfulnessProbe, rows: list[list[int]], batch_size: int = GATE_BATCH, around: str = ""
+):
+    """The probe's logit [n] of each formatted prompt as a gate reads it (`probe_logits` over `rows`,
+    under no steering but the ungated ones `around` names, "" for none), remembered per model, probe
+    and `around`: the gates of one probe (hard, soft, any threshold) read each prompt once. Rows
+    already known are not read again; the others are read together, in the order given."""
+    memo = lm.extra.setdefault("gate_logits", {}).setdefault((probe.sha256(), around), {})
+    todo = list(dict.fromkeys(tuple(r) for r in rows if tuple(r) not in memo))
+    if todo:
+        if len(memo) + len(todo) > GATE_MEMO:
+            memo.clear()
+        memo.update(zip(todo, probe_logits(lm, [list(r) for r in todo], probe, batch_size)))
+    return np.array([memo[tuple(r)] for r in rows])
 
 
 def gate_control(lm) -> GateControl | None:
@@ -294,7 +311,8 @@ def steered(lm, steering: Steering | list[Steering] | None) -> Iterator[None]:
     lm.extra["steering_text"] = "; ".join(s.describe() for s in steerings)
     lm.extra.setdefault("active", []).append(token)
     if gates:
-        lm.extra["gate"] = GateControl(lm, gates[0])
+        around = "+".join(k for k in (before, *(s.key for s in steerings if s.gate is None)) if k)
+        lm.extra["gate"] = GateControl(lm, gates[0], around)
     try:
         with hooks(hook_pairs(lm, steerings, token)):
             yield

@@ -234,18 +234,37 @@ def test_a_second_run_takes_the_selection_split_from_the_cache(mitigated):
     )
 
 
-def test_the_hard_gate_row_equals_its_parts(mitigated):
-    """Under a hard gate each prompt's margin is its plain one where the gate is shut, its ablated one
-    where it is open."""
-    margins = pd.read_csv(mitigated / "m" / "margins.csv")
-    plain = margins[margins["mitigation"] == "none"].set_index("id")["margin"]
-    ablated = margins[margins["mitigation"] == "refusal_direction"].set_index("id")["margin"]
-    hard = margins[(margins["mitigation"] == "conditional") & (margins["gate"] == "hard")].set_index("id")[
-        "margin"
+def test_the_hard_gate_row_put_together_from_its_parts_is_what_the_gate_scores(
+    tiny, tiny_readout, tiny_probe
+):
+    """mitigate puts a hard-gated row together from the plain and ablated margins and the gate's
+    logits; the gated steering itself (a gate pass and a steered pass per batch) scores the same
+    margins, with a threshold that opens the gate for half the prompts."""
+    from lexprobe.analyses import mitigate
+    from lexprobe.probes.steering import steered
+    from lexprobe.toolkit.io.suites import load_suite
+    from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+    from lexprobe.toolkit.scoring.scorer import Scorer
+
+    texts = load_suite("xstest").frame["prompt"].tolist()[:24]
+    fmt = ChatFormat(tiny.tokenizer, SystemPrompt.parse("model-default"))
+    scorer = Scorer(tiny, fmt, tiny_readout, batch_size=4)
+    plain = scorer.score(texts).margin
+    logits = mitigate.gate_logits_of(scorer, tiny_probe, texts)
+    threshold = float(np.median(logits))
+    vector = torch.randn(tiny.text_config.hidden_size, generator=torch.Generator().manual_seed(5)) * 3
+    gated = Steering(vector, ablate=1.0, name="refusal direction", gate=Gate(tiny_probe, threshold, 0.0))
+    settings = [
+        mitigate.Setting("none"),
+        mitigate.Setting("refusal_direction", 1.0, Steering(vector, ablate=1.0)),
+        mitigate.Setting("conditional", 1.0, gated, gate="hard", threshold=threshold),
     ]
-    opened = np.isclose(hard, ablated, atol=1e-4)
-    shut = np.isclose(hard, plain, atol=1e-4)
-    assert (opened | shut).all()
+    none, ablated, hard = mitigate._margins(scorer, settings, texts, texts, "test", plain)
+    with steered(tiny, gated):
+        np.testing.assert_allclose(scorer.score(texts).margin, hard, atol=1e-4)
+    opened = logits < threshold
+    assert 0 < opened.sum() < len(texts) and not np.allclose(none, ablated, atol=1e-3)
+    np.testing.assert_array_equal(hard, np.where(opened, ablated, none))
 
 
 def test_steer_applies_the_chosen_fix_to_score_as_mitigate_measured_it(

@@ -124,6 +124,27 @@ def test_a_soft_gate_scales_the_ablation(scorer):
     np.testing.assert_allclose(soft, half, atol=1e-5)
 
 
+def test_a_soft_gate_steers_each_prompt_of_a_batch_at_its_own_strength(scorer):
+    """Every prompt has its own soft gate (and so its own steered prefix, computed for the batch's
+    strengths together); each margin equals the prompt's alone under an ablation of that strength."""
+    lm = scorer.lm
+    probe = _probe(lm, layer=1, seed=4)
+    logits = probe_logits(lm, _rows(scorer, TEXTS), probe)
+    gate = Gate(probe, threshold=float(np.median(logits)), width=float(np.std(logits)))
+    strengths = gate.scales(logits)
+    assert (
+        len(np.unique(strengths.round(3))) == len(TEXTS) and 0.05 < strengths.min() < strengths.max() < 0.95
+    )
+    d = torch.randn(lm.text_config.hidden_size, generator=torch.Generator().manual_seed(7)) * 3
+    with steered(lm, Steering(d, ablate=1.0, gate=gate)):
+        together = scorer.score(TEXTS).margin
+    alone = []
+    for text, strength in zip(TEXTS, strengths):
+        with steered(lm, Steering(d, ablate=float(strength))):
+            alone.append(scorer.score([text]).margin[0])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
 def test_gated_generation_equals_each_prompt_alone(tiny, scorer):
     probe = _probe(tiny, layer=1, seed=4)
     logits = probe_logits(tiny, _rows(scorer, TEXTS), probe)

@@ -36,14 +36,34 @@ class SharedPrefix:
                 cache.update(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1), i)
             return cache
         values, rows = torch.unique(scale, return_inverse=True)  # one prefix per gate strength
-        kvs = [self._computed(float(x), control) for x in values]
+        self._compute_many([float(x) for x in values if float(x) not in self._kv], control)
+        kvs = [self._kv[float(x)] for x in values]
         rows = rows.to(self.lm.device)
         cache = DynamicCache()
         for i in range(len(kvs[0])):
             keys = torch.cat([kv[i][0] for kv in kvs])[rows]
             vals = torch.cat([kv[i][1] for kv in kvs])[rows]
             cache.update(keys, vals, i)
+        for x in values.tolist():  # a soft gate's strengths are each prompt's own: keep only shut and open
+            if x not in (0.0, 1.0):
+                self._kv.pop(x, None)
         return cache
+
+    @torch.no_grad()
+    def _compute_many(self, scales: list[float], control, rows: int = 64) -> None:
+        """The prefix at each of `scales` (a soft gate gives each prompt its own), `rows` strengths a
+        pass: one row per strength, not one pass each."""
+        for start in range(0, len(scales), rows):
+            chunk = scales[start : start + rows]
+            with control.scaled(torch.tensor(chunk, dtype=torch.float32)):
+                out = self.lm.base(
+                    input_ids=torch.tensor([self.ids] * len(chunk), device=self.lm.device),
+                    cache=DynamicCache(),
+                    use_cache=True,
+                )
+            layers = [(layer.keys, layer.values) for layer in out.cache.layers]
+            for j, value in enumerate(chunk):
+                self._kv[value] = [(k[j : j + 1], v[j : j + 1]) for k, v in layers]
 
     def _computed(self, scale: float | None, control) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The prefix's keys and values [1, heads, prefix, head_dim] per layer, at a gate strength."""

@@ -191,19 +191,23 @@ class Scorer:
         )
         prompts = [self.encode(t, name) for t, name in zip(texts, names)]
         suffixes = [self.suffix_ids(p) for p in prompts]
-        order = sorted(range(len(texts)), key=lambda i: len(suffixes[i]))  # similar lengths pad less
         out = MarginScores(
             np.zeros(len(texts)),
             np.zeros(len(texts)),
             np.zeros((len(texts), len(self.lm.layers))) if layers else None,
             np.zeros(len(texts)) if self.harmfulness is not None else None,
         )
-        chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         with progress(None, desc=desc, total=len(texts), unit="prompt") as bar:  # counts what desc names
-            for chunk in chunks:
+            for chunk in self.chunks(suffixes):
                 self._score_batch(chunk, suffixes, names, layers, out, on_batch)
                 bar.update(len(chunk))
         return out
+
+    def chunks(self, suffixes: list[list[int]]) -> list[list[int]]:
+        """The indices of the prompts of each batch `score` runs, in order (by suffix length: similar
+        lengths pad less)."""
+        order = sorted(range(len(suffixes)), key=lambda i: len(suffixes[i]))
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def _score_batch(
         self, chunk: list[int], suffixes, names, layers: bool, out: MarginScores, on_batch
