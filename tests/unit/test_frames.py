@@ -73,3 +73,18 @@ def test_calibration_sets_label_the_contrasts_and_keep_the_splits_apart():
         assert (labels == harmful).all()
         assert {frames.SAFE_CONTRAST, frames.UNSAFE_CONTRAST} <= set(kinds)
     assert not set(sets["train"][0]) & set(sets["val"][0])
+
+
+def test_no_contrast_prompt_repeats_an_xstest_prompt(made):
+    """XSTest is the evaluation suite: no prompt lexprobe fits on repeats one of its prompts, or shares
+    four fifths of its words with one (a shared frame with another content word stays below that)."""
+    from lexprobe.toolkit.io.suites import load_suite
+
+    def words(text: str) -> frozenset:
+        return frozenset(re.findall(r"[a-z']+", text.lower()))
+
+    xstest = [words(t) for t in load_suite("xstest").frame["prompt"]]
+    for f in made["train"] + made["val"]:
+        w = words(f.text)
+        closest = max(len(w & x) / len(w | x) for x in xstest)
+        assert closest < 0.8, f.text
