@@ -216,7 +216,7 @@ class GateControl:
         return self.scale.to(x.device)[(...,) + (None,) * (x.ndim - 1)]
 
 
-GATE_MEMO = 100_000  # prompts whose gate logits a model keeps, per probe and surrounding steering
+GATE_MEMO = 50_000  # prompts whose gate logits a model keeps, per probe and surrounding steering
 
 
 def gate_logits(
@@ -227,12 +227,13 @@ def gate_logits(
     and `around`: the gates of one probe (hard, soft, any threshold) read each prompt once. Rows
     already known are not read again; the others are read together, in the order given."""
     memo = lm.extra.setdefault("gate_logits", {}).setdefault((probe.sha256(), around), {})
-    todo = list(dict.fromkeys(tuple(r) for r in rows if tuple(r) not in memo))
+    keys = [np.asarray(r, dtype=np.int64).tobytes() for r in rows]  # compact: 8 bytes a token
+    todo = {k: r for k, r in zip(keys, rows) if k not in memo}
     if todo:
         if len(memo) + len(todo) > GATE_MEMO:
             memo.clear()
-        memo.update(zip(todo, probe_logits(lm, [list(r) for r in todo], probe, batch_size)))
-    return np.array([memo[tuple(r)] for r in rows])
+        memo.update(zip(todo, probe_logits(lm, [list(r) for r in todo.values()], probe, batch_size)))
+    return np.array([memo[k] for k in keys])
 
 
 def gate_control(lm) -> GateControl | None:

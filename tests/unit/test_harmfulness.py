@@ -145,6 +145,31 @@ def test_a_soft_gate_steers_each_prompt_of_a_batch_at_its_own_strength(scorer):
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
+def test_the_gates_of_one_probe_read_each_prompt_once_under_the_same_surroundings(scorer, monkeypatch):
+    """A hard and a soft gate of one probe share the prompts' logits (one gate pass); under another
+    steering around them the logits are read again, and differ, as they must."""
+    from lexprobe.probes import steering
+
+    lm = scorer.lm
+    lm.extra.pop("gate_logits", None)
+    probe = _probe(lm, layer=1, seed=4)
+    passes = []
+    real = steering.probe_logits
+    monkeypatch.setattr(steering, "probe_logits", lambda *a, **k: passes.append(len(a[1])) or real(*a, **k))
+    d = torch.randn(lm.text_config.hidden_size, generator=torch.Generator().manual_seed(7))
+    for width in (0.0, 1.0):
+        with steered(lm, Steering(d, ablate=1.0, gate=Gate(probe, threshold=0.0, width=width))):
+            scorer.score(TEXTS)
+    assert sum(passes) == len(TEXTS)  # the second gate read nothing again
+    other = torch.randn(lm.text_config.hidden_size, generator=torch.Generator().manual_seed(8))
+    with steered(lm, [Steering(other, ablate=1.0), Steering(d, ablate=1.0, gate=Gate(probe, 0.0))]):
+        scorer.score(TEXTS)
+    assert sum(passes) == 2 * len(TEXTS)
+    (plain, around) = lm.extra["gate_logits"].values()
+    assert plain.keys() == around.keys()
+    assert not np.allclose(list(plain.values()), list(around.values()), atol=1e-4)
+
+
 def test_gated_generation_equals_each_prompt_alone(tiny, scorer):
     probe = _probe(tiny, layer=1, seed=4)
     logits = probe_logits(tiny, _rows(scorer, TEXTS), probe)
