@@ -34,8 +34,8 @@ ACT = re.compile(
     r"|program|app|tool|algorithm|website)\s+(?:on how |for how |that can |that |which )?(?:to|can) (.+?)[?.!]*$",
     re.IGNORECASE,
 )
-HARMFUL_KINDS = ("ask", "contrast unsafe")
 SAFE_CONTRAST, UNSAFE_CONTRAST = "contrast safe", "contrast unsafe"
+HARMFUL_KINDS = ("ask", UNSAFE_CONTRAST)
 
 
 @dataclass(frozen=True)
