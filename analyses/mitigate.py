@@ -379,7 +379,7 @@ def _select(scorer, direction, probe, sub, config: MitigateConfig) -> dict:
     texts, labels, _kinds = sets["val"]
     is_safe = np.asarray(labels) == 0
     plain = scorer.score(texts, desc="selection split, as is").margin
-    logits = None if probe is None else gate_logits_of(scorer, probe, texts)
+    logits = gate_logits_of(scorer, probe, texts) if probe is not None and config.conditional else None
     gates, ablations = {}, {}
     for s in config.conditional if probe is not None else []:
         with steered(lm, direction.steering(ablate=s)):

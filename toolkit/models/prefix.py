@@ -49,13 +49,25 @@ class SharedPrefix:
                 self._kv.pop(x, None)
         return cache
 
+    def _computed(self, scale: float | None, control) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The prefix's keys and values [1, heads, prefix, head_dim] per layer, at a gate strength
+        (None: no gate)."""
+        if scale not in self._kv:
+            self._compute_many([scale], control)
+        return self._kv[scale]
+
     @torch.no_grad()
-    def _compute_many(self, scales: list[float], control, rows: int = 64) -> None:
-        """The prefix at each of `scales` (a soft gate gives each prompt its own), `rows` strengths a
-        pass: one row per strength, not one pass each."""
+    def _compute_many(self, scales: list, control, rows: int = 64) -> None:
+        """`_computed` at each of `scales`, `rows` strengths a pass (a soft gate gives each prompt its
+        own): one row per strength, not a pass each."""
         for start in range(0, len(scales), rows):
             chunk = scales[start : start + rows]
-            with control.scaled(torch.tensor(chunk, dtype=torch.float32)):
+            gated = (
+                nullcontext() if control is None else control.scaled(torch.tensor(chunk, dtype=torch.float32))
+            )
+            with (
+                gated
+            ):  # a cache of full layers: a sliding-window one would drop keys the suffix's mask counts
                 out = self.lm.base(
                     input_ids=torch.tensor([self.ids] * len(chunk), device=self.lm.device),
                     cache=DynamicCache(),
@@ -64,15 +76,3 @@ class SharedPrefix:
             layers = [(layer.keys, layer.values) for layer in out.cache.layers]
             for j, value in enumerate(chunk):
                 self._kv[value] = [(k[j : j + 1], v[j : j + 1]) for k, v in layers]
-
-    def _computed(self, scale: float | None, control) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The prefix's keys and values [1, heads, prefix, head_dim] per layer, at a gate strength."""
-        if scale not in self._kv:
-            with control.uniform(scale) if control is not None else nullcontext():
-                out = self.lm.base(  # a cache of full layers: a sliding-window one would drop keys the
-                    input_ids=torch.tensor([self.ids], device=self.lm.device),  # suffix's mask counts
-                    cache=DynamicCache(),
-                    use_cache=True,
-                )
-            self._kv[scale] = [(layer.keys, layer.values) for layer in out.cache.layers]
-        return self._kv[scale]
