@@ -2,9 +2,10 @@
 
 Fits and selects the harmfulness probe of a model under one condition (`toolkit.mechanism.harmfulness`:
 every block's input at the instruction's last token and at each template token after it, two methods,
-fitted on the calibration train split and lexprobe's frames of it, selected on the val split; never
-XSTest), cached per model, dtype and condition so that `score --harmfulness` and the studies that
-carry the probe's logit find it without a file. Writes probe.json, sites.csv (every site's figures and
+fitted on the calibration train split and lexprobe's frames and contrast prompts, selected on contrast
+groups held out of the fit in turn and on the val split; never XSTest), cached per model, dtype and
+condition so that `score --harmfulness` and the studies that carry the probe's logit find it without
+a file. Writes probe.json, sites.csv (every site's figures and
 its cosine with the refusal direction) and a per-layer figure.
 """
 
@@ -24,7 +25,7 @@ from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
 from lexprobe.toolkit.io.cache import write_text_atomic
 from lexprobe.toolkit.io.results import MultiTableResult, provenance
-from lexprobe.toolkit.mechanism.harmfulness import cosines, find_probe
+from lexprobe.toolkit.mechanism.harmfulness import cosines, find_probe, ranked
 from lexprobe.toolkit.scoring.scorer import Scorer
 from lexprobe.toolkit.substitution.frames import calibration_sets
 
@@ -50,7 +51,8 @@ class HarmfulnessConfig(Options):
 
 class HarmfulnessResult(MultiTableResult):
     """The selected probe (`probe`) and every candidate site (the table: layer, position, method,
-    auroc_train, auroc_val, auroc_val_hard, loss_val, cosine_refusal_direction, selected)."""
+    auroc_train, auroc_val, auroc_val_hard, loss_val, auroc_heldout_kind, cosine_refusal_direction,
+    selected)."""
 
     filename = "sites.csv"
     kind = "harmfulness"
@@ -60,12 +62,18 @@ class HarmfulnessResult(MultiTableResult):
         self.probe = probe
 
     def overview(self) -> pd.DataFrame:
-        """Each layer's best site (on the val split's hard prompts), per method."""
-        f = self.frame.dropna(subset=["auroc_val_hard"])  # the logistic probe's unfitted sites
-        f = f.sort_values(["auroc_val_hard", "loss_val"], ascending=[False, True])
+        """Each layer's best site (by the selection's rule), per method."""
+        f = ranked(self.frame.dropna(subset=["auroc_val_hard"]))  # the logistic probe's unfitted sites
         best = f.groupby(["method", "layer"], sort=False).head(1).sort_values(["method", "layer"])
-        keep = ["method", "layer", "position", "auroc_val", "auroc_val_hard", "cosine_refusal_direction"]
-        return best[[c for c in keep if c in best]].reset_index(drop=True)
+        keep = [
+            "method",
+            "layer",
+            "position",
+            "auroc_heldout_kind",
+            "auroc_val_hard",
+            "cosine_refusal_direction",
+        ]
+        return best[[c for c in keep if c in best and best[c].notna().any()]].reset_index(drop=True)
 
     def _write(self, out: Path) -> None:
         super()._write(out)
@@ -83,7 +91,9 @@ class HarmfulnessResult(MultiTableResult):
         from lexprobe.toolkit.viz.harmfulness import probe_figure
         from lexprobe.toolkit.viz.names import with_model
 
-        title = with_model("Harmfulness probe by layer (val split; never the evaluation suite)", self.run)
+        title = with_model(
+            "Harmfulness probe by layer (lexprobe's prompts; never the evaluation suite)", self.run
+        )
         probe_figure(self.frame, out / "harmfulness.png", title)
 
 

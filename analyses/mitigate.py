@@ -10,8 +10,10 @@ counts as refused where its decision margin is above 0. The settings (`tradeoff.
     refusal_direction  the refusal direction (`lexprobe direction`) ablated; strength = the share of
                        its component removed at every layer and position
     conditional        the same ablation, only for prompts the harmfulness probe (`lexprobe
-                       harmfulness`) reads as harmless: a hard gate at the threshold chosen on the
-                       selection split (`toolkit.mechanism.fixes.choose_threshold`), and a soft gate
+                       harmfulness`) reads as harmless: a hard gate at a threshold chosen by the
+                       rule below on kinds of prompt the probe never saw (lexprobe's contrast prompts,
+                       each read by the probe fitted without its group; a probe from a file: on the
+                       selection split; `toolkit.mechanism.fixes.choose_threshold`), and a soft gate
                        (a sigmoid of `gate_width` logits) around it; the hard gate's margins are put
                        together from the plain and ablated ones and the gate's logits, which every
                        gate of the probe reads once (the same margins the gated steering scores)
@@ -301,7 +303,7 @@ def selected(scorer, direction, probe, sub, config: MitigateConfig, condition: s
             config.selection_prompts,
         ],
         "data": data_sha(),
-        "format": 2,  # 2: the gates' thresholds chosen on the logits the gates read
+        "format": 3,  # 3: the gates' thresholds chosen on the probe's unseen kinds
     }
     path, legacy = model_entry("fixes", lm, key)
     with building(path):
@@ -309,7 +311,7 @@ def selected(scorer, direction, probe, sub, config: MitigateConfig, condition: s
         if isinstance(record, dict) and record.get("key") in (key, legacy):
             log.info("mitigate: the selection split's figures from the cache %s", path)
         else:
-            record = _select(scorer, direction, probe, sub, config) | {"key": key}
+            record = _select(scorer, direction, probe, sub, config, condition) | {"key": key}
             write_json_atomic(path, record)
     fr = record["false_refusal"] or {}
     vector = None
@@ -368,10 +370,14 @@ def _settings(direction, probe, thresholds: dict, fr, sub, config: MitigateConfi
     return out
 
 
-def _select(scorer, direction, probe, sub, config: MitigateConfig) -> dict:
-    """Every setting scored on the selection split: the gates' thresholds chosen there, the false-refusal
-    vector built from the train split (`toolkit.mechanism.fixes`), and the rates of each setting."""
+def _select(scorer, direction, probe, sub, config: MitigateConfig, condition: str) -> dict:
+    """Every setting scored on the selection split, the false-refusal vector built from the train split
+    (`toolkit.mechanism.fixes`), and the rates of each setting. The gates' thresholds are chosen on the
+    probe's unseen kinds (`toolkit.mechanism.harmfulness.unseen_kinds`: each contrast prompt read by
+    the probe fitted without its group), by the rule of the settings; where the probe is a file's, on
+    the selection split."""
     from lexprobe.probes.steering import steered
+    from lexprobe.toolkit.mechanism.harmfulness import unseen_kinds
     from lexprobe.toolkit.substitution.frames import calibration_sets
 
     lm = scorer.lm
@@ -379,14 +385,24 @@ def _select(scorer, direction, probe, sub, config: MitigateConfig) -> dict:
     texts, labels, _kinds = sets["val"]
     is_safe = np.asarray(labels) == 0
     plain = scorer.score(texts, desc="selection split, as is").margin
-    logits = gate_logits_of(scorer, probe, texts) if probe is not None and config.conditional else None
+    gated = probe is not None and bool(config.conditional)
+    unseen = unseen_kinds(scorer, condition, calibration_sets, probe) if gated else None
+    if unseen is not None:  # the thresholds are chosen on kinds of prompt the probe never saw
+        on, (u_texts, u_labels, logits) = "unseen kinds", unseen
+        u_plain = scorer.score(u_texts, desc="unseen kinds, as is").margin
+    elif gated:  # a probe from a file: chosen on the selection split
+        on, u_texts, u_labels, u_plain = "selection split", texts, labels, plain
+        logits = gate_logits_of(scorer, probe, texts)
     gates, ablations = {}, {}
-    for s in config.conditional if probe is not None else []:
+    for s in config.conditional if gated else []:
         with steered(lm, direction.steering(ablate=s)):
             ablated = scorer.score(texts, desc=f"selection split, direction ablated x{s:g}").margin
-        ablations[s] = ablated
-        threshold, info = fixes.choose_threshold(logits, plain, ablated, is_safe, config.max_unsafe_drop)
-        gates[f"{s:g}"] = {"threshold": threshold, **info}
+            ablations[s] = ablated
+            if unseen is not None:
+                ablated = scorer.score(u_texts, desc=f"unseen kinds, direction ablated x{s:g}").margin
+        is_safe_u = np.asarray(u_labels) == 0
+        threshold, info = fixes.choose_threshold(logits, u_plain, ablated, is_safe_u, config.max_unsafe_drop)
+        gates[f"{s:g}"] = {"threshold": threshold, "chosen_on": on, "n_prompts": len(u_texts), **info}
     fr, fr_info = fixes.false_refusal(scorer, direction, sets) if config.false_refusal else (None, None)
     if fr is None and config.false_refusal:
         log.warning("the model refuses too few of lexprobe's harmless prompts for a false-refusal vector")
@@ -412,6 +428,11 @@ def _select(scorer, direction, probe, sub, config: MitigateConfig) -> dict:
         f"{int((~is_safe).sum())} harmful prompts with lexprobe's frames), the lowest safe refusal rate "
         f"among settings whose unsafe refusal rate drops by at most {100 * config.max_unsafe_drop:g} points"
     )
+    if gates and on == "unseen kinds":
+        rule += (
+            f"; a gate's threshold by the same rule on the probe's unseen kinds ({len(u_texts)} contrast "
+            "prompts, each read by the probe fitted without its group)"
+        )
     fr_record = None if fr_info is None else {"info": fr_info}
     if fr is not None:
         fr_record |= {"raw": fr.raw.tolist(), "unit": fr.unit.tolist()}

@@ -48,12 +48,19 @@ def cmd_harmfulness(a) -> None:
     result = run(HarmfulnessConfig.from_cli(a))
     p = result.probe
     sel = p.details["selection"]
-    print_table(result.overview(), title="each layer's best site (AUROC on the val split's hard prompts)")
+    held = sel.get("auroc_heldout_kind")
+    held = None if held is None or held != held else held  # NaN: no contrast groups to hold out
+    print_table(
+        result.overview(),
+        title="each layer's best site (by AUROC on "
+        + ("contrast groups held out of the fit)" if held is not None else "the val split's hard prompts)"),
+    )
     cosine = p.details.get("cosine_refusal_direction")
     print(
         plain(
             f"selected: {p.method} at block {p.layer}, position {p.position} (counted from the prompt's end); "
-            f"val AUROC {sel['auroc_val']:.3f}, {sel['auroc_val_hard']:.3f} on harmful against hard harmless "
+            + ("" if held is None else f"AUROC {held:.3f} on contrast groups held out of the fit; ")
+            + f"val AUROC {sel['auroc_val']:.3f}, {sel['auroc_val_hard']:.3f} on harmful against hard harmless "
             f"prompts; cosine with the refusal direction " + ("n/a" if cosine is None else f"{cosine:+.2f}")
         )
     )

@@ -7,6 +7,7 @@ mitigate measured), the false-refusal vector's orthogonalisation removes the sha
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -220,6 +221,49 @@ def test_mitigate_writes_every_setting_with_paired_cis_and_a_chosen_file(mitigat
     assert set(gens["mitigation"]) == {"none", chosen["mitigation"]}
     assert (table["agreement"].notna()).sum() == len(set(gens["mitigation"]))
     assert (mitigated / "m" / "tradeoff.png").exists()
+    gates = json.loads((mitigated / "m" / "run.json").read_text())["gates"]
+    assert [g["chosen_on"] for g in gates.values()] == ["selection split"]  # a probe from a file
+
+
+def test_the_gate_threshold_of_the_models_own_probe_is_chosen_on_kinds_it_never_saw(
+    tiny, tiny_readout, tiny_probe, tmp_path, monkeypatch
+):
+    """The fitted probe keeps each contrast prompt's logit from the fit that held its group out;
+    `unseen_kinds` gives them back for that probe only, from the cache, and never fits one itself."""
+    from lexprobe.toolkit.mechanism import harmfulness
+    from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+    from lexprobe.toolkit.scoring.scorer import Scorer
+    from lexprobe.toolkit.substitution.frames import calibration_sets
+
+    monkeypatch.setenv("LEXPROBE_CACHE", str(tmp_path / "cache"))
+    full = calibration_sets(4, 4)
+    keep = {}
+    for split in ("train", "val"):  # 3 prompts of each label of each contrast group, and the rest
+        seen: Counter = Counter()
+        keep[split] = []
+        for i, (group, label) in enumerate(zip(full["groups"][split], full[split][1])):
+            seen[group, label] += 1
+            if not group or seen[group, label] <= 3:
+                keep[split].append(i)
+    small = {
+        split: (
+            [full[split][0][i] for i in keep[split]],
+            full[split][1][keep[split]],
+            [full[split][2][i] for i in keep[split]],
+        )
+        for split in ("train", "val")
+    } | {"groups": {split: [full["groups"][split][i] for i in keep[split]] for split in ("train", "val")}}
+    make_sets = lambda _train, _val: small  # noqa: E731
+    scorer = Scorer(tiny, ChatFormat(tiny.tokenizer, SystemPrompt.parse("model-default")), tiny_readout, 8)
+    assert harmfulness.unseen_kinds(scorer, "c", make_sets, tiny_probe) is None  # no fit, none made
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.safetensors"))
+    probe = harmfulness.find_probe(scorer, "c", make_sets)[0]
+    texts, labels, logits = harmfulness.unseen_kinds(scorer, "c", make_sets, probe)
+    groups = np.asarray(small["groups"]["train"])
+    assert sorted(texts) == sorted(np.asarray(small["train"][0])[groups != ""].tolist())
+    assert np.isfinite(logits).all() and set(labels) == {0, 1}
+    assert harmfulness.unseen_kinds(scorer, "c", make_sets, tiny_probe) is None  # not the fitted probe
+    assert harmfulness.unseen_kinds(scorer, "another condition", make_sets, probe) is None
 
 
 def test_a_second_run_takes_the_selection_split_from_the_cache(mitigated):

@@ -14,7 +14,7 @@ from lexprobe.probes.hooks import block_input_modules, output_tensor
 from lexprobe.probes.steering import Gate, Steering, steered
 from lexprobe.toolkit.behaviour.generation import generate
 from lexprobe.toolkit.errors import InputError
-from lexprobe.toolkit.mechanism.harmfulness import aurocs, fit_sites, site_positions
+from lexprobe.toolkit.mechanism.harmfulness import aurocs, choose_probe, fit_sites, site_positions
 from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
 from lexprobe.toolkit.scoring.scorer import Scorer
 
@@ -64,6 +64,46 @@ def test_the_fit_recovers_a_planted_direction():
         assert abs(w @ planted) / np.linalg.norm(w) > 0.9
         logits = xv[:, 1].double().numpy() @ w + float(biases[k, 1])
         assert ((logits > 0) == yv).mean() > 0.95  # a logit: > 0 means harmful
+
+
+def test_the_probe_is_selected_where_it_reads_kinds_it_never_saw():
+    """Planted: at block 0 one direction carries harmfulness in every contrast group, weakly; at block 1
+    each group carries it along its own direction, strongly. The val split (held-out fillers of the same
+    groups) prefers block 1; a group held out of the fit is read only at block 0, which is selected. A
+    split without contrast groups falls back to the val split's rule."""
+    rng = np.random.default_rng(1)
+    d, groups, per = 64, ["acts", "concepts", "events", "groups"], 40
+    shared = rng.normal(size=d)
+    own = {g: rng.normal(size=d) for g in groups}
+
+    def split(per_group):
+        y = np.tile(np.repeat([0, 1], per_group // 2), len(groups))
+        g = np.repeat(groups, per_group)
+        x = rng.normal(size=(len(y), 2, 1, d))
+        sign = (2 * y - 1)[:, None]
+        x[:, 0, 0] += 0.25 * sign * shared
+        x[:, 1, 0] += 0.6 * sign * np.stack([own[k] for k in g])
+        kinds = np.where(y == 1, "contrast unsafe", "contrast safe").tolist()
+        return torch.tensor(x, dtype=torch.float32), y, kinds, g.tolist()
+
+    (xt, yt, kt, gt), (xv, yv, kv, gv) = split(per), split(per // 2)
+    sets = {"train": ([""] * len(yt), yt, kt), "val": ([""] * len(yv), yv, kv)}
+    margins = (np.zeros(len(yt)), np.zeros(len(yv)))
+    table = choose_probe(sets, xt, margins[0], xv, margins[1])[1]
+    assert (
+        table.loc[table["selected"], "layer"].item() == 1
+    )  # the val split alone prefers the group-specific site
+    assert table["auroc_heldout_kind"].isna().all()
+    probe, table, _, unseen = choose_probe(
+        {**sets, "groups": {"train": gt, "val": gv}}, xt, margins[0], xv, margins[1]
+    )
+    assert probe.layer == 0
+    best = table.groupby("layer")["auroc_heldout_kind"].max()
+    assert best[0] > 0.8 > 0.65 > best[1]
+    # each train prompt read by the probe fitted without its group: the selected site's, on its scale
+    assert unseen.shape == (len(yt),) and np.isfinite(unseen).all()
+    assert aurocs(yt, unseen[None])[0] > 0.8
+    assert set(probe.details["heldout_kind"]) == set(groups)
 
 
 def test_aurocs_match_the_definition():

@@ -286,3 +286,26 @@ def test_one_file_named_two_ways_and_files_beside_the_plan(tmp_path, monkeypatch
     assert main(["compare", "--config", str(plan), "--out", str(tmp_path / "c2"), "--resume"]) == 0
     again = pd.read_csv(tmp_path / "c2" / "cells.csv")
     assert int(again["n_safe"][0] + again["n_unsafe"][0]) == 1
+
+
+def test_a_table_read_back_keeps_numbers_with_empty_cells_numbers_and_text_text(tmp_path):
+    """A column of numbers with NaN cells (a probe not fitted at a site) is written with empty cells; it
+    must come back as numbers, not text, while text columns keep their empty strings."""
+    from lexprobe.toolkit.io.results import read_csv_table, write_csv_atomic
+
+    frame = pd.DataFrame(
+        {
+            "id": ["007", "8"],
+            "auroc": [0.75, float("nan")],
+            "gate": ["hard", ""],
+            "selected": [True, False],
+            "layer": [3, 4],
+        }
+    )
+    write_csv_atomic(frame, tmp_path / "t.csv")
+    back = read_csv_table(tmp_path / "t.csv")
+    assert back["id"].tolist() == ["007", "8"]
+    assert pd.api.types.is_float_dtype(back["auroc"]) and back["auroc"].iloc[0] == 0.75
+    assert back["auroc"].isna().iloc[1]
+    assert back["gate"].tolist() == ["hard", ""]
+    assert back["selected"].tolist() == [True, False] and back["layer"].tolist() == [3, 4]

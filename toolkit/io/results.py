@@ -275,9 +275,18 @@ TEXT_COLUMNS = (
 
 def read_csv_table(path: Path, text_columns: tuple[str, ...] = TEXT_COLUMNS) -> pd.DataFrame:
     """A table lexprobe wrote: ids and the other `text_columns` stay text, empty cells stay empty
-    strings. A damaged file is an InputError naming it."""
+    strings, except in a column of numbers, where they are NaN (a probe not fitted at a site, a gate a
+    setting does not have). A damaged file is an InputError naming it."""
     try:
-        return pd.read_csv(path, dtype=dict.fromkeys(text_columns, str), keep_default_na=False)
+        frame = pd.read_csv(path, dtype=dict.fromkeys(text_columns, str), keep_default_na=False)
+        for column in frame.columns.difference(list(text_columns)):
+            if pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column]):
+                continue
+            cells = frame[column].astype(str).str.strip()
+            numbers = pd.to_numeric(cells.where(cells != ""), errors="coerce")
+            if (cells != "").any() and numbers.notna().sum() == (cells != "").sum():
+                frame[column] = numbers
+        return frame
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as err:

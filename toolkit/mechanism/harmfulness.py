@@ -20,8 +20,15 @@ At every site two probes are fitted on the train split, each class weighted equa
     logistic         L2-regularised logistic regression on standardised activations, the
                      penalty chosen per site on the val split's log-loss
 
-The probe is the site and method with the highest AUROC on the val split's *hard* prompts (its
-harmful ones against its hard negatives; ties: the lower log-loss on the whole val split). The val
+The probe is the site and method that best tells a *kind of contrast it never saw* apart: each group
+of contrast prompts (prompts/harm_contrasts.json: acts, concepts, events, groups, ...) is held out of
+the train split in turn, the probe is fitted on the rest (its penalty chosen on the val split's other
+groups), and its AUROC on the held-out group's safe against unsafe prompts is averaged over the groups. Ties, and
+splits without contrast groups: the highest AUROC on the val split's *hard* prompts (its harmful ones
+against its hard negatives), then the lower log-loss on the whole val split. The val split (fillers
+the fit never saw, in kinds it did see) saturates near AUROC 0.99 at many sites, so it cannot tell
+them apart; a held-out kind can, and new kinds are what a suite the probe never saw brings. The
+logistic probe is fitted at the 16 sites where the mean difference reads held-out kinds best. The val
 split is made the same way from the calibration val instructions; XSTest is never seen.
 """
 
@@ -138,10 +145,12 @@ def fit_sites(
     val_y: np.ndarray,
     val_hard: np.ndarray | None = None,
     logistic_sites: int | None = LOGISTIC_SITES,
+    screen: np.ndarray | None = None,
 ):
     """Both methods at every site. train_x [n, sites, d], val_x [m, sites, d] (float32). The logistic
-    probe is fitted at the `logistic_sites` sites where the mean difference reads best on the val split
-    (its hard prompts where `val_hard` marks them; None: every site); elsewhere its row is NaN.
+    probe is fitted at the `logistic_sites` sites where the mean difference reads best: by `screen`
+    [sites] where given (from `heldout`), else on the val split (its hard prompts where
+    `val_hard` marks them); None: every site. Elsewhere its row is NaN.
     Returns (a table with a row per site and method: auroc_train, auroc_val, loss_val, penalty;
     weights [methods, sites, d] float32 in activation units; biases [methods, sites])."""
     xt = train_x.transpose(0, 1).float()  # [sites, n, d]
@@ -165,10 +174,14 @@ def fit_sites(
     # chosen on the val split, strongest first, each fit starting from the last
     vy = np.asarray(val_y)
     keep = np.ones(len(vy), bool) if val_hard is None else (np.asarray(val_hard) | (vy == 1))
-    screen = aurocs(vy[keep], torch.einsum("snd,sd->sn", xv[:, keep], weights[0]).numpy())
+    if screen is None:
+        screen = aurocs(vy[keep], torch.einsum("snd,sd->sn", xv[:, keep], weights[0]).numpy())
     sites = (
         np.arange(n_sites) if logistic_sites is None else np.argsort(-screen, kind="stable")[:logistic_sites]
     )
+    if not len(sites):
+        penalties[1] = np.nan
+        return _site_table(train_y, val_y, xt, xv, weights, biases, penalties), weights, biases
     sites_t = torch.as_tensor(sites)
     mu, sd = xt[sites_t].mean(1, keepdim=True), xt[sites_t].std(1, keepdim=True).clamp_min(1e-6)
     zt, zv = (xt[sites_t] - mu) / sd, (xv[sites_t] - mu) / sd
@@ -184,6 +197,11 @@ def fit_sites(
         biases[1, sites_t[better]] = raw_b[better]
         penalties[1, sites[better]] = penalty
 
+    return _site_table(train_y, val_y, xt, xv, weights, biases, penalties), weights, biases
+
+
+def _site_table(train_y, val_y, xt, xv, weights, biases, penalties) -> pd.DataFrame:
+    n_sites = xt.shape[0]
     rows = []
     for k, method in enumerate(METHODS):
         lt = (torch.einsum("snd,sd->sn", xt, weights[k]) + biases[k][:, None]).numpy()
@@ -202,7 +220,61 @@ def fit_sites(
                 }
             )
         )
-    return pd.concat(rows, ignore_index=True), weights, biases
+    return pd.concat(rows, ignore_index=True)
+
+
+def heldout(
+    train_x: torch.Tensor,
+    train_y: np.ndarray,
+    groups: np.ndarray,
+    val_x: torch.Tensor,
+    val_y: np.ndarray,
+    val_groups: np.ndarray,
+    sites: np.ndarray | None = None,
+    logistic: bool = True,
+) -> np.ndarray:
+    """[methods, n, sites]: each train prompt of a contrast group (`groups`; "" for the rest) read by
+    the probes `fit_sites` fits at `sites` (None: all) on the rest of the train split, its penalty chosen
+    on the val split's prompts of the other groups: what the probe makes of a kind it never saw. NaN for
+    the prompts of no group, and for the logistic probe where `logistic` is False."""
+    y, g, vg = np.asarray(train_y), np.asarray(groups), np.asarray(val_groups)
+    cols = None if sites is None else torch.tensor(np.asarray(sites))
+    x, xv = (train_x, val_x) if cols is None else (train_x[:, cols], val_x[:, cols])
+    out = np.full((len(METHODS), len(y), x.shape[1]), np.nan)
+    for name in dict.fromkeys(g[g != ""]):
+        held = g == name
+        if len(set(y[held])) < 2:
+            continue
+        rest, val_rest = torch.as_tensor(~held), torch.as_tensor(vg != name)
+        _, w, b = fit_sites(
+            x[rest],
+            y[~held],
+            xv[val_rest],
+            np.asarray(val_y)[vg != name],
+            logistic_sites=None if logistic else 0,
+        )
+        out[:, held] = (torch.einsum("nsd,ksd->kns", x[torch.as_tensor(held)], w) + b[:, None]).numpy()
+    if not logistic:
+        out[1] = np.nan
+    return out
+
+
+def group_aurocs(logits: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """[groups, columns]: the AUROC of each column of logits [n, columns] on each group's prompts."""
+    y, g = np.asarray(labels), np.asarray(groups)
+    return np.stack([aurocs(y[g == name], logits[g == name].T) for name in dict.fromkeys(g[g != ""])])
+
+
+def selection_keys(table: pd.DataFrame) -> list[str]:
+    """The columns the probe is selected by, first to last (module docstring)."""
+    held = "auroc_heldout_kind" in table and bool(table["auroc_heldout_kind"].notna().any())
+    return ["auroc_heldout_kind"] * held + ["auroc_val_hard", "loss_val"]
+
+
+def ranked(table: pd.DataFrame) -> pd.DataFrame:
+    """The sites table best first, by `selection_keys`."""
+    keys = selection_keys(table)
+    return table.sort_values(keys, ascending=[k == "loss_val" for k in keys], kind="stable")
 
 
 # the harmless kinds that mention harm or carry a word of harm
@@ -211,8 +283,9 @@ HARD = ("mention", "topic", "hard negative", "contrast safe")
 
 def select_probe(scorer, sets: dict):
     """(the selected HarmfulnessProbe, a table with a row per layer, position and method, every site's
-    weights [methods, sites, d_model]) from `toolkit.substitution.frames.calibration_sets`-shaped (texts, labels, kinds) train and
-    val splits."""
+    weights [methods, sites, d_model], the train prompts' logits at the selected site from the fit that
+    held their contrast group out [n_train], NaN outside the groups) from train and val splits shaped
+    as `toolkit.substitution.frames.calibration_sets` makes them."""
     (tt, ty, _), (vt, vy, _) = sets["train"], sets["val"]
     for name, y in (("train", ty), ("val", vy)):
         if y.sum() < 2 or (1 - y).sum() < 2:
@@ -226,10 +299,24 @@ def choose_probe(sets: dict, xt: torch.Tensor, mt: np.ndarray, xv: torch.Tensor,
     """`select_probe` from the splits' states [n, n_layers, positions, d_model] and margins [n]."""
     (_, ty, tk), (vt, vy, vk) = sets["train"], sets["val"]
     n, n_layers, n_pos, d = xt.shape
-    xv = xv.reshape(len(vt), -1, d)
+    xt, xv = xt.reshape(n, -1, d), xv.reshape(len(vt), -1, d)
     vk = np.asarray(vk)
     hard = np.isin(vk, HARD)
-    table, weights, biases = fit_sites(xt.reshape(n, -1, d), ty, xv, vy, hard if hard.any() else None)
+    groups = np.asarray(sets.get("groups", {}).get("train", [""] * n))
+    val_groups = np.asarray(sets.get("groups", {}).get("val", [""] * len(vt)))
+    names = list(dict.fromkeys(groups[groups != ""]))
+    unseen = np.full((n, 2 * xt.shape[1]), np.nan)  # [n, table rows]: each contrast prompt, its kind unseen
+    screen = None
+    if names:
+        unseen[:, : xt.shape[1]] = heldout(xt, ty, groups, xv, vy, val_groups, logistic=False)[0]
+        screen = np.nanmean(group_aurocs(unseen[:, : xt.shape[1]], ty, groups), axis=0)
+    table, weights, biases = fit_sites(xt, ty, xv, vy, hard if hard.any() else None, screen=screen)
+    logistic = table.index[table["method"].eq("logistic") & table["penalty"].notna()].to_numpy()
+    if names and len(logistic):
+        sites = table.loc[logistic, "site"].to_numpy()
+        unseen[:, logistic] = heldout(xt, ty, groups, xv, vy, val_groups, sites)[1]
+    by_group = group_aurocs(unseen, ty, groups) if names else np.full((0, len(table)), np.nan)
+    table["auroc_heldout_kind"] = by_group.mean(0) if names else np.nan
     table["layer"] = table["site"] // n_pos
     table["position"] = table["site"] % n_pos - n_pos
     k_of = {m: k for k, m in enumerate(METHODS)}
@@ -241,8 +328,8 @@ def choose_probe(sets: dict, xt: torch.Tensor, mt: np.ndarray, xv: torch.Tensor,
         aurocs(vy[harder], scores[:, harder]) if hard.any() else table["auroc_val"]
     ) * fitted
     table["hard_negatives_harmless_val"] = ((scores[:, hard] < 0).mean(1) if hard.any() else np.nan) * fitted
-    ranked = table.sort_values(["auroc_val_hard", "loss_val"], ascending=[False, True], kind="stable")
-    best = ranked.index[0]
+    keys = selection_keys(table)
+    best = ranked(table).index[0]
     table["selected"] = table.index == best
     row = table.loc[best]
     k, s = k_of[row["method"]], int(row["site"])
@@ -253,8 +340,15 @@ def choose_probe(sets: dict, xt: torch.Tensor, mt: np.ndarray, xv: torch.Tensor,
     }
     details = {
         "selection": {c: _plain(row[c]) for c in table.columns if c not in ("site", "selected")},
-        "rule": "the highest AUROC on the val split's harmful prompts against its hard negatives; ties: the "
+        "rule": (
+            "the highest AUROC on held-out kinds (each contrast group held out of the fit in turn, the "
+            "AUROC on its safe against unsafe prompts averaged over the groups); ties: "
+            if "auroc_heldout_kind" in keys[:1]
+            else ""
+        )
+        + "the highest AUROC on the val split's harmful prompts against its hard negatives; ties: the "
         "lower class-balanced log-loss on the whole val split",
+        "heldout_kind": {name: _plain(by_group[j, best]) for j, name in enumerate(names)},
         "prompts": counts,
         "val_refused": {kind: float((mv[vk == kind] > 0).mean()) for kind in dict.fromkeys(vk)},
         "train_refused": {kind: float((mt[np.asarray(tk) == kind] > 0).mean()) for kind in dict.fromkeys(tk)},
@@ -269,7 +363,7 @@ def choose_probe(sets: dict, xt: torch.Tensor, mt: np.ndarray, xv: torch.Tensor,
         str(row["method"]),
         details,
     )
-    return probe, table, weights
+    return probe, table, weights, unseen[:, best]
 
 
 def cosines(table: pd.DataFrame, weights: torch.Tensor, vector: torch.Tensor) -> np.ndarray:
@@ -299,37 +393,32 @@ def find_probe(
     (`toolkit.substitution.frames.calibration_sets`; passed in, the layers below studies make no prompts): cached per
     model, dtype, condition and settings (its numbers checked against their sha256 on load; a file
     that fails is fitted again), else fitted and selected here on the bundled calibration splits."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
-    from lexprobe.toolkit.io.cache import model_entry, write_text_atomic
+    from lexprobe.toolkit.io.cache import write_text_atomic
     from lexprobe.toolkit.io.locks import building
     from lexprobe.toolkit.io.results import Timer, write_csv_atomic
 
     lm = scorer.lm
-    key = {
-        "dtype": dtype_name(lm.dtype),
-        "system_prompt": condition,
-        "train": train_prompts,
-        "val": val_prompts,
-        "data": data_sha(),
-        "format": 2,
-    }
-    path, _ = model_entry("harmfulness", lm, key)
+    path = _entry(lm, condition, train_prompts, val_prompts)
     table_path, weights_path = path.with_suffix(".csv"), path.with_suffix(".safetensors")
     with building(path):
         if path.exists() and table_path.exists() and weights_path.exists() and not overwrite:
             try:
                 probe = HarmfulnessProbe.from_json(path.read_text(), str(path), lm.text_config.hidden_size)
-                weights = load_file(weights_path)["weights"]
-                if probe.details.get("weights_sha256") != _sha(weights):
+                stored = load_file(weights_path)
+                weights = stored["weights"]
+                if probe.details.get("weights_sha256") != _sha(weights, stored["unseen"]):
                     raise InputError(f"{weights_path}: its numbers do not match the probe's record")
                 log.info("harmfulness probe: cache %s", path)
                 return probe, pd.read_csv(table_path), weights
-            except (InputError, OSError, KeyError) as err:
+            except (InputError, OSError, KeyError, SafetensorError) as err:
                 log.warning("%s; fitting the probe again", err)
         timer = Timer()
         with unsteered(lm):  # the probe of the model as it is, whatever steering a study has on
-            probe, table, weights = select_probe(scorer, make_sets(train_prompts, val_prompts))
+            probe, table, weights, unseen = select_probe(scorer, make_sets(train_prompts, val_prompts))
+        unseen = torch.as_tensor(unseen, dtype=torch.float32)
         probe.details.update(
             provenance=info or {},
             seconds=timer.seconds,
@@ -339,12 +428,52 @@ def find_probe(
                 "n_train": train_prompts or "all",
                 "n_val": val_prompts or "all",
             },
-            weights_sha256=_sha(weights),
+            weights_sha256=_sha(weights, unseen),
         )
         write_csv_atomic(table, table_path)
-        save_file({"weights": weights.contiguous()}, str(weights_path))
+        save_file({"weights": weights.contiguous(), "unseen": unseen}, str(weights_path))
         write_text_atomic(path, probe.to_json())
         return probe, table, weights
+
+
+def _entry(lm, condition: str, train_prompts, val_prompts):
+    from lexprobe.toolkit.io.cache import model_entry
+
+    key = {
+        "dtype": dtype_name(lm.dtype),
+        "system_prompt": condition,
+        "train": train_prompts,
+        "val": val_prompts,
+        "data": data_sha(),
+        "format": 3,  # 3: selected on kinds held out, the train prompts' held-out logits kept
+    }
+    return model_entry("harmfulness", lm, key)[0]
+
+
+def unseen_kinds(scorer, condition: str, make_sets, probe: HarmfulnessProbe):
+    """(texts, labels, logits) of the train split's contrast prompts, each read by the selected site's
+    probe fitted without its contrast group: what `probe` makes of kinds of prompt it never saw, on its
+    own logit scale. From the cache `find_probe` writes (nothing is fitted here); None where `probe` is
+    not the model's fitted one under `condition` (a file's, another model's) or the cache is not there."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = _entry(scorer.lm, condition, None, None)
+    try:
+        fitted = HarmfulnessProbe.from_json(path.read_text(), str(path))
+        stored = load_file(path.with_suffix(".safetensors"))
+        if fitted.details.get("weights_sha256") != _sha(stored["weights"], stored["unseen"]):
+            return None
+    except (InputError, OSError, KeyError, SafetensorError):
+        return None
+    if fitted.sha256() != probe.sha256():
+        return None
+    unseen = stored["unseen"].double().numpy()
+    texts, labels, _ = make_sets(None, None)["train"]
+    if len(texts) != len(unseen):
+        return None
+    keep = np.flatnonzero(~np.isnan(unseen))
+    return [texts[i] for i in keep], np.asarray(labels)[keep], unseen[keep]
 
 
 def data_sha() -> str:
@@ -370,5 +499,7 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _sha(weights: torch.Tensor) -> str:
-    return hashlib.sha256(weights.float().contiguous().numpy().tobytes()).hexdigest()
+def _sha(weights: torch.Tensor, unseen: torch.Tensor) -> str:
+    digest = hashlib.sha256(weights.float().contiguous().numpy().tobytes())
+    digest.update(unseen.float().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -41,8 +41,9 @@ HARMFUL_KINDS = ("ask", UNSAFE_CONTRAST)
 @dataclass(frozen=True)
 class Framed:
     text: str
-    kind: str  # mention | topic | ask
-    source: int  # index of the calibration instruction it was made from
+    kind: str  # mention | topic | ask | contrast safe | contrast unsafe
+    source: int  # index of the calibration instruction (or the contrast filler) it was made from
+    group: str = ""  # the contrast group (prompts/harm_contrasts.json) of a contrast prompt
 
     @property
     def harmful(self) -> bool:
@@ -98,7 +99,7 @@ def contrasts(split: str, per_filler: int = 2) -> list[Framed]:
     safe"), unsafe fillers in them, or safe fillers in its `unsafe_frames`, harmful ("contrast unsafe").
     Filler i takes frames i, i + 1, ... (`per_filler` of them); `source` is its index in its list."""
     out: list[Framed] = []
-    for group in contrast_groups().values():
+    for name, group in contrast_groups().items():
         lists = [(SAFE_CONTRAST, group["safe"], group["frames"])]
         if "unsafe" in group:
             lists.append((UNSAFE_CONTRAST, group["unsafe"], group["frames"]))
@@ -110,7 +111,7 @@ def contrasts(split: str, per_filler: int = 2) -> list[Framed]:
                     continue
                 for k in range(min(per_filler, len(templates))):
                     template = templates[(i + k) % len(templates)]
-                    out.append(Framed(template.replace("{x}", filler), kind, i))
+                    out.append(Framed(template.replace("{x}", filler), kind, i, name))
     return out
 
 
@@ -119,14 +120,15 @@ def calibration_sets(train_n: int | None = None, val_n: int | None = None) -> di
     harmful and harmless (the calibration instructions, the first `train_n` / `val_n` of each), ask
     (harmful questions), mention and topic (harmless frames, above), hard negative (harmless
     instructions rewritten back to trigger words), and every contrast prompt of the split
-    (`contrasts`, whatever `train_n` / `val_n`)."""
+    (`contrasts`, whatever `train_n` / `val_n`). Under "groups", per split, each prompt's contrast group
+    ("" for the prompts that are not contrasts): the probe's selection holds each group out in turn."""
     import numpy as np
 
     from lexprobe.toolkit.io.suites import load_suite
     from lexprobe.toolkit.substitution.engine import Substituter, trigger_rewrites
 
     sub = Substituter(strategies=("lexicon",))
-    out = {}
+    out: dict = {"groups": {}}
     for split, suffix, n in (("train", "", train_n), ("val", "-val", val_n)):
         bad = load_suite(f"calibration-harmful{suffix}").frame["prompt"].tolist()[:n]
         good = load_suite(f"calibration-harmless{suffix}").frame["prompt"].tolist()[:n]
@@ -138,4 +140,5 @@ def calibration_sets(train_n: int | None = None, val_n: int | None = None) -> di
         kinds += ["hard negative"] * len(hard)
         labels = np.array([int(k == "harmful" or k in HARMFUL_KINDS) for k in kinds])
         out[split] = (texts, labels, kinds)
+        out["groups"][split] = [""] * (len(bad) + len(good)) + [f.group for f in made] + [""] * len(hard)
     return out

@@ -22,33 +22,32 @@ def _plt():
 
 
 def probe_figure(sites: pd.DataFrame, path: str | Path, title: str) -> Path:
-    """Two panels over the layers: each position's mean-difference probe (fitted at every site) by its
-    val AUROC on the hard prompts, with the logistic probe's fitted sites as crosses and the selected
-    site starred; and each position's cosine with the refusal direction."""
+    """Two panels over the layers: each position's mean-difference probe (fitted at every site) by the
+    AUROC it is selected by (on contrast groups held out of the fit where the table has it, else on the
+    val split's hard prompts), with the logistic probe's fitted sites as crosses and the selected site
+    starred; and each position's cosine with the refusal direction."""
     plt = _plt()
+    held = "auroc_heldout_kind" in sites and sites["auroc_heldout_kind"].notna().any()
+    score = "auroc_heldout_kind" if held else "auroc_val_hard"
     chosen = sites[sites["selected"].astype(bool)]
     rows = sites[sites["method"] == "mean_difference"]
-    fitted = sites[(sites["method"] == "logistic") & sites["auroc_val_hard"].notna()]
+    fitted = sites[(sites["method"] == "logistic") & sites[score].notna()]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharex=True)
     colours = plt.cm.viridis(np.linspace(0, 0.9, rows["position"].nunique()))
     has_cosine = "cosine_refusal_direction" in sites and sites["cosine_refusal_direction"].notna().any()
     for colour, (position, by) in zip(colours, rows.groupby("position")):
         by = by.sort_values("layer")
         label = "instruction's last token" if position == rows["position"].min() else f"template {position}"
-        axes[0].plot(by["layer"], by["auroc_val_hard"], color=colour, lw=1, marker="o", ms=2, label=label)
+        axes[0].plot(by["layer"], by[score], color=colour, lw=1, marker="o", ms=2, label=label)
         if has_cosine:
             axes[1].plot(by["layer"], by["cosine_refusal_direction"], color=colour, lw=1, marker="o", ms=2)
     if len(fitted):
-        axes[0].plot(
-            fitted["layer"], fitted["auroc_val_hard"], "x", color=MAIN, ms=5, label="logistic (fitted sites)"
-        )
+        axes[0].plot(fitted["layer"], fitted[score], "x", color=MAIN, ms=5, label="logistic (fitted sites)")
         if has_cosine:
             axes[1].plot(fitted["layer"], fitted["cosine_refusal_direction"], "x", color=MAIN, ms=5)
     if len(chosen):
         label = f"selected ({chosen['method'].iloc[0]})"
-        axes[0].plot(
-            chosen["layer"], chosen["auroc_val_hard"], marker="*", ms=13, color=ACCENT, ls="", label=label
-        )
+        axes[0].plot(chosen["layer"], chosen[score], marker="*", ms=13, color=ACCENT, ls="", label=label)
         if has_cosine:
             axes[1].plot(
                 chosen["layer"], chosen["cosine_refusal_direction"], marker="*", ms=13, color=ACCENT, ls=""
@@ -65,7 +64,9 @@ def probe_figure(sites: pd.DataFrame, path: str | Path, title: str) -> Path:
             fontsize=9,
         )
     axes[0].axhline(0.5, color="grey", ls="--", lw=0.8, label="chance (0.5)")
-    axes[0].set_ylabel("AUROC, harmful vs hard harmless (val)")
+    axes[0].set_ylabel(
+        "AUROC on a contrast group held out" if held else "AUROC, harmful vs hard harmless (val)"
+    )
     axes[0].set_title("how well each site reads harm (mean difference; crosses: logistic)", fontsize=9)
     axes[1].axhline(0, color="black", lw=0.5)
     axes[1].set_ylabel("cosine with the refusal direction")
