@@ -56,6 +56,16 @@ class HarmfulnessResult(MultiTableResult):
 
     filename = "sites.csv"
     kind = "harmfulness"
+    numeric_columns = (
+        "auroc_train",
+        "auroc_val",
+        "loss_val",
+        "penalty",
+        "auroc_heldout_kind",
+        "auroc_val_hard",
+        "hard_negatives_harmless_val",
+        "cosine_refusal_direction",
+    )
 
     def __init__(self, frame, run=None, tables=None, probe: HarmfulnessProbe | None = None):
         super().__init__(frame, run, tables)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 from lexprobe.probes.hooks import block_input_modules, hooks, output_tensor
 from lexprobe.toolkit.errors import InputError
 
+log = logging.getLogger(__name__)
 FORMAT = 1
 
 
@@ -183,4 +185,16 @@ def load_probe(source, lm=None) -> HarmfulnessProbe:
         probe, name = HarmfulnessProbe.from_json(text, str(path)), str(path)
     if lm is not None:
         probe.check(lm, name)
+        from lexprobe.toolkit.models.devices import dtype_name
+
+        fitted_in = (probe.details.get("provenance") or {}).get("dtype")
+        if fitted_in and fitted_in != dtype_name(lm.dtype):
+            log.warning(
+                "%s was fitted in %s and reads this %s run: its logits can differ a little (pass --dtype %s "
+                "to read it as fitted)",
+                name,
+                fitted_in,
+                dtype_name(lm.dtype),
+                fitted_in,
+            )
     return probe

@@ -430,3 +430,20 @@ def test_a_resume_with_other_columns_is_refused_before_the_file_is_touched(
     assert _cli(*base, "--limit", "6", *then, "--resume", "--out", tmp_path / "s") == 2
     assert "cannot resume" in error_line()
     assert (tmp_path / "s" / "scores.csv").read_bytes() == before
+
+
+def test_a_probe_read_in_another_dtype_than_it_was_fitted_in_says_so(tiny, tiny_probe, tmp_path, caplog):
+    from lexprobe.probes.harmfulness import load_probe
+
+    fitted = HarmfulnessProbe(
+        tiny_probe.weight, 0.0, 1, -1, "logistic", {"provenance": {"dtype": "bfloat16"}}
+    )
+    (tmp_path / "probe.json").write_text(fitted.to_json())
+    with caplog.at_level("WARNING"):
+        load_probe(tmp_path / "probe.json", tiny)  # tiny-random runs in float32
+    assert "fitted in bfloat16 and reads this float32 run" in caplog.text
+    caplog.clear()
+    same = HarmfulnessProbe(tiny_probe.weight, 0.0, 1, -1, "logistic", {"provenance": {"dtype": "float32"}})
+    with caplog.at_level("WARNING"):
+        load_probe(same, tiny)
+    assert "fitted in" not in caplog.text

@@ -309,3 +309,22 @@ def test_a_table_read_back_keeps_numbers_with_empty_cells_numbers_and_text_text(
     assert back["auroc"].isna().iloc[1]
     assert back["gate"].tolist() == ["hard", ""]
     assert back["selected"].tolist() == [True, False] and back["layer"].tolist() == [3, 4]
+
+
+def test_a_result_reads_its_numeric_columns_back_as_numbers_even_when_every_cell_is_empty(tmp_path):
+    """A model without a refusal direction leaves `cosine_refusal_direction` all NaN: loaded, it is a
+    column of NaN numbers, not of empty strings."""
+    from lexprobe.analyses.harmfulness import HarmfulnessResult
+
+    frame = pd.DataFrame(
+        {
+            "site": [0, 1],
+            "method": ["mean_difference", "logistic"],
+            "auroc_val": [0.7, float("nan")],
+            "cosine_refusal_direction": [float("nan"), float("nan")],
+        }
+    )
+    HarmfulnessResult(frame, {"kind": "harmfulness"}).save(tmp_path / "h", figures=False)
+    back = HarmfulnessResult.load(tmp_path / "h").frame
+    assert pd.api.types.is_float_dtype(back["cosine_refusal_direction"])
+    assert back["cosine_refusal_direction"].isna().all() and back["auroc_val"].iloc[0] == 0.7

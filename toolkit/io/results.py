@@ -217,6 +217,10 @@ class TableResult(Result):
     @classmethod
     def _read(cls, out: Path):
         frame = read_csv_table(out / cls.filename)
+        for column in (
+            c for c in cls.numeric_columns if c in frame
+        ):  # numbers even where every cell is empty
+            frame[column] = pd.to_numeric(frame[column].replace("", np.nan), errors="coerce")
         return cls(frame, read_run(out))
 
 

@@ -409,12 +409,14 @@ def find_probe(
                 probe = HarmfulnessProbe.from_json(path.read_text(), str(path), lm.text_config.hidden_size)
                 stored = load_file(weights_path)
                 weights = stored["weights"]
-                if probe.details.get("weights_sha256") != _sha(weights, stored["unseen"]):
+                if probe.details.get("sites_sha256") != _sha(weights, stored["unseen"]):
                     raise InputError(f"{weights_path}: its numbers do not match the probe's record")
                 log.info("harmfulness probe: cache %s", path)
                 return probe, pd.read_csv(table_path), weights
             except (InputError, OSError, KeyError, SafetensorError) as err:
-                log.warning("%s; fitting the probe again", err)
+                log.warning(
+                    "the cached harmfulness probe %s cannot be used (%s); fitting it again", path, err
+                )
         timer = Timer()
         with unsteered(lm):  # the probe of the model as it is, whatever steering a study has on
             probe, table, weights, unseen = select_probe(scorer, make_sets(train_prompts, val_prompts))
@@ -423,12 +425,13 @@ def find_probe(
             provenance=info or {},
             seconds=timer.seconds,
             data={
-                "fit": "calibration harmful/harmless + hard negatives, train split",
-                "selection": "their val split",
+                "fit": "calibration harmful/harmless, lexprobe's frames, hard negatives and contrast prompts, "
+                "train split",
+                "selection": "contrast groups held out of the fit in turn, then the val split (details.rule)",
                 "n_train": train_prompts or "all",
                 "n_val": val_prompts or "all",
             },
-            weights_sha256=_sha(weights, unseen),
+            sites_sha256=_sha(weights, unseen),  # every site's weights and the unseen kinds' logits
         )
         write_csv_atomic(table, table_path)
         save_file({"weights": weights.contiguous(), "unseen": unseen}, str(weights_path))
@@ -462,7 +465,7 @@ def unseen_kinds(scorer, condition: str, make_sets, probe: HarmfulnessProbe):
     try:
         fitted = HarmfulnessProbe.from_json(path.read_text(), str(path))
         stored = load_file(path.with_suffix(".safetensors"))
-        if fitted.details.get("weights_sha256") != _sha(stored["weights"], stored["unseen"]):
+        if fitted.details.get("sites_sha256") != _sha(stored["weights"], stored["unseen"]):
             return None
     except (InputError, OSError, KeyError, SafetensorError):
         return None

@@ -73,7 +73,7 @@ def probe_figure(sites: pd.DataFrame, path: str | Path, title: str) -> Path:
     axes[1].set_title("how far each probe is from the refusal direction", fontsize=9)
     for ax in axes:
         ax.set_xlabel("layer (block input)")
-    axes[0].legend(fontsize=6.5, loc="lower right")
+    axes[0].legend(fontsize=6.5, loc="upper left")
     fig.suptitle(textwrap.fill(title, 110), fontsize=9)
     fig.tight_layout()
     return save(fig, path, dpi=130)
