@@ -225,7 +225,7 @@ def test_mitigate_writes_every_setting_with_paired_cis_and_a_chosen_file(mitigat
     assert [g["chosen_on"] for g in gates.values()] == ["selection split"]  # a probe from a file
 
 
-def test_the_gate_threshold_of_the_models_own_probe_is_chosen_on_kinds_it_never_saw(
+def test_the_fitted_probe_keeps_its_unseen_kinds_and_a_probe_from_elsewhere_has_none(
     tiny, tiny_readout, tiny_probe, tmp_path, monkeypatch
 ):
     """The fitted probe keeps each contrast prompt's logit from the fit that held its group out;

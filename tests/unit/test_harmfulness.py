@@ -103,6 +103,8 @@ def test_the_probe_is_selected_where_it_reads_kinds_it_never_saw():
     # each train prompt read by the probe fitted without its group: the selected site's, on its scale
     assert unseen.shape == (len(yt),) and np.isfinite(unseen).all()
     assert aurocs(yt, unseen[None])[0] > 0.8
+    full_fit = (xt[:, 0, 0] @ probe.weight + probe.bias).numpy()  # the probe fitted on every group
+    assert np.abs(full_fit - unseen).max() > 0.1
     assert set(probe.details["heldout_kind"]) == set(groups)
 
 
