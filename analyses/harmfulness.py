@@ -25,7 +25,7 @@ from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
 from lexprobe.toolkit.io.cache import write_text_atomic
 from lexprobe.toolkit.io.results import MultiTableResult, provenance
-from lexprobe.toolkit.mechanism.harmfulness import cosines, find_probe, ranked
+from lexprobe.toolkit.mechanism.harmfulness import cosines, find_probe, ranked, selection_keys
 from lexprobe.toolkit.scoring.scorer import Scorer
 from lexprobe.toolkit.substitution.frames import calibration_sets
 
@@ -104,7 +104,7 @@ class HarmfulnessResult(MultiTableResult):
         title = with_model(
             "Harmfulness probe by layer (lexprobe's prompts; never the evaluation suite)", self.run
         )
-        probe_figure(self.frame, out / "harmfulness.png", title)
+        probe_figure(self.frame, out / "harmfulness.png", title, score=selection_keys(self.frame)[0])
 
 
 def run(config: HarmfulnessConfig, session: Session | None = None) -> HarmfulnessResult:

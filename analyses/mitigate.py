@@ -396,12 +396,14 @@ def _select(scorer, direction, probe, sub, config: MitigateConfig, condition: st
     gates, ablations = {}, {}
     for s in config.conditional if gated else []:
         with steered(lm, direction.steering(ablate=s)):
-            ablated = scorer.score(texts, desc=f"selection split, direction ablated x{s:g}").margin
-            ablations[s] = ablated
-            if unseen is not None:
-                ablated = scorer.score(u_texts, desc=f"unseen kinds, direction ablated x{s:g}").margin
-        is_safe_u = np.asarray(u_labels) == 0
-        threshold, info = fixes.choose_threshold(logits, u_plain, ablated, is_safe_u, config.max_unsafe_drop)
+            ablations[s] = scorer.score(texts, desc=f"selection split, direction ablated x{s:g}").margin
+            u_ablated = (
+                ablations[s]
+                if unseen is None
+                else scorer.score(u_texts, desc=f"unseen kinds, direction ablated x{s:g}").margin
+            )
+        u_safe = np.asarray(u_labels) == 0
+        threshold, info = fixes.choose_threshold(logits, u_plain, u_ablated, u_safe, config.max_unsafe_drop)
         gates[f"{s:g}"] = {"threshold": threshold, "chosen_on": on, "n_prompts": len(u_texts), **info}
     fr, fr_info = fixes.false_refusal(scorer, direction, sets) if config.false_refusal else (None, None)
     if fr is None and config.false_refusal:

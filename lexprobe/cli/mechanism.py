@@ -48,8 +48,9 @@ def cmd_harmfulness(a) -> None:
     result = run(HarmfulnessConfig.from_cli(a))
     p = result.probe
     sel = p.details["selection"]
-    held = sel.get("auroc_heldout_kind")
-    held = None if held is None or held != held else held  # NaN: no contrast groups to hold out
+    from lexprobe.toolkit.mechanism.harmfulness import selection_keys
+
+    held = sel["auroc_heldout_kind"] if selection_keys(result.frame)[0] == "auroc_heldout_kind" else None
     print_table(
         result.overview(),
         title="each layer's best site (by AUROC on "

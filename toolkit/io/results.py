@@ -216,12 +216,7 @@ class TableResult(Result):
 
     @classmethod
     def _read(cls, out: Path):
-        frame = read_csv_table(out / cls.filename)
-        for column in (
-            c for c in cls.numeric_columns if c in frame
-        ):  # numbers even where every cell is empty
-            frame[column] = pd.to_numeric(frame[column].replace("", np.nan), errors="coerce")
-        return cls(frame, read_run(out))
+        return cls(read_csv_table(out / cls.filename, numeric_columns=cls.numeric_columns), read_run(out))
 
 
 class MultiTableResult(TableResult):
@@ -277,10 +272,13 @@ TEXT_COLUMNS = (
 )
 
 
-def read_csv_table(path: Path, text_columns: tuple[str, ...] = TEXT_COLUMNS) -> pd.DataFrame:
+def read_csv_table(
+    path: Path, text_columns: tuple[str, ...] = TEXT_COLUMNS, numeric_columns: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """A table lexprobe wrote: ids and the other `text_columns` stay text, empty cells stay empty
     strings, except in a column of numbers, where they are NaN (a probe not fitted at a site, a gate a
-    setting does not have). A damaged file is an InputError naming it."""
+    setting does not have): every column of `numeric_columns` (even where all its cells are empty), and
+    any other whose filled cells are all numbers. A damaged file is an InputError naming it."""
     try:
         frame = pd.read_csv(path, dtype=dict.fromkeys(text_columns, str), keep_default_na=False)
         for column in frame.columns.difference(list(text_columns)):
@@ -288,7 +286,11 @@ def read_csv_table(path: Path, text_columns: tuple[str, ...] = TEXT_COLUMNS) -> 
                 continue
             cells = frame[column].astype(str).str.strip()
             numbers = pd.to_numeric(cells.where(cells != ""), errors="coerce")
-            if (cells != "").any() and numbers.notna().sum() == (cells != "").sum():
+            if (
+                column in numeric_columns
+                or (cells != "").any()
+                and numbers.notna().sum() == (cells != "").sum()
+            ):
                 frame[column] = numbers
         return frame
     except pd.errors.EmptyDataError:

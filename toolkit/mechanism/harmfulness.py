@@ -40,6 +40,7 @@ import logging
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from scipy.stats import rankdata
 
 from lexprobe.probes.harmfulness import HarmfulnessProbe
@@ -51,6 +52,7 @@ from lexprobe.toolkit.mechanism.direction import template_positions
 from lexprobe.toolkit.models.devices import dtype_name
 
 log = logging.getLogger(__name__)
+UNUSABLE = (InputError, OSError, KeyError, SafetensorError)  # a cache entry missing, damaged or edited
 PENALTIES = (1e-3, 1e-2, 1e-1, 1.0)  # L2 strengths tried per site (on standardised features)
 METHODS = ("mean_difference", "logistic")
 LOGISTIC_SITES = 16  # sites the logistic probe is fitted at: the mean difference's best on the val split
@@ -393,8 +395,7 @@ def find_probe(
     (`toolkit.substitution.frames.calibration_sets`; passed in, the layers below studies make no prompts): cached per
     model, dtype, condition and settings (its numbers checked against their sha256 on load; a file
     that fails is fitted again), else fitted and selected here on the bundled calibration splits."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from lexprobe.toolkit.io.cache import write_text_atomic
     from lexprobe.toolkit.io.locks import building
@@ -406,14 +407,10 @@ def find_probe(
     with building(path):
         if path.exists() and table_path.exists() and weights_path.exists() and not overwrite:
             try:
-                probe = HarmfulnessProbe.from_json(path.read_text(), str(path), lm.text_config.hidden_size)
-                stored = load_file(weights_path)
-                weights = stored["weights"]
-                if probe.details.get("sites_sha256") != _sha(weights, stored["unseen"]):
-                    raise InputError(f"{weights_path}: its numbers do not match the probe's record")
+                probe, stored = _cached(path, lm.text_config.hidden_size)
                 log.info("harmfulness probe: cache %s", path)
-                return probe, pd.read_csv(table_path), weights
-            except (InputError, OSError, KeyError, SafetensorError) as err:
+                return probe, pd.read_csv(table_path), stored["weights"]
+            except UNUSABLE as err:
                 log.warning(
                     "the cached harmfulness probe %s cannot be used (%s); fitting it again", path, err
                 )
@@ -439,6 +436,18 @@ def find_probe(
         return probe, table, weights
 
 
+def _cached(path, d_model: int | None = None) -> tuple[HarmfulnessProbe, dict]:
+    """The probe cached at `path` and its arrays ("weights", "unseen"), checked against the probe's
+    record of them; one of `UNUSABLE` where the entry is missing, damaged or edited."""
+    from safetensors.torch import load_file
+
+    probe = HarmfulnessProbe.from_json(path.read_text(), str(path), d_model)
+    stored = load_file(path.with_suffix(".safetensors"))
+    if probe.details.get("sites_sha256") != _sha(stored["weights"], stored["unseen"]):
+        raise InputError(f"{path.with_suffix('.safetensors')}: its numbers do not match the probe's record")
+    return probe, stored
+
+
 def _entry(lm, condition: str, train_prompts, val_prompts):
     from lexprobe.toolkit.io.cache import model_entry
 
@@ -458,16 +467,9 @@ def unseen_kinds(scorer, condition: str, make_sets, probe: HarmfulnessProbe):
     probe fitted without its contrast group: what `probe` makes of kinds of prompt it never saw, on its
     own logit scale. From the cache `find_probe` writes (nothing is fitted here); None where `probe` is
     not the model's fitted one under `condition` (a file's, another model's) or the cache is not there."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = _entry(scorer.lm, condition, None, None)
     try:
-        fitted = HarmfulnessProbe.from_json(path.read_text(), str(path))
-        stored = load_file(path.with_suffix(".safetensors"))
-        if fitted.details.get("sites_sha256") != _sha(stored["weights"], stored["unseen"]):
-            return None
-    except (InputError, OSError, KeyError, SafetensorError):
+        fitted, stored = _cached(_entry(scorer.lm, condition, None, None))
+    except UNUSABLE:
         return None
     if fitted.sha256() != probe.sha256():
         return None

@@ -21,14 +21,12 @@ def _plt():
     return plt
 
 
-def probe_figure(sites: pd.DataFrame, path: str | Path, title: str) -> Path:
+def probe_figure(sites: pd.DataFrame, path: str | Path, title: str, score: str = "auroc_val_hard") -> Path:
     """Two panels over the layers: each position's mean-difference probe (fitted at every site) by the
-    AUROC it is selected by (on contrast groups held out of the fit where the table has it, else on the
-    val split's hard prompts), with the logistic probe's fitted sites as crosses and the selected site
-    starred; and each position's cosine with the refusal direction."""
+    AUROC column `score` (the one the probe is selected by: on contrast groups held out of the fit, or
+    on the val split's hard prompts), with the logistic probe's fitted sites as crosses and the selected
+    site starred; and each position's cosine with the refusal direction."""
     plt = _plt()
-    held = "auroc_heldout_kind" in sites and sites["auroc_heldout_kind"].notna().any()
-    score = "auroc_heldout_kind" if held else "auroc_val_hard"
     chosen = sites[sites["selected"].astype(bool)]
     rows = sites[sites["method"] == "mean_difference"]
     fitted = sites[(sites["method"] == "logistic") & sites[score].notna()]
@@ -65,7 +63,9 @@ def probe_figure(sites: pd.DataFrame, path: str | Path, title: str) -> Path:
         )
     axes[0].axhline(0.5, color="grey", ls="--", lw=0.8, label="chance (0.5)")
     axes[0].set_ylabel(
-        "AUROC on a contrast group held out" if held else "AUROC, harmful vs hard harmless (val)"
+        "AUROC on a contrast group held out"
+        if score == "auroc_heldout_kind"
+        else "AUROC, harmful vs hard harmless (val)"
     )
     axes[0].set_title("how well each site reads harm (mean difference; crosses: logistic)", fontsize=9)
     axes[1].axhline(0, color="black", lw=0.5)
