@@ -368,16 +368,20 @@ class _Reduced:
         stats = []
         for p in range(positions):
             listed_ids = mask[p].nonzero().flatten()
+            # the two largest unlisted tokens are in the union, so are their float32 values (in vocabulary
+            # order: the first token holding the largest is the one a pass over the whole row finds)
+            near_unlisted = exact[:, p].masked_fill(mask[p][union], float("-inf"))  # [batch, len(union)]
             per_block = []
             for rows in torch.arange(batch, device=raw.device).split(max(1, BLOCK // vocab)):
                 x = lm.finish_logits(raw[rows, p].float())
                 x[:, union] = exact[rows, p]
                 lowest = x.amin(dim=-1)
                 x[:, listed_ids] = float("-inf")
-                top = x.topk(2, dim=-1).values if vocab > 1 else x.repeat(1, 2)
-                got = [top, x.argmax(dim=-1), torch.logsumexp(x, dim=-1), lowest]
+                top = near_unlisted[rows].topk(2, dim=-1).values
+                top_id = union[near_unlisted[rows].argmax(dim=-1)]
+                got = [top, top_id, torch.logsumexp(x, dim=-1), lowest]
                 if temperature is not None:
-                    got.append(torch.logsumexp(x / temperature, dim=-1))
+                    got.append(torch.logsumexp(x.div_(temperature), dim=-1))
                 per_block.append([g if g.dtype == torch.long else g.double() for g in got])
             stats.append(per_block)
         # the architectures' last steps (scaling down, soft-capping) shrink differences: `bound` holds
