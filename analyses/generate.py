@@ -45,6 +45,10 @@ class Generation(PerPrompt):
     columns = COLUMNS
     needs_readout = False
 
+    def __init__(self, config):
+        super().__init__(config)
+        self.batch_size = config.model.generate_batch_size  # completions decoded together
+
     def prepare(self) -> tuple[dict, dict]:
         return {"max_new_tokens": self.config.max_new_tokens, "decoding": "greedy"}, {}
 

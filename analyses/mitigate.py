@@ -547,7 +547,7 @@ def _generated(session: Session, st: Setting, texts, frame, sample, margins, con
             session.fmt,
             chosen,
             config.max_new_tokens,
-            config.model.batch_size,
+            config.model.generate_batch_size,
             desc=f"generating, {_label(st)}",
         )
     labels = classify([c.text for c in done], chosen)

@@ -54,6 +54,7 @@ def load(
     readout: str | Path | RefusalReadout | None = None,
     weights_sha256: str | None = None,
     batch_size: int = 16,
+    generate_batch_size: int = 48,
     attribution: bool = False,
     recalibrate: bool = False,
     verify_weights: bool = False,
@@ -66,7 +67,8 @@ def load(
     family of `lexprobe templates`, a Jinja file, or "none" for the raw prompt of a base model; the
     embedded `gemma3` takes "gemma" unless told otherwise). `dtype="auto"` is bfloat16 on CUDA and on a CPU
     with native bf16, float32 on other CPUs, and float32 everywhere with `attribution=True`. Weights files are hashed once and again when they change, or every time
-    with `verify_weights=True`."""
+    with `verify_weights=True`. `batch_size`: prompts in one forward pass; `generate_batch_size`: completions
+    generated together."""
     options = ModelOptions(
         model=model,
         system_prompt=system_prompt,
@@ -75,6 +77,7 @@ def load(
         device=device,
         weights_sha256=weights_sha256,
         batch_size=batch_size,
+        generate_batch_size=generate_batch_size,
         readout=readout,
         gradients=attribution,
         recalibrate=recalibrate,
@@ -117,6 +120,7 @@ class Probe:
         name: str | None = None,
         weights_sha256: str | None = None,
         batch_size: int = 16,
+        generate_batch_size: int = 48,
     ) -> Probe:
         """A `*ForCausalLM` and tokenizer (with a chat template) you already loaded, on their device and
         in their dtype; the model is put in eval mode with its parameters frozen (attribution takes
@@ -133,6 +137,7 @@ class Probe:
             chat_template=chat_template,
             readout=readout,
             batch_size=batch_size,
+            generate_batch_size=generate_batch_size,
         )
         return cls(_said(lambda: session_from_model(model, tokenizer, options, weights_sha256)), options)
 

@@ -39,6 +39,7 @@ ARGUMENTS = {
     "train_prompts": _values.positive_int,
     "top": _values.positive_int,
     "batch_size": _values.positive_int,
+    "generate_batch_size": _values.positive_int,
     "n_steps": _values.positive_int,
     "max_steps": _values.positive_int,
     "n_samples": _values.positive_int,

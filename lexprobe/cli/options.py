@@ -205,6 +205,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--batch-size", type=positive_int, default=16, help="prompts per forward pass")
     g.add_argument(
+        "--generate-batch-size",
+        type=positive_int,
+        default=48,
+        metavar="B",
+        help="completions generated together (a decode step costs little more for more rows)",
+    )
+    g.add_argument(
         "--threads",
         type=thread_count,
         default=None,

@@ -1,3 +1,6 @@
+import json
+
+import pandas as pd
 import pytest
 import torch
 from transformers import GenerationConfig
@@ -65,3 +68,37 @@ def test_generate_orders_and_forces_prefix(tiny):
         alone = generate(tiny, fmt, [text], max_new_tokens=4, forced_prefix=forced)[0]
         assert alone.token_ids == comp.token_ids
     assert torch.is_grad_enabled()
+
+
+def test_the_generate_study_decodes_generate_batch_size_rows_together(tmp_path, monkeypatch):
+    """`--generate-batch-size` sets the rows `generate` decodes together (recorded as the run's
+    batch_size); `--batch-size` stays the forward-pass size of scoring."""
+    from lexprobe.analyses import generate as study
+    from lexprobe.cli import main
+
+    seen = []
+    real = study.generate
+
+    def spy(lm, fmt, texts, max_new_tokens, batch_size, **kwargs):
+        seen.append(batch_size)
+        return real(lm, fmt, texts, max_new_tokens, batch_size, **kwargs)
+
+    monkeypatch.setattr(study, "generate", spy)
+    base = [
+        "generate",
+        "--model",
+        "tiny-random",
+        "--suite",
+        "xstest",
+        "--limit",
+        "5",
+        "--max-new-tokens",
+        "2",
+    ]
+    runs = {}
+    for name, args in {"rows3": ["--generate-batch-size", "3"], "default": ["--batch-size", "2"]}.items():
+        assert main([*base, *args, "--out", str(tmp_path / name)]) == 0
+        runs[name] = json.loads((tmp_path / name / "run.json").read_text())["batch_size"]
+    assert seen == [3, 48] and runs == {"rows3": 3, "default": 48}
+    rows3, default = (pd.read_csv(tmp_path / n / "completions.csv") for n in ("rows3", "default"))
+    assert rows3["completion"].fillna("").tolist() == default["completion"].fillna("").tolist()  # float32
