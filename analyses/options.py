@@ -23,8 +23,8 @@ class ModelOptions(Options):
     weights_sha256: str | None = None
     verify_weights: bool = False  # hash the weights again rather than trust the record of their hash
     batch_size: int = 16
-    # completions decoded together: a decode step reads every weight for one token a row, so on a CPU
-    # 48 rows cost about what 16 do (docs/speed.md)
+    # completions decoded together: a decode step reads every weight for one token a row, so on a CPU a
+    # step of 48 rows costs about 1.3x one of 16 (docs/behaviour.md)
     generate_batch_size: int = 48
     readout: str | Path | RefusalReadout | None = None  # a readout (or its JSON file) instead of calibrating
     recalibrate: bool = False  # calibrate the readout here even where one is cached or shipped

@@ -86,6 +86,27 @@ def test_readout_log_probs_are_transformers_own_past_the_window(session):
                 assert float((got[row, k] - want).abs().max()) < 1e-3, (text[:30], path)
 
 
+def test_patching_from_the_patched_block_is_the_whole_pass_past_the_window(session):
+    """Activation patching runs a pass from the patched block on, the blocks before it standing in
+    with the prompt's own residual. Gemma 3 gives blocks their masks by index (five sliding, one full),
+    so a block that moved would see the wrong mask: past the window the margins would differ."""
+    from lexprobe.toolkit.mechanism.patching import patched_margins, residuals
+    from lexprobe.toolkit.scoring.scorer import Scorer
+
+    scorer = Scorer(session.lm, session.fmt, session.readout, batch_size=4)
+    sa = scorer.suffix_ids(scorer.encode(LONG))
+    sb = scorer.suffix_ids(scorer.encode(LONG.replace("kill", "stop")))
+    assert len(sa) == len(sb) > 512 and sa != sb
+    donor, own = residuals(scorer, sb), residuals(scorer, sa)
+    swapped = next(i for i, (a, b) in enumerate(zip(sa, sb)) if a != b)
+    sites = [[swapped], [0, swapped], list(range(donor.shape[1]))]
+    for layer in (5, 6, 12):  # a full block, the sliding one after it, another after a full one
+        whole = patched_margins(scorer, sa, donor, layer, sites)
+        skipped = patched_margins(scorer, sa, donor, layer, sites, own)
+        np.testing.assert_allclose(skipped, whole, atol=1e-4, err_msg=f"block {layer}")
+    assert len({round(float(m), 3) for m in whole}) > 1  # the sites change the margin
+
+
 def test_xstest_margins_are_finite_and_agree_across_dtypes(runs):
     f32, bf16 = (
         pd.read_csv(runs / f"score-{d}" / "scores.csv", dtype={"id": str}) for d in ("float32", "bfloat16")

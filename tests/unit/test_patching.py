@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from lexprobe.probes.margin import Node, RefusalReadout
 from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.mechanism.direction import RefusalDirection
 from lexprobe.toolkit.mechanism.patching import patch, patched_margins, projections, residuals
+from lexprobe.toolkit.models.architectures import ARCHITECTURES, wrap_model
 from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
+from lexprobe.toolkit.models.tiny import build_tiny_model
 from lexprobe.toolkit.scoring.scorer import Scorer
 
 PROMPT, VARIANT = (
@@ -53,6 +56,31 @@ def test_at_the_embedding_only_the_swapped_token_carries_the_change(scorer):
     assert result.kinds.count("readout") == len(scorer.readout.tree)
     # later blocks: positions before the swap carry nothing (causal attention)
     np.testing.assert_allclose(result.shares[:, : swapped[0]], 0.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_starting_at_the_patched_block_gives_the_margins_of_the_whole_pass(model_type):
+    """The prompt's own residuals stand in for the blocks before the patched one (`own`): the same
+    margins as running every block with a hook (a wrong block index, a block that reads what the
+    skipped ones left, or an architecture whose blocks do more than map a residual would differ), and
+    the model's blocks are its own again afterwards. Every row of the architecture table, float32."""
+    model, tokenizer, sha = build_tiny_model(model_type=model_type)
+    lm = wrap_model(model, tokenizer, f"tiny-{model_type}", "test", sha, torch.device("cpu"))
+    fmt = ChatFormat(lm.tokenizer, SystemPrompt.parse("model-default"))
+    readout = RefusalReadout({(): Node({tokenizer.convert_tokens_to_ids("S"): 0.95}, 0.0)}, {})
+    sc = Scorer(lm, fmt, readout, batch_size=4)
+    sa, sb = _suffix(sc, PROMPT), _suffix(sc, PROMPT.replace("hack", "stop"))
+    if len(sa) != len(sb):  # this tokenizer splits the words differently: swap at the token level
+        sb = list(sa)
+        sb[len(sa) // 2] = (sa[len(sa) // 2] + 1) % len(tokenizer)
+    donor, own = residuals(sc, sb), residuals(sc, sa)
+    blocks = list(lm.layers)
+    sites = [[t] for t in range(donor.shape[1])] + [list(range(donor.shape[1])), []]
+    for layer in range(1, len(blocks)):
+        whole = patched_margins(sc, sa, donor, layer, sites)
+        skipped = patched_margins(sc, sa, donor, layer, sites, own)
+        np.testing.assert_allclose(skipped, whole, atol=1e-5, err_msg=f"block {layer}")
+    assert lm.extra["blocks_return_tensors"] and list(lm.layers) == blocks
 
 
 def test_a_swap_that_changes_the_token_count_is_refused(scorer):

@@ -12,17 +12,22 @@ the variant's). Sites are the tokens after the shared prefix: the user's text, t
 tail and the readout's tree. The two texts must have as many tokens there (a swap of one token for
 one token); tokens are aligned by position.
 
-One forward pass per block patches each token in its own row: a block's sites cost one batch.
+One forward pass per block patches each token in its own row: a block's sites cost one batch. Blocks
+before the patched one are not run again: they are the prompt's, so the pass starts from the prompt's
+residual entering that block (`_from_block`), which halves the work over all blocks. Where that does
+not apply (a steering is on, or the blocks return tuples) the whole pass runs with a hook.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from lexprobe.probes.hooks import block_input_modules, output_tensor
+from lexprobe.probes.hooks import block_input_modules, hooks, output_tensor
 from lexprobe.toolkit.errors import InputError
 
 
@@ -49,27 +54,81 @@ def residuals(scorer, suffix: list[int]) -> torch.Tensor:
     return torch.stack(seen)
 
 
+class _Known(torch.nn.Module):
+    """Stands in for a block whose output is known: `value` for the last block skipped, else its input
+    unchanged (the blocks before it compute nothing either)."""
+
+    def __init__(self, value: torch.Tensor | None = None):
+        super().__init__()
+        self.value = value
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states if self.value is None else self.value
+
+
+@contextmanager
+def _from_block(lm, layer: int, entering: torch.Tensor) -> Iterator[None]:
+    """Passes in which blocks 0 .. layer - 1 are not run and block `layer` receives `entering`
+    [batch, q, d_model]. The blocks keep their places (a model's per-block settings, such as which
+    layers use a sliding window, go by index) and are put back on exit."""
+    blocks = lm.layers
+    kept = [blocks[i] for i in range(layer)]
+    try:
+        for i in range(layer):
+            blocks[i] = _Known(entering if i == layer - 1 else None)
+        yield
+    finally:
+        for i, block in enumerate(kept):
+            blocks[i] = block
+
+
+def _skips_blocks(scorer) -> bool:
+    """Whether `_from_block` applies: no steering (its hooks sit on the blocks), and blocks that return
+    a tensor (a model that reads `output[0]` of a block would take a row of a tensor)."""
+    lm = scorer.lm
+    if lm.extra.get("steering") is not None or lm.extra.get("gate") is not None:
+        return False
+    if "blocks_return_tensors" not in lm.extra:
+        kinds: list[bool] = []
+        with hooks([(lm.layers[0], lambda _m, _i, out: kinds.append(isinstance(out, torch.Tensor)))]):
+            scorer.forward(scorer.batch([[lm.pad_token_id]]))
+        lm.extra["blocks_return_tensors"] = all(kinds)
+    return lm.extra["blocks_return_tensors"]
+
+
 @torch.no_grad()
 def patched_margins(
-    scorer, suffix: list[int], donor: torch.Tensor, layer: int, sites: list[list[int]]
+    scorer,
+    suffix: list[int],
+    donor: torch.Tensor,
+    layer: int,
+    sites: list[list[int]],
+    own: torch.Tensor | None = None,
 ) -> np.ndarray:
     """The decision margin of `suffix` with, in row k, the residual entering block `layer` at the
-    positions `sites[k]` taken from `donor` ([n_layers, q, d_model], `residuals` of another text)."""
+    positions `sites[k]` taken from `donor` ([n_layers, q, d_model], `residuals` of another text).
+    `own`: `residuals` of `suffix` itself, so that the blocks before `layer` need not run again."""
     from lexprobe.probes.margin import MarginProbe
 
     rows, cols = zip(*[(k, t) for k, site in enumerate(sites) for t in site]) if any(sites) else ((), ())
     rows_t, cols_t = torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
 
-    def put(_module, _inputs, output):
-        h = output_tensor(output).clone()
+    def patched(h: torch.Tensor) -> torch.Tensor:
         h[rows_t.to(h.device), cols_t.to(h.device)] = donor[layer, cols_t].to(h.device, h.dtype)
+        return h
+
+    def put(_module, _inputs, output):
+        h = patched(output_tensor(output).clone())
         return (h, *output[1:]) if isinstance(output, tuple) else h
 
     probe = MarginProbe(scorer.lm, scorer.readout)
-    scorer.forward(
-        scorer.batch([suffix] * len(sites)),
-        hook_pairs=[(block_input_modules(scorer.lm)[layer], put), *probe.hook_pairs()],
-    )
+    batch = scorer.batch([suffix] * len(sites))
+    if own is not None and layer > 0 and _skips_blocks(scorer):
+        entering = patched(own[layer].expand(len(sites), -1, -1).clone())
+        with _from_block(scorer.lm, layer, entering):
+            scorer.forward(batch, hook_pairs=probe.hook_pairs())
+    else:
+        scorer.forward(batch, hook_pairs=[(block_input_modules(scorer.lm)[layer], put), *probe.hook_pairs()])
     return probe.margins().decision.cpu().numpy()
 
 
@@ -85,10 +144,10 @@ def patch(scorer, prompt: str, variant: str) -> Patching:
             f"the prompt and its variant differ in length ({len(sa)} and {len(sb)} tokens after the shared "
             "prefix): patching aligns tokens by position, so pick a swap of one token for one token"
         )
-    donor = residuals(scorer, sb)  # [L, q, d]
+    donor, own = residuals(scorer, sb), residuals(scorer, sa)  # [L, q, d] each
     n_layers, q = donor.shape[:2]
     margins = np.stack(
-        [patched_margins(scorer, sa, donor, layer, [[t] for t in range(q)]) for layer in range(n_layers)]
+        [patched_margins(scorer, sa, donor, layer, [[t] for t in range(q)], own) for layer in range(n_layers)]
     )
     base = scorer.batch([sa])
     m_prompt = float(scorer.margins_for(base)[0].decision[0])
