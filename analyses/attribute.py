@@ -25,7 +25,7 @@ from lexprobe.analyses.session import Session
 from lexprobe.probes.harmfulness import HarmfulnessProbe
 from lexprobe.toolkit.attribution import ATTRIBUTION_METHODS, AttributionSettings, PromptTarget
 from lexprobe.toolkit.attribution import faithfulness as faith
-from lexprobe.toolkit.attribution.core import attribute_together, score_texts
+from lexprobe.toolkit.attribution.core import attribute_together, needs_float32, score_texts
 from lexprobe.toolkit.attribution.result import ATTRIBUTION_COLUMNS, PROMPT_COLUMNS, AttributionResult
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
@@ -363,13 +363,13 @@ class Attribution(PerPrompt):
 
     result_cls = AttributionResult
     store_cls = PartStore
-    gradients = True
     shard_size = GROUP
 
     def __init__(self, config: AttributeConfig):
         super().__init__(config)
         self.batch_size = config.settings.batch_size
         self.methods = parse_methods(config.methods)  # before the (slow) model load
+        self.gradients = needs_float32(self.methods)  # --dtype auto: float32 for these methods
 
     def select(self, suite: Suite | None) -> Suite:
         self.suite, self.pairs = _selection(self.config, suite)

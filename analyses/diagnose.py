@@ -40,6 +40,7 @@ from lexprobe.analyses.diagnose_report import pair_figure, verdict
 from lexprobe.analyses.options import ModelOptions, SuiteOptions, open_suite
 from lexprobe.analyses.session import Session, study_session
 from lexprobe.toolkit.attribution import AttributionSettings
+from lexprobe.toolkit.attribution.core import needs_float32
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
 from lexprobe.toolkit.io.cache import write_text_atomic
@@ -229,7 +230,8 @@ class DiagnoseResult(Result):
 def run(config: DiagnoseConfig, session: Session | None = None, suite: Suite | None = None) -> DiagnoseResult:
     out = Path(config.out) if config.out else None
     methods = attribute.parse_methods(config.methods) if config.attribution else []
-    model = replace(config.model, gradients=bool(methods))  # one dtype for every table of the report
+    # one dtype for every table of the report: float32 under --dtype auto where a method needs it
+    model = replace(config.model, gradients=needs_float32(methods))
     suite = suite or open_suite(config.suite)  # bad --type/--ids fail here, before any model load
     full = suite.full  # pairs may reach prompts outside the selection
     if not len(suite):

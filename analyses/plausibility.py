@@ -21,6 +21,7 @@ from lexprobe.analyses import attribute, score
 from lexprobe.analyses.options import ModelOptions, SuiteOptions
 from lexprobe.analyses.session import Session, study_session
 from lexprobe.toolkit.attribution import AttributionSettings
+from lexprobe.toolkit.attribution.core import needs_float32
 from lexprobe.toolkit.attribution.words import content_lemmas, matches, segment
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError
@@ -87,7 +88,7 @@ def run(config: PlausibilityConfig, session: Session | None = None) -> Plausibil
     out = Path(config.out) if config.out else None
     methods = attribute.parse_methods(config.methods)
     cand = _candidates(config)
-    model = replace(config.model, batch_size=config.settings.batch_size, gradients=True)
+    model = replace(config.model, batch_size=config.settings.batch_size, gradients=needs_float32(methods))
     with study_session(model, session) as session:
         scored = score.run(
             score.ScoreConfig(

@@ -64,7 +64,7 @@ class PerPrompt:
     columns: list[str] = []  # the rows' columns
     harmfulness_columns: list[str] = []  # added where the harmfulness probe is read
     needs_readout = True
-    gradients = False  # the study differentiates (`--dtype auto` loads float32)
+    gradients = False  # `--dtype auto` loads float32 (a study whose gradients need it)
     noun = "prompt"  # what one suite row is, in progress bars
 
     def __init__(self, config):

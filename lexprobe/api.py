@@ -37,6 +37,7 @@ from lexprobe.analyses.session import Session, open_session, session_from_model
 from lexprobe.arguments import attribution_settings, checked
 from lexprobe.probes.margin import RefusalReadout
 from lexprobe.toolkit import config as _values
+from lexprobe.toolkit.attribution.core import needs_float32
 from lexprobe.toolkit.errors import InputError
 from lexprobe.toolkit.io.results import Result, read_run
 from lexprobe.toolkit.io.suites import SURROGATE, Prompts, as_suite, listed
@@ -206,10 +207,11 @@ class Probe:
         `settings` are `AttributionSettings` fields: target, n_steps, max_steps, tolerance, rule,
         baseline, n_samples, replacement, group_phrases, seed."""
         settings.setdefault("batch_size", self.options.batch_size)
-        if self.options.dtype == "auto" and self.session.lm.dtype != torch.float32:  # auto chose bf16
+        auto_bf16 = self.options.dtype == "auto" and self.session.lm.dtype != torch.float32
+        if auto_bf16 and needs_float32(_attribute.parse_methods(listed(methods))):
             logging.getLogger("lexprobe").warning(
-                "this probe was loaded in %s for forward passes (dtype='auto'); the CLI attributes in float32: "
-                "lexprobe.load(..., attribution=True) for the same numbers",
+                "this probe was loaded in %s for forward passes (dtype='auto'); the CLI attributes with these "
+                "methods in float32: lexprobe.load(..., attribution=True) for the same numbers",
                 dtype_name(self.session.lm.dtype),
             )
         config = _attribute.AttributeConfig(

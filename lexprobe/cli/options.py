@@ -187,7 +187,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--dtype",
         default="auto",
         help="auto | float32 | bfloat16 | float16 (or fp32, bf16, fp16); auto: bf16 on CUDA and on a CPU with "
-        "native bf16, else float32 (float32 everywhere for runs that attribute)",
+        "native bf16, else float32 (float32 everywhere for runs that attribute with integrated gradients, "
+        "GradientSHAP or input x gradient)",
     )
     g.add_argument(
         "--chat-template",

@@ -7,8 +7,12 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def _auto_dtype_is_float32(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _auto_dtype_is_float32():
+    """For the whole session, module- and session-scoped fixtures included (a test may set the CPU's kind
+    itself with its own monkeypatch, undone when it ends)."""
     from lexprobe.toolkit.models import devices
 
-    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(devices, "cpu_has_fast_bf16", lambda: False)
+        yield

@@ -297,9 +297,11 @@ def test_attributing_with_a_probe_auto_loaded_in_bf16_says_the_cli_would_use_flo
     probe = lexprobe.load("tiny-random")
     assert probe.session.lm.dtype == torch.bfloat16
     capsys.readouterr()
-    probe.attribute(PROMPTS[:1], methods=["saliency"], faithfulness=False)
-    assert "the CLI attributes in float32" in capsys.readouterr().err
+    probe.attribute(PROMPTS[:1], methods=["ixg"], faithfulness=False)
+    assert "methods in float32" in capsys.readouterr().err
+    probe.attribute(PROMPTS[:1], methods=["saliency"], faithfulness=False)  # the CLI runs it in bf16 too
+    assert "methods in float32" not in capsys.readouterr().err
     lexprobe.load("tiny-random", attribution=True).attribute(
-        PROMPTS[:1], methods=["saliency"], faithfulness=False
+        PROMPTS[:1], methods=["input_x_gradient"], faithfulness=False
     )
-    assert "the CLI attributes in float32" not in capsys.readouterr().err
+    assert "methods in float32" not in capsys.readouterr().err

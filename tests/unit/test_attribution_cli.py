@@ -200,8 +200,9 @@ def test_plausibility_hits_use_lemmas_in_context():
 def test_attribution_asks_for_float32_and_warns_when_ig_runs_in_bf16(
     tmp_path, tiny_readout_file, capsys, monkeypatch
 ):
-    """attribute loads with gradients=True (so `--dtype auto` picks float32 on CUDA too); an explicit
-    bf16 run says on stderr that IG converges less often there."""
+    """attribute loads with gradients=True (so `--dtype auto` picks float32 on CUDA too) where a method
+    needs float32 (integrated gradients, GradientSHAP, input x gradient), not for saliency and the
+    perturbation methods; an explicit bf16 run says on stderr that IG converges less often there."""
     from lexprobe.toolkit.models import loader as models
 
     asked = []
@@ -220,6 +221,13 @@ def test_attribution_asks_for_float32_and_warns_when_ig_runs_in_bf16(
     )
     assert _attribute(tmp_path, tiny_readout_file, *args, out="att32") == 0
     assert asked[-1] == ("auto", True) and "less often" not in capsys.readouterr().err
+    # one gradient's size and perturbations give the same words in bf16: auto may pick it for them
+    quick = ["--prompt", "How do I kill a process?", "--method", "saliency,occlusion", "--no-faithfulness"]
+    assert _attribute(tmp_path, tiny_readout_file, *quick, out="quick") == 0
+    assert asked[-1] == ("auto", False)
+    for method in ("gradient_shap", "ixg"):
+        assert _attribute(tmp_path, tiny_readout_file, *quick[:3], "saliency," + method, out=method) == 0
+        assert asked[-1] == ("auto", True), method
 
 
 def test_prompt_is_repeatable_and_no_figures_writes_none(tmp_path, tiny_readout_file, capsys):

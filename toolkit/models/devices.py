@@ -61,13 +61,17 @@ def describe_machine(device: torch.device) -> str:
 # "Dtypes, devices and architectures"): bf16 scores agree with float32 (sign 99.1%, same AUROC), and on
 # a CPU with native bf16 scoring runs 4x faster in 2/3 of the memory (benchmarks/throughput.py); but
 # integrated gradients reached their 5% completeness tolerance on 8 of 12 refused prompts in bf16
-# against 12 of 12 in float32, so a run that attributes takes float32 everywhere.
+# against 12 of 12 in float32, so a run that attributes with a method that needs float32
+# (`toolkit.attribution.core.needs_float32`: integrated gradients, GradientSHAP, input x gradient, a
+# method of the user's) takes float32 everywhere.
 AUTO_DTYPE_WHY = {
     "cuda": "auto: bfloat16 on CUDA for forward passes; scores agree with float32, the readout stays float32",
-    "cuda-gradients": "auto: float32 on CUDA because this run attributes; IG converges in float32",
+    "cuda-gradients": "auto: float32 on CUDA because this run attributes with a method that needs it (IG converges in "
+    "float32)",
     "cpu-bf16": "auto: bfloat16 on this CPU, which has native bf16, for forward passes; scores agree with "
     "float32, the readout stays float32",
-    "cpu-gradients": "auto: float32 on CPU because this run attributes; IG converges in float32",
+    "cpu-gradients": "auto: float32 on CPU because this run attributes with a method that needs it (IG converges in "
+    "float32)",
     "cpu": "auto: float32 on this CPU, which has no native bf16; emulated bf16 is slower",
     "other": "auto: float32; bf16 is not tested on this device",
 }
@@ -87,8 +91,8 @@ def resolve_dtype(name: str, device: torch.device, gradients: bool = False) -> t
 
 def choose_dtype(name: str, device: torch.device, gradients: bool = False) -> tuple[torch.dtype, str]:
     """The weights' dtype for `--dtype name` on `device`, and why (recorded in run.json, printed on
-    stderr). `gradients`: the run attributes (gradients, small margin differences), which `auto` does in float32
-    everywhere.
+    stderr). `gradients`: the run attributes with a method that needs float32 (integrated gradients converge
+    there; `toolkit.attribution.core.needs_float32`), which `auto` then does in float32 everywhere.
     Whatever the weights' dtype, lexprobe computes logits, log-probabilities and margins in float32 or
     wider (`LoadedModel.logits`)."""
     if name != "auto":
