@@ -175,10 +175,19 @@ def run_per_prompt(study: PerPrompt, session: Session | None = None, suite: Suit
 
 def earlier_runs(old: dict) -> list[dict]:
     """What the run a resume continues did, and the runs it continued in turn: each invocation's
-    command, start, wall time and prompts, so run.json keeps the record of the work it holds."""
+    command, start, wall time, prompts and batch size (in bf16 a batch's rows can change with its size),
+    so run.json keeps the record of the work it holds."""
     if not old:
         return []
-    keys = ("command", "started_at", "wall_seconds", "n_prompts_this_run", "status", "lexprobe_git_commit")
+    keys = (
+        "command",
+        "started_at",
+        "wall_seconds",
+        "n_prompts_this_run",
+        "batch_size",
+        "status",
+        "lexprobe_git_commit",
+    )
     return [*old.get("earlier_runs", []), {k: old.get(k) for k in keys}]
 
 

@@ -210,7 +210,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=48,
         metavar="B",
-        help="completions generated together (a decode step costs little more for more rows)",
+        help="completions generated together where a command generates (generate, validate-margin, mitigate): a "
+        "decode step costs little more for more rows; in bf16 the batch can change a completion",
     )
     g.add_argument(
         "--threads",

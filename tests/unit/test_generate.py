@@ -84,7 +84,7 @@ def test_the_generate_study_decodes_generate_batch_size_rows_together(tmp_path, 
         return real(lm, fmt, texts, max_new_tokens, batch_size, **kwargs)
 
     monkeypatch.setattr(study, "generate", spy)
-    base = "generate --model tiny-random --suite xstest --limit 5 --max-new-tokens 2".split()
+    base = ["generate", "--model", "tiny-random", "--suite", "xstest", "--limit", "5", "--max-new-tokens", "2"]  # fmt: skip
     runs = {}
     for name, args in {"rows3": ["--generate-batch-size", "3"], "default": ["--batch-size", "2"]}.items():
         assert main([*base, *args, "--out", str(tmp_path / name)]) == 0

@@ -112,8 +112,9 @@ def test_a_resumed_run_keeps_the_record_of_the_runs_it_continues(tmp_path, tiny_
     )
     assert first["earlier_runs"] == []
     args = ["--suite", "xstest", "--ids", "1", "2", "--max-new-tokens", "1", "--resume"]
-    second = _run(tmp_path, tiny_readout_file, "generate", *args)
+    second = _run(tmp_path, tiny_readout_file, "generate", *args, "--generate-batch-size", "3")
     third = _run(tmp_path, tiny_readout_file, "generate", *args)
     assert [r["n_prompts_this_run"] for r in third["earlier_runs"]] == [1, 1]  # what each invocation did
+    assert [r["batch_size"] for r in third["earlier_runs"]] == [48, 3]  # and in batches of what size
     assert third["earlier_runs"][0]["started_at"] == first["started_at"] and third["n_prompts_this_run"] == 0
     assert second["earlier_runs"] == third["earlier_runs"][:1]
