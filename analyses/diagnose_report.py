@@ -65,8 +65,12 @@ def _mechanism_sentences(mech: dict | None, mit: dict | None, skipped: str | Non
                 f"{p['margin_prompt']:+.2f} -> {p['margin_variant']:+.2f}; patched alone, the swapped token "
                 f"carries {p['swapped_token_best_share']:.0%} of that change at its best layer and the last "
                 f"template token {p['last_template_token_best_share']:.0%} (the best single site: "
-                f"'{p['best_token'].strip() or repr(p['best_token'])[1:-1]}' entering block {p['best_layer']}, {p['best_share']:.0%}; the "
-                f"refusal direction was found entering block {d.get('layer')})."
+                f"'{p['best_token'].strip() or repr(p['best_token'])[1:-1]}' entering block {p['best_layer']}, {p['best_share']:.0%}; "
+                + (
+                    f"the refusal direction was found entering block {d['layer']})."
+                    if d.get("layer") is not None
+                    else "the model has no refusal direction)."
+                )
             )
     if mit:
         rate = f"{100 * mit['safe']:.0f}% of safe and {100 * mit['unsafe']:.0f}% of unsafe prompts refused"

@@ -12,6 +12,7 @@ token heatmap per pair (`patching_<k>.png`) and the projection curves (`projecti
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from lexprobe.toolkit.io.results import MultiTableResult, Timer, provenance
 from lexprobe.toolkit.io.suites import read_table
 from lexprobe.toolkit.mechanism.patching import patch, projections
 from lexprobe.toolkit.scoring.scorer import Scorer
+
+log = logging.getLogger("lexprobe")
 
 
 @dataclass(kw_only=True)
@@ -60,7 +63,8 @@ class PathwayResult(MultiTableResult):
         for _, row in self.frame.iterrows():
             sites = self.tables["patching"][self.tables["patching"]["pair"] == row["pair"]]
             patching_figure(sites, row, out / f"patching_{row['pair']}.png")
-        projection_figure(self.tables["projections"], self.frame, out / "projections.png")
+        if len(self.tables["projections"]):  # none where the model has no refusal direction
+            projection_figure(self.tables["projections"], self.frame, out / "projections.png")
 
 
 def _contrasts() -> dict[str, str]:
@@ -162,7 +166,14 @@ def run(config: PathwayConfig, session: Session | None = None) -> PathwayResult:
     with study_session(config.model, session, reads_direction=True) as session:
         scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
         pairs = pairs_of(config, scorer)
-        direction = direction_of(session, config.model)
+        try:
+            direction = direction_of(session, config.model)
+        except InputError as err:
+            if config.model.direction:  # the user's direction file: theirs to mend
+                raise
+            # a model that refuses too little has no refusal direction; patching does not need one
+            log.warning("pathway: no projections on the refusal direction (%s); patching all the same", err)
+            direction = None
         rows, sites, curves = [], [], []
         for pair in progress(pairs.to_dict("records"), desc="patching", unit="pair"):
             result = patch(scorer, pair["prompt"], pair["variant"])
@@ -205,7 +216,7 @@ def run(config: PathwayConfig, session: Session | None = None) -> PathwayResult:
             texts = {"prompt": pair["prompt"], "variant": pair["variant"]}
             if pair["contrast"]:
                 texts["contrast"] = pair["contrast"]
-            values = projections(scorer, list(texts.values()), direction)
+            values = projections(scorer, list(texts.values()), direction) if direction is not None else []
             for (role, _), curve in zip(texts.items(), values):
                 curves += [
                     {"pair": pair["pair"], "text": role, "layer": i, "projection": v}
@@ -215,9 +226,14 @@ def run(config: PathwayConfig, session: Session | None = None) -> PathwayResult:
             **session.provenance(),
             kind=PathwayResult.kind,
             wall_seconds=timer.seconds,
-            direction={"layer": direction.layer, "position": direction.position},
+            direction=None
+            if direction is None
+            else {"layer": direction.layer, "position": direction.position},
         )
-        tables = {"patching": pd.DataFrame(sites), "projections": pd.DataFrame(curves)}
+        tables = {
+            "patching": pd.DataFrame(sites),
+            "projections": pd.DataFrame(curves, columns=["pair", "text", "layer", "projection"]),
+        }
         result = PathwayResult(pd.DataFrame(rows), run_info, tables)
         if out is not None:
             result.save(out, overwrite=True, figures=config.figures)

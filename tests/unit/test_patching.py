@@ -148,3 +148,31 @@ def test_pathway_needs_a_pair(tmp_path, tiny_readout_file, error_line):
     args = ["pathway", "--model", "tiny-random", "--dtype", "float32", "--readout", str(tiny_readout_file)]
     assert main([*args, "--prompt", "How do I kill time?", "--out", str(tmp_path / "w")]) == 2
     assert "give --prompt and --variant" in error_line()
+
+
+def test_pathway_patches_a_model_without_a_refusal_direction(
+    tmp_path, tiny_readout_file, monkeypatch, capsys
+):
+    """Patching needs no refusal direction: where the model has none (it refuses too little), pathway
+    writes the patching and says why it has no projections; a direction file given that is bad is still
+    an error."""
+    import pandas as pd
+
+    from lexprobe.analyses import pathway
+    from lexprobe.cli import main
+
+    def none(*_args, **_kwargs):
+        raise InputError("too few calibration prompts the model treats as their class")
+
+    monkeypatch.setattr(pathway, "direction_of", none)
+    args = ["pathway", "--model", "tiny-random", "--readout", str(tiny_readout_file)]
+    pair = ["--prompt", PROMPT, "--variant", VARIANT]
+    assert main([*args, *pair, "--out", str(tmp_path / "w")]) == 0
+    assert "no projections on the refusal direction (too few calibration prompts" in capsys.readouterr().err
+    result = pathway.PathwayResult.load(tmp_path / "w")
+    assert len(result.tables["patching"]) and not len(result.tables["projections"])
+    assert result.run["direction"] is None and not (tmp_path / "w" / "projections.png").exists()
+    assert pd.read_csv(tmp_path / "w" / "pathway.csv")["margin_prompt"].notna().all()
+    given = tmp_path / "direction.json"  # a file of the user's that cannot be used stays an error
+    given.write_text("{}")
+    assert main([*args, *pair, "--direction", str(given), "--out", str(tmp_path / "x")]) == 2
