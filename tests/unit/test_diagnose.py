@@ -295,3 +295,25 @@ def test_with_a_direction_the_report_adds_mechanism_and_what_would_change_it(
         float(pairs["margin_prompt"][0])
     )
     assert len(re.findall(r"<img", page)) >= 4  # contrast margins, patching, projections, trade-off
+
+
+def test_the_verdict_says_when_the_model_has_no_refusal_direction():
+    """Patching runs without a refusal direction (a model that refuses too little): the mechanism
+    sentence then says so instead of naming a block."""
+    from lexprobe.analyses.diagnose_report import _mechanism_sentences
+
+    pair = {
+        "word": "kill",
+        "replacement": "stop",
+        "margin_prompt": 0.5,
+        "margin_variant": -0.5,
+        "swapped_token_best_share": 1.0,
+        "last_template_token_best_share": 0.9,
+        "best_token": "kill",
+        "best_layer": 3,
+        "best_share": 1.1,
+    }
+    found = _mechanism_sentences({"direction": {"layer": 16, "position": -1}, "pairs": [pair]}, None)
+    none = _mechanism_sentences({"direction": None, "pairs": [pair]}, None)
+    assert found[0].endswith("the refusal direction was found entering block 16).")
+    assert none[0].endswith("the model has no refusal direction).") and "block 3" in none[0]
