@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lexprobe.probes.hooks import block_input_modules, hooks, output_tensor
+from lexprobe.probes.hooks import block_input_modules, output_tensor
 from lexprobe.toolkit.errors import InputError
 
 
@@ -44,13 +44,17 @@ class Patching:
 
 @torch.no_grad()
 def residuals(scorer, suffix: list[int]) -> torch.Tensor:
-    """[n_layers, q, d_model]: the residual entering every block at every suffix-and-tree position."""
+    """[n_layers, q, d_model]: the residual entering every block at every suffix-and-tree position. The
+    pass also notes whether the model's blocks return tensors (`_skips_blocks`)."""
     seen: list[torch.Tensor] = []
-    pairs = [
-        (m, lambda _m, _i, out: seen.append(output_tensor(out)[0].clone()))
-        for m in block_input_modules(scorer.lm)
-    ]
-    scorer.forward(scorer.batch([suffix]), hook_pairs=pairs)
+    tensors: list[bool] = []
+
+    def keep(_module, _inputs, output):
+        seen.append(output_tensor(output)[0].clone())
+        tensors.append(isinstance(output, torch.Tensor))
+
+    scorer.forward(scorer.batch([suffix]), hook_pairs=[(m, keep) for m in block_input_modules(scorer.lm)])
+    scorer.lm.extra["blocks_return_tensors"] = all(tensors[1:])  # the first is the embedding's
     return torch.stack(seen)
 
 
@@ -83,17 +87,13 @@ def _from_block(lm, layer: int, entering: torch.Tensor) -> Iterator[None]:
 
 
 def _skips_blocks(scorer) -> bool:
-    """Whether `_from_block` applies: no steering (its hooks sit on the blocks), and blocks that return
-    a tensor (a model that reads `output[0]` of a block would take a row of a tensor)."""
+    """Whether `_from_block` applies: no steering (its hooks sit on the blocks), and blocks known to
+    return a tensor (`residuals` notes it; a model that reads `output[0]` of a block would take a row
+    of a tensor)."""
     lm = scorer.lm
     if lm.extra.get("steering") is not None or lm.extra.get("gate") is not None:
         return False
-    if "blocks_return_tensors" not in lm.extra:
-        kinds: list[bool] = []
-        with hooks([(lm.layers[0], lambda _m, _i, out: kinds.append(isinstance(out, torch.Tensor)))]):
-            scorer.forward(scorer.batch([[lm.pad_token_id]]))
-        lm.extra["blocks_return_tensors"] = all(kinds)
-    return lm.extra["blocks_return_tensors"]
+    return lm.extra.get("blocks_return_tensors", False)
 
 
 @torch.no_grad()
