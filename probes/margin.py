@@ -357,7 +357,10 @@ class _Reduced:
         batch, positions, vocab = raw.shape
         ids = ids.to(raw.device)
         kth = raw.topk(min(ids.shape[1] + 2, vocab), dim=-1).values[..., -1:].float()
-        near = (raw >= kth - 2 * bound).flatten(0, 1).any(dim=0)
+        low = kth - 2 * bound
+        # compared in raw's dtype (no float32 copy of it), the threshold rounded down there: 2^-7 of it
+        # exceeds the rounding (2^-8 for bf16, 2^-11 for float16), so no token above it is dropped
+        near = (raw >= (low - low.abs() * 2**-7).to(raw.dtype)).flatten(0, 1).any(dim=0)
         near[ids.flatten()] = True
         union = near.nonzero().flatten()
         if len(union) > vocab // 4:  # rows too flat to screen
