@@ -327,6 +327,7 @@ def run(config: DiagnoseConfig, session: Session | None = None, suite: Suite | N
                         substitutions=swaps,
                         top=config.mechanism_pairs,
                         overwrite=True,
+                        resume=config.resume,
                     ),
                     session,
                 )
@@ -342,6 +343,7 @@ def run(config: DiagnoseConfig, session: Session | None = None, suite: Suite | N
                         harmfulness=harm,
                         generate_per_type=0,
                         overwrite=True,
+                        resume=config.resume,
                     ),
                     session,
                     selection,

@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 
 from lexprobe.analyses.options import ModelOptions, SuiteOptions, open_suite
-from lexprobe.analyses.session import Session, direction_of, probe_option, study_session
+from lexprobe.analyses.session import Session, direction_of, inputs_digest, probe_option, study_session
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
 from lexprobe.toolkit.io.cache import write_text_atomic
@@ -77,6 +77,7 @@ class MitigateConfig(Options):
     selection_prompts: int | None = None  # harmful and harmless val instructions each (None: all)
     figures: bool = True
     overwrite: bool = False
+    resume: bool = False  # reuse a result in `out` finished from the same inputs (diagnose --resume)
 
     def __post_init__(self):
         for name in ("ablate", "conditional", "false_refusal"):
@@ -94,12 +95,28 @@ class MitigateConfig(Options):
             raise InputError(f"--generate-per-type must be 0 or more, got {self.generate_per_type}")
 
 
+# the options a mitigation table depends on (beside the model, the suite and the probe)
+SETTINGS = (
+    "ablate",
+    "conditional",
+    "gate_width",
+    "false_refusal",
+    "coefficients",
+    "instruction",
+    "max_unsafe_drop",
+    "generate_per_type",
+    "max_new_tokens",
+    "selection_prompts",
+)
+
+
 class MitigateResult(MultiTableResult):
     """The suite's rates per setting (the table), the selection split's (`tables["selection"]`), every
     margin (`margins`), the generations (`generations`) and the chosen setting (`chosen`, chosen.json)."""
 
     filename = "tradeoff.csv"
     kind = "mitigate"
+    numeric_columns = ("strength", "coefficient", "threshold")  # NaN where a setting has none
     side_tables = ("margins", "selection", "generations")
 
     def __init__(self, frame, run=None, tables=None, chosen: str | None = None):
@@ -177,6 +194,14 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
         lm = session.lm
         direction = direction_of(session, config.model)
         probe = probe_option(session, config.harmfulness, config.model.batch_size)  # None: no gated rows
+        inputs = inputs_digest(
+            frame[["id", "type", "label", "prompt"]],
+            {k: getattr(config, k) for k in SETTINGS},
+            config.model.direction,
+            None if probe is None else probe.sha256(),
+        )
+        if config.resume and (done := session.finished(out, MitigateResult, inputs)) is not None:
+            return done
         scorer = Scorer(lm, session.fmt, session.readout, config.model.batch_size)
         sub = None
         if config.instruction:
@@ -261,6 +286,7 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
             },
             instruction=NOTE if sub is not None else None,
             generate_per_type=config.generate_per_type,
+            inputs_sha256=inputs,
             wall_seconds=timer.seconds,
         )
         tables = {

@@ -21,7 +21,7 @@ import pandas as pd
 
 from lexprobe import prompts
 from lexprobe.analyses.options import ModelOptions
-from lexprobe.analyses.session import Session, direction_of, study_session
+from lexprobe.analyses.session import Session, direction_of, inputs_digest, study_session
 from lexprobe.toolkit.config import Options
 from lexprobe.toolkit.errors import InputError, OutputError
 from lexprobe.toolkit.io.progress import progress
@@ -47,11 +47,13 @@ class PathwayConfig(Options):
     # (of trigger words, and of prompts the model refuses, where the table has some)
     figures: bool = True
     overwrite: bool = False
+    resume: bool = False  # reuse a result in `out` finished from the same pairs (diagnose --resume)
 
 
 class PathwayResult(MultiTableResult):
     filename = "pathway.csv"
     kind = "pathway"
+    numeric_columns = ("swapped_token_best_share", "last_template_token_best_share")  # NaN: no share
     side_tables = ("patching", "projections")
 
     def overview(self) -> pd.DataFrame:
@@ -166,6 +168,9 @@ def run(config: PathwayConfig, session: Session | None = None) -> PathwayResult:
     with study_session(config.model, session, reads_direction=True) as session:
         scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
         pairs = pairs_of(config, scorer)
+        inputs = inputs_digest(pairs, config.model.direction)
+        if config.resume and (done := session.finished(out, PathwayResult, inputs)) is not None:
+            return done
         try:
             direction = direction_of(session, config.model)
         except InputError as err:
@@ -225,6 +230,7 @@ def run(config: PathwayConfig, session: Session | None = None) -> PathwayResult:
         run_info = provenance(
             **session.provenance(),
             kind=PathwayResult.kind,
+            inputs_sha256=inputs,
             wall_seconds=timer.seconds,
             direction=None
             if direction is None

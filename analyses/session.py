@@ -4,14 +4,17 @@ refusal readout and, where the options ask for it, the steering every forward pa
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from lexprobe.analyses.options import ModelOptions
 from lexprobe.probes.margin import RefusalReadout
-from lexprobe.toolkit.errors import InputError
+from lexprobe.toolkit.errors import InputError, LexprobeError
 from lexprobe.toolkit.models.architectures import state_dict_sha256, wrap_model
 from lexprobe.toolkit.models.chat import ChatFormat, SystemPrompt
 from lexprobe.toolkit.models.loader import LoadedModel, load_model
@@ -19,6 +22,24 @@ from lexprobe.toolkit.models.templates import resolve_template, template_for
 from lexprobe.toolkit.readouts.calibrate import calibration_prompts, get_readout, set_smooth_temperature
 
 log = logging.getLogger(__name__)
+
+# what a finished result must share with the session of a resumed run to be reused as it is
+MADE_BY = (
+    "model_spec",
+    "weights_sha256",
+    "dtype",
+    "system_prompt",
+    "chat_template",
+    "readout_sha256",
+    "steering",
+)
+
+
+def inputs_digest(*parts) -> str:
+    """sha256 of `parts` as JSON (a table as its rows): what a study's result depends on besides its
+    model and condition, recorded in its run.json as `inputs_sha256`."""
+    plain = [p.to_dict("records") if hasattr(p, "to_dict") else p for p in parts]
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass
@@ -31,6 +52,23 @@ class Session:
     readout: RefusalReadout | None
     steering: object = None  # a probes.steering.Steering every forward pass of a study runs under
     steered_by: dict | None = None  # the chosen.json it came from (--steer): path, sha256, what it is
+
+    def finished(self, out: Path | None, result_cls, inputs: str):
+        """The result of a study that finished in `out` under this model and condition from the same
+        inputs (`inputs_digest`), loaded; None where there is none, it cannot be read, or it was made
+        otherwise (the study then runs again)."""
+        if out is None or not (out / result_cls.filename).is_file():
+            return None
+        try:
+            old = result_cls.load(out)
+        except (LexprobeError, ValueError, KeyError, OSError) as err:  # damaged: made again, not trusted
+            log.info("%s: '%s' cannot be read (%s): running it again", result_cls.kind, out, err)
+            return None
+        now = self.provenance()
+        if old.run.get("inputs_sha256") != inputs or any(old.run.get(k) != now.get(k) for k in MADE_BY):
+            return None
+        log.info("%s: reusing the finished result in '%s'", result_cls.kind, out)
+        return old
 
     def ensure_smooth_temperature(self, batch_size: int = 32) -> None:
         """A readout file without the smooth margin's temperature gets one, chosen on the calibration

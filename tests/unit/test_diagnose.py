@@ -296,6 +296,22 @@ def test_with_a_direction_the_report_adds_mechanism_and_what_would_change_it(
     )
     assert len(re.findall(r"<img", page)) >= 4  # contrast margins, patching, projections, trade-off
 
+    # --resume reuses the finished patching and mitigation sweep; one made from other inputs runs again
+    steps = {d: (out / d / "run.json").read_bytes() for d in ("pathway", "mitigate")}
+    stale = json.loads(steps["pathway"]) | {"inputs_sha256": "0" * 64}
+    (out / "pathway" / "run.json").write_text(json.dumps(stale))
+    again = [*SELECT, *swap, "--direction", direction, "--no-attribution", "--resume"]
+    assert _diagnose(out, mixed_readout_file, *again) == 0
+    assert (out / "mitigate" / "run.json").read_bytes() == steps["mitigate"]  # not run again
+    redone = json.loads((out / "pathway" / "run.json").read_text())
+    assert redone["inputs_sha256"] == json.loads(steps["pathway"])["inputs_sha256"] != "0" * 64
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["mitigation"] == summary["mitigation"] and resumed["mechanism"] == summary["mechanism"]
+    pathway_run = (out / "pathway" / "run.json").read_bytes()
+    assert _diagnose(out, mixed_readout_file, *again) == 0
+    assert (out / "pathway" / "run.json").read_bytes() == pathway_run  # reused this time
+    assert json.loads((out / "summary.json").read_text())["mechanism"] == summary["mechanism"]
+
 
 def test_the_verdict_says_when_the_model_has_no_refusal_direction():
     """Patching runs without a refusal direction (a model that refuses too little): the mechanism
