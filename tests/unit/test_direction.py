@@ -138,14 +138,34 @@ def test_any_command_runs_steered_and_records_it(tmp_path, tiny_readout_file, di
     assert _score(tmp_path, tiny_readout_file, "ablated", "--resume", "--limit", "12") == 2
 
 
-def test_direction_on_a_model_that_refuses_nothing_is_one_line(tmp_path, tiny_readout_file, error_line):
+def test_direction_on_a_model_that_refuses_nothing_is_one_line(
+    tmp_path, tiny_readout_file, error_line, monkeypatch
+):
     """tiny-random refuses none of the harmful instructions under its readout: no direction to find."""
     from lexprobe.cli import main
+    from lexprobe.toolkit.mechanism.direction import select_direction
 
     args = ["direction", "--model", "tiny-random", "--dtype", "float32", "--readout", str(tiny_readout_file)]
     args += ["--val-prompts", "2"]
     assert main([*args, "--train-prompts", "4", "--out", str(tmp_path / "d")]) == 2
     assert "too few calibration prompts the model treats as their class" in error_line()
+
+    # the failed search is cached: the next run is told without searching; --overwrite searches again
+    from lexprobe.toolkit.mechanism import direction
+
+    searched = []
+
+    def counted(*args, **kwargs):
+        searched.append(1)
+        return select_direction(*args, **kwargs)
+
+    monkeypatch.setattr(direction, "select_direction", counted)
+    assert main([*args, "--train-prompts", "4", "--out", str(tmp_path / "d")]) == 2
+    line = error_line()
+    assert "too few calibration prompts" in line and "cached" in line and "--overwrite" in line
+    assert not searched
+    assert main([*args, "--train-prompts", "4", "--out", str(tmp_path / "d"), "--overwrite"]) == 2
+    assert searched and "cached" not in error_line()
 
 
 def test_mitigate_writes_a_row_per_mitigation_and_strength(

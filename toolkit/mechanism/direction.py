@@ -440,7 +440,13 @@ def find_direction(
     }
     path, _ = model_entry("directions", lm, key)
     table = path.with_suffix(".csv")
+    failed = path.with_suffix(".none")  # why the search found none: a model that refuses too little
     with building(path):
+        if failed.exists() and not overwrite:
+            raise InputError(
+                f"{failed.read_text(encoding='utf-8').strip()} (found before and cached in {failed}; "
+                "`lexprobe direction --overwrite` searches again)"
+            )
         if path.exists() and table.exists() and not overwrite:
             try:
                 text = path.read_text(encoding="utf-8")
@@ -456,13 +462,18 @@ def find_direction(
         log.debug("finding the refusal direction of this model and condition once; later runs read %s", path)
         timer = Timer()
         n, v = train_prompts, val_prompts
-        with unsteered(lm):  # the direction of the model as it is, whatever steering a study has on
-            selection = select_direction(
-                scorer,
-                (_calibration("calibration-harmful", n), _calibration("calibration-harmless", n)),
-                (_calibration("calibration-harmful-val", v), _calibration("calibration-harmless-val", v)),
-                kl_bound=kl_bound,
-            )
+        try:
+            with unsteered(lm):  # the direction of the model as it is, whatever steering a study has on
+                selection = select_direction(
+                    scorer,
+                    (_calibration("calibration-harmful", n), _calibration("calibration-harmless", n)),
+                    (_calibration("calibration-harmful-val", v), _calibration("calibration-harmless-val", v)),
+                    kl_bound=kl_bound,
+                )
+        except InputError as err:  # the same search would find none again: later runs are told at once
+            write_text_atomic(failed, str(err))
+            raise
+        failed.unlink(missing_ok=True)
         direction = selection.direction
         direction.details.update(
             provenance=info or {},
