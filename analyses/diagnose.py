@@ -107,6 +107,8 @@ STEPS = {
     "pathway": "pathway",
     "mitigated": "mitigate",
 }  # attribute -> subdirectory
+# what the scoring step's run.json says of that step alone, left out of the diagnosis's own
+SCORING_ONLY = ("settings", "details", "n_prompts_this_run", "rows_written", "earlier_runs", "sharding")
 
 
 class DiagnoseResult(Result):
@@ -134,7 +136,17 @@ class DiagnoseResult(Result):
 
     @property
     def run(self) -> dict:
-        return self.scores.run if self.scores is not None else {}
+        """The diagnosis's run.json: the model, condition, machine and versions as its scoring step
+        recorded them, with the diagnosis's own settings, steps and wall time."""
+        if self.scores is None:
+            return {}
+        shared = {k: v for k, v in self.scores.run.items() if k not in SCORING_ONLY}
+        provenance = self.summary.get("provenance") or {}
+        return shared | {
+            "settings": provenance.get("config"),
+            "steps": self.summary.get("steps"),
+            "wall_seconds": self.summary.get("wall_seconds"),
+        }
 
     @property
     def verdict(self) -> list[str]:

@@ -74,6 +74,10 @@ def test_report_is_self_contained_with_verdict_and_provenance(diagnosed):
         assert value in page
     assert summary["provenance"]["config"]["suite"]["types"] == ["homonyms"]
     assert summary["provenance"]["weights_sha256"] == run["weights_sha256"]
+    own = json.loads((diagnosed / "run.json").read_text())  # the diagnosis's, not its scoring step's
+    assert own["kind"] == "diagnose" and own["weights_sha256"] == run["weights_sha256"]
+    assert own["wall_seconds"] == summary["wall_seconds"] > run["wall_seconds"]
+    assert own["settings"] == summary["provenance"]["config"] and own["steps"] == summary["steps"]
     assert 'class="w"' in page and 'title="kill: ' in page  # toolkit.viz's word heatmap, with hover scores
     for name in ("margins_by_type", "contrast_pairs", "contrast_by_type", "top_words", "triggers", "pooled"):
         assert (diagnosed / f"{name}.csv").exists(), name
