@@ -65,11 +65,12 @@ def describe_machine(device: torch.device) -> str:
 # (`toolkit.attribution.core.needs_float32`: integrated gradients, GradientSHAP, input x gradient, a
 # method of the user's) takes float32 everywhere.
 AUTO_DTYPE_WHY = {
-    "cuda": "auto: bfloat16 on CUDA for forward passes; scores agree with float32, the readout stays float32",
+    "cuda": "auto: bfloat16 on CUDA; scores agree with float32, so do saliency and perturbation attributions "
+    "(the readout stays float32)",
     "cuda-gradients": "auto: float32 on CUDA because this run attributes with a method less reliable in bf16 "
     "(integrated gradients, GradientSHAP, input x gradient) or one of your own",
-    "cpu-bf16": "auto: bfloat16 on this CPU, which has native bf16, for forward passes; scores agree with "
-    "float32, the readout stays float32",
+    "cpu-bf16": "auto: bfloat16 on this CPU, which has native bf16; scores agree with float32, so do "
+    "saliency and perturbation attributions (the readout stays float32)",
     "cpu-gradients": "auto: float32 on CPU because this run attributes with a method less reliable in bf16 "
     "(integrated gradients, GradientSHAP, input x gradient) or one of your own",
     "cpu": "auto: float32 on this CPU, which has no native bf16; emulated bf16 is slower",
