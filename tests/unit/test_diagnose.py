@@ -312,9 +312,11 @@ def test_with_a_direction_the_report_adds_mechanism_and_what_would_change_it(
     resumed = json.loads((out / "summary.json").read_text())
     assert resumed["mitigation"] == summary["mitigation"] and resumed["mechanism"] == summary["mechanism"]
     pathway_run = (out / "pathway" / "run.json").read_bytes()
+    (out / "mitigate" / "tradeoff.csv").write_bytes(b'"unclosed\x00')  # a damaged result is made again
     assert _diagnose(out, mixed_readout_file, *again) == 0
     assert (out / "pathway" / "run.json").read_bytes() == pathway_run  # reused this time
     assert json.loads((out / "summary.json").read_text())["mechanism"] == summary["mechanism"]
+    assert _read(out / "mitigate" / "tradeoff.csv").equals(tradeoff)
 
 
 def test_the_verdict_says_when_the_model_has_no_refusal_direction():
