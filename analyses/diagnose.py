@@ -339,7 +339,7 @@ def run(config: DiagnoseConfig, session: Session | None = None, suite: Suite | N
                         substitutions=swaps,
                         top=config.mechanism_pairs,
                         overwrite=True,
-                        resume=config.resume,
+                        reuse=config.resume,
                     ),
                     session,
                 )
@@ -355,7 +355,7 @@ def run(config: DiagnoseConfig, session: Session | None = None, suite: Suite | N
                         harmfulness=harm,
                         generate_per_type=0,
                         overwrite=True,
-                        resume=config.resume,
+                        reuse=config.resume,
                     ),
                     session,
                     selection,

@@ -77,7 +77,7 @@ class MitigateConfig(Options):
     selection_prompts: int | None = None  # harmful and harmless val instructions each (None: all)
     figures: bool = True
     overwrite: bool = False
-    resume: bool = False  # reuse a result in `out` finished from the same inputs (diagnose --resume)
+    reuse: bool = False  # diagnose --resume: a result in `out` finished from the same inputs is kept
 
     def __post_init__(self):
         for name in ("ablate", "conditional", "false_refusal"):
@@ -200,7 +200,7 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
             config.model.direction,
             None if probe is None else probe.sha256(),
         )
-        if config.resume and (done := session.finished(out, MitigateResult, inputs)) is not None:
+        if config.reuse and (done := session.finished(out, MitigateResult, inputs)) is not None:
             return done
         scorer = Scorer(lm, session.fmt, session.readout, config.model.batch_size)
         sub = None

@@ -47,7 +47,7 @@ class PathwayConfig(Options):
     # (of trigger words, and of prompts the model refuses, where the table has some)
     figures: bool = True
     overwrite: bool = False
-    resume: bool = False  # reuse a result in `out` finished from the same pairs (diagnose --resume)
+    reuse: bool = False  # diagnose --resume: a result in `out` finished from the same pairs is kept
 
 
 class PathwayResult(MultiTableResult):
@@ -169,7 +169,7 @@ def run(config: PathwayConfig, session: Session | None = None) -> PathwayResult:
         scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
         pairs = pairs_of(config, scorer)
         inputs = inputs_digest(pairs, config.model.direction)
-        if config.resume and (done := session.finished(out, PathwayResult, inputs)) is not None:
+        if config.reuse and (done := session.finished(out, PathwayResult, inputs)) is not None:
             return done
         try:
             direction = direction_of(session, config.model)

@@ -248,7 +248,7 @@ def _configs() -> dict:
     return {command: config for command, _, config, _ in COMMANDS} | others
 
 
-INTERNAL = {"gradients"}  # set by the study that differentiates, never by the user
+INTERNAL = {"gradients", "reuse"}  # set by the study that differentiates / by diagnose, never by the user
 
 
 def test_every_config_field_has_the_flag_of_its_name():
