@@ -42,7 +42,7 @@ from lexprobe.analyses.session import Session, study_session
 from lexprobe.toolkit.attribution import AttributionSettings
 from lexprobe.toolkit.attribution.core import needs_float32
 from lexprobe.toolkit.config import Options
-from lexprobe.toolkit.errors import InputError, OutputError
+from lexprobe.toolkit.errors import InputError, LexprobeError, OutputError
 from lexprobe.toolkit.io.cache import write_text_atomic
 from lexprobe.toolkit.io.locks import user_files
 from lexprobe.toolkit.io.results import (
@@ -51,6 +51,7 @@ from lexprobe.toolkit.io.results import (
     draw_figures,
     read_csv_table,
     read_json_file,
+    read_run,
     write_csv_atomic,
     write_run,
 )
@@ -401,6 +402,22 @@ def _check_out(out: Path, config: DiagnoseConfig) -> None:
             f"'{out}' already holds a diagnosis: pass --resume to reuse its finished steps "
             "or --overwrite to redo them"
         )
+    if config.resume and not config.overwrite and (out / "run.json").is_file():
+        try:  # a damaged run.json is left to the steps' own checks
+            before = (read_run(out).get("settings") or {}).get("suite")
+        except (LexprobeError, ValueError, OSError):
+            before = None
+        now = json.loads(json.dumps(asdict(config.suite), default=str))
+        changed = [k for k in now if isinstance(before, dict) and k in before and before[k] != now[k]]
+        if changed:
+            flag = {"types": "type"}  # the options' flags, where not the field's name
+            what = "; ".join(
+                f"--{flag.get(k, k).replace('_', '-')}: {before[k]!r} there, {now[k]!r} here" for k in changed
+            )
+            raise OutputError(
+                f"cannot resume in '{out}': it diagnosed another selection of prompts ({what}); give the "
+                "same selection, or use a new --out or --overwrite"
+            )
 
 
 def _pairs(config: DiagnoseConfig, name: str, full: Suite, selected: pd.DataFrame) -> pd.DataFrame:

@@ -177,6 +177,7 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
     out = Path(config.out) if config.out else None
     if out is not None and (out / MitigateResult.filename).exists() and not config.overwrite:
         raise OutputError(f"'{out / MitigateResult.filename}' already exists: pass --overwrite to replace it")
+    MitigateResult.refuse_directories(out)
     if config.model.steers:
         raise InputError(
             "lexprobe mitigate steers the model itself: drop --ablate-direction/--add-direction/--steer"
@@ -197,7 +198,7 @@ def run(config: MitigateConfig, session: Session | None = None, suite=None) -> M
         inputs = inputs_digest(
             frame[["id", "type", "label", "prompt"]],
             {k: getattr(config, k) for k in SETTINGS},
-            config.model.direction,
+            direction.sha256(),
             None if probe is None else probe.sha256(),
         )
         if config.reuse and (done := session.finished(out, MitigateResult, inputs)) is not None:

@@ -160,6 +160,7 @@ def run(config: PathwayConfig, session: Session | None = None) -> PathwayResult:
     out = Path(config.out) if config.out else None
     if out is not None and (out / PathwayResult.filename).exists() and not config.overwrite:
         raise OutputError(f"'{out / PathwayResult.filename}' already exists: pass --overwrite to replace it")
+    PathwayResult.refuse_directories(out)
     if config.model.steers:
         raise InputError(
             "lexprobe pathway patches the model as it is: drop --ablate-direction/--add-direction/--steer"
@@ -168,9 +169,6 @@ def run(config: PathwayConfig, session: Session | None = None) -> PathwayResult:
     with study_session(config.model, session, reads_direction=True) as session:
         scorer = Scorer(session.lm, session.fmt, session.readout, config.model.batch_size)
         pairs = pairs_of(config, scorer)
-        inputs = inputs_digest(pairs, config.model.direction)
-        if config.reuse and (done := session.finished(out, PathwayResult, inputs)) is not None:
-            return done
         try:
             direction = direction_of(session, config.model)
         except InputError as err:
@@ -179,6 +177,9 @@ def run(config: PathwayConfig, session: Session | None = None) -> PathwayResult:
             # a model that refuses too little has no refusal direction; patching does not need one
             log.warning("pathway: no projections on the refusal direction (%s); patching all the same", err)
             direction = None
+        inputs = inputs_digest(pairs, None if direction is None else direction.sha256())
+        if config.reuse and (done := session.finished(out, PathwayResult, inputs)) is not None:
+            return done
         rows, sites, curves = [], [], []
         for pair in progress(pairs.to_dict("records"), desc="patching", unit="pair"):
             result = patch(scorer, pair["prompt"], pair["variant"])

@@ -65,7 +65,20 @@ class Session:
             log.info("%s: '%s' cannot be read (%s): running it again", result_cls.kind, out, err)
             return None
         now = self.provenance()
-        if old.run.get("inputs_sha256") != inputs or any(old.run.get(k) != now.get(k) for k in MADE_BY):
+        changed = [k for k in MADE_BY if old.run.get(k) != now.get(k)]
+        if old.run.get("inputs_sha256") != inputs:
+            changed.append("its inputs")
+        if changed:
+            log.info(
+                "%s: '%s' was made otherwise (%s): running it again", result_cls.kind, out, ", ".join(changed)
+            )
+            return None
+        if not old.intact(out):
+            log.info(
+                "%s: the tables in '%s' changed after they were written: running it again",
+                result_cls.kind,
+                out,
+            )
             return None
         log.info("%s: reusing the finished result in '%s'", result_cls.kind, out)
         return old

@@ -1,8 +1,9 @@
 """How close lexprobe runs to what this machine can do, side by side in one run, per dtype: the measured
 matmul rate, lexprobe's achieved rate for score, generate, integrated gradients and occlusion on the
 default model as a fraction of it, lexprobe's score against a naive transformers forward of the same
-prompts, and lexprobe's integrated gradients against captum's `IntegratedGradients` on the same function
-at equal steps; with each dtype's peak memory.
+prompts, and lexprobe's integrated gradients against captum's `IntegratedGradients` at equal steps (on the
+margin as a captum user computes it, and on lexprobe's own cached function); with each dtype's peak
+memory.
 
     python benchmarks/throughput.py [--dtypes float32 bfloat16] [--prompts 64] [--ig-prompts 2]
                                     [--ig-steps 32] [--json FILE]
@@ -182,6 +183,7 @@ def measure(dtype_name: str, args: argparse.Namespace) -> dict:
     warnings.filterwarnings("ignore")
     import lexprobe
     from lexprobe.toolkit.behaviour.generation import generate
+    from lexprobe.toolkit.io.progress import count
     from lexprobe.toolkit.io.suites import load_suite
     from lexprobe.toolkit.models.devices import describe_machine
 
@@ -214,18 +216,23 @@ def measure(dtype_name: str, args: argparse.Namespace) -> dict:
         flops.forward(s + tree, prefix + s + tree, 1 + tree) for s in suffixes
     )
     out["flops_per_prompt"] = work / len(texts)
-    record(f"score ({len(texts)} prompts)", score_s, work, len(texts))
+    record(f"score ({count(len(texts), 'prompt')})", score_s, work, len(texts))
     out["naive_s"], out["score_s"] = naive_s, score_s
 
     start = time.perf_counter()
-    done = generate(lm, fmt, texts, args.new_tokens, 32, desc="generating")
+    done = generate(lm, fmt, texts, args.new_tokens, args.generate_batch_size, desc="generating")
     seconds = time.perf_counter() - start
     work = flops.forward(prefix, prefix, 0)
     for s, c in zip(suffixes, done):
         work += flops.forward(s, prefix + s, 1) + sum(
             flops.forward(1, prefix + s + k, 1) for k in range(len(c.token_ids))
         )
-    record(f"generate ({len(texts)} x {args.new_tokens} tokens)", seconds, work, len(texts))
+    record(
+        f"generate ({len(texts)} x {args.new_tokens} tokens, {args.generate_batch_size} rows)",
+        seconds,
+        work,
+        len(texts),
+    )
 
     some = texts[: args.ig_prompts]
     if dtype_name == "float32":
@@ -239,26 +246,37 @@ def measure(dtype_name: str, args: argparse.Namespace) -> dict:
             n = suffixes[int(m["id"]) - 1]  # a list of prompts gets ids 1..n
             row = flops.forward(n + tree, prefix + n + tree, 1 + tree)
             work += row * (int(m["rows_forward"]) + int(m["rows_backward"]))
-        record(f"{method} ({len(some)} prompts)", seconds, work, len(some))
+        rule = ", its adaptive rule" if method == "integrated_gradients" else ""
+        record(f"{method} ({count(len(some), 'prompt')}{rule})", seconds, work, len(some))
     out["matmul_gflops"] = max(peak, best_matmul_rate(dtype))  # the better of before and after
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and every option's default."""
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
         "--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"]
     )
     parser.add_argument("--prompts", type=int, default=64, help="XSTest prompts to score and generate for")
-    parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--ig-prompts", type=int, default=2)
+    parser.add_argument("--new-tokens", type=int, default=16, help="tokens each completion generates")
+    parser.add_argument(
+        "--ig-prompts", type=int, default=2, help="prompts attributed (IG against captum, and both methods)"
+    )
     parser.add_argument(
         "--ig-steps", type=int, default=32, help="integration steps, both sides of the IG comparison"
     )
-    parser.add_argument("--batch-size", type=int, default=16, help="rows per pass, every side")
+    parser.add_argument("--batch-size", type=int, default=16, help="rows per pass, every side but generation")
+    parser.add_argument(
+        "--generate-batch-size",
+        type=int,
+        default=48,
+        help="completions decoded together (lexprobe's --generate-batch-size)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args()
 
@@ -267,7 +285,10 @@ def main() -> None:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             results[name] = pool.submit(measure, name, args).result()
     first = results[args.dtypes[0]]
-    print(f"machine: {first['machine']}; torch {torch.__version__}; batch {args.batch_size}")
+    print(
+        f"machine: {first['machine']}; torch {torch.__version__}; batch {args.batch_size}, "
+        f"generation {args.generate_batch_size}"
+    )
     print(
         f"prefix {first['prefix']} tokens; mean suffix {first['mean_suffix']:.1f} tokens; readout tree {first['tree']} tokens"
     )

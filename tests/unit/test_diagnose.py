@@ -149,6 +149,13 @@ def test_rerun_needs_resume_loses_nothing_and_resume_redoes_nothing(
     assert "already holds" in line and "--resume" in line and "--overwrite" in line
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
+    capsys.readouterr()
+    other = ["--suite", "xstest", "--type", "figurative_language", "--limit", "5"]
+    assert _diagnose(out, mixed_readout_file, *other, "--resume") == 2  # told before the model loads
+    line = error_line()
+    assert "another selection" in line and "--type: ['homonyms'] there, ['figurative_language'] here" in line
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
     assert _diagnose(out, mixed_readout_file, *SELECT, "--harmfulness", tiny_probe_file, "--resume") == 0
     assert json.loads((out / "scores" / "run.json").read_text())["n_prompts_this_run"] == 0
     assert json.loads((out / "attribution" / "run.json").read_text())["n_prompts_this_run"] == 0
@@ -268,7 +275,7 @@ def test_report_table_rounds_blanks_nan_and_flags_cells():
 
 
 def test_with_a_direction_the_report_adds_mechanism_and_what_would_change_it(
-    tmp_path, mixed_readout_file, tiny
+    tmp_path, mixed_readout_file, tiny, capsys, monkeypatch
 ):
     """tiny-random has no refusal direction of its own (two blocks): a direction file stands in."""
     import torch
@@ -317,6 +324,24 @@ def test_with_a_direction_the_report_adds_mechanism_and_what_would_change_it(
     assert (out / "pathway" / "run.json").read_bytes() == pathway_run  # reused this time
     assert json.loads((out / "summary.json").read_text())["mechanism"] == summary["mechanism"]
     assert _read(out / "mitigate" / "tradeoff.csv").equals(tradeoff)
+
+    patching = (out / "pathway" / "patching.csv").read_bytes()
+    (out / "pathway" / "patching.csv").write_bytes(patching[: len(patching) // 2])  # cut: made again
+    assert _diagnose(out, mixed_readout_file, *again) == 0
+    assert (out / "pathway" / "patching.csv").read_bytes() == patching
+    assert (out / "pathway" / "run.json").read_bytes() != pathway_run
+    remade = (out / "pathway" / "run.json").read_bytes()
+    (out / "pathway" / "projections.csv").unlink()
+    (out / "pathway" / "projections.csv").mkdir()
+    from lexprobe.analyses import pathway
+
+    patched = []
+    monkeypatch.setattr(pathway, "patch", lambda *a: patched.append(a) or pytest.fail("patched"))
+    capsys.readouterr()
+    assert _diagnose(out, mixed_readout_file, *again) == 2
+    err = capsys.readouterr().err
+    assert "projections.csv' is a directory" in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert not patched and (out / "pathway" / "run.json").read_bytes() == remade  # refused before any work
 
 
 def test_the_verdict_says_when_the_model_has_no_refusal_direction():

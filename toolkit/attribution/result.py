@@ -12,7 +12,14 @@ import pandas as pd
 from scipy import stats
 
 from lexprobe.toolkit.attribution.faithfulness import summarize
-from lexprobe.toolkit.io.results import Result, read_csv_table, read_run, write_csv_atomic, write_run
+from lexprobe.toolkit.io.results import (
+    Result,
+    read_csv_table,
+    read_run,
+    tables_digest,
+    write_csv_atomic,
+    write_run,
+)
 
 ATTRIBUTION_COLUMNS = ["id", "word_index", "word", "char_start", "char_end", "score", "method"]
 PROMPT_COLUMNS = [
@@ -133,10 +140,12 @@ class AttributionResult(Result):
 
     # ------------------------------------------------------------------ persistence
     def _write(self, out: Path) -> None:
+        written = []
         for attr, name in FILES.items():
             frame = getattr(self, attr)
             if len(frame.columns):
                 write_csv_atomic(frame, out / name)
+                written.append(name)
             elif (out / name).exists():  # nothing measured this time: no stale table either
                 (out / name).unlink()
         derived = {
@@ -146,8 +155,10 @@ class AttributionResult(Result):
         for name, table in derived.items():
             if table is not None:
                 write_csv_atomic(table(), out / name)
+                written.append(name)
             else:  # not measured this time: no stale table of an earlier run either
                 (out / name).unlink(missing_ok=True)
+        self.run["tables_sha256"] = tables_digest(out, written)
         write_run(out, self.run, self.kind)
 
     def _figures(self, out: Path) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from lexprobe.toolkit.errors import InputError, OutputError
-from lexprobe.toolkit.io.cache import write_json_atomic, write_text_atomic
+from lexprobe.toolkit.io.cache import sha256_file, write_json_atomic, write_text_atomic
 from lexprobe.toolkit.io.locks import refuse_links
 
 PACKAGES = ("lexprobe", "torch", "transformers", "captum", "spacy", "scipy", "pandas", "numpy")
@@ -205,14 +205,47 @@ class TableResult(Result):
     filename = "table.csv"
     one_row_per_id = True  # what a resumed table is checked for (toolkit.io.rows.check_rows_match)
     numeric_columns: tuple[str, ...] = ()
+    side_tables: tuple[str, ...] = ()  # names of the tables saved beside it (`MultiTableResult`)
 
     def to_frame(self) -> pd.DataFrame:
         """The table, as a copy."""
         return self.frame.copy()
 
+    def _files(self) -> dict[str, pd.DataFrame]:
+        """The tables to write, by file name."""
+        return {self.filename: self.frame}
+
     def _write(self, out: Path) -> None:
-        write_csv_atomic(self.frame, out / self.filename)
+        """The tables, then run.json with their sha256 (`tables_sha256`: `intact` checks them)."""
+        tables = self._files()
+        for name, table in tables.items():
+            write_csv_atomic(table, out / name)
+        self.run["tables_sha256"] = tables_digest(out, tables)
         write_run(out, self.run, self.kind)
+
+    @classmethod
+    def files(cls) -> list[str]:
+        """The names of the files a result of this kind writes, figures aside."""
+        return [cls.filename, *(f"{name}.csv" for name in cls.side_tables), RUN_FILE]
+
+    @classmethod
+    def refuse_directories(cls, out: Path | None) -> None:
+        """OutputError, before any work, where a file this result writes in `out` is a directory."""
+        for name in cls.files() if out is not None else ():
+            if (out / name).is_dir():
+                raise OutputError(
+                    f"'{out / name}' is a directory, where lexprobe writes a file: move it away"
+                )
+
+    def intact(self, out: Path) -> bool:
+        """Whether the tables in `out` are those this result's run.json records (`tables_sha256`): none
+        missing, cut or edited since they were written."""
+        recorded = self.run.get("tables_sha256")
+        if not isinstance(recorded, dict) or self.filename not in recorded:
+            return False
+        return all(
+            (out / name).is_file() and sha256_file(out / name) == digest for name, digest in recorded.items()
+        )
 
     @classmethod
     def _read(cls, out: Path):
@@ -222,16 +255,12 @@ class TableResult(Result):
 class MultiTableResult(TableResult):
     """The main table plus named side tables (`tables`), each saved as `<name>.csv` next to it."""
 
-    side_tables: tuple[str, ...] = ()
-
     def __init__(self, frame: pd.DataFrame, run: dict | None = None, tables: dict | None = None):
         super().__init__(frame, run or {})
         self.tables: dict[str, pd.DataFrame] = dict(tables or {})
 
-    def _write(self, out: Path) -> None:
-        super()._write(out)
-        for name, table in self.tables.items():
-            write_csv_atomic(table, out / f"{name}.csv")
+    def _files(self) -> dict[str, pd.DataFrame]:
+        return super()._files() | {f"{name}.csv": table for name, table in self.tables.items()}
 
     @classmethod
     def _read(cls, out: Path):
@@ -346,6 +375,11 @@ def claim(out: Path, kind: str) -> None:
             f"'{out}' holds {what}: this `{kind}` run needs a directory of its own "
             "(--overwrite replaces a run of the same kind only)"
         )
+
+
+def tables_digest(out: Path, names) -> dict[str, str]:
+    """The sha256 of each file `names` in `out`, recorded in run.json as `tables_sha256`."""
+    return {name: sha256_file(out / name) for name in names}
 
 
 def write_run(out: Path, run: dict, kind: str) -> None:
