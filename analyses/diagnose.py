@@ -147,6 +147,7 @@ class DiagnoseResult(Result):
             "settings": provenance.get("config"),
             "steps": self.summary.get("steps"),
             "wall_seconds": self.summary.get("wall_seconds"),
+            "n_selected": (self.summary.get("margins") or {}).get("n"),  # n_prompts adds their contrasts
         }
 
     @property

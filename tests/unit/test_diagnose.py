@@ -78,6 +78,7 @@ def test_report_is_self_contained_with_verdict_and_provenance(diagnosed):
     assert own["kind"] == "diagnose" and own["weights_sha256"] == run["weights_sha256"]
     assert own["wall_seconds"] == summary["wall_seconds"] > run["wall_seconds"]
     assert own["settings"] == summary["provenance"]["config"] and own["steps"] == summary["steps"]
+    assert own["n_selected"] == summary["margins"]["n"] == 5 < own["n_prompts"]  # with their contrasts
     assert 'class="w"' in page and 'title="kill: ' in page  # toolkit.viz's word heatmap, with hover scores
     for name in ("margins_by_type", "contrast_pairs", "contrast_by_type", "top_words", "triggers", "pooled"):
         assert (diagnosed / f"{name}.csv").exists(), name
