@@ -409,7 +409,8 @@ def _check_out(out: Path, config: DiagnoseConfig) -> None:
         except (LexprobeError, ValueError, OSError):
             before = None
         now = json.loads(json.dumps(asdict(config.suite), default=str))
-        changed = [k for k in now if isinstance(before, dict) and k in before and before[k] != now[k]]
+        selection = ("types", "ids", "limit")  # the suite itself: its content is the scoring step's check
+        changed = [k for k in selection if isinstance(before, dict) and k in before and before[k] != now[k]]
         if changed:
             flag = {"types": "type"}  # the options' flags, where not the field's name
             what = "; ".join(
