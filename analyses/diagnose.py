@@ -408,9 +408,10 @@ def _check_out(out: Path, config: DiagnoseConfig) -> None:
             before = (read_run(out).get("settings") or {}).get("suite")
         except (LexprobeError, ValueError, OSError):
             before = None
-        now = json.loads(json.dumps(asdict(config.suite), default=str))
         selection = ("types", "ids", "limit")  # the suite itself: its content is the scoring step's check
-        changed = [k for k in selection if isinstance(before, dict) and k in before and before[k] != now[k]]
+        now = json.loads(json.dumps({k: getattr(config.suite, k) for k in selection}, default=str))
+        before = before if isinstance(before, dict) else {}
+        changed = [k for k in selection if k in before and before[k] != now[k]]
         if changed:
             flag = {"types": "type"}  # the options' flags, where not the field's name
             what = "; ".join(

@@ -88,12 +88,17 @@ def _umask() -> int:
     return mask
 
 
+def refuse_directory(path: Path) -> None:
+    """OutputError where `path`, a file lexprobe writes, is a directory."""
+    if path.is_dir():
+        raise OutputError(f"'{path}' is a directory, where lexprobe writes a file: move it away")
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` (UTF-8) to a temporary sibling and move it into place: a reader sees the old file or
     the whole new one, never half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_dir():
-        raise OutputError(f"'{path}' is a directory, where lexprobe writes a file: move it away")
+    refuse_directory(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; the file is the user's like any other

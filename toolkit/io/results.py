@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from lexprobe.toolkit.errors import InputError, OutputError
-from lexprobe.toolkit.io.cache import sha256_file, write_json_atomic, write_text_atomic
+from lexprobe.toolkit.io.cache import refuse_directory, sha256_file, write_json_atomic, write_text_atomic
 from lexprobe.toolkit.io.locks import refuse_links
 
 PACKAGES = ("lexprobe", "torch", "transformers", "captum", "spacy", "scipy", "pandas", "numpy")
@@ -232,10 +232,7 @@ class TableResult(Result):
     def refuse_directories(cls, out: Path | None) -> None:
         """OutputError, before any work, where a file this result writes in `out` is a directory."""
         for name in cls.files() if out is not None else ():
-            if (out / name).is_dir():
-                raise OutputError(
-                    f"'{out / name}' is a directory, where lexprobe writes a file: move it away"
-                )
+            refuse_directory(out / name)
 
     def intact(self, out: Path) -> bool:
         """Whether the tables in `out` are those this result's run.json records (`tables_sha256`): none
